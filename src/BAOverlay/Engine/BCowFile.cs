@@ -1,0 +1,1338 @@
+using System.Buffers;
+using System.Numerics;
+using System.Runtime.CompilerServices;
+using BAOverlay.Engine;
+using BAOverlay.Format;
+using BAOverlay.Storage;
+
+namespace BAOverlay;
+
+/// <summary>
+/// An overlay file: a lower file (optional, never written) under a B-CoW upper file that holds only the blocks
+/// written through it. Reads merge the two; writes copy up only the blocks they touch, and never wait for a block to
+/// be copied from lower (<see cref="CopyUpMode"/>).
+/// </summary>
+/// <remarks>
+/// <para>Thread safety: every member except <see cref="Dispose"/> and <see cref="DisposeAsync"/> may be called from
+/// many threads at once. Concurrent writes to different blocks proceed in parallel; a read that overlaps a concurrent
+/// write returns, per block, the bytes before or after it.</para>
+/// <para>Durability: <see cref="WriteAt(ReadOnlySpan{byte}, long)"/> is not durable until <see cref="Flush"/>
+/// returns; then every byte written before the flush survives a crash. After a crash at any moment, reopening gives
+/// the state of some moment since the last completed flush for every byte (never garbage, never stale lower bytes
+/// for a block overwritten and flushed): the map is copy-on-write (shadow paging), and data is always written before
+/// the map entry that points at it.</para>
+/// <para>Errors: a B-CoW file that cannot be used raises <see cref="BCowFormatException"/>; I/O errors (EIO, ENOSPC)
+/// raise <see cref="IOException"/> and leave the file consistent. If a commit itself fails, the object refuses
+/// further writes (the file on disk stays at its last commit); reopen it.</para>
+/// <para>Ownership: a file opened from a path owns its files. One opened over <see cref="IBlockStorage"/> disposes
+/// them only when asked to (<c>ownsStorage</c>).</para>
+/// </remarks>
+public sealed class BCowFile : IDisposable, IAsyncDisposable
+{
+    private static readonly byte[] s_zeros = new byte[1 << Layout.MaxBlockSizeLog2];
+
+    private readonly IBlockStorage _upper;
+    private readonly IBlockStorage? _lower;
+    private readonly bool _ownsStorage;
+    private readonly BCowOpenOptions _options;
+    private readonly int _log2;
+    private readonly int _blockSize;
+    private readonly int _subShift;
+    private readonly long _blockMask;
+    private readonly long _lowerLength;
+    private readonly BlockMap _map;
+    private readonly SpaceAllocator _allocator;
+    private readonly BlockLocks _locks = new();
+    private readonly SharedExclusiveGate _sizeGate = new();
+    private readonly SemaphoreSlim _commitGate = new(1, 1);
+    private readonly object _sizeLock = new();
+    private readonly object _extendLock = new();
+    private long _upperExtent;
+    private readonly bool _openedDirty;
+    private CopyUpQueue? _copier;
+    private BCowHeader _committed;
+    private long _virtualSize;
+    private long _lowerLimit;
+    private volatile bool _headerDirty;
+    private volatile Exception? _fault;
+    private int _disposed;
+
+    private BCowFile(IBlockStorage upper, IBlockStorage? lower, bool ownsStorage, BCowOpenOptions options, BCowHeader header, BlockMap map, SpaceAllocator allocator)
+    {
+        _upper = upper;
+        _lower = lower;
+        _ownsStorage = ownsStorage;
+        _options = options;
+        _committed = header;
+        _openedDirty = header.Dirty;
+        _log2 = header.BlockSizeLog2;
+        _blockSize = header.BlockSize;
+        _subShift = _log2 - Layout.SubBlocksShift;
+        _blockMask = _blockSize - 1;
+        _lowerLength = header.HasLower ? header.Lower.Size : 0;
+        _virtualSize = header.VirtualSize;
+        _lowerLimit = header.LowerLimit;
+        _map = map;
+        _allocator = allocator;
+    }
+
+    /// <summary>The upper file's name (its path for files opened from a path).</summary>
+    public string Name => _upper.Name;
+
+    /// <summary>The logical size in bytes.</summary>
+    public long Length => Volatile.Read(ref _virtualSize);
+
+    /// <summary>The block size in bytes: the unit of copy-up and allocation.</summary>
+    public int BlockSize => _blockSize;
+
+    /// <summary>False when opened read-only.</summary>
+    public bool CanWrite => !_options.ReadOnly;
+
+    /// <summary>How writes into blocks still in lower are completed.</summary>
+    public CopyUpMode CopyUpMode => _options.CopyUpMode;
+
+    /// <summary>Blocks queued for, or being filled by, the background copier.</summary>
+    public int PendingCopyUps => _copier?.Pending ?? 0;
+
+    // ---------------------------------------------------------------- create and open
+
+    /// <summary>Creates a B-CoW file at <paramref name="path"/> and opens it for writing.</summary>
+    /// <exception cref="ArgumentException">Bad options (block size not a power of two in 4 KiB..1 MiB, no size without a lower file).</exception>
+    /// <exception cref="IOException">The file exists (and <see cref="BCowCreateOptions.Overwrite"/> is false) or cannot be written, or the lower file cannot be read.</exception>
+    public static BCowFile Create(string path, BCowCreateOptions? options = null)
+    {
+        options ??= new BCowCreateOptions();
+        string fullPath = Path.GetFullPath(path);
+        FileStorage? lower = null;
+        string? storedLowerPath = null;
+        if (options.LowerPath is not null)
+        {
+            string lowerFull = Path.GetFullPath(options.LowerPath);
+            if (lowerFull == fullPath)
+            {
+                throw new ArgumentException($"{path}: a B-CoW file cannot be its own lower file.");
+            }
+            lower = OpenLowerFile(lowerFull);
+            storedLowerPath = Path.IsPathRooted(options.LowerPath)
+                ? lowerFull
+                : Path.GetRelativePath(Path.GetDirectoryName(fullPath)!, lowerFull);
+        }
+        FileStorage upper;
+        try
+        {
+            upper = new FileStorage(path, options.Overwrite ? FileMode.Create : FileMode.CreateNew, FileAccess.ReadWrite);
+        }
+        catch (IOException e) when (File.Exists(path) && !options.Overwrite)
+        {
+            lower?.Dispose();
+            throw new IOException($"{path}: already exists (pass Overwrite to replace it)", e);
+        }
+        catch
+        {
+            lower?.Dispose();
+            throw;
+        }
+        try
+        {
+            return Create(upper, lower, options with { LowerPath = storedLowerPath }, ownsStorage: true);
+        }
+        catch
+        {
+            try
+            {
+                File.Delete(path);
+            }
+            catch (IOException)
+            {
+            }
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Creates a B-CoW file in <paramref name="upper"/> (whose content is replaced) over <paramref name="lower"/>.
+    /// <see cref="BCowCreateOptions.LowerPath"/> is only recorded in the header.
+    /// </summary>
+    /// <param name="upper">Storage for the B-CoW file.</param>
+    /// <param name="lower">The lower file, or null.</param>
+    /// <param name="options">Block size, virtual size and open options.</param>
+    /// <param name="ownsStorage">True: the returned file disposes both storages (also when this call fails).</param>
+    public static BCowFile Create(IBlockStorage upper, IBlockStorage? lower, BCowCreateOptions? options = null, bool ownsStorage = false)
+    {
+        options ??= new BCowCreateOptions();
+        try
+        {
+            if (options.BlockSize < 1 << Layout.MinBlockSizeLog2 || options.BlockSize > 1 << Layout.MaxBlockSizeLog2 || !BitOperations.IsPow2(options.BlockSize))
+            {
+                throw new ArgumentException($"{upper.Name}: block size {options.BlockSize} must be a power of two from 4 KiB to 1 MiB.");
+            }
+            long virtualSize = options.VirtualSize ?? lower?.Length
+                ?? throw new ArgumentException($"{upper.Name}: a size is needed when there is no lower file.");
+            if (virtualSize < 0 || virtualSize > Layout.MaxVirtualSize)
+            {
+                throw new ArgumentException($"{upper.Name}: size {virtualSize} is outside 0..{Layout.MaxVirtualSize} (256 TiB).");
+            }
+            int log2 = BitOperations.Log2((uint)options.BlockSize);
+            var map = new BlockMap(log2, Layout.RootEntryCount(virtualSize, log2));
+            var allocator = new SpaceAllocator(options.BlockSize, Layout.DataStart);
+            upper.SetLength(0);
+            CommitImage image = map.Snapshot(Layout.RootEntryCount(virtualSize, log2), allocator, forceRoot: true);
+            foreach (var (offset, bytes) in image.Pages)
+            {
+                upper.WriteAt(bytes, offset);
+            }
+            var header = new BCowHeader
+            {
+                Generation = 1,
+                BlockSizeLog2 = log2,
+                HasLower = lower is not null,
+                VirtualSize = virtualSize,
+                LowerLimit = lower is null ? 0 : Math.Min(lower.Length, virtualSize),
+                RootTableOffset = image.RootOffset,
+                RootTableEntries = image.RootEntries,
+                RootTableCrc = image.RootCrc,
+                Lower = lower is null ? default : IdentityOf(lower),
+                LowerPath = options.LowerPath ?? "",
+            };
+            byte[] slot = new byte[Layout.HeaderSlotSize];
+            header.Write(slot);
+            upper.WriteAt(new byte[Layout.HeaderSlotSize], 0);
+            upper.WriteAt(slot, Layout.HeaderSlotSize);
+            upper.Flush();
+        }
+        catch
+        {
+            if (ownsStorage)
+            {
+                upper.Dispose();
+                lower?.Dispose();
+            }
+            throw;
+        }
+        return Open(upper, lower, options.Open, ownsStorage);
+    }
+
+    /// <summary>Opens the B-CoW file at <paramref name="path"/> and the lower file its header names.</summary>
+    /// <exception cref="BCowFormatException">Not a usable B-CoW file, or its lower file changed; the message says why.</exception>
+    /// <exception cref="IOException">A file cannot be opened or read.</exception>
+    public static BCowFile Open(string path, BCowOpenOptions? options = null)
+    {
+        options ??= new BCowOpenOptions();
+        var upper = new FileStorage(path, FileMode.Open, options.ReadOnly ? FileAccess.Read : FileAccess.ReadWrite);
+        FileStorage? lower = null;
+        try
+        {
+            BCowHeader header = ReadHeader(upper);
+            if (header.HasLower && !options.WithoutLower)
+            {
+                string lowerPath = options.LowerPath ?? ResolveLowerPath(path, header.LowerPath);
+                if (lowerPath.Length == 0)
+                {
+                    throw new BCowFormatException(path, "has a lower file but records no path for it; pass LowerPath");
+                }
+                lower = OpenLowerFile(lowerPath);
+            }
+        }
+        catch
+        {
+            upper.Dispose();
+            throw;
+        }
+        return Open(upper, lower, options, ownsStorage: true);
+    }
+
+    /// <summary>Opens a B-CoW file kept in <paramref name="upper"/> over <paramref name="lower"/>.</summary>
+    /// <param name="upper">The B-CoW file.</param>
+    /// <param name="lower">The lower file, when the header says there is one.</param>
+    /// <param name="options">Open options.</param>
+    /// <param name="ownsStorage">True: the returned file disposes both storages (also when this call fails).</param>
+    /// <exception cref="BCowFormatException">Not a usable B-CoW file, or its lower file changed.</exception>
+    public static BCowFile Open(IBlockStorage upper, IBlockStorage? lower, BCowOpenOptions? options = null, bool ownsStorage = false)
+    {
+        options ??= new BCowOpenOptions();
+        BCowFile? file = null;
+        try
+        {
+            if (!options.ReadOnly && !upper.CanWrite)
+            {
+                throw new IOException($"{upper.Name}: opened for writing over read-only storage");
+            }
+            BCowHeader header = ReadHeader(upper);
+            if (header.HasLower)
+            {
+                if (lower is null && !options.WithoutLower)
+                {
+                    throw new BCowFormatException(upper.Name, $"needs its lower file ({(header.LowerPath.Length == 0 ? "no path recorded" : header.LowerPath)})");
+                }
+                if (lower is not null && !options.SkipLowerCheck)
+                {
+                    CheckLowerIdentity(upper.Name, header, lower);
+                }
+            }
+            else if (lower is not null)
+            {
+                throw new BCowFormatException(upper.Name, "has no lower file, but one was given");
+            }
+            var used = new List<UsedExtent>();
+            BlockMap map = BlockMap.Load(upper, header, problem => throw new BCowFormatException(upper.Name, problem), used);
+            SpaceAllocator allocator = SpaceAllocator.FromUsed(header.BlockSize, used.Select(u => (u.Offset, u.Length)).ToList(), out var gaps);
+            file = new BCowFile(upper, header.HasLower ? lower : null, ownsStorage, options, header, map, allocator);
+            if (!options.ReadOnly)
+            {
+                file.PrepareForWriting(gaps);
+            }
+            return file;
+        }
+        catch
+        {
+            if (file is not null)
+            {
+                file._copier?.StopAsync().GetAwaiter().GetResult();
+            }
+            if (ownsStorage)
+            {
+                upper.Dispose();
+                lower?.Dispose();
+            }
+            throw;
+        }
+    }
+
+    /// <summary>Reads both header slots and returns the newest valid one.</summary>
+    internal static BCowHeader ReadHeader(IBlockStorage upper)
+    {
+        byte[] slots = new byte[Layout.HeaderSlotSize * Layout.HeaderSlotCount];
+        int read = upper.ReadAt(slots, 0);
+        if (read == 0)
+        {
+            throw new BCowFormatException(upper.Name, "the file is empty: not a B-CoW file");
+        }
+        BCowHeader? best = null;
+        var problems = new List<string>();
+        for (int i = 0; i < Layout.HeaderSlotCount; i++)
+        {
+            int start = i * Layout.HeaderSlotSize;
+            int available = Math.Clamp(read - start, 0, Layout.HeaderSlotSize);
+            BCowHeader? header = BCowHeader.TryRead(slots.AsSpan(start, available), out string? problem);
+            if (header is null)
+            {
+                problems.Add($"slot {i}: {problem}");
+            }
+            else if (best is null || header.Generation > best.Generation)
+            {
+                best = header;
+            }
+        }
+        if (best is null)
+        {
+            string first = problems[0]["slot 0: ".Length..];
+            bool sameProblem = problems.All(p => p.EndsWith(first, StringComparison.Ordinal));
+            throw new BCowFormatException(upper.Name, sameProblem ? first : string.Join("; ", problems));
+        }
+        return best;
+    }
+
+    internal static string ResolveLowerPath(string bcowPath, string recorded) =>
+        recorded.Length == 0 || Path.IsPathRooted(recorded)
+            ? recorded
+            : Path.GetFullPath(Path.Combine(Path.GetDirectoryName(Path.GetFullPath(bcowPath))!, recorded));
+
+    private static FileStorage OpenLowerFile(string path)
+    {
+        try
+        {
+            return new FileStorage(path, FileMode.Open, FileAccess.Read);
+        }
+        catch (FileNotFoundException e)
+        {
+            throw new FileNotFoundException($"{path}: lower file not found", path, e);
+        }
+    }
+
+    internal static LowerIdentity IdentityOf(IBlockStorage lower)
+    {
+        long size = lower.Length;
+        var (mtime, inode) = lower.GetIdentity();
+        return new LowerIdentity(size, mtime, inode, Fingerprint(lower, size));
+    }
+
+    private static uint Fingerprint(IBlockStorage lower, long size)
+    {
+        Span<byte> buffer = stackalloc byte[4096];
+        int n = lower.ReadAt(buffer[..(int)Math.Min(4096, size)], 0);
+        uint state = Crc32C.Append(Crc32C.Start, buffer[..n]);
+        long tail = Math.Max(0, size - 4096);
+        n = lower.ReadAt(buffer[..(int)(size - tail)], tail);
+        return Crc32C.Finish(Crc32C.Append(state, buffer[..n]));
+    }
+
+    private static void CheckLowerIdentity(string name, BCowHeader header, IBlockStorage lower)
+    {
+        LowerIdentity now = IdentityOf(lower);
+        LowerIdentity then = header.Lower;
+        string? change =
+            now.Size != then.Size ? $"its size is {now.Size}, was {then.Size}" :
+            now.Fingerprint != then.Fingerprint ? "its content differs" :
+            now.Inode != then.Inode ? $"it was replaced (inode {now.Inode}, was {then.Inode})" :
+            now.MTimeNs != then.MTimeNs ? "it was modified (modification time differs)" :
+            null;
+        if (change is not null)
+        {
+            throw new BCowFormatException(name, $"lower file {lower.Name} changed since this B-CoW file was made: {change}; refusing to merge (SkipLowerCheck overrides)");
+        }
+    }
+
+    private void PrepareForWriting(List<(long Offset, long Length)> gaps)
+    {
+        // Space no entry references is free, and free space must read as zeros: cut what a crash left after the
+        // last referenced extent and punch the holes between (a no-op where they are holes already).
+        long end = _allocator.End;
+        if (_upper.Length > end)
+        {
+            _upper.SetLength(end);
+        }
+        foreach (var (offset, length) in gaps)
+        {
+            _upper.PunchHole(offset, length);
+        }
+        if (_options.CopyUpMode == CopyUpMode.Background)
+        {
+            _copier = new CopyUpQueue(Math.Max(1, _options.MaxPendingCopyUps), Math.Max(1, _options.CopyUpWorkers), FillAsync);
+        }
+        CommitAsync(dirty: true, useAsync: false, CancellationToken.None).GetAwaiter().GetResult();
+        if (_copier is not null && _options.ResumeCopyUps)
+        {
+            foreach (var (block, entry) in _map.EnumeratePopulated())
+            {
+                if (entry.State == BlockState.Partial)
+                {
+                    _copier.EnqueueAsync(block, useAsync: false, CancellationToken.None).GetAwaiter().GetResult();
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- public I/O surface
+
+    /// <summary>Reads at <paramref name="offset"/>; fewer bytes than asked only at the end of the file.</summary>
+    /// <returns>Bytes read; 0 at or beyond the end.</returns>
+    public unsafe int ReadAt(Span<byte> buffer, long offset)
+    {
+        fixed (byte* pointer = buffer)
+        {
+            PointerMemoryManager memory = PointerMemoryManager.Rent(pointer, buffer.Length);
+            try
+            {
+                return ReadCoreAsync(memory.Memory, offset, useAsync: false, CancellationToken.None).GetAwaiter().GetResult();
+            }
+            finally
+            {
+                PointerMemoryManager.Return(memory);
+            }
+        }
+    }
+
+    /// <inheritdoc cref="ReadAt(Span{byte}, long)"/>
+    public ValueTask<int> ReadAtAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default) =>
+        ReadCoreAsync(buffer, offset, useAsync: true, cancellationToken);
+
+    /// <summary>
+    /// Writes at <paramref name="offset"/>, growing the file when the write ends beyond it. Returns once the bytes are
+    /// in the upper file (not yet durable: see <see cref="Flush"/>); in <see cref="CopyUpMode.Background"/> the rest of
+    /// a block still in lower is filled later. Waits only when the copier is <see cref="BCowOpenOptions.MaxPendingCopyUps"/> behind.
+    /// </summary>
+    /// <exception cref="NotSupportedException">Opened read-only.</exception>
+    /// <exception cref="IOException">The storage failed (EIO, ENOSPC); the file stays consistent and the write did not happen, or happened in part for a write spanning blocks.</exception>
+    public unsafe void WriteAt(ReadOnlySpan<byte> data, long offset)
+    {
+        fixed (byte* pointer = data)
+        {
+            PointerMemoryManager memory = PointerMemoryManager.Rent(pointer, data.Length);
+            try
+            {
+                WriteCoreAsync(memory.Memory, offset, useAsync: false, CancellationToken.None).GetAwaiter().GetResult();
+            }
+            finally
+            {
+                PointerMemoryManager.Return(memory);
+            }
+        }
+    }
+
+    /// <inheritdoc cref="WriteAt(ReadOnlySpan{byte}, long)"/>
+    public ValueTask WriteAtAsync(ReadOnlyMemory<byte> data, long offset, CancellationToken cancellationToken = default) =>
+        WriteCoreAsync(data, offset, useAsync: true, cancellationToken);
+
+    /// <summary>
+    /// Sets the logical size. Shrinking hides the lower bytes beyond the new size for good: growing again reads zeros
+    /// there, never old lower bytes. Blocks beyond the new size are freed.
+    /// </summary>
+    public void SetLength(long length) => SetLengthCoreAsync(length, useAsync: false, CancellationToken.None).GetAwaiter().GetResult();
+
+    /// <inheritdoc cref="SetLength"/>
+    public ValueTask SetLengthAsync(long length, CancellationToken cancellationToken = default) => SetLengthCoreAsync(length, useAsync: true, cancellationToken);
+
+    /// <summary>
+    /// Makes [<paramref name="offset"/>, +<paramref name="length"/>) read as zeros without changing the size, and frees
+    /// every whole block in it (FALLOC_FL_PUNCH_HOLE). Also the way to zero a range (FALLOC_FL_ZERO_RANGE): zero
+    /// blocks cost no space here. The part beyond the end of the file is ignored.
+    /// </summary>
+    public void PunchHole(long offset, long length) => PunchHoleCoreAsync(offset, length, useAsync: false, CancellationToken.None).GetAwaiter().GetResult();
+
+    /// <inheritdoc cref="PunchHole"/>
+    public ValueTask PunchHoleAsync(long offset, long length, CancellationToken cancellationToken = default) => PunchHoleCoreAsync(offset, length, useAsync: true, cancellationToken);
+
+    /// <summary>
+    /// Makes every write completed before this call durable: data, then the map (written out-of-place), then the header
+    /// that commits it, with a disk flush between. Does not wait for background copy-ups: partial blocks are committed as
+    /// partial and read correctly after a crash.
+    /// </summary>
+    /// <exception cref="IOException">The storage failed; the file on disk stays at its previous commit and this object refuses further writes.</exception>
+    public void Flush() => CommitAsync(dirty: true, useAsync: false, CancellationToken.None).GetAwaiter().GetResult();
+
+    /// <inheritdoc cref="Flush"/>
+    public ValueTask FlushAsync(CancellationToken cancellationToken = default) => CommitAsync(dirty: true, useAsync: true, cancellationToken);
+
+    /// <summary>
+    /// Waits until the background copier has filled every block queued so far. Use it before the lower file goes away
+    /// or becomes slow, or before measuring read speed; there is no need before <see cref="Flush"/> or closing.
+    /// </summary>
+    /// <exception cref="IOException">A fill failed since the last wait (its block stays partial and reads correctly).</exception>
+    public void WaitForCopyUps() => WaitForCopyUpsAsync().GetAwaiter().GetResult();
+
+    /// <inheritdoc cref="WaitForCopyUps"/>
+    public Task WaitForCopyUpsAsync(CancellationToken cancellationToken = default) =>
+        _copier?.WhenIdleAsync(cancellationToken) ?? Task.CompletedTask;
+
+    /// <summary>A <see cref="Stream"/> over this file with a position of its own. Disposing it leaves this file open
+    /// unless <paramref name="leaveOpen"/> is false.</summary>
+    public Stream AsStream(bool leaveOpen = true) => new BCowStream(this, leaveOpen);
+
+    /// <summary>Where the byte at <paramref name="offset"/> is read from, and the state of its block.</summary>
+    public BlockState GetBlockState(long offset) => _map.Get(offset >> _log2).State;
+
+    /// <summary>A summary: sizes, blocks by state, space.</summary>
+    public BCowInfo GetInfo()
+    {
+        long zero = 0, present = 0, partial = 0;
+        foreach (var (_, entry) in _map.EnumeratePopulated())
+        {
+            switch (entry.State)
+            {
+                case BlockState.Zero: zero++; break;
+                case BlockState.Present: present++; break;
+                case BlockState.Partial: partial++; break;
+            }
+        }
+        long blocks = Layout.BlockCount(Length, _log2);
+        long fileLength = _upper.Length;
+        long allocated = _upper.GetDataRanges(0, fileLength).Sum(r => r.Length);
+        return new BCowInfo(
+            Length, _blockSize, _committed.HasLower ? _committed.LowerPath : null, _lowerLength, Volatile.Read(ref _lowerLimit),
+            blocks - zero - present - partial, zero, present, partial, (present + partial) * _blockSize,
+            fileLength, allocated, _openedDirty, _committed.Generation, PendingCopyUps);
+    }
+
+    /// <summary>The merged file as extents: which ranges read from lower, upper or zeros (adjacent alike ranges merged).</summary>
+    public IReadOnlyList<BCowExtent> GetExtents()
+    {
+        var extents = new List<BCowExtent>();
+        long size = Length;
+        long lowerVisible = Math.Min(Volatile.Read(ref _lowerLimit), _lowerLength);
+        long position = 0;
+
+        void Emit(long offset, long length, ExtentSource source, long upper)
+        {
+            length = Math.Min(length, size - offset);
+            if (length <= 0)
+            {
+                return;
+            }
+            if (extents.Count > 0)
+            {
+                BCowExtent last = extents[^1];
+                bool contiguous = last.Source == source && last.Offset + last.Length == offset &&
+                    (source != ExtentSource.Upper || last.UpperOffset + last.Length == upper);
+                if (contiguous)
+                {
+                    extents[^1] = last with { Length = last.Length + length };
+                    return;
+                }
+            }
+            extents.Add(new BCowExtent(offset, length, source, source == ExtentSource.Upper ? upper : 0));
+        }
+
+        void EmitLower(long from, long to)
+        {
+            long split = Math.Clamp(lowerVisible, from, to);
+            Emit(from, split - from, ExtentSource.Lower, 0);
+            Emit(split, to - split, ExtentSource.Zero, 0);
+        }
+
+        foreach (var (block, entry) in _map.EnumeratePopulated())
+        {
+            long start = block << _log2;
+            if (start >= size)
+            {
+                break;
+            }
+            if (start > position)
+            {
+                EmitLower(position, start);
+            }
+            switch (entry.State)
+            {
+                case BlockState.Lower:
+                    EmitLower(start, start + _blockSize);
+                    break;
+                case BlockState.Zero:
+                    Emit(start, _blockSize, ExtentSource.Zero, 0);
+                    break;
+                case BlockState.Present:
+                    Emit(start, _blockSize, ExtentSource.Upper, entry.Offset);
+                    break;
+                default:
+                    int sub = 1 << _subShift;
+                    for (int s = 0; s < Layout.SubBlocksPerBlock; s++)
+                    {
+                        long subStart = start + ((long)s << _subShift);
+                        if ((entry.Bitmap & (1UL << s)) != 0)
+                        {
+                            Emit(subStart, sub, ExtentSource.Upper, entry.Offset + ((long)s << _subShift));
+                        }
+                        else
+                        {
+                            EmitLower(subStart, subStart + sub);
+                        }
+                    }
+                    break;
+            }
+            position = start + _blockSize;
+        }
+        if (position < size)
+        {
+            EmitLower(position, size);
+        }
+        return extents;
+    }
+
+    /// <summary>
+    /// Stops the background copier (blocks it had not reached stay partial, which is a valid state), commits
+    /// everything written, clears the dirty flag, and closes the files this object owns. Call it once no other call is
+    /// in progress.
+    /// </summary>
+    /// <exception cref="IOException">The final commit failed; the file keeps its last commit (and is marked dirty).</exception>
+    public void Dispose() => DisposeCoreAsync(useAsync: false).GetAwaiter().GetResult();
+
+    /// <inheritdoc cref="Dispose"/>
+    public ValueTask DisposeAsync() => DisposeCoreAsync(useAsync: true);
+
+    // ---------------------------------------------------------------- the core: one path for sync and async
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<int> ReadCoreAsync(Memory<byte> buffer, long offset, bool useAsync, CancellationToken cancellationToken)
+    {
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        long size = Length;
+        if (offset >= size || buffer.IsEmpty)
+        {
+            return 0;
+        }
+        int count = (int)Math.Min(buffer.Length, size - offset);
+        int done = 0;
+        while (done < count)
+        {
+            long position = offset + done;
+            int inBlock = (int)(position & _blockMask);
+            int n = Math.Min(_blockSize - inBlock, count - done);
+            await ReadBlockAsync(position >> _log2, inBlock, buffer.Slice(done, n), useAsync, cancellationToken).ConfigureAwait(false);
+            done += n;
+        }
+        return count;
+    }
+
+    /// <summary>Reads within one block, lock-free: retried when a writer of the block's stripe ran meanwhile.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask ReadBlockAsync(long block, int inBlock, Memory<byte> destination, bool useAsync, CancellationToken cancellationToken)
+    {
+        BlockLocks.Stripe stripe = _locks.For(block);
+        for (int attempt = 0; attempt < 3; attempt++)
+        {
+            int before = stripe.Version;
+            if ((before & 1) != 0)
+            {
+                break; // a writer is inside: wait for it below
+            }
+            await ReadFromEntryAsync(block, _map.Get(block), inBlock, destination, useAsync, cancellationToken).ConfigureAwait(false);
+            if (stripe.Version == before)
+            {
+                return;
+            }
+        }
+        await stripe.EnterAsync(useAsync, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await ReadFromEntryAsync(block, _map.Get(block), inBlock, destination, useAsync, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            stripe.Exit();
+        }
+    }
+
+    private async ValueTask ReadFromEntryAsync(long block, BlockEntry entry, int inBlock, Memory<byte> destination, bool useAsync, CancellationToken cancellationToken)
+    {
+        long blockStart = block << _log2;
+        switch (entry.State)
+        {
+            case BlockState.Lower:
+                await ReadLowerAsync(destination, blockStart + inBlock, useAsync, cancellationToken).ConfigureAwait(false);
+                return;
+            case BlockState.Zero:
+                destination.Span.Clear();
+                return;
+            case BlockState.Present:
+                await ReadUpperAsync(destination, entry.Offset + inBlock, useAsync, cancellationToken).ConfigureAwait(false);
+                return;
+        }
+        // Partial: runs of sub-blocks alternate between upper (valid) and lower.
+        int position = inBlock;
+        int end = inBlock + destination.Length;
+        while (position < end)
+        {
+            int s = position >> _subShift;
+            bool valid = (entry.Bitmap & (1UL << s)) != 0;
+            int runEnd = position;
+            while (runEnd < end && ((entry.Bitmap & (1UL << (runEnd >> _subShift))) != 0) == valid)
+            {
+                runEnd = Math.Min(end, ((runEnd >> _subShift) + 1) << _subShift);
+            }
+            Memory<byte> part = destination.Slice(position - inBlock, runEnd - position);
+            if (valid)
+            {
+                await ReadUpperAsync(part, entry.Offset + position, useAsync, cancellationToken).ConfigureAwait(false);
+            }
+            else
+            {
+                await ReadLowerAsync(part, blockStart + position, useAsync, cancellationToken).ConfigureAwait(false);
+            }
+            position = runEnd;
+        }
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask WriteCoreAsync(ReadOnlyMemory<byte> data, long offset, bool useAsync, CancellationToken cancellationToken)
+    {
+        ThrowIfNotWritable();
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        if (data.IsEmpty)
+        {
+            return;
+        }
+        if (offset + data.Length > Layout.MaxVirtualSize)
+        {
+            throw new IOException($"{Name}: a write ending at {offset + data.Length} would pass the largest size, {Layout.MaxVirtualSize} bytes (EFBIG)");
+        }
+        await _sizeGate.EnterSharedAsync(useAsync, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            Grow(offset + data.Length);
+            int done = 0;
+            while (done < data.Length)
+            {
+                long position = offset + done;
+                long block = position >> _log2;
+                int inBlock = (int)(position & _blockMask);
+                int n = Math.Min(_blockSize - inBlock, data.Length - done);
+                if (await WriteBlockAsync(block, inBlock, data.Slice(done, n), useAsync, cancellationToken).ConfigureAwait(false))
+                {
+                    // Outside the block's gate: the copier needs it to make progress.
+                    await _copier!.EnqueueAsync(block, useAsync, cancellationToken).ConfigureAwait(false);
+                }
+                done += n;
+            }
+        }
+        finally
+        {
+            _sizeGate.ExitShared();
+        }
+    }
+
+    /// <summary>
+    /// Writes within one block under its gate. Crash order: the data goes to the upper file first, the entry that
+    /// points at it is set after; a block allocated for this write is new space, so the committed map never sees it
+    /// half-written. Returns true when the block was left partial and needs a background fill.
+    /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<bool> WriteBlockAsync(long block, int inBlock, ReadOnlyMemory<byte> data, bool useAsync, CancellationToken cancellationToken)
+    {
+        BlockLocks.Stripe stripe = _locks.For(block);
+        await stripe.EnterAsync(useAsync, cancellationToken).ConfigureAwait(false);
+        long allocated = 0;
+        try
+        {
+            BlockEntry entry = _map.Get(block);
+            long blockStart = block << _log2;
+            bool wholeBlock = inBlock == 0 && data.Length == _blockSize;
+            switch (entry.State)
+            {
+                case BlockState.Present:
+                    await WriteUpperAsync(data, entry.Offset + inBlock, useAsync, cancellationToken).ConfigureAwait(false);
+                    return false;
+                case BlockState.Partial:
+                    return await WriteSubBlocksAsync(block, entry.Offset, entry.Bitmap, inBlock, data, useAsync, cancellationToken).ConfigureAwait(false);
+                case BlockState.Lower when !wholeBlock && LowerBytesIn(blockStart) > 0:
+                    allocated = _allocator.AllocateBlock();
+                    bool needsFill = await WriteSubBlocksAsync(block, allocated, 0, inBlock, data, useAsync, cancellationToken).ConfigureAwait(false);
+                    allocated = 0;
+                    return needsFill;
+                default:
+                    // Zero, lower with nothing left in lower, or a whole-block write: fresh space reads as zeros, so
+                    // writing just the data makes the whole block right.
+                    allocated = _allocator.AllocateBlock();
+                    await WriteUpperAsync(data, allocated + inBlock, useAsync, cancellationToken).ConfigureAwait(false);
+                    EnsureUpperCovers(allocated + _blockSize);
+                    _map.Set(block, BlockEntry.Present(allocated));
+                    allocated = 0;
+                    return false;
+            }
+        }
+        catch when (allocated != 0)
+        {
+            // Never referenced; may hold part of the failed write, so it is punched before reuse.
+            _allocator.FreeAfterCommit(allocated, _blockSize);
+            throw;
+        }
+        finally
+        {
+            stripe.Exit();
+        }
+    }
+
+    /// <summary>
+    /// Writes [inBlock, +data) into a block allocated at <paramref name="offset"/> whose valid sub-blocks are
+    /// <paramref name="bitmap"/>. Edge sub-blocks the write covers only in part and that are not yet valid get their
+    /// other bytes from lower (at most two sub-blocks), so every sub-block the write touches becomes wholly valid.
+    /// In <see cref="CopyUpMode.Synchronous"/> the rest of the block is copied before returning.
+    /// </summary>
+    private async ValueTask<bool> WriteSubBlocksAsync(long block, long offset, ulong bitmap, int inBlock, ReadOnlyMemory<byte> data, bool useAsync, CancellationToken cancellationToken)
+    {
+        long blockStart = block << _log2;
+        int subMask = (1 << _subShift) - 1;
+        int a = inBlock;
+        int b = inBlock + data.Length;
+        int s0 = a >> _subShift;
+        int s1 = (b - 1) >> _subShift;
+        int lo = (a & subMask) != 0 && (bitmap & (1UL << s0)) == 0 ? s0 << _subShift : a;
+        int hi = (b & subMask) != 0 && (bitmap & (1UL << s1)) == 0 ? (s1 + 1) << _subShift : b;
+        if (lo == a && hi == b)
+        {
+            await WriteUpperAsync(data, offset + a, useAsync, cancellationToken).ConfigureAwait(false);
+        }
+        else
+        {
+            byte[] merge = ArrayPool<byte>.Shared.Rent(hi - lo);
+            try
+            {
+                Memory<byte> buffer = merge.AsMemory(0, hi - lo);
+                if (lo < a)
+                {
+                    await ReadLowerAsync(buffer[..(a - lo)], blockStart + lo, useAsync, cancellationToken).ConfigureAwait(false);
+                }
+                if (b < hi)
+                {
+                    await ReadLowerAsync(buffer[(b - lo)..], blockStart + b, useAsync, cancellationToken).ConfigureAwait(false);
+                }
+                data.CopyTo(buffer[(a - lo)..]);
+                await WriteUpperAsync(buffer, offset + lo, useAsync, cancellationToken).ConfigureAwait(false);
+            }
+            finally
+            {
+                ArrayPool<byte>.Shared.Return(merge);
+            }
+        }
+        EnsureUpperCovers(offset + _blockSize);
+        ulong mask = (s1 == 63 ? ulong.MaxValue : (1UL << (s1 + 1)) - 1) & ~((1UL << s0) - 1);
+        ulong valid = bitmap | mask;
+        if (valid == ulong.MaxValue)
+        {
+            _map.Set(block, BlockEntry.Present(offset));
+            return false;
+        }
+        _map.Set(block, BlockEntry.Partial(offset, valid));
+        if (_options.CopyUpMode == CopyUpMode.Synchronous)
+        {
+            await FillLockedAsync(block, useAsync, cancellationToken).ConfigureAwait(false);
+            return false;
+        }
+        return true;
+    }
+
+    /// <summary>The copier's work for one block: read it from lower without any gate, then, under the gate, write
+    /// only the sub-blocks still not valid. A write that landed meanwhile made its sub-blocks valid, so the fill can
+    /// never overwrite it (the race of the published BAOverlay prototype).</summary>
+    private async ValueTask FillAsync(long block, CancellationToken cancellationToken)
+    {
+        if (_map.Get(block).State != BlockState.Partial)
+        {
+            return;
+        }
+        byte[] buffer = ArrayPool<byte>.Shared.Rent(_blockSize);
+        try
+        {
+            long blockStart = block << _log2;
+            await ReadLowerAsync(buffer.AsMemory(0, _blockSize), blockStart, useAsync: true, cancellationToken).ConfigureAwait(false);
+            BlockLocks.Stripe stripe = _locks.For(block);
+            await stripe.EnterAsync(useAsync: true, cancellationToken).ConfigureAwait(false);
+            try
+            {
+                BlockEntry entry = _map.Get(block);
+                if (entry.State != BlockState.Partial)
+                {
+                    return;
+                }
+                // A shrink may have hidden more of lower since the read.
+                buffer.AsSpan(LowerBytesIn(blockStart), _blockSize - LowerBytesIn(blockStart)).Clear();
+                await WriteMissingAsync(entry, buffer, useAsync: true, cancellationToken).ConfigureAwait(false);
+                _map.Set(block, BlockEntry.Present(entry.Offset));
+            }
+            finally
+            {
+                stripe.Exit();
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    /// <summary>Completes a partial block while its gate is held (synchronous copy-up).</summary>
+    private async ValueTask FillLockedAsync(long block, bool useAsync, CancellationToken cancellationToken)
+    {
+        BlockEntry entry = _map.Get(block);
+        byte[] buffer = ArrayPool<byte>.Shared.Rent(_blockSize);
+        try
+        {
+            await ReadLowerAsync(buffer.AsMemory(0, _blockSize), block << _log2, useAsync, cancellationToken).ConfigureAwait(false);
+            await WriteMissingAsync(entry, buffer, useAsync, cancellationToken).ConfigureAwait(false);
+            _map.Set(block, BlockEntry.Present(entry.Offset));
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    private async ValueTask WriteMissingAsync(BlockEntry entry, byte[] lowerBlock, bool useAsync, CancellationToken cancellationToken)
+    {
+        ulong missing = ~entry.Bitmap;
+        while (missing != 0)
+        {
+            int first = BitOperations.TrailingZeroCount(missing);
+            int afterRun = first + BitOperations.TrailingZeroCount(~(missing >> first));
+            if (afterRun > 64 || afterRun <= first)
+            {
+                afterRun = 64;
+            }
+            int start = first << _subShift;
+            int length = (afterRun - first) << _subShift;
+            await WriteUpperAsync(lowerBlock.AsMemory(start, length), entry.Offset + start, useAsync, cancellationToken).ConfigureAwait(false);
+            missing = afterRun >= 64 ? 0 : missing & ~((1UL << afterRun) - 1);
+        }
+    }
+
+    private async ValueTask PunchHoleCoreAsync(long offset, long length, bool useAsync, CancellationToken cancellationToken)
+    {
+        ThrowIfNotWritable();
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        await _sizeGate.EnterSharedAsync(useAsync, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            long size = Length;
+            long end = Math.Min(size, offset + length);
+            for (long position = offset; position < end;)
+            {
+                long block = position >> _log2;
+                long blockStart = block << _log2;
+                int inBlock = (int)(position & _blockMask);
+                int n = (int)Math.Min(_blockSize - inBlock, end - position);
+                if (inBlock == 0 && (n == _blockSize || blockStart + n == size))
+                {
+                    await ZeroBlockAsync(block, useAsync, cancellationToken).ConfigureAwait(false);
+                }
+                else if (await WriteBlockAsync(block, inBlock, s_zeros.AsMemory(0, n), useAsync, cancellationToken).ConfigureAwait(false))
+                {
+                    await _copier!.EnqueueAsync(block, useAsync, cancellationToken).ConfigureAwait(false);
+                }
+                position += n;
+            }
+        }
+        finally
+        {
+            _sizeGate.ExitShared();
+        }
+    }
+
+    private async ValueTask ZeroBlockAsync(long block, bool useAsync, CancellationToken cancellationToken)
+    {
+        BlockLocks.Stripe stripe = _locks.For(block);
+        await stripe.EnterAsync(useAsync, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            BlockEntry entry = _map.Get(block);
+            if (entry.IsAllocated)
+            {
+                _allocator.FreeAfterCommit(entry.Offset, _blockSize);
+            }
+            if (entry.State != BlockState.Zero && (entry.State != BlockState.Lower || LowerBytesIn(block << _log2) > 0))
+            {
+                _map.Set(block, BlockEntry.Zero);
+            }
+        }
+        finally
+        {
+            stripe.Exit();
+        }
+    }
+
+    private async ValueTask SetLengthCoreAsync(long length, bool useAsync, CancellationToken cancellationToken)
+    {
+        ThrowIfNotWritable();
+        if (length < 0 || length > Layout.MaxVirtualSize)
+        {
+            throw new ArgumentOutOfRangeException(nameof(length), length, $"{Name}: the size must be within 0..{Layout.MaxVirtualSize}.");
+        }
+        await _sizeGate.EnterExclusiveAsync(useAsync, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            long old = Length;
+            if (length >= old)
+            {
+                Grow(length);
+                return;
+            }
+            // Lower bytes beyond the new size are hidden for good, whatever the size becomes later.
+            lock (_sizeLock)
+            {
+                Volatile.Write(ref _lowerLimit, Math.Min(_lowerLimit, length));
+            }
+            long firstGone = Layout.BlockCount(length, _log2);
+            foreach (var (block, _) in _map.EnumeratePopulated(firstGone).Where(e => e.Entry.State != BlockState.Lower).ToList())
+            {
+                BlockLocks.Stripe stripe = _locks.For(block);
+                await stripe.EnterAsync(useAsync, cancellationToken).ConfigureAwait(false);
+                try
+                {
+                    BlockEntry entry = _map.Get(block);
+                    if (entry.IsAllocated)
+                    {
+                        _allocator.FreeAfterCommit(entry.Offset, _blockSize);
+                    }
+                    _map.Set(block, BlockEntry.Lower);
+                }
+                finally
+                {
+                    stripe.Exit();
+                }
+            }
+            if ((length & _blockMask) != 0)
+            {
+                await CutTailBlockAsync(length >> _log2, (int)(length & _blockMask), useAsync, cancellationToken).ConfigureAwait(false);
+            }
+            lock (_sizeLock)
+            {
+                Volatile.Write(ref _virtualSize, length);
+                _headerDirty = true;
+            }
+            foreach (long page in _map.Truncate(Layout.RootEntryCount(length, _log2)))
+            {
+                _allocator.FreeAfterCommit(page, Layout.PageSize);
+            }
+        }
+        finally
+        {
+            _sizeGate.ExitExclusive();
+        }
+    }
+
+    /// <summary>
+    /// Zeros the upper bytes of the new last block beyond the new size. The block may be committed, so it is copied to
+    /// new space rather than changed in place: a crash before the next commit must leave the old size with its old bytes.
+    /// </summary>
+    private async ValueTask CutTailBlockAsync(long block, int keep, bool useAsync, CancellationToken cancellationToken)
+    {
+        BlockLocks.Stripe stripe = _locks.For(block);
+        await stripe.EnterAsync(useAsync, cancellationToken).ConfigureAwait(false);
+        byte[] buffer = ArrayPool<byte>.Shared.Rent(_blockSize);
+        long allocated = 0;
+        try
+        {
+            BlockEntry entry = _map.Get(block);
+            if (!entry.IsAllocated)
+            {
+                return;
+            }
+            await ReadUpperAsync(buffer.AsMemory(0, _blockSize), entry.Offset, useAsync, cancellationToken).ConfigureAwait(false);
+            buffer.AsSpan(keep, _blockSize - keep).Clear();
+            allocated = _allocator.AllocateBlock();
+            await WriteUpperAsync(buffer.AsMemory(0, _blockSize), allocated, useAsync, cancellationToken).ConfigureAwait(false);
+            _map.Set(block, new BlockEntry((entry.Descriptor & 0xFFF) | (ulong)allocated, entry.Bitmap));
+            allocated = 0;
+            _allocator.FreeAfterCommit(entry.Offset, _blockSize);
+        }
+        catch when (allocated != 0)
+        {
+            _allocator.FreeAfterCommit(allocated, _blockSize);
+            throw;
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+            stripe.Exit();
+        }
+    }
+
+    private void Grow(long size)
+    {
+        if (size <= Length)
+        {
+            return;
+        }
+        lock (_sizeLock)
+        {
+            if (size > _virtualSize)
+            {
+                _map.EnsureRoots(Layout.RootEntryCount(size, _log2));
+                Volatile.Write(ref _virtualSize, size);
+                _headerDirty = true;
+            }
+        }
+    }
+
+    /// <summary>
+    /// The commit: snapshot the dirty map under the size gate (so no size change is seen half-done), write the changed
+    /// pages to new places, flush, write the header into the slot the current generation does not use, flush. Space
+    /// freed before the snapshot is released only after that, when nothing committed references it.
+    /// </summary>
+    private async ValueTask CommitAsync(bool dirty, bool useAsync, CancellationToken cancellationToken)
+    {
+        if (useAsync)
+        {
+            await _commitGate.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        else
+        {
+            _commitGate.Wait(cancellationToken);
+        }
+        try
+        {
+            if (_fault is { } fault)
+            {
+                throw Faulted(fault);
+            }
+            if (_options.ReadOnly)
+            {
+                return;
+            }
+            List<(long Offset, long Length)> releasing;
+            CommitImage image;
+            BCowHeader header;
+            await _sizeGate.EnterSharedAsync(useAsync, cancellationToken).ConfigureAwait(false);
+            try
+            {
+                long size = Length;
+                int rootEntries = Layout.RootEntryCount(size, _log2);
+                bool headerChange = _headerDirty || dirty != _committed.Dirty;
+                releasing = _allocator.TakePending();
+                image = _map.Snapshot(rootEntries, _allocator, forceRoot: rootEntries != _committed.RootTableEntries);
+                if (!image.HasTree && !headerChange && releasing.Count == 0)
+                {
+                    header = _committed;
+                }
+                else
+                {
+                    header = _committed with
+                    {
+                        Generation = _committed.Generation + 1,
+                        Dirty = dirty,
+                        VirtualSize = size,
+                        LowerLimit = Volatile.Read(ref _lowerLimit),
+                        RootTableOffset = image.HasTree ? image.RootOffset : _committed.RootTableOffset,
+                        RootTableEntries = image.HasTree ? image.RootEntries : _committed.RootTableEntries,
+                        RootTableCrc = image.HasTree ? image.RootCrc : _committed.RootTableCrc,
+                    };
+                    _headerDirty = false;
+                }
+            }
+            finally
+            {
+                _sizeGate.ExitShared();
+            }
+            try
+            {
+                foreach (var (offset, bytes) in image.Pages)
+                {
+                    await WriteUpperAsync(bytes, offset, useAsync, cancellationToken).ConfigureAwait(false);
+                }
+                _upper.Flush();
+                if (header != _committed)
+                {
+                    byte[] slot = new byte[Layout.HeaderSlotSize];
+                    header.Write(slot);
+                    await WriteUpperAsync(slot, (long)(header.Generation % Layout.HeaderSlotCount) * Layout.HeaderSlotSize, useAsync, cancellationToken).ConfigureAwait(false);
+                    _upper.Flush();
+                }
+            }
+            catch (Exception e)
+            {
+                // The tree in memory no longer matches any commit we could retry from; the file on disk is at its
+                // last commit (or this one, if the header landed). Refuse further writes; a reopen recovers.
+                _fault = e;
+                throw;
+            }
+            _committed = header;
+            foreach (var (offset, length) in releasing.Concat(image.Freed))
+            {
+                try
+                {
+                    _upper.PunchHole(offset, length);
+                    _allocator.AddFree(offset, length);
+                }
+                catch (IOException)
+                {
+                    // Left as a leak: reclaimed at the next open. Never reused unpunched.
+                }
+            }
+        }
+        finally
+        {
+            _commitGate.Release();
+        }
+    }
+
+    private async ValueTask DisposeCoreAsync(bool useAsync)
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+        try
+        {
+            if (_copier is not null)
+            {
+                if (useAsync)
+                {
+                    await _copier.StopAsync().ConfigureAwait(false);
+                }
+                else
+                {
+                    _copier.StopAsync().GetAwaiter().GetResult();
+                }
+            }
+            if (!_options.ReadOnly && _fault is null)
+            {
+                await CommitAsync(dirty: false, useAsync, CancellationToken.None).ConfigureAwait(false);
+            }
+        }
+        finally
+        {
+            if (_ownsStorage)
+            {
+                _upper.Dispose();
+                _lower?.Dispose();
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- helpers
+
+    /// <summary>
+    /// A block allocated at the end of the upper file and written in part must still lie wholly inside the file
+    /// before an entry points at it (the rest reads as zeros: a sparse extension). Extend-only, under a lock, so two
+    /// writers allocating at the end never cut each other's block.
+    /// </summary>
+    private void EnsureUpperCovers(long end)
+    {
+        if (Volatile.Read(ref _upperExtent) >= end)
+        {
+            return;
+        }
+        lock (_extendLock)
+        {
+            if (_upperExtent < end)
+            {
+                long length = _upper.Length;
+                if (length < end)
+                {
+                    _upper.SetLength(end);
+                    length = end;
+                }
+                Volatile.Write(ref _upperExtent, length);
+            }
+        }
+    }
+
+    private int LowerBytesIn(long blockStart) =>
+        (int)Math.Clamp(Math.Min(Volatile.Read(ref _lowerLimit), _lowerLength) - blockStart, 0, _blockSize);
+
+    private async ValueTask ReadLowerAsync(Memory<byte> destination, long position, bool useAsync, CancellationToken cancellationToken)
+    {
+        long visible = Math.Min(Volatile.Read(ref _lowerLimit), _lowerLength);
+        int n = (int)Math.Clamp(visible - position, 0, destination.Length);
+        if (n > 0)
+        {
+            if (_lower is null)
+            {
+                throw new IOException($"{Name}: bytes at {position} are in the lower file, which was not opened");
+            }
+            int read = useAsync
+                ? await _lower.ReadAtAsync(destination[..n], position, cancellationToken).ConfigureAwait(false)
+                : _lower.ReadAt(destination.Span[..n], position);
+            if (read < n)
+            {
+                throw new IOException($"{_lower.Name}: the lower file ends at {position + read}, before {position + n}; it was truncated while in use");
+            }
+        }
+        destination.Span[n..].Clear();
+    }
+
+    private async ValueTask ReadUpperAsync(Memory<byte> destination, long offset, bool useAsync, CancellationToken cancellationToken)
+    {
+        int read = useAsync
+            ? await _upper.ReadAtAsync(destination, offset, cancellationToken).ConfigureAwait(false)
+            : _upper.ReadAt(destination.Span, offset);
+        if (read < destination.Length)
+        {
+            throw new IOException($"{Name}: data at {offset} (+{destination.Length}) lies beyond the end of the file; it was truncated while in use");
+        }
+    }
+
+    private ValueTask WriteUpperAsync(ReadOnlyMemory<byte> data, long offset, bool useAsync, CancellationToken cancellationToken)
+    {
+        if (useAsync)
+        {
+            return _upper.WriteAtAsync(data, offset, cancellationToken);
+        }
+        _upper.WriteAt(data.Span, offset);
+        return default;
+    }
+
+    private void ThrowIfNotWritable()
+    {
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        if (_options.ReadOnly)
+        {
+            throw new NotSupportedException($"{Name}: opened read-only");
+        }
+        if (_fault is { } fault)
+        {
+            throw Faulted(fault);
+        }
+    }
+
+    private IOException Faulted(Exception fault) =>
+        new($"{Name}: an earlier commit failed ({fault.Message}); the file keeps its last commit. Reopen it to continue.", fault);
+}

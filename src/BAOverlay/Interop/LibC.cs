@@ -1,0 +1,30 @@
+using System.Runtime.InteropServices;
+
+namespace BAOverlay.Interop;
+
+/// <summary>
+/// Linux calls that neither .NET nor Mono.Posix expose. Every native declaration of the library lives in this
+/// folder, with its C prototype above it.
+/// </summary>
+internal static partial class LibC
+{
+    private const string Library = "libc";
+
+    public const int FALLOC_FL_KEEP_SIZE = 0x01;
+    public const int FALLOC_FL_PUNCH_HOLE = 0x02;
+    public const int FALLOC_FL_ZERO_RANGE = 0x10;
+
+    public const int SEEK_DATA = 3;
+    public const int SEEK_HOLE = 4;
+
+    public const int ENXIO = 6;
+    public const int EOPNOTSUPP = 95;
+
+    // int fallocate(int fd, int mode, off_t offset, off_t len);
+    [LibraryImport(Library, EntryPoint = "fallocate64", SetLastError = true)]
+    public static partial int fallocate(int fd, int mode, long offset, long len);
+
+    // off_t lseek(int fd, off_t offset, int whence);
+    [LibraryImport(Library, EntryPoint = "lseek64", SetLastError = true)]
+    public static partial long lseek(int fd, long offset, int whence);
+}
