@@ -24,6 +24,15 @@ internal static partial class LibC
     [LibraryImport(Library, EntryPoint = "fallocate64", SetLastError = true)]
     public static partial int fallocate(int fd, int mode, long offset, long len);
 
+    public const int AT_FDCWD = -100;
+    public const uint RENAME_NOREPLACE = 1;
+    public const uint RENAME_EXCHANGE = 2;
+    public const uint RENAME_WHITEOUT = 4;
+
+    // int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);
+    [LibraryImport(Library, EntryPoint = "renameat2", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int renameat2(int olddirfd, string oldpath, int newdirfd, string newpath, uint flags);
+
     // off_t lseek(int fd, off_t offset, int whence);
     [LibraryImport(Library, EntryPoint = "lseek64", SetLastError = true)]
     public static partial long lseek(int fd, long offset, int whence);

@@ -1,0 +1,73 @@
+using BAOverlay.Storage;
+
+namespace BAOverlay.FileSystem;
+
+/// <summary>The bytes of an open regular file: a plain file (lower or upper) or a B-CoW file over a lower one.</summary>
+internal abstract class NodeData : IDisposable
+{
+    public abstract bool CanWrite { get; }
+
+    public abstract long Length { get; }
+
+    public abstract int Read(Span<byte> buffer, long offset);
+
+    public abstract ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken);
+
+    public abstract void Write(ReadOnlySpan<byte> data, long offset);
+
+    public abstract ValueTask WriteAsync(ReadOnlyMemory<byte> data, long offset, CancellationToken cancellationToken);
+
+    public abstract void SetLength(long length);
+
+    public abstract void Flush();
+
+    public abstract void Dispose();
+
+    public sealed class Plain(FileStorage storage) : NodeData
+    {
+        public override bool CanWrite => storage.CanWrite;
+
+        public override long Length => storage.Length;
+
+        public override int Read(Span<byte> buffer, long offset) => storage.ReadAt(buffer, offset);
+
+        public override ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken) =>
+            storage.ReadAtAsync(buffer, offset, cancellationToken);
+
+        public override void Write(ReadOnlySpan<byte> data, long offset) => storage.WriteAt(data, offset);
+
+        public override ValueTask WriteAsync(ReadOnlyMemory<byte> data, long offset, CancellationToken cancellationToken) =>
+            storage.WriteAtAsync(data, offset, cancellationToken);
+
+        public override void SetLength(long length) => storage.SetLength(length);
+
+        public override void Flush() => storage.Flush();
+
+        public override void Dispose() => storage.Dispose();
+    }
+
+    public sealed class BCow(BCowFile file) : NodeData
+    {
+        public BCowFile File => file;
+
+        public override bool CanWrite => file.CanWrite;
+
+        public override long Length => file.Length;
+
+        public override int Read(Span<byte> buffer, long offset) => file.ReadAt(buffer, offset);
+
+        public override ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken) =>
+            file.ReadAtAsync(buffer, offset, cancellationToken);
+
+        public override void Write(ReadOnlySpan<byte> data, long offset) => file.WriteAt(data, offset);
+
+        public override ValueTask WriteAsync(ReadOnlyMemory<byte> data, long offset, CancellationToken cancellationToken) =>
+            file.WriteAtAsync(data, offset, cancellationToken);
+
+        public override void SetLength(long length) => file.SetLength(length);
+
+        public override void Flush() => file.Flush();
+
+        public override void Dispose() => file.Dispose();
+    }
+}

@@ -1,0 +1,1264 @@
+using System.Buffers.Binary;
+using System.Runtime.InteropServices;
+using BAOverlay.Interop;
+using BAOverlay.Storage;
+using Mono.Unix.Native;
+
+namespace BAOverlay.FileSystem;
+
+/// <summary>
+/// A merged tree over read-only lower directories and an optional writable upper directory, with overlayfs
+/// semantics and block-level copy-up: writing into a large lower file turns its upper entry into a B-CoW file over
+/// the lower one instead of copying it whole. Operations are inode-based, as a FUSE low-level server needs them.
+/// </summary>
+/// <remarks>
+/// <para>Thread safety: all members may be called concurrently. Namespace operations (lookup, create, rename, ...)
+/// are serialized by a reader/writer lock; reads and writes through <see cref="OverlayHandle"/> take no file system
+/// lock.</para>
+/// <para>Errors: failures raise <see cref="OverlayException"/> carrying the POSIX error for a FUSE reply. A broken
+/// layer tree (an unreadable directory, a corrupt B-CoW file) fails the operations on the paths concerned, with a log
+/// line, never the whole file system.</para>
+/// <para>Crash safety: every object the overlay creates in the upper directory is built in the work directory and
+/// renamed into place, so a crash never leaves a half-made object visible; leftovers in the work directory are
+/// removed when the file system is opened.</para>
+/// </remarks>
+public sealed class OverlayFileSystem : IDisposable
+{
+    /// <summary>The inode number of the root directory (FUSE_ROOT_ID).</summary>
+    public const ulong RootIno = 1;
+
+    private const uint S_IFMT = 0xF000;
+    private const uint S_IFDIR = 0x4000;
+    private const uint S_IFREG = 0x8000;
+    private const uint S_IFLNK = 0xA000;
+
+    private readonly OverlayOptions _options;
+    private readonly string[] _roots;
+    private readonly int _upper;
+    private readonly string? _scratch;
+    private readonly ReaderWriterLockSlim _lock = new(LockRecursionPolicy.SupportsRecursion);
+    private readonly Dictionary<ulong, OverlayNode> _nodes = new();
+    private readonly OverlayNode _root;
+    private readonly Action<string> _log;
+    private long _scratchCounter;
+    private bool _disposed;
+
+    private OverlayFileSystem(OverlayOptions options, string[] roots, int upper, string? scratch)
+    {
+        _options = options;
+        _roots = roots;
+        _upper = upper;
+        _scratch = scratch;
+        _log = options.Log ?? (line => Console.Error.WriteLine("baoverlay: " + line));
+        _root = new OverlayNode(RootIno, null, "", "") { Type = S_IFDIR, Lookups = 1 };
+        _nodes[RootIno] = _root;
+        ResolveRoot();
+    }
+
+    /// <summary>True when there is no upper directory: every change fails with EROFS.</summary>
+    public bool IsReadOnly => _upper < 0;
+
+    /// <summary>Opens the overlay: checks the directories and cleans the work directory of a crashed copy-up.</summary>
+    /// <exception cref="OverlayException">A directory is missing or not a directory (ENOENT, ENOTDIR), or the work
+    /// directory is on another file system than the upper one (EXDEV).</exception>
+    public static OverlayFileSystem Open(OverlayOptions options)
+    {
+        if (options.LowerDirectories.Count == 0)
+        {
+            throw new OverlayException(Errno.EINVAL, "at least one lower directory is needed");
+        }
+        var roots = new List<string>();
+        string? scratch = null;
+        if (options.UpperDirectory is not null)
+        {
+            roots.Add(RequireDirectory(options.UpperDirectory, "upper directory", out Stat upperStat));
+            if (options.WorkDirectory is null)
+            {
+                throw new OverlayException(Errno.EINVAL, $"{options.UpperDirectory}: an upper directory needs a work directory");
+            }
+            string work = RequireDirectory(options.WorkDirectory, "work directory", out Stat workStat);
+            if (workStat.st_dev != upperStat.st_dev)
+            {
+                throw new OverlayException(Errno.EXDEV, $"{work}: the work directory must be on the same file system as the upper directory {roots[0]}");
+            }
+            scratch = LayerPaths.Join(work, "baoverlay");
+            RecoverScratch(scratch);
+        }
+        foreach (string lower in options.LowerDirectories)
+        {
+            roots.Add(RequireDirectory(lower, "lower directory", out _));
+        }
+        return new OverlayFileSystem(options, roots.ToArray(), options.UpperDirectory is null ? -1 : 0, scratch);
+    }
+
+    // ------------------------------------------------------------------ lookup and attributes
+
+    /// <summary>Looks up <paramref name="name"/> in directory <paramref name="parent"/> and counts one reference to the
+    /// result (released by <see cref="Forget"/>).</summary>
+    /// <exception cref="OverlayException">ENOENT when there is no such name; ENOTDIR when the parent is not a directory.</exception>
+    public OverlayStat Lookup(ulong parent, string name)
+    {
+        LayerPaths.ValidateName(name);
+        _lock.EnterWriteLock();
+        try
+        {
+            OverlayNode node = LookupLocked(NodeOf(parent), name) ?? throw NoEntry(NodeOf(parent), name);
+            node.Lookups++;
+            return StatOf(node);
+        }
+        finally
+        {
+            _lock.ExitWriteLock();
+        }
+    }
+
+    /// <summary>Drops <paramref name="count"/> references counted by lookups and creations (FUSE forget).</summary>
+    public void Forget(ulong ino, ulong count)
+    {
+        if (ino == RootIno)
+        {
+            return;
+        }
+        _lock.EnterWriteLock();
+        try
+        {
+            if (_nodes.TryGetValue(ino, out OverlayNode? node))
+            {
+                node.Lookups -= (long)Math.Min(count, (ulong)node.Lookups);
+                if (node.Lookups == 0 && node.OpenHandles == 0)
+                {
+                    _nodes.Remove(ino);
+                    if (node.Parent is { } p && p.Children.TryGetValue(node.Name, out OverlayNode? mapped) && mapped == node)
+                    {
+                        p.Children.Remove(node.Name);
+                    }
+                }
+            }
+        }
+        finally
+        {
+            _lock.ExitWriteLock();
+        }
+    }
+
+    /// <summary>The attributes of <paramref name="ino"/>.</summary>
+    public OverlayStat GetAttr(ulong ino)
+    {
+        _lock.EnterReadLock();
+        try
+        {
+            return StatOf(NodeOf(ino));
+        }
+        finally
+        {
+            _lock.ExitReadLock();
+        }
+    }
+
+    /// <summary>
+    /// Changes attributes: mode, owner, times and size. On a lower object, mode, owner and time changes copy up the
+    /// metadata only (a large file's data stays in lower: its upper entry is a B-CoW file with no block written).
+    /// </summary>
+    public OverlayStat SetAttr(ulong ino, OverlaySetAttr change, OverlayCaller caller)
+    {
+        RequireWritable();
+        _lock.EnterWriteLock();
+        try
+        {
+            OverlayNode node = NodeOf(ino);
+            if (change.Size is long size)
+            {
+                if (node.IsDirectory)
+                {
+                    throw new OverlayException(Errno.EISDIR, $"{Describe(node)}: is a directory");
+                }
+                CopyUp(node, truncateToZero: size == 0);
+                TruncateLocked(node, size);
+            }
+            else
+            {
+                CopyUp(node, truncateToZero: false);
+            }
+            string path = UpperPath(node);
+            if (change.Mode is uint mode && node.Type != S_IFLNK && Syscall.chmod(path, (FilePermissions)(mode & 0xFFF)) != 0)
+            {
+                throw OverlayException.FromLastError("chmod", Describe(node));
+            }
+            if ((change.Uid is not null || change.Gid is not null) &&
+                Syscall.lchown(path, change.Uid ?? unchecked((uint)-1), change.Gid ?? unchecked((uint)-1)) != 0)
+            {
+                throw OverlayException.FromLastError("chown", Describe(node));
+            }
+            if (change.ATimeNs is not null || change.MTimeNs is not null)
+            {
+                var times = new Timespec[] { ToTimespec(change.ATimeNs), ToTimespec(change.MTimeNs) };
+                if (Syscall.utimensat(LibC.AT_FDCWD, path, times, AtFlags.AT_SYMLINK_NOFOLLOW) != 0)
+                {
+                    throw OverlayException.FromLastError("utimensat", Describe(node));
+                }
+            }
+            return StatOf(node);
+        }
+        finally
+        {
+            _lock.ExitWriteLock();
+        }
+    }
+
+    /// <summary>The target of a symbolic link (never followed by the overlay).</summary>
+    public string ReadLink(ulong ino)
+    {
+        _lock.EnterReadLock();
+        try
+        {
+            OverlayNode node = NodeOf(ino);
+            if (node.Type != S_IFLNK)
+            {
+                throw new OverlayException(Errno.EINVAL, $"{Describe(node)}: not a symbolic link");
+            }
+            string path = TopPath(node);
+            return Mono.Unix.UnixPath.ReadLink(path);
+        }
+        finally
+        {
+            _lock.ExitReadLock();
+        }
+    }
+
+    /// <summary>File system statistics of the upper directory (of the top lower one when read-only).</summary>
+    public Statvfs StatFs()
+    {
+        if (Syscall.statvfs(_roots[0], out Statvfs stat) != 0)
+        {
+            throw OverlayException.FromLastError("statvfs", _roots[0]);
+        }
+        return stat;
+    }
+
+    // ------------------------------------------------------------------ directories
+
+    /// <summary>The merged entries of directory <paramref name="ino"/>, taken now: offsets stay valid while the caller
+    /// keeps the list (FUSE opendir/readdir/releasedir). <c>.</c> and <c>..</c> come first.</summary>
+    public IReadOnlyList<OverlayDirEntry> ReadDirectory(ulong ino)
+    {
+        _lock.EnterReadLock();
+        try
+        {
+            OverlayNode node = NodeOf(ino);
+            if (!node.IsDirectory)
+            {
+                throw new OverlayException(Errno.ENOTDIR, $"{Describe(node)}: not a directory");
+            }
+            var entries = new List<OverlayDirEntry>
+            {
+                new(".", node.Ino, S_IFDIR, 1),
+                new("..", node.Parent?.Ino ?? RootIno, S_IFDIR, 2),
+            };
+            foreach (var (name, entryIno, type) in MergedEntries(node))
+            {
+                entries.Add(new OverlayDirEntry(name, entryIno, type, entries.Count + 1));
+            }
+            return entries;
+        }
+        finally
+        {
+            _lock.ExitReadLock();
+        }
+    }
+
+    /// <summary>Makes a directory (mode masked by the caller's umask, owned by the caller).</summary>
+    public OverlayStat MakeDirectory(ulong parent, string name, uint mode, OverlayCaller caller) =>
+        CreateObject(parent, name, caller, scratch =>
+        {
+            if (Syscall.mkdir(scratch, (FilePermissions)(mode & ~caller.Umask & 0xFFF)) != 0)
+            {
+                throw OverlayException.FromLastError("mkdir", scratch);
+            }
+        }, isDirectory: true);
+
+    /// <summary>Makes a symbolic link. The target is stored as given and never resolved by the overlay.</summary>
+    public OverlayStat MakeSymbolicLink(ulong parent, string name, string target, OverlayCaller caller) =>
+        CreateObject(parent, name, caller, scratch =>
+        {
+            if (Syscall.symlink(target, scratch) != 0)
+            {
+                throw OverlayException.FromLastError("symlink", scratch);
+            }
+        }, isDirectory: false);
+
+    /// <summary>Makes a fifo, socket or (as root) device node.</summary>
+    public OverlayStat MakeNode(ulong parent, string name, uint mode, ulong rdev, OverlayCaller caller) =>
+        CreateObject(parent, name, caller, scratch =>
+        {
+            if (Syscall.mknod(scratch, (FilePermissions)(mode & ~caller.Umask & 0xFFFF | (mode & S_IFMT)), rdev) != 0)
+            {
+                throw OverlayException.FromLastError("mknod", scratch);
+            }
+        }, isDirectory: false);
+
+    /// <summary>Creates and opens a regular file (FUSE create).</summary>
+    public (OverlayStat Stat, OverlayHandle Handle) Create(ulong parent, string name, uint mode, OverlayCaller caller)
+    {
+        _lock.EnterWriteLock();
+        try
+        {
+            OverlayStat stat = CreateObject(parent, name, caller, scratch =>
+            {
+                int fd = Syscall.open(scratch, OpenFlags.O_CREAT | OpenFlags.O_EXCL | OpenFlags.O_WRONLY, (FilePermissions)(mode & ~caller.Umask & 0xFFF));
+                if (fd < 0)
+                {
+                    throw OverlayException.FromLastError("create", scratch);
+                }
+                Syscall.close(fd);
+            }, isDirectory: false);
+            return (stat, OpenLocked(NodeOf(stat.Ino), write: true, truncate: false));
+        }
+        finally
+        {
+            _lock.ExitWriteLock();
+        }
+    }
+
+    /// <summary>Removes a non-directory; a lower one is hidden by a whiteout.</summary>
+    public void Unlink(ulong parent, string name)
+    {
+        RequireWritable();
+        LayerPaths.ValidateName(name);
+        _lock.EnterWriteLock();
+        try
+        {
+            OverlayNode directory = NodeOf(parent);
+            OverlayNode node = LookupLocked(directory, name) ?? throw NoEntry(directory, name);
+            if (node.IsDirectory)
+            {
+                throw new OverlayException(Errno.EISDIR, $"{Describe(node)}: is a directory");
+            }
+            RemoveName(directory, name, node);
+        }
+        finally
+        {
+            _lock.ExitWriteLock();
+        }
+    }
+
+    /// <summary>Removes an empty directory (one holding only whiteouts counts as empty).</summary>
+    public void RemoveDirectory(ulong parent, string name)
+    {
+        RequireWritable();
+        LayerPaths.ValidateName(name);
+        _lock.EnterWriteLock();
+        try
+        {
+            OverlayNode directory = NodeOf(parent);
+            OverlayNode node = LookupLocked(directory, name) ?? throw NoEntry(directory, name);
+            if (!node.IsDirectory)
+            {
+                throw new OverlayException(Errno.ENOTDIR, $"{Describe(node)}: not a directory");
+            }
+            if (MergedEntries(node).Any())
+            {
+                throw new OverlayException(Errno.ENOTEMPTY, $"{Describe(node)}: directory not empty");
+            }
+            if (node.Layers[0].Layer == _upper)
+            {
+                ClearUpperDirectory(UpperPath(node));
+            }
+            RemoveName(directory, name, node);
+        }
+        finally
+        {
+            _lock.ExitWriteLock();
+        }
+    }
+
+    /// <summary>
+    /// Renames <paramref name="name"/> in <paramref name="parent"/> to <paramref name="newName"/> in
+    /// <paramref name="newParent"/>. <see cref="OverlayRenameFlags.NoReplace"/> fails with EEXIST when the target
+    /// exists. A lower file is copied up by metadata only (a large file's data stays in lower).
+    /// </summary>
+    public void Rename(ulong parent, string name, ulong newParent, string newName, OverlayRenameFlags flags = OverlayRenameFlags.None)
+    {
+        RequireWritable();
+        LayerPaths.ValidateName(name);
+        LayerPaths.ValidateName(newName);
+        if (Whiteouts.IsReservedName(newName))
+        {
+            throw new OverlayException(Errno.EINVAL, $"{newName}: names starting with {Whiteouts.Prefix} are reserved for whiteouts");
+        }
+        _lock.EnterWriteLock();
+        try
+        {
+            OverlayNode from = NodeOf(parent);
+            OverlayNode to = NodeOf(newParent);
+            OverlayNode node = LookupLocked(from, name) ?? throw NoEntry(from, name);
+            OverlayNode? target = LookupLocked(to, newName);
+            if (target == node)
+            {
+                return;
+            }
+            if (target is not null && (flags & OverlayRenameFlags.NoReplace) != 0)
+            {
+                throw new OverlayException(Errno.EEXIST, $"{Describe(target)}: exists");
+            }
+            if ((flags & OverlayRenameFlags.Exchange) != 0)
+            {
+                throw new OverlayException(Errno.EINVAL, "RENAME_EXCHANGE is not supported yet");
+            }
+            if (node.IsDirectory)
+            {
+                if (node.Layers.Any(l => l.Layer != _upper))
+                {
+                    // Needs a redirect record to keep finding the lower directories under the new name.
+                    throw new OverlayException(Errno.EXDEV, $"{Describe(node)}: renaming a directory that comes from a lower layer is not supported yet");
+                }
+                for (OverlayNode? up = to; up is not null; up = up.Parent)
+                {
+                    if (up == node)
+                    {
+                        throw new OverlayException(Errno.EINVAL, $"{Describe(node)}: cannot move a directory into itself");
+                    }
+                }
+                if (target is not null && !target.IsDirectory)
+                {
+                    throw new OverlayException(Errno.ENOTDIR, $"{Describe(target)}: not a directory");
+                }
+            }
+            else if (target is { IsDirectory: true })
+            {
+                throw new OverlayException(Errno.EISDIR, $"{Describe(target)}: is a directory");
+            }
+            if (target is { IsDirectory: true } && MergedEntries(target).Any())
+            {
+                throw new OverlayException(Errno.ENOTEMPTY, $"{Describe(target)}: directory not empty");
+            }
+            CopyUp(node, truncateToZero: false);
+            EnsureUpperDirectory(to);
+            bool hideSource = VisibleBelowUpper(from, name);
+            string source = UpperPath(node);
+            string destination = LayerPaths.Join(_roots[_upper], to.Path, newName);
+            if (target is { IsDirectory: true })
+            {
+                if (target.Layers[0].Layer == _upper)
+                {
+                    ClearUpperDirectory(destination);
+                }
+                if (target.Layers.Any(l => l.Layer != _upper))
+                {
+                    Whiteouts.MakeOpaque(source); // the lower directory under the new name must not merge in
+                }
+            }
+            uint renameFlags = hideSource && IsPrivileged ? LibC.RENAME_WHITEOUT : 0;
+            if (LibC.renameat2(LibC.AT_FDCWD, source, LibC.AT_FDCWD, destination, renameFlags) != 0)
+            {
+                throw new OverlayException(ToErrno(Marshal.GetLastPInvokeError()), $"{Describe(node)}: rename to {Path.Combine(to.Path, newName)} failed");
+            }
+            Syscall.unlink(LayerPaths.Join(_roots[_upper], to.Path, Whiteouts.Prefix + newName));
+            if (hideSource && renameFlags == 0)
+            {
+                Whiteouts.Create(LayerPaths.Join(_roots[_upper], from.Path), name);
+            }
+            from.Children.Remove(name);
+            node.Parent = to;
+            node.Name = newName;
+            Repath(node, LayerPaths.Child(to.Path, newName));
+            to.Children[newName] = node;
+        }
+        finally
+        {
+            _lock.ExitWriteLock();
+        }
+    }
+
+    // ------------------------------------------------------------------ files
+
+    /// <summary>
+    /// Opens a regular file. Opening for writing copies a lower file up: whole below
+    /// <see cref="OverlayOptions.BlockCopyUpThreshold"/>, as a B-CoW file over the lower one above it.
+    /// </summary>
+    public OverlayHandle Open(ulong ino, bool write, bool truncate)
+    {
+        if (write || truncate)
+        {
+            RequireWritable();
+        }
+        _lock.EnterWriteLock();
+        try
+        {
+            return OpenLocked(NodeOf(ino), write, truncate);
+        }
+        finally
+        {
+            _lock.ExitWriteLock();
+        }
+    }
+
+    internal NodeData DataOf(OverlayHandle handle) =>
+        handle.Node.Data ?? throw new OverlayException(Errno.EBADF, $"{Describe(handle.Node)}: not open");
+
+    internal NodeData WritableDataOf(OverlayHandle handle)
+    {
+        if (!handle.CanWrite)
+        {
+            throw new OverlayException(Errno.EBADF, $"{Describe(handle.Node)}: opened read-only");
+        }
+        return DataOf(handle);
+    }
+
+    internal void Release(OverlayHandle handle)
+    {
+        _lock.EnterWriteLock();
+        try
+        {
+            OverlayNode node = handle.Node;
+            if (--node.OpenHandles > 0)
+            {
+                return;
+            }
+            node.Data?.Dispose();
+            node.Data = null;
+            foreach (NodeData old in node.Retired)
+            {
+                old.Dispose();
+            }
+            node.Retired.Clear();
+            if (node.Lookups == 0 && node.Ino != RootIno)
+            {
+                _nodes.Remove(node.Ino);
+            }
+        }
+        finally
+        {
+            _lock.ExitWriteLock();
+        }
+    }
+
+    /// <summary>Closes every open file's data (B-CoW files commit). Handles still open stop working.</summary>
+    public void Dispose()
+    {
+        _lock.EnterWriteLock();
+        try
+        {
+            if (_disposed)
+            {
+                return;
+            }
+            _disposed = true;
+            foreach (OverlayNode node in _nodes.Values)
+            {
+                node.Data?.Dispose();
+                node.Data = null;
+                foreach (NodeData old in node.Retired)
+                {
+                    old.Dispose();
+                }
+                node.Retired.Clear();
+            }
+        }
+        finally
+        {
+            _lock.ExitWriteLock();
+        }
+    }
+
+    // ------------------------------------------------------------------ the machinery
+
+    private bool IsPrivileged => Syscall.geteuid() == 0;
+
+    private static string RequireDirectory(string path, string what, out Stat stat)
+    {
+        string full = Path.GetFullPath(path);
+        if (Syscall.stat(full, out stat) != 0)
+        {
+            throw OverlayException.FromLastError($"cannot use as {what}", full);
+        }
+        if ((stat.st_mode & FilePermissions.S_IFMT) != FilePermissions.S_IFDIR)
+        {
+            throw new OverlayException(Errno.ENOTDIR, $"{full}: the {what} is not a directory");
+        }
+        return full;
+    }
+
+    private static void RecoverScratch(string scratch)
+    {
+        // Whatever is here is a copy-up or creation that a crash interrupted before its rename: never visible, so
+        // it can go.
+        if (Directory.Exists(scratch))
+        {
+            foreach (string entry in Directory.EnumerateFileSystemEntries(scratch))
+            {
+                if (Syscall.lstat(entry, out Stat st) == 0 && (st.st_mode & FilePermissions.S_IFMT) == FilePermissions.S_IFDIR)
+                {
+                    Directory.Delete(entry, recursive: true);
+                }
+                else
+                {
+                    File.Delete(entry);
+                }
+            }
+        }
+        else
+        {
+            Directory.CreateDirectory(scratch);
+        }
+    }
+
+    private void ResolveRoot()
+    {
+        for (int layer = 0; layer < _roots.Length; layer++)
+        {
+            _root.Layers.Add((layer, ""));
+            if (Whiteouts.IsOpaque(_roots[layer]))
+            {
+                break;
+            }
+        }
+    }
+
+    private OverlayNode NodeOf(ulong ino)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        return _nodes.TryGetValue(ino, out OverlayNode? node)
+            ? node
+            : throw new OverlayException(Errno.ESTALE, $"inode {ino} is not known (forgotten or never looked up)");
+    }
+
+    /// <summary>Resolves <paramref name="name"/> in <paramref name="directory"/> through the layers, or null.</summary>
+    private OverlayNode? LookupLocked(OverlayNode directory, string name)
+    {
+        if (!directory.IsDirectory)
+        {
+            throw new OverlayException(Errno.ENOTDIR, $"{Describe(directory)}: not a directory");
+        }
+        if (Whiteouts.IsReservedName(name))
+        {
+            return null;
+        }
+        var layers = new List<(int Layer, string Path)>();
+        uint type = 0;
+        Stat top = default;
+        foreach (var (layer, directoryPath) in directory.Layers)
+        {
+            string path = LayerPaths.Join(_roots[layer], directoryPath, name);
+            if (Syscall.lstat(path, out Stat st) != 0)
+            {
+                Errno errno = Stdlib.GetLastError();
+                if (errno != Errno.ENOENT && errno != Errno.ENOTDIR)
+                {
+                    _log($"{path}: {Stdlib.strerror(errno)}");
+                    throw new OverlayException(errno, $"{path}: {Stdlib.strerror(errno)}");
+                }
+                if (Syscall.lstat(LayerPaths.Join(_roots[layer], directoryPath, Whiteouts.Prefix + name), out _) == 0)
+                {
+                    break; // whited out here: nothing below counts
+                }
+                continue;
+            }
+            if (Whiteouts.IsWhiteoutStat(st))
+            {
+                break;
+            }
+            uint t = (uint)st.st_mode & S_IFMT;
+            if (layers.Count > 0 && t != S_IFDIR)
+            {
+                break; // a non-directory below a directory is hidden
+            }
+            if (layers.Count == 0)
+            {
+                type = t;
+                top = st;
+            }
+            layers.Add((layer, LayerPaths.Child(directoryPath, name)));
+            if (t != S_IFDIR || Whiteouts.IsOpaque(path))
+            {
+                break;
+            }
+        }
+        if (layers.Count == 0)
+        {
+            return null;
+        }
+        ulong ino = InoOf(layers[0].Layer, top, LayerPaths.Join(_roots[layers[0].Layer], layers[0].Path));
+        if (!_nodes.TryGetValue(ino, out OverlayNode? node))
+        {
+            node = new OverlayNode(ino, directory, name, LayerPaths.Child(directory.Path, name));
+            _nodes[ino] = node;
+        }
+        node.Parent = directory;
+        node.Name = name;
+        node.Path = LayerPaths.Child(directory.Path, name);
+        node.Layers = layers;
+        node.Type = type;
+        directory.Children[name] = node;
+        return node;
+    }
+
+    /// <summary>
+    /// xino-style numbers: the layer's tag in the top 16 bits, the real inode below. An object copied up keeps the
+    /// number it had (stored in an xattr of its upper copy), so numbers survive copy-up and remount.
+    /// </summary>
+    private ulong InoOf(int layer, in Stat st, string path)
+    {
+        if (layer == _upper && Syscall.lgetxattr(path, LayerPaths.InoXattr, out byte[] value) == 8)
+        {
+            return BinaryPrimitives.ReadUInt64LittleEndian(value);
+        }
+        ulong tag = (ulong)(_upper < 0 ? layer + 1 : layer) + 1;
+        if (st.st_ino >= 1UL << 48)
+        {
+            throw new OverlayException(Errno.EOVERFLOW, $"{path}: inode number {st.st_ino} does not fit in 48 bits");
+        }
+        return (tag << 48) | st.st_ino;
+    }
+
+    private OverlayStat StatOf(OverlayNode node)
+    {
+        if (node == _root && node.Layers.Count > 0)
+        {
+            string rootPath = _roots[node.Layers[0].Layer];
+            if (Syscall.lstat(rootPath, out Stat rootStat) != 0)
+            {
+                throw OverlayException.FromLastError("stat", rootPath);
+            }
+            return ToStat(RootIno, rootStat, null);
+        }
+        string path = TopPath(node);
+        if (Syscall.lstat(path, out Stat st) != 0)
+        {
+            throw OverlayException.FromLastError("stat", path);
+        }
+        long? logicalSize = null;
+        if (node.Type == S_IFREG && node.Layers[0].Layer == _upper && IsBCowFile(path))
+        {
+            logicalSize = node.Data is NodeData.BCow open ? open.Length : BCowVirtualSize(path);
+        }
+        return ToStat(node.Ino, st, logicalSize);
+    }
+
+    private static OverlayStat ToStat(ulong ino, in Stat st, long? logicalSize) =>
+        new(ino, (uint)st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_rdev, logicalSize ?? st.st_size, st.st_blocks,
+            (st.st_atime * 1_000_000_000L) + st.st_atime_nsec, (st.st_mtime * 1_000_000_000L) + st.st_mtime_nsec, (st.st_ctime * 1_000_000_000L) + st.st_ctime_nsec);
+
+    private static bool IsBCowFile(string path) => Syscall.lgetxattr(path, LayerPaths.BCowXattr, out byte[] _) >= 0;
+
+    private long BCowVirtualSize(string path)
+    {
+        try
+        {
+            using var storage = new FileStorage(path, FileMode.Open, FileAccess.Read);
+            return BCowFile.ReadHeader(storage).VirtualSize;
+        }
+        catch (IOException e)
+        {
+            _log($"{path}: {e.Message}");
+            throw new OverlayException(Errno.EIO, e.Message);
+        }
+    }
+
+    private string TopPath(OverlayNode node) => LayerPaths.Join(_roots[node.Layers[0].Layer], node.Layers[0].Path);
+
+    private string UpperPath(OverlayNode node) => node.Path.Length == 0 ? _roots[_upper] : LayerPaths.Join(_roots[_upper], node.Path);
+
+    private static string Describe(OverlayNode node) => node.Path.Length == 0 ? "/" : "/" + node.Path;
+
+    private static OverlayException NoEntry(OverlayNode directory, string name) =>
+        new(Errno.ENOENT, $"{LayerPaths.Join(Describe(directory), name)}: no such file or directory");
+
+    private void RequireWritable()
+    {
+        if (_upper < 0)
+        {
+            throw new OverlayException(Errno.EROFS, "the overlay has no upper directory: read-only");
+        }
+    }
+
+    private string NewScratchPath() => LayerPaths.Join(_scratch!, $"tmp-{Environment.ProcessId}-{Interlocked.Increment(ref _scratchCounter)}");
+
+    /// <summary>The merged, visible entries of a directory: upper names hide lower ones, whiteouts hide what is below them.</summary>
+    private IEnumerable<(string Name, ulong Ino, uint Type)> MergedEntries(OverlayNode directory)
+    {
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        var result = new List<(string, ulong, uint)>();
+        foreach (var (layer, directoryPath) in directory.Layers)
+        {
+            string real = directoryPath.Length == 0 ? _roots[layer] : LayerPaths.Join(_roots[layer], directoryPath);
+            IEnumerable<string> names;
+            try
+            {
+                names = Directory.EnumerateFileSystemEntries(real).Select(Path.GetFileName).ToList()!;
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                _log($"{real}: {e.Message}");
+                throw new OverlayException(Errno.EIO, $"{real}: {e.Message}");
+            }
+            var hiddenHere = new List<string>();
+            foreach (string name in names)
+            {
+                if (name.StartsWith(Whiteouts.Prefix, StringComparison.Ordinal))
+                {
+                    if (name != Whiteouts.OpaqueMarker)
+                    {
+                        hiddenHere.Add(name[Whiteouts.Prefix.Length..]);
+                    }
+                    continue;
+                }
+                if (seen.Contains(name))
+                {
+                    continue;
+                }
+                string path = LayerPaths.Join(real, name);
+                if (Syscall.lstat(path, out Stat st) != 0)
+                {
+                    continue;
+                }
+                seen.Add(name);
+                if (Whiteouts.IsWhiteoutStat(st))
+                {
+                    continue;
+                }
+                result.Add((name, InoOf(layer, st, path), (uint)st.st_mode & S_IFMT));
+            }
+            seen.UnionWith(hiddenHere);
+        }
+        return result;
+    }
+
+    /// <summary>
+    /// Runs <paramref name="make"/> on a scratch path in the work directory, gives the object the caller's ownership,
+    /// and renames it into place, replacing a whiteout if there is one (a directory made over a whiteout is opaque, so
+    /// the lower directory it replaces does not show through).
+    /// </summary>
+    private OverlayStat CreateObject(ulong parent, string name, OverlayCaller caller, Action<string> make, bool isDirectory)
+    {
+        RequireWritable();
+        LayerPaths.ValidateName(name);
+        if (Whiteouts.IsReservedName(name))
+        {
+            throw new OverlayException(Errno.EINVAL, $"{name}: names starting with {Whiteouts.Prefix} are reserved for whiteouts");
+        }
+        _lock.EnterWriteLock();
+        try
+        {
+            OverlayNode directory = NodeOf(parent);
+            if (LookupLocked(directory, name) is { } existing)
+            {
+                throw new OverlayException(Errno.EEXIST, $"{Describe(existing)}: exists");
+            }
+            EnsureUpperDirectory(directory);
+            string upperDirectory = UpperPath(directory);
+            string destination = LayerPaths.Join(upperDirectory, name);
+            bool replacesWhiteout = Syscall.lstat(destination, out Stat old) == 0 && Whiteouts.IsWhiteoutStat(old);
+            bool hidesLower = replacesWhiteout || VisibleBelowUpperIgnoringWhiteouts(directory, name);
+            string scratch = NewScratchPath();
+            make(scratch);
+            try
+            {
+                if (Syscall.lchown(scratch, caller.Uid, caller.Gid) != 0 && IsPrivileged)
+                {
+                    throw OverlayException.FromLastError("chown", scratch);
+                }
+                if (isDirectory && hidesLower)
+                {
+                    Whiteouts.MakeOpaque(scratch);
+                }
+                if (replacesWhiteout && isDirectory)
+                {
+                    // A directory cannot be renamed over a device: swap them, then remove the whiteout.
+                    if (LibC.renameat2(LibC.AT_FDCWD, scratch, LibC.AT_FDCWD, destination, LibC.RENAME_EXCHANGE) != 0)
+                    {
+                        throw new OverlayException(ToErrno(Marshal.GetLastPInvokeError()), $"{destination}: cannot replace the whiteout");
+                    }
+                    Syscall.unlink(scratch);
+                }
+                else if (Syscall.rename(scratch, destination) != 0)
+                {
+                    throw OverlayException.FromLastError("rename into place", destination);
+                }
+            }
+            catch
+            {
+                RemoveTree(scratch);
+                throw;
+            }
+            Syscall.unlink(LayerPaths.Join(upperDirectory, Whiteouts.Prefix + name));
+            OverlayNode node = LookupLocked(directory, name) ?? throw NoEntry(directory, name);
+            node.Lookups++;
+            return StatOf(node);
+        }
+        finally
+        {
+            _lock.ExitWriteLock();
+        }
+    }
+
+    /// <summary>True when a layer below the upper one shows <paramref name="name"/> in <paramref name="directory"/>.</summary>
+    private bool VisibleBelowUpper(OverlayNode directory, string name)
+    {
+        foreach (var (layer, directoryPath) in directory.Layers)
+        {
+            if (layer == _upper)
+            {
+                continue;
+            }
+            if (Whiteouts.IsWhitedOut(LayerPaths.Join(_roots[layer], directoryPath), name, out bool exists))
+            {
+                return false;
+            }
+            if (exists)
+            {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    private bool VisibleBelowUpperIgnoringWhiteouts(OverlayNode directory, string name) => VisibleBelowUpper(directory, name);
+
+    private void RemoveName(OverlayNode directory, string name, OverlayNode node)
+    {
+        bool hide = VisibleBelowUpper(directory, name);
+        if (node.Layers[0].Layer == _upper)
+        {
+            string path = UpperPath(node);
+            if (hide && IsPrivileged)
+            {
+                // Atomically replace the upper object by a whiteout: a fresh whiteout swapped in, the old object removed.
+                string scratch = NewScratchPath();
+                if (Syscall.mknod(scratch, FilePermissions.S_IFCHR, 0) != 0)
+                {
+                    throw OverlayException.FromLastError("mknod whiteout", scratch);
+                }
+                if (LibC.renameat2(LibC.AT_FDCWD, scratch, LibC.AT_FDCWD, path, LibC.RENAME_EXCHANGE) != 0)
+                {
+                    Syscall.unlink(scratch);
+                    throw new OverlayException(ToErrno(Marshal.GetLastPInvokeError()), $"{path}: cannot replace by a whiteout");
+                }
+                RemoveTree(scratch);
+            }
+            else
+            {
+                if (hide)
+                {
+                    Whiteouts.Create(UpperPath(directory), name);
+                }
+                if ((node.IsDirectory ? Syscall.rmdir(path) : Syscall.unlink(path)) != 0)
+                {
+                    throw OverlayException.FromLastError("remove", path);
+                }
+            }
+        }
+        else
+        {
+            EnsureUpperDirectory(directory);
+            Whiteouts.Create(UpperPath(directory), name);
+        }
+        directory.Children.Remove(name);
+    }
+
+    /// <summary>Removes the whiteouts an (otherwise empty) upper directory still holds.</summary>
+    private static void ClearUpperDirectory(string path)
+    {
+        foreach (string entry in Directory.EnumerateFileSystemEntries(path))
+        {
+            RemoveTree(entry);
+        }
+    }
+
+    private static void RemoveTree(string path)
+    {
+        if (Syscall.lstat(path, out Stat st) != 0)
+        {
+            return;
+        }
+        if ((st.st_mode & FilePermissions.S_IFMT) == FilePermissions.S_IFDIR)
+        {
+            foreach (string entry in Directory.EnumerateFileSystemEntries(path))
+            {
+                RemoveTree(entry);
+            }
+            Syscall.rmdir(path);
+        }
+        else
+        {
+            Syscall.unlink(path);
+        }
+    }
+
+    private void EnsureUpperDirectory(OverlayNode directory)
+    {
+        if (directory.Layers[0].Layer == _upper)
+        {
+            return;
+        }
+        EnsureUpperDirectory(directory.Parent!);
+        CopyUp(directory, truncateToZero: false);
+    }
+
+    /// <summary>
+    /// Brings a lower object into the upper layer, atomically (built in the work directory, renamed into place).
+    /// Regular files below the threshold are copied; larger ones become a B-CoW file over the lower file, with no data
+    /// copied (metadata-only copy-up and block-level copy-up are then the same thing). Owner, mode, times and user
+    /// xattrs are carried over; so is the inode number.
+    /// </summary>
+    private void CopyUp(OverlayNode node, bool truncateToZero)
+    {
+        if (node.Layers[0].Layer == _upper)
+        {
+            return;
+        }
+        if (node.Parent is { } parent)
+        {
+            EnsureUpperDirectory(parent);
+        }
+        string lower = TopPath(node);
+        if (Syscall.lstat(lower, out Stat st) != 0)
+        {
+            throw OverlayException.FromLastError("stat for copy-up", lower);
+        }
+        string scratch = NewScratchPath();
+        uint type = (uint)st.st_mode & S_IFMT;
+        try
+        {
+            switch (type)
+            {
+                case S_IFREG when truncateToZero:
+                    File.WriteAllBytes(scratch, []);
+                    break;
+                case S_IFREG when st.st_size >= _options.BlockCopyUpThreshold:
+                    BCowFile.Create(scratch, new BCowCreateOptions { LowerPath = lower, BlockSize = _options.BlockSize }).Dispose();
+                    if (Syscall.lsetxattr(scratch, LayerPaths.BCowXattr, "1"u8.ToArray(), XattrFlags.XATTR_AUTO) != 0)
+                    {
+                        throw OverlayException.FromLastError("mark as B-CoW (user xattrs needed on the upper file system)", scratch);
+                    }
+                    break;
+                case S_IFREG:
+                    using (var source = new FileStream(lower, FileMode.Open, FileAccess.Read, FileShare.ReadWrite))
+                    using (var copy = new FileStream(scratch, FileMode.CreateNew, FileAccess.Write))
+                    {
+                        source.CopyTo(copy);
+                        copy.Flush(flushToDisk: true);
+                    }
+                    break;
+                case S_IFDIR:
+                    if (Syscall.mkdir(scratch, (FilePermissions)((uint)st.st_mode & 0xFFF)) != 0)
+                    {
+                        throw OverlayException.FromLastError("mkdir for copy-up", scratch);
+                    }
+                    break;
+                case S_IFLNK:
+                    if (Syscall.symlink(Mono.Unix.UnixPath.ReadLink(lower), scratch) != 0)
+                    {
+                        throw OverlayException.FromLastError("symlink for copy-up", scratch);
+                    }
+                    break;
+                default:
+                    if (Syscall.mknod(scratch, st.st_mode, st.st_rdev) != 0)
+                    {
+                        throw OverlayException.FromLastError("mknod for copy-up", scratch);
+                    }
+                    break;
+            }
+            CopyMetadata(lower, scratch, st, type, node.Ino);
+            if (Syscall.rename(scratch, UpperPath(node)) != 0)
+            {
+                throw OverlayException.FromLastError("rename copy-up into place", UpperPath(node));
+            }
+        }
+        catch
+        {
+            RemoveTree(scratch);
+            throw;
+        }
+        if (node.IsDirectory)
+        {
+            node.Layers.Insert(0, (_upper, node.Path));
+        }
+        else
+        {
+            node.Layers = [(_upper, node.Path)];
+            if (node.Data is { } old)
+            {
+                // Handles opened before the copy-up now read the upper copy (which they see through the node).
+                node.Retired.Add(old);
+                node.Data = OpenData(node, write: true);
+            }
+        }
+    }
+
+    private void CopyMetadata(string from, string to, in Stat st, uint type, ulong ino)
+    {
+        if (Syscall.llistxattr(from, out string[] names) >= 0)
+        {
+            foreach (string name in names)
+            {
+                if (!Whiteouts.IsPrivateXattr(name) && Syscall.lgetxattr(from, name, out byte[] value) >= 0)
+                {
+                    Syscall.lsetxattr(to, name, value, XattrFlags.XATTR_AUTO);
+                }
+            }
+        }
+        byte[] inoBytes = new byte[8];
+        BinaryPrimitives.WriteUInt64LittleEndian(inoBytes, ino);
+        if (Syscall.lsetxattr(to, LayerPaths.InoXattr, inoBytes, XattrFlags.XATTR_AUTO) != 0)
+        {
+            _log($"{to}: cannot keep the inode number across copy-up: {Stdlib.strerror(Stdlib.GetLastError())}");
+        }
+        if (Syscall.lchown(to, st.st_uid, st.st_gid) != 0 && IsPrivileged)
+        {
+            throw OverlayException.FromLastError("chown for copy-up", to);
+        }
+        if (type != S_IFLNK && Syscall.chmod(to, (FilePermissions)((uint)st.st_mode & 0xFFF)) != 0)
+        {
+            throw OverlayException.FromLastError("chmod for copy-up", to);
+        }
+        var times = new Timespec[]
+        {
+            new() { tv_sec = st.st_atime, tv_nsec = st.st_atime_nsec },
+            new() { tv_sec = st.st_mtime, tv_nsec = st.st_mtime_nsec },
+        };
+        Syscall.utimensat(LibC.AT_FDCWD, to, times, AtFlags.AT_SYMLINK_NOFOLLOW);
+    }
+
+    private OverlayHandle OpenLocked(OverlayNode node, bool write, bool truncate)
+    {
+        if (node.IsDirectory)
+        {
+            throw new OverlayException(Errno.EISDIR, $"{Describe(node)}: is a directory");
+        }
+        if (node.Type != S_IFREG)
+        {
+            throw new OverlayException(Errno.EINVAL, $"{Describe(node)}: not a regular file");
+        }
+        if (write || truncate)
+        {
+            CopyUp(node, truncateToZero: truncate);
+        }
+        if (node.Data is null)
+        {
+            node.Data = OpenData(node, write);
+        }
+        else if ((write || truncate) && !node.Data.CanWrite)
+        {
+            node.Retired.Add(node.Data);
+            node.Data = OpenData(node, write: true);
+        }
+        if (truncate && node.Data.Length != 0)
+        {
+            node.Data.SetLength(0);
+        }
+        node.OpenHandles++;
+        return new OverlayHandle(this, node, write);
+    }
+
+    private NodeData OpenData(OverlayNode node, bool write)
+    {
+        string path = TopPath(node);
+        try
+        {
+            if (node.Layers[0].Layer != _upper)
+            {
+                return new NodeData.Plain(new FileStorage(path, FileMode.Open, FileAccess.Read));
+            }
+            if (IsBCowFile(path))
+            {
+                return new NodeData.BCow(BCowFile.Open(path));
+            }
+            try
+            {
+                return new NodeData.Plain(new FileStorage(path, FileMode.Open, FileAccess.ReadWrite));
+            }
+            catch (UnauthorizedAccessException) when (!write)
+            {
+                return new NodeData.Plain(new FileStorage(path, FileMode.Open, FileAccess.Read));
+            }
+        }
+        catch (BCowFormatException e)
+        {
+            _log(e.Message);
+            throw new OverlayException(Errno.EIO, e.Message);
+        }
+        catch (UnauthorizedAccessException e)
+        {
+            throw new OverlayException(Errno.EACCES, $"{path}: {e.Message}");
+        }
+    }
+
+    private void TruncateLocked(OverlayNode node, long size)
+    {
+        if (node.Data is { CanWrite: true } data)
+        {
+            data.SetLength(size);
+            return;
+        }
+        using NodeData temporary = OpenData(node, write: true);
+        temporary.SetLength(size);
+    }
+
+    private static void Repath(OverlayNode node, string path)
+    {
+        node.Path = path;
+        if (node.IsDirectory)
+        {
+            node.Layers = node.Layers.Select(l => (l.Layer, path)).ToList();
+        }
+        else
+        {
+            node.Layers = [(node.Layers[0].Layer, path)];
+        }
+        foreach (OverlayNode child in node.Children.Values)
+        {
+            Repath(child, LayerPaths.Child(path, child.Name));
+        }
+    }
+
+    private static Timespec ToTimespec(long? ns) => ns switch
+    {
+        null => new Timespec { tv_sec = 0, tv_nsec = UtimeOmit },
+        OverlaySetAttr.Now => new Timespec { tv_sec = 0, tv_nsec = UtimeNow },
+        long value => new Timespec { tv_sec = value / 1_000_000_000L, tv_nsec = value % 1_000_000_000L },
+    };
+
+    private const long UtimeNow = (1L << 30) - 1;
+    private const long UtimeOmit = (1L << 30) - 2;
+
+    private static Errno ToErrno(int errno) => NativeConvert.ToErrno(errno);
+}
+
+/// <summary>Attribute changes for <see cref="OverlayFileSystem.SetAttr"/>; null fields stay as they are.</summary>
+public sealed record OverlaySetAttr
+{
+    /// <summary>Pass as a time to mean "now" (UTIME_NOW).</summary>
+    public const long Now = long.MinValue;
+
+    /// <summary>Permission bits (the file type bits are ignored).</summary>
+    public uint? Mode { get; init; }
+
+    /// <summary>New owner.</summary>
+    public uint? Uid { get; init; }
+
+    /// <summary>New group.</summary>
+    public uint? Gid { get; init; }
+
+    /// <summary>New size (truncate or extend).</summary>
+    public long? Size { get; init; }
+
+    /// <summary>Access time in ns since the epoch, or <see cref="Now"/>.</summary>
+    public long? ATimeNs { get; init; }
+
+    /// <summary>Modification time in ns since the epoch, or <see cref="Now"/>.</summary>
+    public long? MTimeNs { get; init; }
+}
+
+/// <summary>renameat2 flags.</summary>
+[Flags]
+public enum OverlayRenameFlags
+{
+    /// <summary>Replace the target if it exists.</summary>
+    None = 0,
+
+    /// <summary>Fail with EEXIST if the target exists (RENAME_NOREPLACE).</summary>
+    NoReplace = 1,
+
+    /// <summary>Swap source and target (RENAME_EXCHANGE); not supported yet.</summary>
+    Exchange = 2,
+}

@@ -1,0 +1,37 @@
+namespace BAOverlay.FileSystem;
+
+/// <summary>
+/// One object of the merged tree, known to the kernel by <see cref="Ino"/> until forgotten. Its layers are
+/// re-resolved on every lookup (lower layers never change; the upper one changes only through this file system).
+/// </summary>
+internal sealed class OverlayNode(ulong ino, OverlayNode? parent, string name, string path)
+{
+    public ulong Ino { get; } = ino;
+
+    public OverlayNode? Parent { get; set; } = parent;
+
+    public string Name { get; set; } = name;
+
+    /// <summary>Path in the merged tree, relative to its root ("" for the root).</summary>
+    public string Path { get; set; } = path;
+
+    /// <summary>Where the object lives, topmost first: (layer index, path in that layer). A non-directory has one
+    /// entry; a directory has every layer that contributes to it, down to the first opaque one.</summary>
+    public List<(int Layer, string Path)> Layers { get; set; } = new();
+
+    public uint Type { get; set; }
+
+    public bool IsDirectory => Type == 0x4000;
+
+    public long Lookups { get; set; }
+
+    public Dictionary<string, OverlayNode> Children { get; } = new(StringComparer.Ordinal);
+
+    /// <summary>Open data shared by all handles (so a reader opened before a copy-up sees later writes).</summary>
+    public NodeData? Data { get; set; }
+
+    /// <summary>Data replaced by a copy-up while handles were open; released with the last handle.</summary>
+    public List<NodeData> Retired { get; } = new();
+
+    public int OpenHandles { get; set; }
+}

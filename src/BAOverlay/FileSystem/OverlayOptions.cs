@@ -1,0 +1,73 @@
+namespace BAOverlay.FileSystem;
+
+/// <summary>How an <see cref="OverlayFileSystem"/> is assembled from layer directories.</summary>
+public sealed record OverlayOptions
+{
+    /// <summary>Read-only lower directories, highest (topmost) first. At least one.</summary>
+    public required IReadOnlyList<string> LowerDirectories { get; init; }
+
+    /// <summary>The writable upper directory; null makes the overlay read-only (writes fail with EROFS).</summary>
+    public string? UpperDirectory { get; init; }
+
+    /// <summary>
+    /// A scratch directory on the same file system as the upper directory, used to make copy-ups atomic (an object is
+    /// built there and renamed into place). Required with an upper directory; emptied of leftovers at open.
+    /// </summary>
+    public string? WorkDirectory { get; init; }
+
+    /// <summary>
+    /// Lower regular files at least this large are copied up as B-CoW files over the lower file (only written blocks
+    /// are copied); smaller ones are copied whole, which is smaller and faster for them. Default 256 KiB.
+    /// </summary>
+    public long BlockCopyUpThreshold { get; init; } = 256 * 1024;
+
+    /// <summary>Block size of the B-CoW files made by copy-up. Default 64 KiB.</summary>
+    public int BlockSize { get; init; } = 1 << Format.Layout.DefaultBlockSizeLog2;
+
+    /// <summary>Where to write one line per problem with a layer tree (a path that cannot be read, a corrupt B-CoW file). Default: standard error.</summary>
+    public Action<string>? Log { get; init; }
+}
+
+/// <summary>Who is calling: the uid, gid and umask the kernel passes with each FUSE request.</summary>
+/// <param name="Uid">The caller's user id.</param>
+/// <param name="Gid">The caller's group id.</param>
+/// <param name="Umask">The caller's umask, applied to the mode of objects it creates.</param>
+public readonly record struct OverlayCaller(uint Uid, uint Gid, uint Umask = 0)
+{
+    /// <summary>root, umask 0.</summary>
+    public static OverlayCaller Root => new(0, 0, 0);
+}
+
+/// <summary>Attributes of an overlay object, as <c>stat</c> reports them.</summary>
+/// <param name="Ino">Overlay inode number: stable across copy-up and remount, unique across layers.</param>
+/// <param name="Mode">File type and permission bits (<c>st_mode</c>).</param>
+/// <param name="Nlink">Hard links.</param>
+/// <param name="Uid">Owner.</param>
+/// <param name="Gid">Group.</param>
+/// <param name="Rdev">Device number of a device node.</param>
+/// <param name="Size">Logical size (a B-CoW file reports its virtual size).</param>
+/// <param name="Blocks">512-byte blocks really allocated (a B-CoW file reports its upper file's).</param>
+/// <param name="ATimeNs">Access time, ns since the epoch.</param>
+/// <param name="MTimeNs">Modification time, ns since the epoch.</param>
+/// <param name="CTimeNs">Status change time, ns since the epoch.</param>
+public readonly record struct OverlayStat(ulong Ino, uint Mode, ulong Nlink, uint Uid, uint Gid, ulong Rdev, long Size, long Blocks, long ATimeNs, long MTimeNs, long CTimeNs)
+{
+    /// <summary>The file type bits of <see cref="Mode"/>.</summary>
+    public uint Type => Mode & 0xF000;
+
+    /// <summary>True for a directory.</summary>
+    public bool IsDirectory => Type == 0x4000;
+
+    /// <summary>True for a regular file.</summary>
+    public bool IsRegularFile => Type == 0x8000;
+
+    /// <summary>True for a symbolic link.</summary>
+    public bool IsSymbolicLink => Type == 0xA000;
+}
+
+/// <summary>A directory entry of the merged view.</summary>
+/// <param name="Name">The name.</param>
+/// <param name="Ino">Its overlay inode number.</param>
+/// <param name="Type">File type bits (as in <see cref="OverlayStat.Mode"/>).</param>
+/// <param name="NextOffset">The offset to pass to continue after this entry; stable for the open directory.</param>
+public readonly record struct OverlayDirEntry(string Name, ulong Ino, uint Type, long NextOffset);
