@@ -21,6 +21,12 @@ internal abstract class NodeData : IDisposable
 
     public abstract void Flush();
 
+    /// <summary>Makes a range read zeros and frees its space; the length is unchanged.</summary>
+    public abstract void PunchHole(long offset, long length);
+
+    /// <summary>Ranges that hold data (the rest reads as zeros), in order, within [offset, end).</summary>
+    public abstract IEnumerable<(long Offset, long Length)> DataRanges(long offset, long end);
+
     public abstract void Dispose();
 
     public sealed class Plain(FileStorage storage) : NodeData
@@ -42,6 +48,10 @@ internal abstract class NodeData : IDisposable
         public override void SetLength(long length) => storage.SetLength(length);
 
         public override void Flush() => storage.Flush();
+
+        public override void PunchHole(long offset, long length) => storage.PunchHole(offset, length);
+
+        public override IEnumerable<(long Offset, long Length)> DataRanges(long offset, long end) => storage.GetDataRanges(offset, end);
 
         public override void Dispose() => storage.Dispose();
     }
@@ -67,6 +77,13 @@ internal abstract class NodeData : IDisposable
         public override void SetLength(long length) => file.SetLength(length);
 
         public override void Flush() => file.Flush();
+
+        public override void PunchHole(long offset, long length) => file.PunchHole(offset, length);
+
+        public override IEnumerable<(long Offset, long Length)> DataRanges(long offset, long end) =>
+            file.GetExtents()
+                .Where(e => e.Source != ExtentSource.Zero && e.Offset + e.Length > offset && e.Offset < end)
+                .Select(e => (Math.Max(e.Offset, offset), Math.Min(e.Offset + e.Length, end) - Math.Max(e.Offset, offset)));
 
         public override void Dispose() => file.Dispose();
     }

@@ -22,7 +22,7 @@ namespace BAOverlay.FileSystem;
 /// renamed into place, so a crash never leaves a half-made object visible; leftovers in the work directory are
 /// removed when the file system is opened.</para>
 /// </remarks>
-public sealed class OverlayFileSystem : IDisposable
+public sealed partial class OverlayFileSystem : IDisposable
 {
     /// <summary>The inode number of the root directory (FUSE_ROOT_ID).</summary>
     public const ulong RootIno = 1;
@@ -374,7 +374,10 @@ public sealed class OverlayFileSystem : IDisposable
     /// <summary>
     /// Renames <paramref name="name"/> in <paramref name="parent"/> to <paramref name="newName"/> in
     /// <paramref name="newParent"/>. <see cref="OverlayRenameFlags.NoReplace"/> fails with EEXIST when the target
-    /// exists. A lower file is copied up by metadata only (a large file's data stays in lower).
+    /// exists; <see cref="OverlayRenameFlags.Exchange"/> swaps two existing objects. A lower file is copied up by
+    /// metadata only (a large file's data stays in lower). A directory that has lower parts is recorded with a
+    /// redirect to them, so it keeps its content under the new name, across remounts (overlayfs and fuse-overlayfs
+    /// return EXDEV here by default).
     /// </summary>
     public void Rename(ulong parent, string name, ulong newParent, string newName, OverlayRenameFlags flags = OverlayRenameFlags.None)
     {
@@ -384,6 +387,11 @@ public sealed class OverlayFileSystem : IDisposable
         if (Whiteouts.IsReservedName(newName))
         {
             throw new OverlayException(Errno.EINVAL, $"{newName}: names starting with {Whiteouts.Prefix} are reserved for whiteouts");
+        }
+        bool exchange = (flags & OverlayRenameFlags.Exchange) != 0;
+        if (exchange && (flags & OverlayRenameFlags.NoReplace) != 0)
+        {
+            throw new OverlayException(Errno.EINVAL, "RENAME_EXCHANGE and RENAME_NOREPLACE exclude each other");
         }
         _lock.EnterWriteLock();
         try
@@ -400,72 +408,125 @@ public sealed class OverlayFileSystem : IDisposable
             {
                 throw new OverlayException(Errno.EEXIST, $"{Describe(target)}: exists");
             }
-            if ((flags & OverlayRenameFlags.Exchange) != 0)
+            if (exchange && target is null)
             {
-                throw new OverlayException(Errno.EINVAL, "RENAME_EXCHANGE is not supported yet");
+                throw NoEntry(to, newName);
             }
-            if (node.IsDirectory)
+            RefuseMoveIntoItself(node, to);
+            if (exchange)
             {
-                if (node.Layers.Any(l => l.Layer != _upper))
-                {
-                    // Needs a redirect record to keep finding the lower directories under the new name.
-                    throw new OverlayException(Errno.EXDEV, $"{Describe(node)}: renaming a directory that comes from a lower layer is not supported yet");
-                }
-                for (OverlayNode? up = to; up is not null; up = up.Parent)
-                {
-                    if (up == node)
-                    {
-                        throw new OverlayException(Errno.EINVAL, $"{Describe(node)}: cannot move a directory into itself");
-                    }
-                }
-                if (target is not null && !target.IsDirectory)
+                RefuseMoveIntoItself(target!, from);
+            }
+            else if (target is not null)
+            {
+                if (node.IsDirectory && !target.IsDirectory)
                 {
                     throw new OverlayException(Errno.ENOTDIR, $"{Describe(target)}: not a directory");
                 }
+                if (!node.IsDirectory && target.IsDirectory)
+                {
+                    throw new OverlayException(Errno.EISDIR, $"{Describe(target)}: is a directory");
+                }
+                if (target.IsDirectory && MergedEntries(target).Any())
+                {
+                    throw new OverlayException(Errno.ENOTEMPTY, $"{Describe(target)}: directory not empty");
+                }
             }
-            else if (target is { IsDirectory: true })
-            {
-                throw new OverlayException(Errno.EISDIR, $"{Describe(target)}: is a directory");
-            }
-            if (target is { IsDirectory: true } && MergedEntries(target).Any())
-            {
-                throw new OverlayException(Errno.ENOTEMPTY, $"{Describe(target)}: directory not empty");
-            }
-            CopyUp(node, truncateToZero: false);
+            EnsureUpperDirectory(from);
             EnsureUpperDirectory(to);
-            bool hideSource = VisibleBelowUpper(from, name);
+            PrepareToMove(node, to, newName);
+            if (exchange)
+            {
+                PrepareToMove(target!, from, name);
+            }
             string source = UpperPath(node);
             string destination = LayerPaths.Join(_roots[_upper], to.Path, newName);
-            if (target is { IsDirectory: true })
+            if (!exchange && target is { IsDirectory: true } && target.Layers[0].Layer == _upper)
             {
-                if (target.Layers[0].Layer == _upper)
-                {
-                    ClearUpperDirectory(destination);
-                }
-                if (target.Layers.Any(l => l.Layer != _upper))
-                {
-                    Whiteouts.MakeOpaque(source); // the lower directory under the new name must not merge in
-                }
+                ClearUpperDirectory(destination);
             }
-            uint renameFlags = hideSource && IsPrivileged ? LibC.RENAME_WHITEOUT : 0;
+            bool hideSource = !exchange && VisibleBelowUpper(from, name);
+            // A directory cannot replace a whiteout device: swap them instead, which leaves the whiteout at the old
+            // name, just what is needed when the old name must stay hidden.
+            bool overWhiteout = !exchange && node.IsDirectory && Syscall.lstat(destination, out Stat destinationStat) == 0 && Whiteouts.IsWhiteoutStat(destinationStat);
+            uint renameFlags = exchange || overWhiteout ? LibC.RENAME_EXCHANGE : hideSource && IsPrivileged ? LibC.RENAME_WHITEOUT : 0;
             if (LibC.renameat2(LibC.AT_FDCWD, source, LibC.AT_FDCWD, destination, renameFlags) != 0)
             {
-                throw new OverlayException(ToErrno(Marshal.GetLastPInvokeError()), $"{Describe(node)}: rename to {Path.Combine(to.Path, newName)} failed");
+                throw new OverlayException(ToErrno(Marshal.GetLastPInvokeError()), $"{Describe(node)}: rename to /{LayerPaths.Child(to.Path, newName)} failed");
             }
-            Syscall.unlink(LayerPaths.Join(_roots[_upper], to.Path, Whiteouts.Prefix + newName));
-            if (hideSource && renameFlags == 0)
+            if (overWhiteout)
             {
-                Whiteouts.Create(LayerPaths.Join(_roots[_upper], from.Path), name);
+                if (!hideSource)
+                {
+                    Syscall.unlink(source);
+                }
+                renameFlags = LibC.RENAME_WHITEOUT;
+            }
+            if (!exchange)
+            {
+                Syscall.unlink(LayerPaths.Join(_roots[_upper], to.Path, Whiteouts.Prefix + newName));
+                if (hideSource && renameFlags == 0)
+                {
+                    Whiteouts.Create(LayerPaths.Join(_roots[_upper], from.Path), name);
+                }
             }
             from.Children.Remove(name);
-            node.Parent = to;
-            node.Name = newName;
-            Repath(node, LayerPaths.Child(to.Path, newName));
-            to.Children[newName] = node;
+            to.Children.Remove(newName);
+            Refresh(to, newName);
+            Refresh(from, name);
         }
         finally
         {
             _lock.ExitWriteLock();
+        }
+    }
+
+    private static void RefuseMoveIntoItself(OverlayNode node, OverlayNode destination)
+    {
+        for (OverlayNode? up = destination; up is not null; up = up.Parent)
+        {
+            if (up == node)
+            {
+                throw new OverlayException(Errno.EINVAL, $"{Describe(node)}: cannot move a directory into itself");
+            }
+        }
+    }
+
+    /// <summary>
+    /// Gets an object ready to live under another name: copied up (by metadata), and, for a directory, either given a
+    /// redirect to its lower parts (so they follow it) or, if it has none, made opaque where a lower directory exists
+    /// under the new name (so that one does not merge in).
+    /// </summary>
+    private void PrepareToMove(OverlayNode node, OverlayNode to, string newName)
+    {
+        string? lowerPath = node.IsDirectory ? node.Layers.FirstOrDefault(l => l.Layer != _upper).Path : null;
+        bool hasLowerParts = node.IsDirectory && node.Layers.Any(l => l.Layer != _upper);
+        CopyUp(node, truncateToZero: false);
+        if (!node.IsDirectory)
+        {
+            return;
+        }
+        if (hasLowerParts)
+        {
+            Redirects.Write(UpperPath(node), lowerPath!);
+        }
+        else if (VisibleBelowUpper(to, newName))
+        {
+            Whiteouts.MakeOpaque(UpperPath(node));
+        }
+    }
+
+    /// <summary>Re-resolves a name and every cached object below it (their layer paths depend on their parents').</summary>
+    private void Refresh(OverlayNode directory, string name)
+    {
+        OverlayNode? node = LookupLocked(directory, name);
+        if (node is { IsDirectory: true })
+        {
+            foreach (string child in node.Children.Keys.ToList())
+            {
+                node.Children.Remove(child);
+                Refresh(node, child);
+            }
         }
     }
 
@@ -672,6 +733,12 @@ public sealed class OverlayFileSystem : IDisposable
             {
                 break;
             }
+            if (layer == _upper && Redirects.Read(path, directoryPath) is { } redirect)
+            {
+                // A renamed directory: its lower parts live at the recorded path, not under this name.
+                AddRedirectedLayers(layers, redirect);
+                break;
+            }
         }
         if (layers.Count == 0)
         {
@@ -690,6 +757,27 @@ public sealed class OverlayFileSystem : IDisposable
         node.Type = type;
         directory.Children[name] = node;
         return node;
+    }
+
+    private void AddRedirectedLayers(List<(int Layer, string Path)> layers, string redirect)
+    {
+        for (int layer = _upper + 1; layer < _roots.Length; layer++)
+        {
+            string path = LayerPaths.Join(_roots[layer], redirect);
+            if (Syscall.lstat(path, out Stat st) != 0)
+            {
+                continue;
+            }
+            if (((uint)st.st_mode & S_IFMT) != S_IFDIR)
+            {
+                break;
+            }
+            layers.Add((layer, redirect));
+            if (Whiteouts.IsOpaque(path))
+            {
+                break;
+            }
+        }
     }
 
     /// <summary>
@@ -1194,23 +1282,6 @@ public sealed class OverlayFileSystem : IDisposable
         temporary.SetLength(size);
     }
 
-    private static void Repath(OverlayNode node, string path)
-    {
-        node.Path = path;
-        if (node.IsDirectory)
-        {
-            node.Layers = node.Layers.Select(l => (l.Layer, path)).ToList();
-        }
-        else
-        {
-            node.Layers = [(node.Layers[0].Layer, path)];
-        }
-        foreach (OverlayNode child in node.Children.Values)
-        {
-            Repath(child, LayerPaths.Child(path, child.Name));
-        }
-    }
-
     private static Timespec ToTimespec(long? ns) => ns switch
     {
         null => new Timespec { tv_sec = 0, tv_nsec = UtimeOmit },
@@ -1259,6 +1330,6 @@ public enum OverlayRenameFlags
     /// <summary>Fail with EEXIST if the target exists (RENAME_NOREPLACE).</summary>
     NoReplace = 1,
 
-    /// <summary>Swap source and target (RENAME_EXCHANGE); not supported yet.</summary>
+    /// <summary>Swap source and target, which must both exist (RENAME_EXCHANGE).</summary>
     Exchange = 2,
 }

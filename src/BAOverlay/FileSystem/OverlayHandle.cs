@@ -43,6 +43,99 @@ public sealed class OverlayHandle : IDisposable
     /// <summary>Makes every write through any handle of this file durable (<c>fsync</c>).</summary>
     public void Fsync() => _fileSystem.DataOf(this).Flush();
 
+    /// <summary>
+    /// fallocate: <see cref="OverlayAllocateMode.PunchHole"/> and <see cref="OverlayAllocateMode.ZeroRange"/> make the
+    /// range read zeros (freeing its blocks); <see cref="OverlayAllocateMode.Allocate"/> extends the file to cover the
+    /// range unless <paramref name="keepSize"/> (space is allocated at first write, so nothing is reserved ahead).
+    /// </summary>
+    public void Allocate(long offset, long length, OverlayAllocateMode mode, bool keepSize)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(length);
+        NodeData data = _fileSystem.WritableDataOf(this);
+        long end = offset + length;
+        switch (mode)
+        {
+            case OverlayAllocateMode.PunchHole:
+                if (!keepSize)
+                {
+                    throw new OverlayException(Mono.Unix.Native.Errno.EOPNOTSUPP, "punching a hole needs FALLOC_FL_KEEP_SIZE");
+                }
+                data.PunchHole(offset, Math.Min(length, Math.Max(0, data.Length - offset)));
+                break;
+            case OverlayAllocateMode.ZeroRange:
+                data.PunchHole(offset, Math.Min(length, Math.Max(0, data.Length - offset)));
+                if (!keepSize && end > data.Length)
+                {
+                    data.SetLength(end);
+                }
+                break;
+            default:
+                if (!keepSize && end > data.Length)
+                {
+                    data.SetLength(end);
+                }
+                break;
+        }
+    }
+
+    /// <summary>lseek with SEEK_DATA or SEEK_HOLE: the first offset at or after <paramref name="offset"/> that holds
+    /// data (or lies in a hole; the end of the file counts as a hole).</summary>
+    /// <exception cref="OverlayException">ENXIO when <paramref name="offset"/> is at or beyond the end, or no data follows.</exception>
+    public long Seek(long offset, bool data)
+    {
+        NodeData source = _fileSystem.DataOf(this);
+        long length = source.Length;
+        if (offset < 0 || offset >= length)
+        {
+            throw new OverlayException(Mono.Unix.Native.Errno.ENXIO, $"offset {offset} is beyond the end ({length})");
+        }
+        long position = offset;
+        foreach (var (start, count) in source.DataRanges(offset, length))
+        {
+            if (data)
+            {
+                return Math.Max(start, offset);
+            }
+            if (start > position)
+            {
+                return position; // a hole before this data range
+            }
+            position = Math.Max(position, start + count);
+        }
+        if (data)
+        {
+            throw new OverlayException(Mono.Unix.Native.Errno.ENXIO, $"no data after offset {offset}");
+        }
+        return Math.Min(position, length);
+    }
+
+    /// <summary>copy_file_range: copies up to <paramref name="length"/> bytes between two open files; returns the bytes copied
+    /// (fewer at the end of the source).</summary>
+    public static long CopyRange(OverlayHandle source, long sourceOffset, OverlayHandle destination, long destinationOffset, long length)
+    {
+        byte[] buffer = System.Buffers.ArrayPool<byte>.Shared.Rent(1 << 20);
+        try
+        {
+            long done = 0;
+            while (done < length)
+            {
+                int n = source.Read(buffer.AsSpan(0, (int)Math.Min(buffer.Length, length - done)), sourceOffset + done);
+                if (n == 0)
+                {
+                    break;
+                }
+                destination.Write(buffer.AsSpan(0, n), destinationOffset + done);
+                done += n;
+            }
+            return done;
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
     /// <summary>Releases the handle; the file's data is closed with its last handle. Idempotent.</summary>
     public void Dispose()
     {
@@ -51,4 +144,17 @@ public sealed class OverlayHandle : IDisposable
             _fileSystem.Release(this);
         }
     }
+}
+
+/// <summary>fallocate modes.</summary>
+public enum OverlayAllocateMode
+{
+    /// <summary>Mode 0: make sure the range is part of the file.</summary>
+    Allocate,
+
+    /// <summary>FALLOC_FL_PUNCH_HOLE (with FALLOC_FL_KEEP_SIZE).</summary>
+    PunchHole,
+
+    /// <summary>FALLOC_FL_ZERO_RANGE.</summary>
+    ZeroRange,
 }

@@ -383,4 +383,117 @@ public class OverlaySemanticsTests
         Assert.That(Directory.EnumerateFileSystemEntries(Path.Combine(f.Work!, "baoverlay")), Is.Empty);
         Assert.That(List(fs, "/"), Is.EqualTo(new[] { "a" }));
     }
+
+    [Test]
+    public void RenamingADirectoryFromLowerLayersKeepsItsMergedContentAcrossRemount()
+    {
+        RequireRoot();
+        using var f = new OverlayFixture();
+        WriteFile(Path.Combine(f.Lowers[1], "src", "deep", "a"), "from lower2");
+        WriteFile(Path.Combine(f.Lowers[0], "src", "b"), "from lower1");
+        WriteFile(Path.Combine(f.Lowers[0], "dst-lower-only", "stale"), "must not merge into the moved directory");
+        SurvivesReopen(f, fs =>
+        {
+            fs.Rename(OverlayFileSystem.RootIno, "src", OverlayFileSystem.RootIno, "moved");
+            fs.Rename(OverlayFileSystem.RootIno, "moved", OverlayFileSystem.RootIno, "moved-again");
+        }, fs =>
+        {
+            Assert.That(Exists(fs, "src"), Is.False);
+            Assert.That(Exists(fs, "moved"), Is.False);
+            Assert.That(List(fs, "moved-again"), Is.EqualTo(new[] { "b", "deep" }));
+            Assert.That(ReadText(fs, "moved-again/deep/a"), Is.EqualTo("from lower2"));
+            Assert.That(ReadText(fs, "moved-again/b"), Is.EqualTo("from lower1"));
+        });
+    }
+
+    [Test]
+    public void ADirectoryMovedOntoARemovedLowerDirectoryDoesNotMergeWithIt()
+    {
+        RequireRoot();
+        using var f = new OverlayFixture();
+        WriteFile(Path.Combine(f.Lowers[0], "target", "old"), "x");
+        SurvivesReopen(f, fs =>
+        {
+            fs.Unlink(Resolve(fs, "target").Ino, "old");
+            fs.RemoveDirectory(OverlayFileSystem.RootIno, "target");
+            OverlayStat d = fs.MakeDirectory(OverlayFileSystem.RootIno, "fresh", Mode("755"), OverlayCaller.Root);
+            fs.MakeSymbolicLink(d.Ino, "inside", "x", OverlayCaller.Root);
+            fs.Rename(OverlayFileSystem.RootIno, "fresh", OverlayFileSystem.RootIno, "target");
+        }, fs => Assert.That(List(fs, "target"), Is.EqualTo(new[] { "inside" })));
+    }
+
+    [Test]
+    public void ExchangeSwapsALowerFileAndAnUpperDirectory()
+    {
+        RequireRoot();
+        using var f = new OverlayFixture();
+        WriteFile(Path.Combine(f.Lowers[0], "file"), "lower file");
+        SurvivesReopen(f, fs =>
+        {
+            OverlayStat d = fs.MakeDirectory(OverlayFileSystem.RootIno, "dir", Mode("755"), OverlayCaller.Root);
+            fs.MakeSymbolicLink(d.Ino, "l", "t", OverlayCaller.Root);
+            fs.Rename(OverlayFileSystem.RootIno, "file", OverlayFileSystem.RootIno, "dir", OverlayRenameFlags.Exchange);
+        }, fs =>
+        {
+            Assert.That(ReadText(fs, "dir"), Is.EqualTo("lower file"));
+            Assert.That(List(fs, "file"), Is.EqualTo(new[] { "l" }));
+        });
+    }
+
+    [Test]
+    public void AHardLinkToACopiedUpFileSharesItsDataAndInode()
+    {
+        using var f = new OverlayFixture();
+        WriteFile(Path.Combine(f.Lowers[0], "orig"), new byte[100_000]);
+        SurvivesReopen(f, fs =>
+        {
+            OverlayStat linked = fs.Link(Resolve(fs, "orig").Ino, OverlayFileSystem.RootIno, "link");
+            Assert.That(linked.Ino, Is.EqualTo(Resolve(fs, "orig").Ino));
+            WriteAt(fs, "link", 5, "via link"u8.ToArray());
+        }, fs =>
+        {
+            Assert.That(Encoding.UTF8.GetString(ReadBytes(fs, "orig"), 5, 8), Is.EqualTo("via link"));
+            Assert.That(Resolve(fs, "orig").Nlink, Is.EqualTo(2UL));
+        });
+    }
+
+    [Test]
+    public void XattrsCopyUpMetadataAndTheOverlaysOwnAreHidden()
+    {
+        RequireRoot();
+        using var f = new OverlayFixture();
+        WriteFile(Path.Combine(f.Lowers[0], "x"), new byte[100_000]);
+        SetXattr(Path.Combine(f.Lowers[0], "x"), "user.kept", "lower value");
+        SurvivesReopen(f, fs =>
+        {
+            ulong ino = Resolve(fs, "x").Ino;
+            fs.SetXattr(ino, "user.added", "v"u8);
+            Assert.That(Assert.Throws<OverlayException>(() => fs.SetXattr(ino, "trusted.overlay.opaque", "y"u8))!.Errno, Is.EqualTo(Errno.EPERM));
+            Assert.That(Assert.Throws<OverlayException>(() => fs.SetXattr(ino, "user.added", "w"u8, OverlayXattrFlags.Create))!.Errno, Is.EqualTo(Errno.EEXIST));
+        }, fs =>
+        {
+            ulong ino = Resolve(fs, "x").Ino;
+            Assert.That(fs.ListXattrs(ino).Order(), Is.EqualTo(new[] { "user.added", "user.kept" }), "user.baoverlay.* are hidden");
+            Assert.That(Encoding.UTF8.GetString(fs.GetXattr(ino, "user.kept")), Is.EqualTo("lower value"));
+            Assert.That(Assert.Throws<OverlayException>(() => fs.GetXattr(ino, "user.baoverlay.ino"))!.Errno, Is.EqualTo(Errno.ENODATA));
+        });
+    }
+
+    [Test]
+    public void PunchHoleAndSeekDataWorkOnABCowFile()
+    {
+        using var f = new OverlayFixture();
+        byte[] lower = new byte[1 << 20];
+        new Random(5).NextBytes(lower);
+        WriteFile(Path.Combine(f.Lowers[0], "big"), lower);
+        using OverlayFileSystem fs = f.Open();
+        using OverlayHandle handle = fs.Open(Resolve(fs, "big").Ino, write: true, truncate: false);
+        handle.Allocate(0, 512 * 1024, OverlayAllocateMode.PunchHole, keepSize: true);
+        Assert.That(handle.Seek(0, data: true), Is.EqualTo(512 * 1024), "SEEK_DATA skips the punched range");
+        Assert.That(handle.Seek(0, data: false), Is.EqualTo(0), "SEEK_HOLE finds the hole at once");
+        byte[] back = new byte[4096];
+        handle.Read(back, 4096);
+        Assert.That(back, Is.All.EqualTo(0));
+        Assert.That(Assert.Throws<OverlayException>(() => handle.Seek(2 << 20, data: true))!.Errno, Is.EqualTo(Errno.ENXIO));
+    }
 }

@@ -1,0 +1,56 @@
+using Mono.Unix.Native;
+
+namespace BAOverlay.FileSystem;
+
+/// <summary>Hard links: the source is copied up (a large file as a B-CoW file, so no data moves) and linked in upper;
+/// both names then share one upper inode and one overlay inode number.</summary>
+public sealed partial class OverlayFileSystem
+{
+    /// <summary>Makes <paramref name="newName"/> in <paramref name="newParent"/> a hard link to <paramref name="ino"/>.</summary>
+    /// <exception cref="OverlayException">EPERM for a directory; EEXIST when the name exists.</exception>
+    public OverlayStat Link(ulong ino, ulong newParent, string newName)
+    {
+        RequireWritable();
+        LayerPaths.ValidateName(newName);
+        if (Whiteouts.IsReservedName(newName))
+        {
+            throw new OverlayException(Errno.EINVAL, $"{newName}: names starting with {Whiteouts.Prefix} are reserved for whiteouts");
+        }
+        _lock.EnterWriteLock();
+        try
+        {
+            OverlayNode node = NodeOf(ino);
+            OverlayNode directory = NodeOf(newParent);
+            if (node.IsDirectory)
+            {
+                throw new OverlayException(Errno.EPERM, $"{Describe(node)}: cannot hard-link a directory");
+            }
+            if (LookupLocked(directory, newName) is { } existing)
+            {
+                throw new OverlayException(Errno.EEXIST, $"{Describe(existing)}: exists");
+            }
+            CopyUp(node, truncateToZero: false);
+            EnsureUpperDirectory(directory);
+            string destination = LayerPaths.Join(UpperPath(directory), newName);
+            // Linked under a scratch name and renamed into place, which replaces a whiteout atomically.
+            string scratch = NewScratchPath();
+            if (Syscall.link(UpperPath(node), scratch) != 0)
+            {
+                throw OverlayException.FromLastError("link", Describe(node));
+            }
+            if (Syscall.rename(scratch, destination) != 0)
+            {
+                Syscall.unlink(scratch);
+                throw OverlayException.FromLastError("rename link into place", destination);
+            }
+            Syscall.unlink(LayerPaths.Join(UpperPath(directory), Whiteouts.Prefix + newName));
+            OverlayNode linked = LookupLocked(directory, newName) ?? throw NoEntry(directory, newName);
+            linked.Lookups++;
+            return StatOf(linked);
+        }
+        finally
+        {
+            _lock.ExitWriteLock();
+        }
+    }
+}

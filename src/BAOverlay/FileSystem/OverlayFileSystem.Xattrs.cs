@@ -1,0 +1,121 @@
+using Mono.Unix.Native;
+
+namespace BAOverlay.FileSystem;
+
+/// <summary>Extended attributes: read from the object's top layer; changes copy the object's metadata up first.
+/// The overlay's own attributes (<c>trusted.overlay.*</c>, <c>user.overlay.*</c>, <c>user.fuseoverlayfs.*</c>,
+/// <c>user.baoverlay.*</c>) are hidden: they do not list, read as absent, and cannot be set.</summary>
+public sealed partial class OverlayFileSystem
+{
+    /// <summary>The value of extended attribute <paramref name="name"/>.</summary>
+    /// <exception cref="OverlayException">ENODATA when absent (or private to the overlay).</exception>
+    public byte[] GetXattr(ulong ino, string name)
+    {
+        _lock.EnterReadLock();
+        try
+        {
+            OverlayNode node = NodeOf(ino);
+            if (Whiteouts.IsPrivateXattr(name) || Syscall.lgetxattr(TopPath(node), name, out byte[] value) < 0)
+            {
+                Errno errno = Whiteouts.IsPrivateXattr(name) ? Errno.ENODATA : Stdlib.GetLastError();
+                throw new OverlayException(errno, $"{Describe(node)}: xattr {name}: {Stdlib.strerror(errno)}");
+            }
+            return value;
+        }
+        finally
+        {
+            _lock.ExitReadLock();
+        }
+    }
+
+    /// <summary>The names of the object's extended attributes, the overlay's own left out.</summary>
+    public IReadOnlyList<string> ListXattrs(ulong ino)
+    {
+        _lock.EnterReadLock();
+        try
+        {
+            OverlayNode node = NodeOf(ino);
+            if (Syscall.llistxattr(TopPath(node), out string[] names) < 0)
+            {
+                throw OverlayException.FromLastError("listxattr", Describe(node));
+            }
+            return names.Where(n => !Whiteouts.IsPrivateXattr(n)).ToList();
+        }
+        finally
+        {
+            _lock.ExitReadLock();
+        }
+    }
+
+    /// <summary>Sets an extended attribute (copying the object's metadata up first).</summary>
+    /// <exception cref="OverlayException">EPERM for the overlay's own names; EEXIST/ENODATA for <see cref="OverlayXattrFlags"/> conflicts.</exception>
+    public void SetXattr(ulong ino, string name, ReadOnlySpan<byte> value, OverlayXattrFlags flags = OverlayXattrFlags.None)
+    {
+        RequireWritable();
+        if (Whiteouts.IsPrivateXattr(name))
+        {
+            throw new OverlayException(Errno.EPERM, $"xattr {name} belongs to the overlay");
+        }
+        _lock.EnterWriteLock();
+        try
+        {
+            OverlayNode node = NodeOf(ino);
+            CopyUp(node, truncateToZero: false);
+            XattrFlags native = flags switch
+            {
+                OverlayXattrFlags.Create => XattrFlags.XATTR_CREATE,
+                OverlayXattrFlags.Replace => XattrFlags.XATTR_REPLACE,
+                _ => XattrFlags.XATTR_AUTO,
+            };
+            if (Syscall.lsetxattr(UpperPath(node), name, value.ToArray(), native) != 0)
+            {
+                throw OverlayException.FromLastError($"setxattr {name}", Describe(node));
+            }
+        }
+        finally
+        {
+            _lock.ExitWriteLock();
+        }
+    }
+
+    /// <summary>Removes an extended attribute (copying the object's metadata up first).</summary>
+    public void RemoveXattr(ulong ino, string name)
+    {
+        RequireWritable();
+        if (Whiteouts.IsPrivateXattr(name))
+        {
+            throw new OverlayException(Errno.ENODATA, $"xattr {name}: no such attribute");
+        }
+        _lock.EnterWriteLock();
+        try
+        {
+            OverlayNode node = NodeOf(ino);
+            if (Syscall.lgetxattr(TopPath(node), name, out byte[] _) < 0)
+            {
+                throw OverlayException.FromLastError($"removexattr {name}", Describe(node));
+            }
+            CopyUp(node, truncateToZero: false);
+            if (Syscall.lremovexattr(UpperPath(node), name) != 0)
+            {
+                throw OverlayException.FromLastError($"removexattr {name}", Describe(node));
+            }
+        }
+        finally
+        {
+            _lock.ExitWriteLock();
+        }
+    }
+}
+
+/// <summary>setxattr flags.</summary>
+public enum OverlayXattrFlags
+{
+    /// <summary>Create or replace.</summary>
+    None,
+
+    /// <summary>Fail with EEXIST if it exists (XATTR_CREATE).</summary>
+    Create,
+
+    /// <summary>Fail with ENODATA if it does not exist (XATTR_REPLACE).</summary>
+    Replace,
+}

@@ -1,0 +1,39 @@
+using System.Text;
+using Mono.Unix.Native;
+
+namespace BAOverlay.FileSystem;
+
+/// <summary>
+/// A renamed directory that has parts in lower layers carries the path of those parts (relative to the layer roots)
+/// in <c>user.baoverlay.redirect</c>; lookups find its lower parts there instead of under its new name. Kernel
+/// overlayfs' <c>trusted.overlay.redirect</c> (absolute from the root with a leading <c>/</c>, or a name relative to
+/// the parent) is read too.
+/// </summary>
+internal static class Redirects
+{
+    public const string Xattr = LayerPaths.XattrPrefix + "redirect";
+    private const string KernelXattr = "trusted.overlay.redirect";
+
+    /// <summary>The lower path a directory at <paramref name="upperPath"/> redirects to, or null.</summary>
+    public static string? Read(string upperPath, string parentPath)
+    {
+        if (Syscall.lgetxattr(upperPath, Xattr, out byte[] value) > 0)
+        {
+            return Encoding.UTF8.GetString(value);
+        }
+        if (Syscall.lgetxattr(upperPath, KernelXattr, out value) > 0)
+        {
+            string redirect = Encoding.UTF8.GetString(value);
+            return redirect.StartsWith('/') ? redirect.TrimStart('/') : LayerPaths.Child(parentPath, redirect);
+        }
+        return null;
+    }
+
+    public static void Write(string upperPath, string lowerPath)
+    {
+        if (Syscall.lsetxattr(upperPath, Xattr, Encoding.UTF8.GetBytes(lowerPath), XattrFlags.XATTR_AUTO) != 0)
+        {
+            throw OverlayException.FromLastError("record the directory's redirect (user xattrs needed on the upper file system)", upperPath);
+        }
+    }
+}
