@@ -8,7 +8,11 @@ public sealed partial class OverlayFileSystem
 {
     /// <summary>Makes <paramref name="newName"/> in <paramref name="newParent"/> a hard link to <paramref name="ino"/>.</summary>
     /// <exception cref="OverlayException">EPERM for a directory; EEXIST when the name exists.</exception>
-    public OverlayStat Link(ulong ino, ulong newParent, string newName)
+    /// <param name="ino">The existing file.</param>
+    /// <param name="newParent">The directory of the new name.</param>
+    /// <param name="newName">The new name.</param>
+    /// <param name="caller">Checked for write and search permission on the directory; null for a trusted caller.</param>
+    public OverlayStat Link(ulong ino, ulong newParent, string newName, OverlayCaller? caller = null)
     {
         RequireWritable();
         LayerPaths.ValidateName(newName);
@@ -25,6 +29,7 @@ public sealed partial class OverlayFileSystem
             {
                 throw new OverlayException(Errno.EPERM, $"{Describe(node)}: cannot hard-link a directory");
             }
+            CheckAccess(directory, caller, Permissions.Write | Permissions.Exec);
             if (LookupLocked(directory, newName) is { } existing)
             {
                 throw new OverlayException(Errno.EEXIST, $"{Describe(existing)}: exists");

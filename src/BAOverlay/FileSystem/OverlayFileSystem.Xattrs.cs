@@ -9,12 +9,16 @@ public sealed partial class OverlayFileSystem
 {
     /// <summary>The value of extended attribute <paramref name="name"/>.</summary>
     /// <exception cref="OverlayException">ENODATA when absent (or private to the overlay).</exception>
-    public byte[] GetXattr(ulong ino, string name)
+    /// <param name="ino">The object.</param>
+    /// <param name="name">The attribute.</param>
+    /// <param name="caller">Checked as the kernel checks xattr access; null for a trusted caller.</param>
+    public byte[] GetXattr(ulong ino, string name, OverlayCaller? caller = null)
     {
         _lock.EnterReadLock();
         try
         {
             OverlayNode node = NodeOf(ino);
+            CheckXattrAccess(node, name, caller, Permissions.Read);
             if (Whiteouts.IsPrivateXattr(name) || Syscall.lgetxattr(TopPath(node), name, out byte[] value) < 0)
             {
                 Errno errno = Whiteouts.IsPrivateXattr(name) ? Errno.ENODATA : Stdlib.GetLastError();
@@ -49,7 +53,12 @@ public sealed partial class OverlayFileSystem
 
     /// <summary>Sets an extended attribute (copying the object's metadata up first).</summary>
     /// <exception cref="OverlayException">EPERM for the overlay's own names; EEXIST/ENODATA for <see cref="OverlayXattrFlags"/> conflicts.</exception>
-    public void SetXattr(ulong ino, string name, ReadOnlySpan<byte> value, OverlayXattrFlags flags = OverlayXattrFlags.None)
+    /// <param name="ino">The object.</param>
+    /// <param name="name">The attribute.</param>
+    /// <param name="value">Its value.</param>
+    /// <param name="flags">Create or replace only.</param>
+    /// <param name="caller">Checked as the kernel checks xattr access; null for a trusted caller.</param>
+    public void SetXattr(ulong ino, string name, ReadOnlySpan<byte> value, OverlayXattrFlags flags = OverlayXattrFlags.None, OverlayCaller? caller = null)
     {
         RequireWritable();
         if (Whiteouts.IsPrivateXattr(name))
@@ -60,6 +69,7 @@ public sealed partial class OverlayFileSystem
         try
         {
             OverlayNode node = NodeOf(ino);
+            CheckXattrAccess(node, name, caller, Permissions.Write);
             CopyUp(node, truncateToZero: false);
             XattrFlags native = flags switch
             {
@@ -79,7 +89,10 @@ public sealed partial class OverlayFileSystem
     }
 
     /// <summary>Removes an extended attribute (copying the object's metadata up first).</summary>
-    public void RemoveXattr(ulong ino, string name)
+    /// <param name="ino">The object.</param>
+    /// <param name="name">The attribute.</param>
+    /// <param name="caller">Checked as the kernel checks xattr access; null for a trusted caller.</param>
+    public void RemoveXattr(ulong ino, string name, OverlayCaller? caller = null)
     {
         RequireWritable();
         if (Whiteouts.IsPrivateXattr(name))
@@ -90,6 +103,7 @@ public sealed partial class OverlayFileSystem
         try
         {
             OverlayNode node = NodeOf(ino);
+            CheckXattrAccess(node, name, caller, Permissions.Write);
             if (Syscall.lgetxattr(TopPath(node), name, out byte[] _) < 0)
             {
                 throw OverlayException.FromLastError($"removexattr {name}", Describe(node));
@@ -103,6 +117,23 @@ public sealed partial class OverlayFileSystem
         finally
         {
             _lock.ExitWriteLock();
+        }
+    }
+
+    /// <summary>xattr_permission: trusted.* is root's; user.* follows the object's read/write permission.</summary>
+    private void CheckXattrAccess(OverlayNode node, string name, OverlayCaller? caller, int mask)
+    {
+        if (caller is not { } c)
+        {
+            return;
+        }
+        if (name.StartsWith("trusted.", StringComparison.Ordinal) && c.Uid != 0)
+        {
+            throw new OverlayException(Errno.EPERM, $"{Describe(node)}: trusted.* attributes are root's");
+        }
+        if (name.StartsWith("user.", StringComparison.Ordinal))
+        {
+            Permissions.Check(StatOf(node), c, mask, Describe(node));
         }
     }
 }

@@ -96,12 +96,16 @@ public sealed partial class OverlayFileSystem : IDisposable
     /// <summary>Looks up <paramref name="name"/> in directory <paramref name="parent"/> and counts one reference to the
     /// result (released by <see cref="Forget"/>).</summary>
     /// <exception cref="OverlayException">ENOENT when there is no such name; ENOTDIR when the parent is not a directory.</exception>
-    public OverlayStat Lookup(ulong parent, string name)
+    /// <param name="parent">The directory's inode number.</param>
+    /// <param name="name">One name.</param>
+    /// <param name="caller">Checked for search permission on the directory; null for a trusted caller.</param>
+    public OverlayStat Lookup(ulong parent, string name, OverlayCaller? caller = null)
     {
         LayerPaths.ValidateName(name);
         _lock.EnterWriteLock();
         try
         {
+            CheckAccess(NodeOf(parent), caller, Permissions.Exec);
             OverlayNode node = LookupLocked(NodeOf(parent), name) ?? throw NoEntry(NodeOf(parent), name);
             node.Lookups++;
             return StatOf(node);
@@ -166,6 +170,7 @@ public sealed partial class OverlayFileSystem : IDisposable
         try
         {
             OverlayNode node = NodeOf(ino);
+            Permissions.CheckSetAttr(StatOf(node), change, caller, Describe(node));
             if (change.Size is long size)
             {
                 if (node.IsDirectory)
@@ -239,7 +244,9 @@ public sealed partial class OverlayFileSystem : IDisposable
 
     /// <summary>The merged entries of directory <paramref name="ino"/>, taken now: offsets stay valid while the caller
     /// keeps the list (FUSE opendir/readdir/releasedir). <c>.</c> and <c>..</c> come first.</summary>
-    public IReadOnlyList<OverlayDirEntry> ReadDirectory(ulong ino)
+    /// <param name="ino">The directory.</param>
+    /// <param name="caller">Checked for read permission; null for a trusted caller.</param>
+    public IReadOnlyList<OverlayDirEntry> ReadDirectory(ulong ino, OverlayCaller? caller = null)
     {
         _lock.EnterReadLock();
         try
@@ -249,6 +256,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             {
                 throw new OverlayException(Errno.ENOTDIR, $"{Describe(node)}: not a directory");
             }
+            CheckAccess(node, caller, Permissions.Read);
             var entries = new List<OverlayDirEntry>
             {
                 new(".", node.Ino, S_IFDIR, 1),
@@ -288,7 +296,9 @@ public sealed partial class OverlayFileSystem : IDisposable
 
     /// <summary>Makes a fifo, socket or (as root) device node.</summary>
     public OverlayStat MakeNode(ulong parent, string name, uint mode, ulong rdev, OverlayCaller caller) =>
-        CreateObject(parent, name, caller, scratch =>
+        (mode & S_IFMT) is 0x2000 or 0x6000 && caller.Uid != 0
+            ? throw new OverlayException(Errno.EPERM, $"{name}: only root may make device nodes")
+            : CreateObject(parent, name, caller, scratch =>
         {
             if (Syscall.mknod(scratch, (FilePermissions)(mode & ~caller.Umask & 0xFFFF | (mode & S_IFMT)), rdev) != 0)
             {
@@ -320,7 +330,10 @@ public sealed partial class OverlayFileSystem : IDisposable
     }
 
     /// <summary>Removes a non-directory; a lower one is hidden by a whiteout.</summary>
-    public void Unlink(ulong parent, string name)
+    /// <param name="parent">The directory.</param>
+    /// <param name="name">The name to remove.</param>
+    /// <param name="caller">Checked for write and search permission on the directory and the sticky rule; null for a trusted caller.</param>
+    public void Unlink(ulong parent, string name, OverlayCaller? caller = null)
     {
         RequireWritable();
         LayerPaths.ValidateName(name);
@@ -329,6 +342,7 @@ public sealed partial class OverlayFileSystem : IDisposable
         {
             OverlayNode directory = NodeOf(parent);
             OverlayNode node = LookupLocked(directory, name) ?? throw NoEntry(directory, name);
+            CheckRemove(directory, node, caller);
             if (node.IsDirectory)
             {
                 throw new OverlayException(Errno.EISDIR, $"{Describe(node)}: is a directory");
@@ -342,7 +356,10 @@ public sealed partial class OverlayFileSystem : IDisposable
     }
 
     /// <summary>Removes an empty directory (one holding only whiteouts counts as empty).</summary>
-    public void RemoveDirectory(ulong parent, string name)
+    /// <param name="parent">The directory holding it.</param>
+    /// <param name="name">The directory to remove.</param>
+    /// <param name="caller">Checked as for <see cref="Unlink"/>; null for a trusted caller.</param>
+    public void RemoveDirectory(ulong parent, string name, OverlayCaller? caller = null)
     {
         RequireWritable();
         LayerPaths.ValidateName(name);
@@ -351,6 +368,7 @@ public sealed partial class OverlayFileSystem : IDisposable
         {
             OverlayNode directory = NodeOf(parent);
             OverlayNode node = LookupLocked(directory, name) ?? throw NoEntry(directory, name);
+            CheckRemove(directory, node, caller);
             if (!node.IsDirectory)
             {
                 throw new OverlayException(Errno.ENOTDIR, $"{Describe(node)}: not a directory");
@@ -379,7 +397,13 @@ public sealed partial class OverlayFileSystem : IDisposable
     /// redirect to them, so it keeps its content under the new name, across remounts (overlayfs and fuse-overlayfs
     /// return EXDEV here by default).
     /// </summary>
-    public void Rename(ulong parent, string name, ulong newParent, string newName, OverlayRenameFlags flags = OverlayRenameFlags.None)
+    /// <param name="parent">The source directory.</param>
+    /// <param name="name">The source name.</param>
+    /// <param name="newParent">The target directory.</param>
+    /// <param name="newName">The target name.</param>
+    /// <param name="flags">renameat2 flags.</param>
+    /// <param name="caller">Checked for write and search permission on both directories and the sticky rule; null for a trusted caller.</param>
+    public void Rename(ulong parent, string name, ulong newParent, string newName, OverlayRenameFlags flags = OverlayRenameFlags.None, OverlayCaller? caller = null)
     {
         RequireWritable();
         LayerPaths.ValidateName(name);
@@ -411,6 +435,19 @@ public sealed partial class OverlayFileSystem : IDisposable
             if (exchange && target is null)
             {
                 throw NoEntry(to, newName);
+            }
+            CheckRemove(from, node, caller);
+            if (target is not null)
+            {
+                CheckRemove(to, target, caller);
+            }
+            else
+            {
+                CheckAccess(to, caller, Permissions.Write | Permissions.Exec);
+            }
+            if (node.IsDirectory && from != to)
+            {
+                CheckAccess(node, caller, Permissions.Write); // its ".." changes
             }
             RefuseMoveIntoItself(node, to);
             if (exchange)
@@ -536,7 +573,11 @@ public sealed partial class OverlayFileSystem : IDisposable
     /// Opens a regular file. Opening for writing copies a lower file up: whole below
     /// <see cref="OverlayOptions.BlockCopyUpThreshold"/>, as a B-CoW file over the lower one above it.
     /// </summary>
-    public OverlayHandle Open(ulong ino, bool write, bool truncate)
+    /// <param name="ino">The file.</param>
+    /// <param name="write">Open for writing.</param>
+    /// <param name="truncate">Truncate to zero (O_TRUNC).</param>
+    /// <param name="caller">Checked for read or write permission; null for a trusted caller.</param>
+    public OverlayHandle Open(ulong ino, bool write, bool truncate, OverlayCaller? caller = null)
     {
         if (write || truncate)
         {
@@ -545,6 +586,7 @@ public sealed partial class OverlayFileSystem : IDisposable
         _lock.EnterWriteLock();
         try
         {
+            CheckAccess(NodeOf(ino), caller, write || truncate ? Permissions.Write : Permissions.Read);
             return OpenLocked(NodeOf(ino), write, truncate);
         }
         finally
@@ -624,6 +666,24 @@ public sealed partial class OverlayFileSystem : IDisposable
     // ------------------------------------------------------------------ the machinery
 
     private bool IsPrivileged => Syscall.geteuid() == 0;
+
+    private void CheckAccess(OverlayNode node, OverlayCaller? caller, int mask)
+    {
+        if (caller is { } c)
+        {
+            Permissions.Check(StatOf(node), c, mask, Describe(node));
+        }
+    }
+
+    private void CheckRemove(OverlayNode directory, OverlayNode entry, OverlayCaller? caller)
+    {
+        if (caller is { } c)
+        {
+            OverlayStat directoryStat = StatOf(directory);
+            Permissions.Check(directoryStat, c, Permissions.Write | Permissions.Exec, Describe(directory));
+            Permissions.CheckSticky(directoryStat, StatOf(entry), c, Describe(entry));
+        }
+    }
 
     private static string RequireDirectory(string path, string what, out Stat stat)
     {
@@ -928,6 +988,7 @@ public sealed partial class OverlayFileSystem : IDisposable
         try
         {
             OverlayNode directory = NodeOf(parent);
+            CheckAccess(directory, caller, Permissions.Write | Permissions.Exec);
             if (LookupLocked(directory, name) is { } existing)
             {
                 throw new OverlayException(Errno.EEXIST, $"{Describe(existing)}: exists");

@@ -34,6 +34,9 @@ public sealed record OverlayOptions
 /// <param name="Umask">The caller's umask, applied to the mode of objects it creates.</param>
 public readonly record struct OverlayCaller(uint Uid, uint Gid, uint Umask = 0)
 {
+    /// <summary>Supplementary groups (FUSE's <c>fuse_req_getgroups</c>), for group permission checks.</summary>
+    public IReadOnlyList<uint>? Groups { get; init; }
+
     /// <summary>root, umask 0.</summary>
     public static OverlayCaller Root => new(0, 0, 0);
 }
