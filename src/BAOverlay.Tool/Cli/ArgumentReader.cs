@@ -15,7 +15,9 @@ internal static class ArgumentReader
         for (int i = 0; i < args.Count; i++)
         {
             string arg = args[i];
-            if (optionsEnded || arg == "-" || !arg.StartsWith('-'))
+            // "-1" is a (bad) number, not an option: let the operand's parser say what is wrong with it.
+            bool negativeNumber = arg.Length > 1 && arg[0] == '-' && char.IsAsciiDigit(arg[1]);
+            if (optionsEnded || arg == "-" || negativeNumber || !arg.StartsWith('-'))
             {
                 operands.Add(arg);
                 continue;

@@ -74,6 +74,7 @@ public class UsageTests
     [TestCase(new[] { "io", "x.bcow", "-c", "read 0" }, "bcow: io: -c 'read 0': missing LENGTH")]
     [TestCase(new[] { "io", "x.bcow", "-c", "write -P 256 0 1" }, "bcow: io: -c 'write -P 256 0 1': 256 is not a valid pattern byte")]
     [TestCase(new[] { "io", "x.bcow", "-c", "write -X 0 1" }, "bcow: io: -c 'write -X 0 1': unknown option '-X'")]
+    [TestCase(new[] { "io", "x.bcow", "-c", "truncate -1" }, "bcow: io: -c 'truncate -1': invalid size '-1'")]
     [TestCase(new[] { "help", "frob" }, "bcow: no help for 'frob'")]
     public void BadUsageExitsOneWithTheProblemAndAUsageHint(string[] args, string problem)
     {
