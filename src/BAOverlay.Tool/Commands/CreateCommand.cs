@@ -37,7 +37,7 @@ internal sealed class CreateCommand : ICommand
         Prints what it made, like qemu-img create:
           Formatting 'x.bcow', fmt=bcow size=67108864 block_size=65536 lower_file=big.img
 
-        Exit status: 0 created, 1 error (nothing is left behind at FILE).
+        Exit status: 0 created, 1 error (no half-made file is left at FILE).
         """;
 
     public IReadOnlyList<OptionSpec> Options { get; } =

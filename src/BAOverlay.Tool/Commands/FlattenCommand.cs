@@ -19,8 +19,9 @@ internal sealed class FlattenCommand : ICommand
 
     public string Help => """
         Writes the merged content of FILE (its lower file with FILE's blocks over it) to
-        OUT as a plain file of the virtual size. Ranges that read as zeros are not
-        written, so OUT is sparse there.
+        OUT as a plain file of the virtual size. Ranges that read as zeros (zero blocks,
+        and any 4 KiB page that is all zeros, in lower data too) are not written, so
+        OUT is sparse there.
 
         The data goes to OUT.tmp, which is flushed to disk and then renamed to OUT: a
         failure or Ctrl+C never leaves a half-written file under OUT (an existing OUT is
@@ -28,7 +29,7 @@ internal sealed class FlattenCommand : ICommand
 
         A progress bar is drawn on standard error when it is a terminal.
 
-        Exit status: 0 written, 1 error.
+        Exit status: 0 written, 1 error, 130 interrupted (Ctrl+C; OUT.tmp is removed).
         """;
 
     public IReadOnlyList<OptionSpec> Options { get; } = [];

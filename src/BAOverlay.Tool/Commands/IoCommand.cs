@@ -30,9 +30,9 @@ internal sealed class IoCommand : ICommand
         Example:
           bcow io x.bcow -c "write -P 0xab 1000000 4k" -c "read -P 0xab 1000000 4k"
           wrote 4096/4096 bytes at offset 1000000
-          4 KiB, 1 ops; 00.00 sec (38.407 MiB/sec and 9832.1584 ops/sec)
+          4 KiB, 1 ops; 00.01 sec (534.281 KiB/sec and 133.5702 ops/sec)
           read 4096/4096 bytes at offset 1000000
-          4 KiB, 1 ops; 00.00 sec (71.101 MiB/sec and 18201.8567 ops/sec)
+          4 KiB, 1 ops; 00.01 sec (374.392 KiB/sec and 93.5979 ops/sec)
 
         A failed verification prints, as qemu-io does,
           Pattern verification failed at offset 1000000, 4096 bytes
