@@ -4,7 +4,13 @@ internal static class Program
 {
     private static int Main(string[] args)
     {
-        Console.Error.WriteLine("bcow: not yet implemented");
-        return 1;
+        using var cancellation = new CancellationTokenSource();
+        // Ctrl+C cancels instead of killing the process, so flatten can remove its OUT.tmp on the way out.
+        Console.CancelKeyPress += (_, e) =>
+        {
+            e.Cancel = true;
+            cancellation.Cancel();
+        };
+        return BcowCli.Run(args, Console.Out, Console.Error, errorIsTerminal: !Console.IsErrorRedirected, cancellation.Token);
     }
 }

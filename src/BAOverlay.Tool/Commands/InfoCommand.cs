@@ -1,0 +1,118 @@
+using System.Globalization;
+using BAOverlay.Tool.Cli;
+using BAOverlay.Tool.Text;
+
+namespace BAOverlay.Tool.Commands;
+
+/// <summary><c>bcow info</c>: what qemu-img info tells about an image, for a B-CoW file.</summary>
+internal sealed class InfoCommand : ICommand
+{
+    public string Name => "info";
+
+    public string Summary => "show sizes, block size, lower file, blocks by state and the dirty flag";
+
+    public string Synopsis => "info [--json] FILE";
+
+    public string Help => """
+        Shows what FILE holds. The file is opened read-only and without its lower file,
+        so info works on a file whose lower file is missing, and never changes anything
+        (not even the dirty flag).
+
+          virtual size   the size of the merged file
+          disk size      bytes of FILE actually allocated on disk (holes excluded)
+          block size     the copy-up and allocation unit
+          lower file     the lower file as recorded (relative to FILE's folder)
+          blocks         blocks by state: lower (read from the lower file, or zeros past
+                         its end), zero (read as zeros, no space), present (wholly in
+                         FILE), partial (in FILE in part; the rest still reads from lower
+                         until the background copy-up fills it)
+          dirty          yes if FILE was not closed cleanly (or is open now)
+
+        Options:
+          --json   print a JSON object with kebab-case names, as qemu-img --output=json:
+                   virtual-size, block-size, lower-file, lower-size, allocated-bytes,
+                   data-bytes, file-length, blocks {lower, zero, present, partial},
+                   dirty, generation
+
+        Exit status: 0 shown, 1 error (not a B-CoW file, cannot be read).
+        """;
+
+    public IReadOnlyList<OptionSpec> Options { get; } = [OptionSpec.Flag("--json")];
+
+    public int Run(ParsedArguments args, CommandContext context)
+    {
+        Operands.Expect(args, "FILE");
+        string path = args.Operands[0];
+        BCowInfo info;
+        using (BCowFile file = BCowFile.Open(path, new BCowOpenOptions { ReadOnly = true, WithoutLower = true }))
+        {
+            info = file.GetInfo();
+        }
+        if (args.Has("--json"))
+        {
+            WriteJson(context.Out, path, info);
+        }
+        else
+        {
+            WriteText(context.Out, path, info);
+        }
+        return 0;
+    }
+
+    private static void WriteText(TextWriter output, string path, BCowInfo info)
+    {
+        long blocks = info.BlocksLower + info.BlocksZero + info.BlocksPresent + info.BlocksPartial;
+        output.WriteLine($"image: {path}");
+        output.WriteLine("file format: bcow");
+        output.WriteLine($"virtual size: {SizeFormatter.HumanAndExact(info.VirtualSize)}");
+        output.WriteLine($"disk size: {SizeFormatter.HumanAndExact(info.AllocatedBytes)}");
+        output.WriteLine($"block size: {SizeFormatter.HumanAndExact(info.BlockSize)}");
+        if (info.LowerPath is not null)
+        {
+            output.WriteLine($"lower file: {info.LowerPath}");
+            output.WriteLine($"lower size: {SizeFormatter.HumanAndExact(info.LowerSize)}");
+            if (info.LowerLimit < info.LowerSize)
+            {
+                output.WriteLine($"lower bytes hidden from: {info.LowerLimit.ToString(CultureInfo.InvariantCulture)} (the file was shrunk)");
+            }
+        }
+        output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"blocks: {blocks} (lower {info.BlocksLower}, zero {info.BlocksZero}, present {info.BlocksPresent}, partial {info.BlocksPartial})"));
+        output.WriteLine($"data size: {SizeFormatter.HumanAndExact(info.DataBytes)}");
+        output.WriteLine($"file length: {SizeFormatter.HumanAndExact(info.FileLength)}");
+        output.WriteLine($"dirty: {(info.Dirty ? "yes" : "no")}");
+        output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"generation: {info.Generation}"));
+    }
+
+    private static void WriteJson(TextWriter output, string path, BCowInfo info) =>
+        JsonOutput.Write(output, json =>
+        {
+            json.WriteStartObject();
+            json.WriteString("filename", path);
+            json.WriteString("format", "bcow");
+            json.WriteNumber("virtual-size", info.VirtualSize);
+            json.WriteNumber("block-size", info.BlockSize);
+            if (info.LowerPath is null)
+            {
+                json.WriteNull("lower-file");
+            }
+            else
+            {
+                json.WriteString("lower-file", info.LowerPath);
+                json.WriteNumber("lower-size", info.LowerSize);
+                json.WriteNumber("lower-limit", info.LowerLimit);
+            }
+            json.WriteNumber("allocated-bytes", info.AllocatedBytes);
+            json.WriteNumber("data-bytes", info.DataBytes);
+            json.WriteNumber("file-length", info.FileLength);
+            json.WriteStartObject("blocks");
+            json.WriteNumber("lower", info.BlocksLower);
+            json.WriteNumber("zero", info.BlocksZero);
+            json.WriteNumber("present", info.BlocksPresent);
+            json.WriteNumber("partial", info.BlocksPartial);
+            json.WriteEndObject();
+            json.WriteBoolean("dirty", info.Dirty);
+            json.WriteNumber("generation", info.Generation);
+            json.WriteEndObject();
+        });
+}

@@ -1,0 +1,91 @@
+using System.Globalization;
+using BAOverlay.Tool.Cli;
+using BAOverlay.Tool.Text;
+
+namespace BAOverlay.Tool.Commands;
+
+/// <summary><c>bcow map</c>: where each range of the merged file is read from, like qemu-img map.</summary>
+internal sealed class MapCommand : ICommand
+{
+    public string Name => "map";
+
+    public string Summary => "list the extents of the merged file: read from lower, upper, or zeros";
+
+    public string Synopsis => "map [--json] FILE";
+
+    public string Help => """
+        Lists the merged file as extents, in order, covering it from 0 to its virtual
+        size: where each range is read from. Adjacent ranges from the same place are
+        merged. Like info, map opens FILE read-only and without its lower file.
+
+          lower   read from the lower file, at the same offset
+          upper   read from FILE, at the offset in "Mapped to"
+          zero    reads as zeros (a zero block, or past the end of the lower file)
+
+        Offsets and lengths are printed in hex, as qemu-img map prints them.
+
+        Options:
+          --json   print a JSON array of {"start", "length", "source", "offset"};
+                   source is "lower", "upper" or "zero"; offset (in FILE) only for upper
+
+        Exit status: 0 shown, 1 error.
+        """;
+
+    public IReadOnlyList<OptionSpec> Options { get; } = [OptionSpec.Flag("--json")];
+
+    public int Run(ParsedArguments args, CommandContext context)
+    {
+        Operands.Expect(args, "FILE");
+        string path = args.Operands[0];
+        IReadOnlyList<BCowExtent> extents;
+        string? lowerPath;
+        using (BCowFile file = BCowFile.Open(path, new BCowOpenOptions { ReadOnly = true, WithoutLower = true }))
+        {
+            extents = file.GetExtents();
+            lowerPath = file.GetInfo().LowerPath;
+        }
+        if (args.Has("--json"))
+        {
+            JsonOutput.Write(context.Out, json =>
+            {
+                json.WriteStartArray();
+                foreach (BCowExtent extent in extents)
+                {
+                    json.WriteStartObject();
+                    json.WriteNumber("start", extent.Offset);
+                    json.WriteNumber("length", extent.Length);
+                    json.WriteString("source", SourceName(extent.Source));
+                    if (extent.Source == ExtentSource.Upper)
+                    {
+                        json.WriteNumber("offset", extent.UpperOffset);
+                    }
+                    json.WriteEndObject();
+                }
+                json.WriteEndArray();
+            });
+            return 0;
+        }
+        context.Out.WriteLine($"{"Offset",-15} {"Length",-15} {"Source",-7} {"Mapped to",-15} File");
+        foreach (BCowExtent extent in extents)
+        {
+            (string mapped, string file) = extent.Source switch
+            {
+                ExtentSource.Upper => (Hex(extent.UpperOffset), path),
+                ExtentSource.Lower => (Hex(extent.Offset), lowerPath ?? ""),
+                _ => ("", ""),
+            };
+            context.Out.WriteLine($"{Hex(extent.Offset),-15} {Hex(extent.Length),-15} {SourceName(extent.Source),-7} {mapped,-15} {file}".TrimEnd());
+        }
+        return 0;
+    }
+
+    private static string SourceName(ExtentSource source) => source switch
+    {
+        ExtentSource.Lower => "lower",
+        ExtentSource.Upper => "upper",
+        _ => "zero",
+    };
+
+    /// <summary>C's <c>%#x</c>, which qemu-img map uses: 0x-prefixed, except zero, which is plain <c>0</c>.</summary>
+    private static string Hex(long value) => value == 0 ? "0" : "0x" + value.ToString("x", CultureInfo.InvariantCulture);
+}

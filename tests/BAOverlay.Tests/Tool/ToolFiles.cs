@@ -1,0 +1,36 @@
+namespace BAOverlay.Tests.Tool;
+
+/// <summary>Files the tool tests start from.</summary>
+internal static class ToolFiles
+{
+    public const long LowerSize = 64 << 20;
+
+    /// <summary>
+    /// A sparse 64 MiB lower file with random bytes in its first 64 KiB and around offset 1000000 (where the issue's
+    /// scenario writes), so an overlay that returned zeros or the wrong block would show.
+    /// </summary>
+    public static byte[] MakeLower(string path, int seed = 1)
+    {
+        var random = new Random(seed);
+        byte[] content = new byte[LowerSize];
+        random.NextBytes(content.AsSpan(0, 65536));
+        random.NextBytes(content.AsSpan(900_000, 300_000));
+        using (var stream = new FileStream(path, FileMode.CreateNew, FileAccess.Write))
+        {
+            stream.SetLength(LowerSize);
+            stream.Write(content, 0, 65536);
+            stream.Position = 900_000;
+            stream.Write(content, 900_000, 300_000);
+        }
+        return content;
+    }
+
+    /// <summary>A standalone B-CoW file of <paramref name="size"/> bytes, made through the tool.</summary>
+    public static string MakeStandalone(TempDir dir, string name = "s.bcow", string size = "1M", string blockSize = "4k")
+    {
+        string path = dir.File(name);
+        BcowResult created = Bcow.Run("create", "-b", blockSize, "--size", size, path);
+        Assert.That(created.ExitCode, Is.Zero, created.ToString());
+        return path;
+    }
+}
