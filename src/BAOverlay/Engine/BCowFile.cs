@@ -120,12 +120,14 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         FileStorage upper;
         try
         {
+            // Validate before the file is created or truncated: bad options must not cost an existing file.
+            ValidateCreateOptions(path, options, lower?.Length);
             upper = new FileStorage(path, options.Overwrite ? FileMode.Create : FileMode.CreateNew, FileAccess.ReadWrite);
         }
         catch (IOException e) when (File.Exists(path) && !options.Overwrite)
         {
             lower?.Dispose();
-            throw new IOException($"{path}: already exists (pass Overwrite to replace it)", e);
+            throw new IOException($"{path}: already exists", e);
         }
         catch
         {
@@ -162,16 +164,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         options ??= new BCowCreateOptions();
         try
         {
-            if (options.BlockSize < 1 << Layout.MinBlockSizeLog2 || options.BlockSize > 1 << Layout.MaxBlockSizeLog2 || !BitOperations.IsPow2(options.BlockSize))
-            {
-                throw new ArgumentException($"{upper.Name}: block size {options.BlockSize} must be a power of two from 4 KiB to 1 MiB.");
-            }
-            long virtualSize = options.VirtualSize ?? lower?.Length
-                ?? throw new ArgumentException($"{upper.Name}: a size is needed when there is no lower file.");
-            if (virtualSize < 0 || virtualSize > Layout.MaxVirtualSize)
-            {
-                throw new ArgumentException($"{upper.Name}: size {virtualSize} is outside 0..{Layout.MaxVirtualSize} (256 TiB).");
-            }
+            long virtualSize = ValidateCreateOptions(upper.Name, options, lower?.Length);
             int log2 = BitOperations.Log2((uint)options.BlockSize);
             var map = new BlockMap(log2, Layout.RootEntryCount(virtualSize, log2));
             var allocator = new SpaceAllocator(options.BlockSize, Layout.DataStart);
@@ -212,6 +205,22 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         return Open(upper, lower, options.Open, ownsStorage);
     }
 
+    /// <summary>Checks block size and size; returns the virtual size to create.</summary>
+    private static long ValidateCreateOptions(string name, BCowCreateOptions options, long? lowerLength)
+    {
+        if (options.BlockSize < 1 << Layout.MinBlockSizeLog2 || options.BlockSize > 1 << Layout.MaxBlockSizeLog2 || !BitOperations.IsPow2(options.BlockSize))
+        {
+            throw new ArgumentException($"{name}: block size {options.BlockSize} must be a power of two from 4 KiB to 1 MiB.");
+        }
+        long virtualSize = options.VirtualSize ?? lowerLength
+            ?? throw new ArgumentException($"{name}: a size is needed when there is no lower file.");
+        if (virtualSize < 0 || virtualSize > Layout.MaxVirtualSize)
+        {
+            throw new ArgumentException($"{name}: size {virtualSize} is outside 0..{Layout.MaxVirtualSize} (256 TiB).");
+        }
+        return virtualSize;
+    }
+
     /// <summary>Opens the B-CoW file at <paramref name="path"/> and the lower file its header names.</summary>
     /// <exception cref="BCowFormatException">Not a usable B-CoW file, or its lower file changed; the message says why.</exception>
     /// <exception cref="IOException">A file cannot be opened or read.</exception>
@@ -228,7 +237,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
                 string lowerPath = options.LowerPath ?? ResolveLowerPath(path, header.LowerPath);
                 if (lowerPath.Length == 0)
                 {
-                    throw new BCowFormatException(path, "has a lower file but records no path for it; pass LowerPath");
+                    throw new BCowFormatException(path, "has a lower file but records no path for it; name the lower file explicitly");
                 }
                 lower = OpenLowerFile(lowerPath);
             }
@@ -378,7 +387,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
             null;
         if (change is not null)
         {
-            throw new BCowFormatException(name, $"lower file {lower.Name} changed since this B-CoW file was made: {change}; refusing to merge (SkipLowerCheck overrides)");
+            throw new BCowFormatException(name, $"lower file {lower.Name} changed since this B-CoW file was made: {change}; refusing to merge a changed lower file");
         }
     }
 
