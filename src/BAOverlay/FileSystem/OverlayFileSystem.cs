@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using BAOverlay.Interop;
 using BAOverlay.Storage;
@@ -509,6 +510,10 @@ public sealed partial class OverlayFileSystem : IDisposable
             }
             from.Children.Remove(name);
             to.Children.Remove(newName);
+            if (target is not null && !exchange)
+            {
+                MarkRemoved(target);
+            }
             Refresh(to, newName);
             Refresh(from, name);
         }
@@ -813,6 +818,7 @@ public sealed partial class OverlayFileSystem : IDisposable
         node.Parent = directory;
         node.Name = name;
         node.Path = LayerPaths.Child(directory.Path, name);
+        node.Removed = false;
         node.Layers = layers;
         node.Type = type;
         directory.Children[name] = node;
@@ -870,6 +876,12 @@ public sealed partial class OverlayFileSystem : IDisposable
             return ToStat(RootIno, rootStat, null);
         }
         string path = TopPath(node);
+        if (node.Removed)
+        {
+            return node.Data is { } data && node.OpenStat is { } last
+                ? last.Value with { Size = data.Length, Nlink = 0 } // unlinked while open
+                : throw new OverlayException(Errno.ENOENT, $"{Describe(node)}: removed");
+        }
         if (Syscall.lstat(path, out Stat st) != 0)
         {
             throw OverlayException.FromLastError("stat", path);
@@ -879,7 +891,12 @@ public sealed partial class OverlayFileSystem : IDisposable
         {
             logicalSize = node.Data is NodeData.BCow open ? open.Length : BCowVirtualSize(path);
         }
-        return ToStat(node.Ino, st, logicalSize);
+        OverlayStat stat = ToStat(node.Ino, st, logicalSize);
+        if (node.Data is not null)
+        {
+            node.OpenStat = new StrongBox<OverlayStat>(stat);
+        }
+        return stat;
     }
 
     private static OverlayStat ToStat(ulong ino, in Stat st, long? logicalSize) =>
@@ -1102,7 +1119,14 @@ public sealed partial class OverlayFileSystem : IDisposable
             Whiteouts.Create(UpperPath(directory), name);
         }
         directory.Children.Remove(name);
+        MarkRemoved(node);
     }
+
+    /// <summary>
+    /// A name is gone. Its node answers from the open file while one is open (fstat after unlink), else ENOENT; a
+    /// hard-linked object's other names clear the mark at their next lookup.
+    /// </summary>
+    private static void MarkRemoved(OverlayNode node) => node.Removed = true;
 
     /// <summary>Removes the whiteouts an (otherwise empty) upper directory still holds.</summary>
     private static void ClearUpperDirectory(string path)
@@ -1296,6 +1320,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             node.Data.SetLength(0);
         }
         node.OpenHandles++;
+        StatOf(node); // remembered for fstat after an unlink
         return new OverlayHandle(this, node, write);
     }
 

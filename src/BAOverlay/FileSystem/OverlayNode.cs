@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+
 namespace BAOverlay.FileSystem;
 
 /// <summary>
@@ -34,4 +36,11 @@ internal sealed class OverlayNode(ulong ino, OverlayNode? parent, string name, s
     public List<NodeData> Retired { get; } = new();
 
     public int OpenHandles { get; set; }
+
+    /// <summary>Its last name was removed (unlinked, or replaced by a rename): its paths now name something else.</summary>
+    public bool Removed { get; set; }
+
+    /// <summary>The attributes last seen while the file was open: what <c>fstat</c> of an open file answers once its
+    /// name is gone (a boxed copy, replaced whole, so readers never see half of one).</summary>
+    public StrongBox<OverlayStat>? OpenStat { get; set; }
 }

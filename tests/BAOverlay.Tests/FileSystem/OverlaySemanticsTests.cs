@@ -496,4 +496,24 @@ public class OverlaySemanticsTests
         Assert.That(back, Is.All.EqualTo(0));
         Assert.That(Assert.Throws<OverlayException>(() => handle.Seek(2 << 20, data: true))!.Errno, Is.EqualTo(Errno.ENXIO));
     }
+
+    [Test]
+    public void AFileUnlinkedWhileOpenStaysReadableAndItsAttributesStayAvailable()
+    {
+        RequireRoot();
+        using var f = new OverlayFixture();
+        WriteFile(Path.Combine(f.Lowers[0], "doomed"), new byte[300_000]);
+        using OverlayFileSystem fs = f.Open();
+        ulong ino = Resolve(fs, "doomed").Ino;
+        using OverlayHandle handle = fs.Open(ino, write: true, truncate: false);
+        handle.Write("still here"u8, 0);
+        fs.Unlink(OverlayFileSystem.RootIno, "doomed");
+        Assert.That(Exists(fs, "doomed"), Is.False);
+        OverlayStat stat = fs.GetAttr(ino);
+        Assert.That(stat.Size, Is.EqualTo(300_000));
+        Assert.That(stat.Nlink, Is.EqualTo(0UL));
+        byte[] back = new byte[10];
+        handle.Read(back, 0);
+        Assert.That(Encoding.UTF8.GetString(back), Is.EqualTo("still here"));
+    }
 }
