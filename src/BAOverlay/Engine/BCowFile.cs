@@ -781,12 +781,18 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
                     await WriteUpperAsync(data, entry.Offset + inBlock, useAsync, cancellationToken).ConfigureAwait(false);
                     return false;
                 case BlockState.Partial:
-                    return await WriteSubBlocksAsync(block, entry.Offset, entry.Bitmap, inBlock, data, useAsync, cancellationToken).ConfigureAwait(false);
+                {
+                    bool needsFill = await WriteSubBlocksAsync(block, entry.Offset, entry.Bitmap, inBlock, data, useAsync, cancellationToken).ConfigureAwait(false);
+                    return await CompleteSubBlockWriteAsync(block, needsFill, useAsync, cancellationToken).ConfigureAwait(false);
+                }
                 case BlockState.Lower when !wholeBlock && LowerBytesIn(blockStart) > 0:
+                {
                     allocated = _allocator.AllocateBlock();
                     bool needsFill = await WriteSubBlocksAsync(block, allocated, 0, inBlock, data, useAsync, cancellationToken).ConfigureAwait(false);
+                    // The entry references the block now: from here on a failure must not free it.
                     allocated = 0;
-                    return needsFill;
+                    return await CompleteSubBlockWriteAsync(block, needsFill, useAsync, cancellationToken).ConfigureAwait(false);
+                }
                 default:
                     // Zero, lower with nothing left in lower, or a whole-block write: fresh space reads as zeros, so
                     // writing just the data makes the whole block right.
@@ -814,7 +820,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
     /// Writes [inBlock, +data) into a block allocated at <paramref name="offset"/> whose valid sub-blocks are
     /// <paramref name="bitmap"/>. Edge sub-blocks the write covers only in part and that are not yet valid get their
     /// other bytes from lower (at most two sub-blocks), so every sub-block the write touches becomes wholly valid.
-    /// In <see cref="CopyUpMode.Synchronous"/> the rest of the block is copied before returning.
+    /// Returns true when the block is left partial (see <see cref="CompleteSubBlockWriteAsync"/>).
     /// </summary>
     private async ValueTask<bool> WriteSubBlocksAsync(long block, long offset, ulong bitmap, int inBlock, ReadOnlyMemory<byte> data, bool useAsync, CancellationToken cancellationToken)
     {
@@ -861,12 +867,23 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
             return false;
         }
         _map.Set(block, BlockEntry.Partial(offset, valid));
-        if (_options.CopyUpMode == CopyUpMode.Synchronous)
-        {
-            await FillLockedAsync(block, useAsync, cancellationToken).ConfigureAwait(false);
-            return false;
-        }
         return true;
+    }
+
+    /// <summary>
+    /// After <see cref="WriteSubBlocksAsync"/> left a block partial: in <see cref="CopyUpMode.Synchronous"/> copies the
+    /// rest now (still under the gate) and returns false; otherwise returns true (queue a background fill). Runs only
+    /// once the caller no longer treats the block's space as its own to free: the entry already references it, and a
+    /// failed fill leaves a valid partial block.
+    /// </summary>
+    private async ValueTask<bool> CompleteSubBlockWriteAsync(long block, bool needsFill, bool useAsync, CancellationToken cancellationToken)
+    {
+        if (!needsFill || _options.CopyUpMode != CopyUpMode.Synchronous)
+        {
+            return needsFill;
+        }
+        await FillLockedAsync(block, useAsync, cancellationToken).ConfigureAwait(false);
+        return false;
     }
 
     /// <summary>The copier's work for one block: read it from lower without any gate, then, under the gate, write
