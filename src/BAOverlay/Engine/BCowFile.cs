@@ -169,7 +169,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
             var map = new BlockMap(log2, Layout.RootEntryCount(virtualSize, log2));
             var allocator = new SpaceAllocator(options.BlockSize, Layout.DataStart);
             upper.SetLength(0);
-            CommitImage image = map.Snapshot(Layout.RootEntryCount(virtualSize, log2), allocator, forceRoot: true);
+            CommitImage image = map.Snapshot(() => Layout.RootEntryCount(virtualSize, log2), allocator, committedRootEntries: -1);
             foreach (var (offset, bytes) in image.Pages)
             {
                 upper.WriteAt(bytes, offset);
@@ -746,7 +746,12 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         await _sizeGate.EnterSharedAsync(useAsync, cancellationToken).ConfigureAwait(false);
         try
         {
-            Grow(offset + data.Length);
+            // The map must cover the blocks before their entries are set; the size itself grows block by block, once
+            // each block's bytes are in (WriteBlockAsync), so a write that fails leaves no zeros beyond the old end.
+            if (offset + data.Length > Length)
+            {
+                _map.EnsureRoots(Layout.RootEntryCount(offset + data.Length, _log2));
+            }
             int done = 0;
             while (done < data.Length)
             {
@@ -754,7 +759,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
                 long block = position >> _log2;
                 int inBlock = (int)(position & _blockMask);
                 int n = Math.Min(_blockSize - inBlock, data.Length - done);
-                if (await WriteBlockAsync(block, inBlock, data.Slice(done, n), useAsync, cancellationToken).ConfigureAwait(false))
+                if (await WriteBlockAsync(block, inBlock, data.Slice(done, n), position + n, useAsync, cancellationToken).ConfigureAwait(false))
                 {
                     // Outside the block's gate: the copier needs it to make progress.
                     await _copier!.EnqueueAsync(block, useAsync, cancellationToken).ConfigureAwait(false);
@@ -771,10 +776,12 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
     /// <summary>
     /// Writes within one block under its gate. Crash order: the data goes to the upper file first, the entry that
     /// points at it is set after; a block allocated for this write is new space, so the committed map never sees it
-    /// half-written. Returns true when the block was left partial and needs a background fill.
+    /// half-written. The size grows to <paramref name="growTo"/> after the data is written and before the entry is set
+    /// (a commit must never see an entry beyond its size). Returns true when the block was left partial and needs a
+    /// background fill.
     /// </summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
-    private async ValueTask<bool> WriteBlockAsync(long block, int inBlock, ReadOnlyMemory<byte> data, bool useAsync, CancellationToken cancellationToken)
+    private async ValueTask<bool> WriteBlockAsync(long block, int inBlock, ReadOnlyMemory<byte> data, long growTo, bool useAsync, CancellationToken cancellationToken)
     {
         BlockLocks.Stripe stripe = _locks.For(block);
         await stripe.EnterAsync(useAsync, cancellationToken).ConfigureAwait(false);
@@ -788,20 +795,28 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
             {
                 case BlockState.Present:
                     await WriteUpperAsync(data, entry.Offset + inBlock, useAsync, cancellationToken).ConfigureAwait(false);
+                    Grow(growTo);
                     return false;
                 case BlockState.Partial:
-                    return await WriteSubBlocksAsync(block, entry.Offset, entry.Bitmap, inBlock, data, useAsync, cancellationToken).ConfigureAwait(false);
+                {
+                    bool needsFill = await WriteSubBlocksAsync(block, entry.Offset, entry.Bitmap, inBlock, data, growTo, useAsync, cancellationToken).ConfigureAwait(false);
+                    return await CompleteSubBlockWriteAsync(block, needsFill, useAsync, cancellationToken).ConfigureAwait(false);
+                }
                 case BlockState.Lower when !wholeBlock && LowerBytesIn(blockStart) > 0:
+                {
                     allocated = _allocator.AllocateBlock();
-                    bool needsFill = await WriteSubBlocksAsync(block, allocated, 0, inBlock, data, useAsync, cancellationToken).ConfigureAwait(false);
+                    bool needsFill = await WriteSubBlocksAsync(block, allocated, 0, inBlock, data, growTo, useAsync, cancellationToken).ConfigureAwait(false);
+                    // The entry references the block now: from here on a failure must not free it.
                     allocated = 0;
-                    return needsFill;
+                    return await CompleteSubBlockWriteAsync(block, needsFill, useAsync, cancellationToken).ConfigureAwait(false);
+                }
                 default:
                     // Zero, lower with nothing left in lower, or a whole-block write: fresh space reads as zeros, so
                     // writing just the data makes the whole block right.
                     allocated = _allocator.AllocateBlock();
                     await WriteUpperAsync(data, allocated + inBlock, useAsync, cancellationToken).ConfigureAwait(false);
                     EnsureUpperCovers(allocated + _blockSize);
+                    Grow(growTo);
                     _map.Set(block, BlockEntry.Present(allocated));
                     allocated = 0;
                     return false;
@@ -823,9 +838,9 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
     /// Writes [inBlock, +data) into a block allocated at <paramref name="offset"/> whose valid sub-blocks are
     /// <paramref name="bitmap"/>. Edge sub-blocks the write covers only in part and that are not yet valid get their
     /// other bytes from lower (at most two sub-blocks), so every sub-block the write touches becomes wholly valid.
-    /// In <see cref="CopyUpMode.Synchronous"/> the rest of the block is copied before returning.
+    /// Returns true when the block is left partial (see <see cref="CompleteSubBlockWriteAsync"/>).
     /// </summary>
-    private async ValueTask<bool> WriteSubBlocksAsync(long block, long offset, ulong bitmap, int inBlock, ReadOnlyMemory<byte> data, bool useAsync, CancellationToken cancellationToken)
+    private async ValueTask<bool> WriteSubBlocksAsync(long block, long offset, ulong bitmap, int inBlock, ReadOnlyMemory<byte> data, long growTo, bool useAsync, CancellationToken cancellationToken)
     {
         long blockStart = block << _log2;
         int subMask = (1 << _subShift) - 1;
@@ -862,6 +877,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
             }
         }
         EnsureUpperCovers(offset + _blockSize);
+        Grow(growTo);
         ulong mask = (s1 == 63 ? ulong.MaxValue : (1UL << (s1 + 1)) - 1) & ~((1UL << s0) - 1);
         ulong valid = bitmap | mask;
         if (valid == ulong.MaxValue)
@@ -870,12 +886,23 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
             return false;
         }
         _map.Set(block, BlockEntry.Partial(offset, valid));
-        if (_options.CopyUpMode == CopyUpMode.Synchronous)
-        {
-            await FillLockedAsync(block, useAsync, cancellationToken).ConfigureAwait(false);
-            return false;
-        }
         return true;
+    }
+
+    /// <summary>
+    /// After <see cref="WriteSubBlocksAsync"/> left a block partial: in <see cref="CopyUpMode.Synchronous"/> copies the
+    /// rest now (still under the gate) and returns false; otherwise returns true (queue a background fill). Runs only
+    /// once the caller no longer treats the block's space as its own to free: the entry already references it, and a
+    /// failed fill leaves a valid partial block.
+    /// </summary>
+    private async ValueTask<bool> CompleteSubBlockWriteAsync(long block, bool needsFill, bool useAsync, CancellationToken cancellationToken)
+    {
+        if (!needsFill || _options.CopyUpMode != CopyUpMode.Synchronous)
+        {
+            return needsFill;
+        }
+        await FillLockedAsync(block, useAsync, cancellationToken).ConfigureAwait(false);
+        return false;
     }
 
     /// <summary>The copier's work for one block: read it from lower without any gate, then, under the gate, write
@@ -972,7 +999,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
                 {
                     await ZeroBlockAsync(block, useAsync, cancellationToken).ConfigureAwait(false);
                 }
-                else if (await WriteBlockAsync(block, inBlock, s_zeros.AsMemory(0, n), useAsync, cancellationToken).ConfigureAwait(false))
+                else if (await WriteBlockAsync(block, inBlock, s_zeros.AsMemory(0, n), growTo: 0, useAsync, cancellationToken).ConfigureAwait(false))
                 {
                     await _copier!.EnqueueAsync(block, useAsync, cancellationToken).ConfigureAwait(false);
                 }
@@ -1152,11 +1179,17 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
             await _sizeGate.EnterSharedAsync(useAsync, cancellationToken).ConfigureAwait(false);
             try
             {
-                long size = Length;
-                int rootEntries = Layout.RootEntryCount(size, _log2);
+                // Cleared before the size is read: a growth after this point marks the header dirty again.
                 bool headerChange = _headerDirty || dirty != _committed.Dirty;
+                _headerDirty = false;
                 releasing = _allocator.TakePending();
-                image = _map.Snapshot(rootEntries, _allocator, forceRoot: rootEntries != _committed.RootTableEntries);
+                // The size is read under the map lock: a writer grows the size before it sets an entry beyond the old
+                // size, so every entry in the snapshot lies within the size committed with it.
+                long size = 0;
+                image = _map.Snapshot(
+                    () => Layout.RootEntryCount(size = Length, _log2),
+                    _allocator,
+                    _committed.RootTableEntries);
                 if (!image.HasTree && !headerChange && releasing.Count == 0)
                 {
                     header = _committed;
@@ -1173,7 +1206,6 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
                         RootTableEntries = image.HasTree ? image.RootEntries : _committed.RootTableEntries,
                         RootTableCrc = image.HasTree ? image.RootCrc : _committed.RootTableCrc,
                     };
-                    _headerDirty = false;
                 }
             }
             finally

@@ -153,16 +153,20 @@ internal sealed class BlockMap
     }
 
     /// <summary>
-    /// Takes a consistent image of the dirty part of the tree for a commit of a file of
-    /// <paramref name="rootEntries"/> root entries: assigns new locations to every dirty page (the old ones are freed
-    /// after the commit), serializes them, and serializes the root table. Entries changed after this call stay dirty
-    /// for the next commit.
+    /// Takes a consistent image of the dirty part of the tree for a commit: assigns new locations to every dirty page
+    /// (the old ones are freed after the commit), serializes them, and serializes the root table. Entries changed
+    /// after this call stay dirty for the next commit. <paramref name="rootEntriesNow"/> gives the root entries of the
+    /// size committed with the image; it is called under the map lock, so it sees every growth that preceded an entry
+    /// set before the snapshot. The root table is written whenever its entry count differs from
+    /// <paramref name="committedRootEntries"/>.
     /// </summary>
-    public CommitImage Snapshot(int rootEntries, SpaceAllocator allocator, bool forceRoot)
+    public CommitImage Snapshot(Func<int> rootEntriesNow, SpaceAllocator allocator, int committedRootEntries)
     {
         var image = new CommitImage();
         lock (_lock)
         {
+            int rootEntries = rootEntriesNow();
+            bool forceRoot = rootEntries != committedRootEntries;
             if (_dirtyPages.Count == 0 && _dirtyNodes.Count == 0 && !forceRoot && RootExtent.Offset != 0)
             {
                 return image;
