@@ -962,6 +962,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
     /// other bytes from lower (at most two sub-blocks), so every sub-block the write touches becomes wholly valid.
     /// In <see cref="CopyUpMode.Synchronous"/> the rest of the block is copied before returning.
     /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<bool> WriteSubBlocksAsync(long block, long offset, ulong bitmap, int inBlock, ReadOnlyMemory<byte> data, bool useAsync, CancellationToken cancellationToken)
     {
         long blockStart = block << _log2;
@@ -1018,6 +1019,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
     /// <summary>The copier's work for one block: read it from lower without any gate, then, under the gate, write
     /// only the sub-blocks still not valid. A write that landed meanwhile made its sub-blocks valid, so the fill can
     /// never overwrite it (the race of the published BAOverlay prototype).</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask FillAsync(long block, CancellationToken cancellationToken)
     {
         if (_map.Get(block).State != BlockState.Partial)
@@ -1055,6 +1057,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
     }
 
     /// <summary>Completes a partial block while its gate is held (synchronous copy-up).</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask FillLockedAsync(long block, bool useAsync, CancellationToken cancellationToken)
     {
         BlockEntry entry = _map.Get(block);
@@ -1071,6 +1074,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         }
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask WriteMissingAsync(BlockEntry entry, byte[] lowerBlock, bool useAsync, CancellationToken cancellationToken)
     {
         ulong missing = ~entry.Bitmap;
