@@ -61,7 +61,7 @@ public static class BenchData
 
     /// <summary>
     /// A B-CoW file over <paramref name="lower"/> with <paramref name="fraction"/> of its blocks (chosen at random)
-    /// modified by one 4 KiB write each, copy-ups finished (all those blocks Present) and flushed. Left closed.
+    /// modified by one 4 KiB write each (in random order), copy-ups finished (all those blocks Present) and flushed. Left closed.
     /// </summary>
     public static string MakeModified(string lower, int blockSize, double fraction, int seed = 7)
     {
@@ -73,13 +73,14 @@ public static class BenchData
         random.NextBytes(data);
         using (BCowFile file = CreateUpper(lower, blockSize, CopyUpMode.Background, path))
         {
-            for (long b = 0; b < blocks; b++)
+            // Blocks modified in random order, as random writes do: upper space is allocated in write order, so
+            // neighbouring blocks are not neighbours in the upper file (the worst case for sequential reads).
+            long[] chosen = Enumerable.Range(0, (int)blocks).Where(_ => fraction >= 1 || random.NextDouble() < fraction).Select(b => (long)b).ToArray();
+            random.Shuffle(chosen);
+            foreach (long b in chosen)
             {
-                if (fraction >= 1 || random.NextDouble() < fraction)
-                {
-                    long inBlock = random.Next(blockSize / (4 * KiB)) * 4L * KiB;
-                    file.WriteAt(data, b * blockSize + inBlock);
-                }
+                long inBlock = random.Next(blockSize / (4 * KiB)) * 4L * KiB;
+                file.WriteAt(data, b * blockSize + inBlock);
             }
             file.WaitForCopyUps();
             file.Flush();

@@ -15,11 +15,11 @@ namespace BAOverlay.Benchmarks;
 public class FastConfig : ManualConfig
 {
     public FastConfig()
-        : this(15)
+        : this(15, groupByParams: true)
     {
     }
 
-    protected FastConfig(int iterations)
+    protected FastConfig(int iterations, bool groupByParams)
     {
         AddJob(Job.Default
             .WithStrategy(RunStrategy.Monitoring)
@@ -31,7 +31,9 @@ public class FastConfig : ManualConfig
             .WithId("Fast"));
         AddDiagnoser(MemoryDiagnoser.Default);
         AddColumn(StatisticColumn.Median, StatisticColumn.P95);
-        AddLogicalGroupRules(BenchmarkLogicalGroupRule.ByCategory, BenchmarkLogicalGroupRule.ByParams);
+        AddLogicalGroupRules(groupByParams
+            ? [BenchmarkLogicalGroupRule.ByCategory, BenchmarkLogicalGroupRule.ByParams]
+            : [BenchmarkLogicalGroupRule.ByCategory]);
         WithOrderer(new BenchmarkDotNet.Order.DefaultOrderer(BenchmarkDotNet.Order.SummaryOrderPolicy.Declared));
         HideColumns(Column.Error, Column.Job, Column.StdDev, Column.RatioSD, Column.Gen0, Column.Gen1, Column.Gen2,
             Column.LaunchCount, Column.WarmupCount, Column.IterationCount, Column.InvocationCount, Column.UnrollFactor, "RunStrategy");
@@ -43,7 +45,16 @@ public class FastConfig : ManualConfig
 public sealed class CopyConfig : FastConfig
 {
     public CopyConfig()
-        : base(9)
+        : base(9, groupByParams: true)
+    {
+    }
+}
+
+/// <summary>For comparing parameter values (block sizes): one table per category, a row per value.</summary>
+public sealed class SweepConfig : FastConfig
+{
+    public SweepConfig()
+        : base(15, groupByParams: false)
     {
     }
 }

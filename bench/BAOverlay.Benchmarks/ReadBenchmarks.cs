@@ -5,8 +5,8 @@ namespace BAOverlay.Benchmarks;
 
 /// <summary>
 /// Reads of a 256 MiB file through B-CoW (default 64 KiB blocks) in three states: untouched (every block in lower),
-/// half-modified (a random half of the blocks written and copied up) and fully modified (every block Present, after
-/// WaitForCopyUps), against the plain lower file read with <see cref="RandomAccess"/>. Warm page cache. Times are per
+/// half-modified (a random half of the blocks written, in random order, and copied up) and fully modified (every block
+/// Present, after WaitForCopyUps, also written in random order), against the plain lower file read with <see cref="RandomAccess"/>. Warm page cache. Times are per
 /// read: one invocation is the whole file in 1 MiB reads, or 4096 random 4 KiB reads (same offsets for all).
 /// </summary>
 [Config(typeof(FastConfig))]
@@ -113,9 +113,10 @@ public class ReadBenchmarks
     public void Full_Seq1M() => SeqRead(_full!);
 
     /// <summary>
-    /// Diagnostic: the fully modified file's upper data read directly with RandomAccess, no B-CoW code (its blocks
-    /// were allocated in order, so the data is one extent from offset 8 KiB). Separates engine cost from the cost of
-    /// the upper file's page cache, which was filled by 4 KiB writes and block fills rather than 1 MiB writes.
+    /// Diagnostic: the fully modified file's upper data (from offset 8 KiB, where the blocks are, in the random order
+    /// they were modified) read directly with RandomAccess in 1 MiB reads, no B-CoW code: what reading the upper
+    /// file's pages costs at best. Full_Seq1M against it is the engine plus the fragmentation (one read per block,
+    /// as logically adjacent blocks are not adjacent in upper).
     /// </summary>
     [Benchmark(OperationsPerInvoke = SeqReads), BenchmarkCategory("seq 1M")]
     public void FullRawUpper_Seq1M()
