@@ -425,14 +425,65 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
 
     /// <summary>Reads at <paramref name="offset"/>; fewer bytes than asked only at the end of the file.</summary>
     /// <returns>Bytes read; 0 at or beyond the end.</returns>
-    public unsafe int ReadAt(Span<byte> buffer, long offset)
+    public int ReadAt(Span<byte> buffer, long offset)
     {
-        fixed (byte* pointer = buffer)
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        long size = Length;
+        if (offset >= size || buffer.IsEmpty)
         {
-            PointerMemoryManager memory = PointerMemoryManager.Rent(pointer, buffer.Length);
+            return 0;
+        }
+        int count = (int)Math.Min(buffer.Length, size - offset);
+        int done = 0;
+        while (done < count)
+        {
+            // The common case straight on the span, no async machinery: a run of blocks read with one call.
+            long position = offset + done;
+            Span<byte> rest = buffer.Slice(done, count - done);
+            int n = PlanRun(position, rest.Length, out bool fromLower, out long source, out long versions);
+            if (n > 0)
+            {
+                if (fromLower)
+                {
+                    ReadLower(rest[..n], position);
+                }
+                else
+                {
+                    ReadUpper(rest[..n], source);
+                }
+                if (!RunUnchanged(position, n, versions))
+                {
+                    ReadBlocksSlow(rest[..n], position); // a writer ran in the run: per block, retrying or locking
+                }
+            }
+            else
+            {
+                n = Math.Min(_blockSize - (int)(position & _blockMask), rest.Length);
+                ReadBlocksSlow(rest[..n], position);
+            }
+            done += n;
+        }
+        return count;
+    }
+
+    /// <summary>The general per-block read path (partial and zero blocks, writers inside, retries) for a span.</summary>
+    private unsafe void ReadBlocksSlow(Span<byte> destination, long offset)
+    {
+        fixed (byte* pointer = destination)
+        {
+            PointerMemoryManager memory = PointerMemoryManager.Rent(pointer, destination.Length);
             try
             {
-                return ReadCoreAsync(memory.Memory, offset, useAsync: false, CancellationToken.None).GetAwaiter().GetResult();
+                int done = 0;
+                while (done < destination.Length)
+                {
+                    long position = offset + done;
+                    int inBlock = (int)(position & _blockMask);
+                    int n = Math.Min(_blockSize - inBlock, destination.Length - done);
+                    ReadBlockAsync(position >> _log2, inBlock, memory.Memory.Slice(done, n), useAsync: false, CancellationToken.None).GetAwaiter().GetResult();
+                    done += n;
+                }
             }
             finally
             {
@@ -653,12 +704,106 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         while (done < count)
         {
             long position = offset + done;
-            int inBlock = (int)(position & _blockMask);
-            int n = Math.Min(_blockSize - inBlock, count - done);
-            await ReadBlockAsync(position >> _log2, inBlock, buffer.Slice(done, n), useAsync, cancellationToken).ConfigureAwait(false);
+            int n = PlanRun(position, count - done, out bool fromLower, out long source, out long versions);
+            if (n > 0)
+            {
+                Memory<byte> run = buffer.Slice(done, n);
+                if (fromLower)
+                {
+                    await ReadLowerAsync(run, position, useAsync, cancellationToken).ConfigureAwait(false);
+                }
+                else
+                {
+                    await ReadUpperAsync(run, source, useAsync, cancellationToken).ConfigureAwait(false);
+                }
+                if (!RunUnchanged(position, n, versions))
+                {
+                    // A writer ran in the run: again per block, retrying or locking.
+                    for (int inRun = 0; inRun < n;)
+                    {
+                        long at = position + inRun;
+                        int inBlock = (int)(at & _blockMask);
+                        int m = Math.Min(_blockSize - inBlock, n - inRun);
+                        await ReadBlockAsync(at >> _log2, inBlock, run.Slice(inRun, m), useAsync, cancellationToken).ConfigureAwait(false);
+                        inRun += m;
+                    }
+                }
+            }
+            else
+            {
+                int inBlock = (int)(position & _blockMask);
+                n = Math.Min(_blockSize - inBlock, count - done);
+                await ReadBlockAsync(position >> _log2, inBlock, buffer.Slice(done, n), useAsync, cancellationToken).ConfigureAwait(false);
+            }
             done += n;
         }
         return count;
+    }
+
+    /// <summary>Bytes one lock-free read call may cover (blocks of one kind, contiguous on their side).</summary>
+    private const int MaxRunBytes = 1 << 20;
+
+    /// <summary>
+    /// Plans a lock-free read of a run of blocks from <paramref name="position"/>: blocks all in lower, or all
+    /// present at contiguous upper offsets, none with a writer inside. Returns the bytes it covers (0: the first block
+    /// needs the per-block path: partial, zero, or a writer inside), where they are read from, and the sum of the
+    /// blocks' stripe versions for <see cref="RunUnchanged"/> (the seqlock of <see cref="ReadBlockAsync"/>, over the
+    /// run). No I/O, no allocation.
+    /// </summary>
+    private int PlanRun(long position, int length, out bool fromLower, out long source, out long versions)
+    {
+        long block = position >> _log2;
+        int inBlock = (int)(position & _blockMask);
+        fromLower = false;
+        source = 0;
+        versions = 0;
+        int version = _locks.For(block).Version;
+        if ((version & 1) != 0)
+        {
+            return 0;
+        }
+        BlockEntry entry = _map.Get(block);
+        BlockState state = entry.State;
+        if (state is not (BlockState.Lower or BlockState.Present))
+        {
+            return 0;
+        }
+        fromLower = state == BlockState.Lower;
+        source = fromLower ? position : entry.Offset + inBlock;
+        versions = (uint)version;
+        int n = Math.Min(_blockSize - inBlock, length);
+        int limit = Math.Max(n, Math.Min(length, MaxRunBytes));
+        for (long next = block + 1; n < limit; next++)
+        {
+            int v = _locks.For(next).Version;
+            if ((v & 1) != 0)
+            {
+                break;
+            }
+            BlockEntry e = _map.Get(next);
+            if (e.State != state || (!fromLower && e.Offset != entry.Offset + ((next - block) << _log2)))
+            {
+                break;
+            }
+            versions += (uint)v;
+            n += Math.Min(_blockSize, limit - n);
+        }
+        return n;
+    }
+
+    /// <summary>
+    /// True when no writer entered any block of the run since <see cref="PlanRun"/>: stripe versions only grow, so
+    /// their sum is unchanged exactly when each is.
+    /// </summary>
+    private bool RunUnchanged(long position, int length, long versions)
+    {
+        long last = (position + length - 1) >> _log2;
+        long now = 0;
+        for (long block = position >> _log2; block <= last; block++)
+        {
+            now += (uint)_locks.For(block).Version;
+        }
+        return now == versions;
     }
 
     /// <summary>Reads within one block, lock-free: retried when a writer of the block's stripe ran meanwhile.</summary>
@@ -690,6 +835,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         }
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask ReadFromEntryAsync(long block, BlockEntry entry, int inBlock, Memory<byte> destination, bool useAsync, CancellationToken cancellationToken)
     {
         long blockStart = block << _log2;
@@ -840,6 +986,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
     /// other bytes from lower (at most two sub-blocks), so every sub-block the write touches becomes wholly valid.
     /// Returns true when the block is left partial (see <see cref="CompleteSubBlockWriteAsync"/>).
     /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<bool> WriteSubBlocksAsync(long block, long offset, ulong bitmap, int inBlock, ReadOnlyMemory<byte> data, long growTo, bool useAsync, CancellationToken cancellationToken)
     {
         long blockStart = block << _log2;
@@ -908,6 +1055,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
     /// <summary>The copier's work for one block: read it from lower without any gate, then, under the gate, write
     /// only the sub-blocks still not valid. A write that landed meanwhile made its sub-blocks valid, so the fill can
     /// never overwrite it (the race of the published BAOverlay prototype).</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask FillAsync(long block, CancellationToken cancellationToken)
     {
         if (_map.Get(block).State != BlockState.Partial)
@@ -945,6 +1093,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
     }
 
     /// <summary>Completes a partial block while its gate is held (synchronous copy-up).</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask FillLockedAsync(long block, bool useAsync, CancellationToken cancellationToken)
     {
         BlockEntry entry = _map.Get(block);
@@ -961,6 +1110,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         }
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask WriteMissingAsync(BlockEntry entry, byte[] lowerBlock, bool useAsync, CancellationToken cancellationToken)
     {
         ulong missing = ~entry.Bitmap;
@@ -1319,6 +1469,37 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
     private int LowerBytesIn(long blockStart) =>
         (int)Math.Clamp(Math.Min(Volatile.Read(ref _lowerLimit), _lowerLength) - blockStart, 0, _blockSize);
 
+    /// <summary><see cref="ReadLowerAsync"/> for a span, synchronously.</summary>
+    private void ReadLower(Span<byte> destination, long position)
+    {
+        long visible = Math.Min(Volatile.Read(ref _lowerLimit), _lowerLength);
+        int n = (int)Math.Clamp(visible - position, 0, destination.Length);
+        if (n > 0)
+        {
+            if (_lower is null)
+            {
+                throw new IOException($"{Name}: bytes at {position} are in the lower file, which was not opened");
+            }
+            int read = _lower.ReadAt(destination[..n], position);
+            if (read < n)
+            {
+                throw new IOException($"{_lower.Name}: the lower file ends at {position + read}, before {position + n}; it was truncated while in use");
+            }
+        }
+        destination[n..].Clear();
+    }
+
+    /// <summary><see cref="ReadUpperAsync"/> for a span, synchronously.</summary>
+    private void ReadUpper(Span<byte> destination, long offset)
+    {
+        int read = _upper.ReadAt(destination, offset);
+        if (read < destination.Length)
+        {
+            throw new IOException($"{Name}: data at {offset} (+{destination.Length}) lies beyond the end of the file; it was truncated while in use");
+        }
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask ReadLowerAsync(Memory<byte> destination, long position, bool useAsync, CancellationToken cancellationToken)
     {
         long visible = Math.Min(Volatile.Read(ref _lowerLimit), _lowerLength);
@@ -1340,6 +1521,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         destination.Span[n..].Clear();
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask ReadUpperAsync(Memory<byte> destination, long offset, bool useAsync, CancellationToken cancellationToken)
     {
         int read = useAsync

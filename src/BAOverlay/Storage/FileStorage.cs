@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using BAOverlay.Interop;
 using Microsoft.Win32.SafeHandles;
 using Mono.Unix.Native;
@@ -58,6 +59,7 @@ public sealed class FileStorage : IBlockStorage
     }
 
     /// <inheritdoc/>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<int> ReadAtAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default)
     {
         int total = 0;

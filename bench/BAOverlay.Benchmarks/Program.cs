@@ -1,0 +1,36 @@
+using BAOverlay.Benchmarks;
+using BenchmarkDotNet.Running;
+
+// Benchmarks of BAOverlay (docs/benchmarks.md has the results and how to read them).
+//
+//   dotnet run -c Release --project bench/BAOverlay.Benchmarks -- --filter '*'        all BenchmarkDotNet benchmarks
+//   dotnet run -c Release --project bench/BAOverlay.Benchmarks -- --filter '*Read*'   one class
+//   dotnet run -c Release --project bench/BAOverlay.Benchmarks -- --space             upper space table (no timing)
+//   dotnet run -c Release --project bench/BAOverlay.Benchmarks -- --cold [1G]         cold-cache first write (root)
+//
+// Files go to /var/tmp/baoverlay-bench (BAOVERLAY_BENCH_DIR overrides; use a disk, not tmpfs) and are removed at the
+// end unless --keep-data is given.
+bool keep = args.Contains("--keep-data");
+args = args.Where(a => a != "--keep-data").ToArray();
+try
+{
+    if (args.Length > 0 && args[0] == "--space")
+    {
+        SpaceTable.Run();
+    }
+    else if (args.Length > 0 && args[0] == "--cold")
+    {
+        ColdFirstWrite.Run(args.Length > 1 ? long.Parse(args[1].TrimEnd('G', 'g'), System.Globalization.CultureInfo.InvariantCulture) * BenchData.GiB : BenchData.GiB);
+    }
+    else
+    {
+        BenchmarkSwitcher.FromAssembly(typeof(BenchData).Assembly).Run(args);
+    }
+}
+finally
+{
+    if (!keep)
+    {
+        BenchData.RemoveAll();
+    }
+}
