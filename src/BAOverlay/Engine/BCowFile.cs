@@ -54,6 +54,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
     private long _virtualSize;
     private long _lowerLimit;
     private volatile bool _headerDirty;
+    private bool _headerUnflushed;
     private volatile Exception? _fault;
     private int _disposed;
 
@@ -408,7 +409,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         {
             _copier = new CopyUpQueue(Math.Max(1, _options.MaxPendingCopyUps), Math.Max(1, _options.CopyUpWorkers), FillAsync);
         }
-        CommitAsync(dirty: true, useAsync: false, CancellationToken.None).GetAwaiter().GetResult();
+        CommitAsync(dirty: true, durable: false, useAsync: false, CancellationToken.None).GetAwaiter().GetResult();
         if (_copier is not null && _options.ResumeCopyUps)
         {
             foreach (var (block, entry) in _map.EnumeratePopulated())
@@ -548,10 +549,10 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
     /// partial and read correctly after a crash.
     /// </summary>
     /// <exception cref="IOException">The storage failed; the file on disk stays at its previous commit and this object refuses further writes.</exception>
-    public void Flush() => CommitAsync(dirty: true, useAsync: false, CancellationToken.None).GetAwaiter().GetResult();
+    public void Flush() => CommitAsync(dirty: true, durable: true, useAsync: false, CancellationToken.None).GetAwaiter().GetResult();
 
     /// <inheritdoc cref="Flush"/>
-    public ValueTask FlushAsync(CancellationToken cancellationToken = default) => CommitAsync(dirty: true, useAsync: true, cancellationToken);
+    public ValueTask FlushAsync(CancellationToken cancellationToken = default) => CommitAsync(dirty: true, durable: true, useAsync: true, cancellationToken);
 
     /// <summary>
     /// Waits until the background copier has filled every block queued so far. Use it before the lower file goes away
@@ -679,7 +680,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
     /// <summary>
     /// Stops the background copier (blocks it had not reached stay partial, which is a valid state), commits
     /// everything written, clears the dirty flag, and closes the files this object owns. Call it once no other call is
-    /// in progress.
+    /// in progress. Durable, like <see cref="Flush"/>.
     /// </summary>
     /// <exception cref="IOException">The final commit failed; the file keeps its last commit (and is marked dirty).</exception>
     public void Dispose() => DisposeCoreAsync(useAsync: false).GetAwaiter().GetResult();
@@ -1303,7 +1304,14 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
     /// pages to new places, flush, write the header into the slot the current generation does not use, flush. Space
     /// freed before the snapshot is released only after that, when nothing committed references it.
     /// </summary>
-    private async ValueTask CommitAsync(bool dirty, bool useAsync, CancellationToken cancellationToken)
+    /// <remarks>
+    /// Only a <paramref name="durable"/> commit (<see cref="Flush"/>, closing) flushes after the header. The other one
+    /// (the dirty flag set at open) would flush between map pages and header, as shadow paging needs, but leaves the
+    /// header to the page cache: a crash then falls back to the previous header, whose tree is intact because space
+    /// it references is freed only by a durable commit. Before a header is written over the other slot, a header left
+    /// unflushed is flushed, so one valid durable slot always exists.
+    /// </remarks>
+    private async ValueTask CommitAsync(bool dirty, bool durable, bool useAsync, CancellationToken cancellationToken)
     {
         if (useAsync)
         {
@@ -1368,13 +1376,21 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
                 {
                     await WriteUpperAsync(bytes, offset, useAsync, cancellationToken).ConfigureAwait(false);
                 }
-                _upper.Flush();
+                if (image.Pages.Count > 0 || (_headerUnflushed && header != _committed) || (durable && header == _committed))
+                {
+                    _upper.Flush(); // pages (and data) before the header that points at them
+                    _headerUnflushed = false;
+                }
                 if (header != _committed)
                 {
                     byte[] slot = new byte[Layout.HeaderSlotSize];
                     header.Write(slot);
                     await WriteUpperAsync(slot, (long)(header.Generation % Layout.HeaderSlotCount) * Layout.HeaderSlotSize, useAsync, cancellationToken).ConfigureAwait(false);
-                    _upper.Flush();
+                    if (durable)
+                    {
+                        _upper.Flush();
+                    }
+                    _headerUnflushed = !durable;
                 }
             }
             catch (Exception e)
@@ -1385,6 +1401,15 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
                 throw;
             }
             _committed = header;
+            if (_headerUnflushed)
+            {
+                // The durable header may still reference this space: it stays pending until a durable commit.
+                foreach (var (offset, length) in releasing.Concat(image.Freed))
+                {
+                    _allocator.FreeAfterCommit(offset, length);
+                }
+                return;
+            }
             foreach (var (offset, length) in releasing.Concat(image.Freed))
             {
                 try
@@ -1425,7 +1450,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
             }
             if (!_options.ReadOnly && _fault is null)
             {
-                await CommitAsync(dirty: false, useAsync, CancellationToken.None).ConfigureAwait(false);
+                await CommitAsync(dirty: false, durable: true, useAsync, CancellationToken.None).ConfigureAwait(false);
             }
         }
         finally
