@@ -100,7 +100,12 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
     /// <summary>Creates a B-CoW file at <paramref name="path"/> and opens it for writing.</summary>
     /// <exception cref="ArgumentException">Bad options (block size not a power of two in 4 KiB..1 MiB, no size without a lower file).</exception>
     /// <exception cref="IOException">The file exists (and <see cref="BCowCreateOptions.Overwrite"/> is false) or cannot be written, or the lower file cannot be read.</exception>
-    public static BCowFile Create(string path, BCowCreateOptions? options = null)
+    public static BCowFile Create(string path, BCowCreateOptions? options = null) => CreateCore(path, options, open: true)!;
+
+    /// <summary>Creates the file durably (one flush) without opening it: what an atomic copy-up needs before its rename.</summary>
+    internal static void CreateClosed(string path, BCowCreateOptions options) => CreateCore(path, options, open: false);
+
+    private static BCowFile? CreateCore(string path, BCowCreateOptions? options, bool open)
     {
         options ??= new BCowCreateOptions();
         string fullPath = Path.GetFullPath(path);
@@ -137,7 +142,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         }
         try
         {
-            return Create(upper, lower, options with { LowerPath = storedLowerPath }, ownsStorage: true);
+            return CreateCore(upper, lower, options with { LowerPath = storedLowerPath }, ownsStorage: true, open);
         }
         catch
         {
@@ -160,7 +165,10 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
     /// <param name="lower">The lower file, or null.</param>
     /// <param name="options">Block size, virtual size and open options.</param>
     /// <param name="ownsStorage">True: the returned file disposes both storages (also when this call fails).</param>
-    public static BCowFile Create(IBlockStorage upper, IBlockStorage? lower, BCowCreateOptions? options = null, bool ownsStorage = false)
+    public static BCowFile Create(IBlockStorage upper, IBlockStorage? lower, BCowCreateOptions? options = null, bool ownsStorage = false) =>
+        CreateCore(upper, lower, options, ownsStorage, open: true)!;
+
+    private static BCowFile? CreateCore(IBlockStorage upper, IBlockStorage? lower, BCowCreateOptions? options, bool ownsStorage, bool open)
     {
         options ??= new BCowCreateOptions();
         try
@@ -202,6 +210,15 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
                 lower?.Dispose();
             }
             throw;
+        }
+        if (!open)
+        {
+            if (ownsStorage)
+            {
+                upper.Dispose();
+                lower?.Dispose();
+            }
+            return null;
         }
         return Open(upper, lower, options.Open, ownsStorage);
     }

@@ -1198,7 +1198,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                     File.WriteAllBytes(scratch, []);
                     break;
                 case S_IFREG when st.st_size >= _options.BlockCopyUpThreshold:
-                    BCowFile.Create(scratch, new BCowCreateOptions { LowerPath = lower, BlockSize = _options.BlockSize }).Dispose();
+                    BCowFile.CreateClosed(scratch, new BCowCreateOptions { LowerPath = lower, BlockSize = _options.BlockSize });
                     if (Syscall.lsetxattr(scratch, LayerPaths.BCowXattr, "1"u8.ToArray(), XattrFlags.XATTR_AUTO) != 0)
                     {
                         throw OverlayException.FromLastError("mark as B-CoW (user xattrs needed on the upper file system)", scratch);
