@@ -1514,53 +1514,58 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
     /// <summary><see cref="ReadLowerAsync"/> for a span, synchronously.</summary>
     private void ReadLower(Span<byte> destination, long position)
     {
-        long visible = Math.Min(Volatile.Read(ref _lowerLimit), _lowerLength);
-        int n = (int)Math.Clamp(visible - position, 0, destination.Length);
+        int n = VisibleLowerBytes(position, destination.Length);
         if (n > 0)
         {
-            if (_lower is null)
-            {
-                throw new IOException($"{Name}: bytes at {position} are in the lower file, which was not opened");
-            }
-            int read = _lower.ReadAt(destination[..n], position);
-            if (read < n)
-            {
-                throw new IOException($"{_lower.Name}: the lower file ends at {position + read}, before {position + n}; it was truncated while in use");
-            }
+            CheckLowerRead(_lower!.ReadAt(destination[..n], position), n, position);
         }
         destination[n..].Clear();
     }
 
     /// <summary><see cref="ReadUpperAsync"/> for a span, synchronously.</summary>
-    private void ReadUpper(Span<byte> destination, long offset)
-    {
-        int read = _upper.ReadAt(destination, offset);
-        if (read < destination.Length)
-        {
-            throw new IOException($"{Name}: data at {offset} (+{destination.Length}) lies beyond the end of the file; it was truncated while in use");
-        }
-    }
+    private void ReadUpper(Span<byte> destination, long offset) => CheckUpperRead(_upper.ReadAt(destination, offset), destination.Length, offset);
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask ReadLowerAsync(Memory<byte> destination, long position, bool useAsync, CancellationToken cancellationToken)
     {
-        long visible = Math.Min(Volatile.Read(ref _lowerLimit), _lowerLength);
-        int n = (int)Math.Clamp(visible - position, 0, destination.Length);
+        int n = VisibleLowerBytes(position, destination.Length);
         if (n > 0)
         {
-            if (_lower is null)
-            {
-                throw new IOException($"{Name}: bytes at {position} are in the lower file, which was not opened");
-            }
             int read = useAsync
-                ? await _lower.ReadAtAsync(destination[..n], position, cancellationToken).ConfigureAwait(false)
-                : _lower.ReadAt(destination.Span[..n], position);
-            if (read < n)
-            {
-                throw new IOException($"{_lower.Name}: the lower file ends at {position + read}, before {position + n}; it was truncated while in use");
-            }
+                ? await _lower!.ReadAtAsync(destination[..n], position, cancellationToken).ConfigureAwait(false)
+                : _lower!.ReadAt(destination.Span[..n], position);
+            CheckLowerRead(read, n, position);
         }
         destination.Span[n..].Clear();
+    }
+
+    /// <summary>How many of <paramref name="length"/> bytes at <paramref name="position"/> come from lower (the rest
+    /// read as zeros: beyond the lower file, or hidden by a shrink).</summary>
+    private int VisibleLowerBytes(long position, int length)
+    {
+        long visible = Math.Min(Volatile.Read(ref _lowerLimit), _lowerLength);
+        int n = (int)Math.Clamp(visible - position, 0, length);
+        if (n > 0 && _lower is null)
+        {
+            throw new IOException($"{Name}: bytes at {position} are in the lower file, which was not opened");
+        }
+        return n;
+    }
+
+    private void CheckLowerRead(int read, int expected, long position)
+    {
+        if (read < expected)
+        {
+            throw new IOException($"{_lower!.Name}: the lower file ends at {position + read}, before {position + expected}; it was truncated while in use");
+        }
+    }
+
+    private void CheckUpperRead(int read, int expected, long offset)
+    {
+        if (read < expected)
+        {
+            throw new IOException($"{Name}: data at {offset} (+{expected}) lies beyond the end of the file; it was truncated while in use");
+        }
     }
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
@@ -1569,10 +1574,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         int read = useAsync
             ? await _upper.ReadAtAsync(destination, offset, cancellationToken).ConfigureAwait(false)
             : _upper.ReadAt(destination.Span, offset);
-        if (read < destination.Length)
-        {
-            throw new IOException($"{Name}: data at {offset} (+{destination.Length}) lies beyond the end of the file; it was truncated while in use");
-        }
+        CheckUpperRead(read, destination.Length, offset);
     }
 
     private ValueTask WriteUpperAsync(ReadOnlyMemory<byte> data, long offset, bool useAsync, CancellationToken cancellationToken)
