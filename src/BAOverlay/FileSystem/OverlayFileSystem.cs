@@ -334,55 +334,42 @@ public sealed partial class OverlayFileSystem : IDisposable
     /// <param name="parent">The directory.</param>
     /// <param name="name">The name to remove.</param>
     /// <param name="caller">Checked for write and search permission on the directory and the sticky rule; null for a trusted caller.</param>
-    public void Unlink(ulong parent, string name, OverlayCaller? caller = null)
-    {
-        RequireWritable();
-        LayerPaths.ValidateName(name);
-        _lock.EnterWriteLock();
-        try
-        {
-            OverlayNode directory = NodeOf(parent);
-            OverlayNode node = LookupLocked(directory, name) ?? throw NoEntry(directory, name);
-            CheckRemove(directory, node, caller);
-            if (node.IsDirectory)
-            {
-                throw new OverlayException(Errno.EISDIR, $"{Describe(node)}: is a directory");
-            }
-            RemoveName(directory, name, node);
-        }
-        finally
-        {
-            _lock.ExitWriteLock();
-        }
-    }
+    public void Unlink(ulong parent, string name, OverlayCaller? caller = null) => RemoveEntry(parent, name, caller, directory: false);
 
     /// <summary>Removes an empty directory (one holding only whiteouts counts as empty).</summary>
     /// <param name="parent">The directory holding it.</param>
     /// <param name="name">The directory to remove.</param>
     /// <param name="caller">Checked as for <see cref="Unlink"/>; null for a trusted caller.</param>
-    public void RemoveDirectory(ulong parent, string name, OverlayCaller? caller = null)
+    public void RemoveDirectory(ulong parent, string name, OverlayCaller? caller = null) => RemoveEntry(parent, name, caller, directory: true);
+
+    private void RemoveEntry(ulong parent, string name, OverlayCaller? caller, bool directory)
     {
         RequireWritable();
         LayerPaths.ValidateName(name);
         _lock.EnterWriteLock();
         try
         {
-            OverlayNode directory = NodeOf(parent);
-            OverlayNode node = LookupLocked(directory, name) ?? throw NoEntry(directory, name);
-            CheckRemove(directory, node, caller);
-            if (!node.IsDirectory)
+            OverlayNode container = NodeOf(parent);
+            OverlayNode node = LookupLocked(container, name) ?? throw NoEntry(container, name);
+            CheckRemove(container, node, caller);
+            if (node.IsDirectory != directory)
             {
-                throw new OverlayException(Errno.ENOTDIR, $"{Describe(node)}: not a directory");
+                throw directory
+                    ? new OverlayException(Errno.ENOTDIR, $"{Describe(node)}: not a directory")
+                    : new OverlayException(Errno.EISDIR, $"{Describe(node)}: is a directory");
             }
-            if (MergedEntries(node).Any())
+            if (directory)
             {
-                throw new OverlayException(Errno.ENOTEMPTY, $"{Describe(node)}: directory not empty");
+                if (MergedEntries(node).Any())
+                {
+                    throw new OverlayException(Errno.ENOTEMPTY, $"{Describe(node)}: directory not empty");
+                }
+                if (node.Layers[0].Layer == _upper)
+                {
+                    ClearUpperDirectory(UpperPath(node));
+                }
             }
-            if (node.Layers[0].Layer == _upper)
-            {
-                ClearUpperDirectory(UpperPath(node));
-            }
-            RemoveName(directory, name, node);
+            RemoveName(container, name, node);
         }
         finally
         {
