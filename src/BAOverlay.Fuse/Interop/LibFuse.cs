@@ -128,23 +128,26 @@ internal static unsafe class LibFuse
                 throw new FuseUnavailableException(
                     $"the FUSE binding's struct layouts are done for x86_64 only, not {RuntimeInformation.ProcessArchitecture}");
             }
-            nint handle = 0;
-            foreach (string name in LibraryNames)
-            {
-                if (NativeLibrary.TryLoad(name, out handle))
-                {
-                    LoadedLibrary = name;
-                    break;
-                }
-            }
-            if (handle == 0)
-            {
-                throw new FuseUnavailableException(
-                    $"libfuse3 was not found ({string.Join(", ", LibraryNames)}); install it: apt-get install fuse3 (Debian/Ubuntu), dnf install fuse3 (Fedora)");
-            }
+            (nint handle, string name) = OpenLibrary(LibraryNames);
+            LoadedLibrary = name;
             Resolve(handle);
             s_loaded = true;
         }
+    }
+
+    /// <summary>Opens the first of <paramref name="names"/> that loads.</summary>
+    /// <exception cref="FuseUnavailableException">None loads; the message says how to install libfuse3.</exception>
+    internal static (nint Handle, string Name) OpenLibrary(IReadOnlyList<string> names)
+    {
+        foreach (string name in names)
+        {
+            if (NativeLibrary.TryLoad(name, out nint handle))
+            {
+                return (handle, name);
+            }
+        }
+        throw new FuseUnavailableException(
+            $"libfuse3 was not found ({string.Join(", ", names)}); install it: apt-get install fuse3 (Debian/Ubuntu), dnf install fuse3 (Fedora)");
     }
 
     private static void Resolve(nint h)

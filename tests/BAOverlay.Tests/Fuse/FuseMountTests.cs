@@ -122,6 +122,24 @@ public sealed class FuseMountTests
         Assert.That(mounted.Session.WaitForExit(TimeSpan.FromSeconds(20)), Is.True, "the loop ended after an external unmount");
     }
 
+    [Test]
+    public void HandlerExceptionsBecomeErrnoRepliesAndNeverReachLibfuse()
+    {
+        using var fixture = new OverlayFixture(lowers: 1);
+        OverlayFixture.WriteFile(Path.Combine(fixture.Lowers[0], "f"), "still served");
+        using Mounted mounted = Mounted.Start(fixture, out string mnt, fs => new FailingLookups(new OverlayFuseAdapter(fs)));
+
+        Assert.That(Syscall.stat(Path.Combine(mnt, "boom"), out Stat _), Is.EqualTo(-1));
+        Assert.That(Stdlib.GetLastError(), Is.EqualTo(Errno.EIO), "an unexpected exception is answered EIO");
+        Assert.That(Syscall.stat(Path.Combine(mnt, "denied"), out Stat _), Is.EqualTo(-1));
+        Assert.That(Stdlib.GetLastError(), Is.EqualTo(Errno.EACCES), "an OverlayException is answered with its errno");
+        Assert.That(File.ReadAllText(Path.Combine(mnt, "f")), Is.EqualTo("still served"), "the mount keeps working");
+
+        List<string> log = mounted.Log;
+        Assert.That(log, Has.Count.EqualTo(1), "one log line, for the EIO only");
+        Assert.That(log[0], Does.Contain("lookup").And.Contain("InvalidOperationException").And.Contain("boom"));
+    }
+
     private static string[] Names(string directory) =>
         Directory.GetFileSystemEntries(directory).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToArray()!;
 
@@ -172,7 +190,7 @@ public sealed class FuseMountTests
 
         public int? LoopResult { get; private set; }
 
-        public static Mounted Start(OverlayFixture fixture, out string mountPoint)
+        public static Mounted Start(OverlayFixture fixture, out string mountPoint, Func<OverlayFileSystem, IFuseLowLevelHandler>? handler = null)
         {
             RequireFuse();
             mountPoint = Path.Combine(fixture.Root, "mnt");
@@ -182,7 +200,7 @@ public sealed class FuseMountTests
             FuseSession session;
             try
             {
-                session = new FuseSession(new OverlayFuseAdapter(fileSystem), new FuseMountOptions
+                session = new FuseSession(handler?.Invoke(fileSystem) ?? new OverlayFuseAdapter(fileSystem), new FuseMountOptions
                 {
                     FsName = "baoverlay-test",
                     Subtype = "baoverlay",
@@ -298,5 +316,79 @@ public sealed class FuseMountTests
                 Assert.Ignore(e.Message);
             }
         }
+    }
+
+    /// <summary>The overlay adapter, except that looking up "boom" throws a non-overlay exception and "denied" an
+    /// OverlayException(EACCES).</summary>
+    private sealed class FailingLookups(IFuseLowLevelHandler inner) : IFuseLowLevelHandler
+    {
+        public double EntryTimeout => 0;
+
+        public double AttributeTimeout => 0;
+
+        public bool WantsGroups => inner.WantsGroups;
+
+        public OverlayStat Lookup(ulong parent, string name, FuseContext context) => name switch
+        {
+            "boom" => throw new InvalidOperationException("boom: a bug in the handler"),
+            "denied" => throw new OverlayException(Errno.EACCES, "denied"),
+            _ => inner.Lookup(parent, name, context),
+        };
+
+        public void Forget(ulong ino, ulong count) => inner.Forget(ino, count);
+
+        public OverlayStat GetAttr(ulong ino, ulong? handle, FuseContext context) => inner.GetAttr(ino, handle, context);
+
+        public OverlayStat SetAttr(ulong ino, OverlaySetAttr change, ulong? handle, FuseContext context) => inner.SetAttr(ino, change, handle, context);
+
+        public string ReadLink(ulong ino, FuseContext context) => inner.ReadLink(ino, context);
+
+        public OverlayStat MakeNode(ulong parent, string name, uint mode, ulong rdev, FuseContext context) => inner.MakeNode(parent, name, mode, rdev, context);
+
+        public OverlayStat MakeDirectory(ulong parent, string name, uint mode, FuseContext context) => inner.MakeDirectory(parent, name, mode, context);
+
+        public void Unlink(ulong parent, string name, FuseContext context) => inner.Unlink(parent, name, context);
+
+        public void RemoveDirectory(ulong parent, string name, FuseContext context) => inner.RemoveDirectory(parent, name, context);
+
+        public OverlayStat MakeSymbolicLink(string target, ulong parent, string name, FuseContext context) => inner.MakeSymbolicLink(target, parent, name, context);
+
+        public void Rename(ulong parent, string name, ulong newParent, string newName, uint flags, FuseContext context) => inner.Rename(parent, name, newParent, newName, flags, context);
+
+        public OverlayStat Link(ulong ino, ulong newParent, string newName, FuseContext context) => inner.Link(ino, newParent, newName, context);
+
+        public FuseOpenResult Open(ulong ino, int flags, FuseContext context) => inner.Open(ino, flags, context);
+
+        public int Read(ulong ino, ulong handle, Span<byte> buffer, long offset) => inner.Read(ino, handle, buffer, offset);
+
+        public int Write(ulong ino, ulong handle, ReadOnlySpan<byte> data, long offset) => inner.Write(ino, handle, data, offset);
+
+        public void Flush(ulong ino, ulong handle) => inner.Flush(ino, handle);
+
+        public void Release(ulong ino, ulong handle) => inner.Release(ino, handle);
+
+        public void Fsync(ulong ino, ulong handle, bool dataOnly) => inner.Fsync(ino, handle, dataOnly);
+
+        public ulong OpenDirectory(ulong ino, FuseContext context) => inner.OpenDirectory(ino, context);
+
+        public IReadOnlyList<OverlayDirEntry> ReadDirectory(ulong ino, ulong handle) => inner.ReadDirectory(ino, handle);
+
+        public void ReleaseDirectory(ulong ino, ulong handle) => inner.ReleaseDirectory(ino, handle);
+
+        public Statvfs StatFs(ulong ino) => inner.StatFs(ino);
+
+        public void SetXattr(ulong ino, string name, ReadOnlySpan<byte> value, int flags, FuseContext context) => inner.SetXattr(ino, name, value, flags, context);
+
+        public byte[] GetXattr(ulong ino, string name, FuseContext context) => inner.GetXattr(ino, name, context);
+
+        public IReadOnlyList<string> ListXattrs(ulong ino, FuseContext context) => inner.ListXattrs(ino, context);
+
+        public void RemoveXattr(ulong ino, string name, FuseContext context) => inner.RemoveXattr(ino, name, context);
+
+        public (OverlayStat Stat, FuseOpenResult Open) Create(ulong parent, string name, uint mode, int flags, FuseContext context) => inner.Create(parent, name, mode, flags, context);
+
+        public void Allocate(ulong ino, ulong handle, int mode, long offset, long length) => inner.Allocate(ino, handle, mode, offset, length);
+
+        public long Seek(ulong ino, ulong handle, long offset, int whence) => inner.Seek(ino, handle, offset, whence);
     }
 }
