@@ -120,6 +120,19 @@ internal static unsafe class FuseCallbacks
         LibFuse.fuse_reply_err(req, errno <= 0 ? EIO : errno);
     }
 
+    /// <summary>Cleanup after a request is answered (the request must not be answered twice): failures are logged.</summary>
+    private static void AfterReply(FuseSession session, string operation, Action cleanup)
+    {
+        try
+        {
+            cleanup();
+        }
+        catch (Exception e)
+        {
+            session.LogLine($"{operation}: cleanup after an interrupted request: {e.GetType().Name}: {e.Message}");
+        }
+    }
+
     private static void Fill(NativeStat* st, in OverlayStat s)
     {
         *st = default;
@@ -435,7 +448,9 @@ internal static unsafe class FuseCallbacks
             fi->KeepCache = result.KeepCache;
             if (LibFuse.fuse_reply_open(req, fi) == -ENOENT)
             {
-                s.Handler.Release(ino, result.Handle); // the open was interrupted: nobody will release it
+                // The open was interrupted: the kernel will never release this handle. The request is answered
+                // already, so a failure here is only logged.
+                AfterReply(s, "open", () => s.Handler.Release(ino, result.Handle));
             }
         }
         catch (Exception e)
@@ -461,8 +476,11 @@ internal static unsafe class FuseCallbacks
             e.entry_timeout = s.Handler.EntryTimeout;
             if (LibFuse.fuse_reply_create(req, &e, fi) == -ENOENT)
             {
-                s.Handler.Release(stat.Ino, result.Handle);
-                s.Handler.Forget(stat.Ino, 1);
+                AfterReply(s, "create", () =>
+                {
+                    s.Handler.Release(stat.Ino, result.Handle);
+                    s.Handler.Forget(stat.Ino, 1);
+                });
             }
         }
         catch (Exception e)
@@ -592,10 +610,11 @@ internal static unsafe class FuseCallbacks
         try
         {
             FuseSession s = SessionOf(req);
-            fi->fh = s.Handler.OpenDirectory(ino, ContextOf(req, s.Handler));
+            ulong handle = s.Handler.OpenDirectory(ino, ContextOf(req, s.Handler));
+            fi->fh = handle;
             if (LibFuse.fuse_reply_open(req, fi) == -ENOENT)
             {
-                s.Handler.ReleaseDirectory(ino, fi->fh);
+                AfterReply(s, "opendir", () => s.Handler.ReleaseDirectory(ino, handle));
             }
         }
         catch (Exception e)
