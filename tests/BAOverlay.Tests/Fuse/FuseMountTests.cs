@@ -15,7 +15,7 @@ namespace BAOverlay.Tests.Fuse;
 [TestFixture]
 [Platform("Linux")]
 [NonParallelizable]
-public sealed class FuseMountTests
+public sealed partial class FuseMountTests
 {
     private const int BigSize = 1 << 20;
 
@@ -140,6 +140,108 @@ public sealed class FuseMountTests
         Assert.That(log[0], Does.Contain("lookup").And.Contain("InvalidOperationException").And.Contain("boom"));
     }
 
+    [Test]
+    public void WithoutDefaultPermissionsTheOverlayChecksTheCaller()
+    {
+        using var fixture = new OverlayFixture(lowers: 1);
+        string lower = fixture.Lowers[0];
+        OverlayFixture.WriteFile(Path.Combine(lower, "secret.txt"), "root only");
+        OverlayFixture.WriteFile(Path.Combine(lower, "open.txt"), "anyone");
+        Directory.CreateDirectory(Path.Combine(lower, "pub"));
+        Assert.That(Syscall.chmod(Path.Combine(lower, "secret.txt"), (FilePermissions)OverlayFixture.Mode("600")), Is.Zero);
+        Assert.That(Syscall.chmod(Path.Combine(lower, "open.txt"), (FilePermissions)OverlayFixture.Mode("644")), Is.Zero);
+        Assert.That(Syscall.chmod(Path.Combine(lower, "pub"), (FilePermissions)OverlayFixture.Mode("777")), Is.Zero);
+        using Mounted mounted = Mounted.Start(fixture, out string mnt, options: new FuseMountOptions { DefaultPermissions = false });
+
+        // setfsuid is per thread: only this thread's requests reach the overlay as uid/gid 65534.
+        (Errno secret, Errno open, Errno create) = AsUser(65534, () =>
+        {
+            Errno Try(string path, OpenFlags flags)
+            {
+                int fd = Syscall.open(path, flags, (FilePermissions)OverlayFixture.Mode("644"));
+                Errno errno = fd < 0 ? Stdlib.GetLastError() : 0;
+                if (fd >= 0)
+                {
+                    Syscall.close(fd);
+                }
+                return errno;
+            }
+            return (Try(Path.Combine(mnt, "secret.txt"), OpenFlags.O_RDONLY),
+                Try(Path.Combine(mnt, "open.txt"), OpenFlags.O_RDONLY),
+                Try(Path.Combine(mnt, "pub", "mine.txt"), OpenFlags.O_CREAT | OpenFlags.O_WRONLY | OpenFlags.O_EXCL));
+        });
+        Assert.That(secret, Is.EqualTo(Errno.EACCES), "a 0600 root file is refused to uid 65534 by the overlay's own check");
+        Assert.That(open, Is.EqualTo((Errno)0), "a 0644 file is readable");
+        Assert.That(create, Is.EqualTo((Errno)0), "creating in a 0777 directory is allowed");
+        Assert.That(Syscall.lstat(Path.Combine(fixture.Upper!, "pub", "mine.txt"), out Stat made), Is.Zero);
+        Assert.That((made.st_uid, made.st_gid), Is.EqualTo((65534u, 65534u)), "the new file belongs to the caller from fuse_ctx");
+        Assert.That(File.ReadAllText(Path.Combine(mnt, "secret.txt")), Is.EqualTo("root only"), "root still reads it");
+        Assert.That(mounted.Log, Is.Empty);
+    }
+
+    [Test]
+    public void AReadOnlyMountRefusesWrites()
+    {
+        using var fixture = new OverlayFixture(lowers: 1);
+        OverlayFixture.WriteFile(Path.Combine(fixture.Lowers[0], "f"), "f");
+        using Mounted mounted = Mounted.Start(fixture, out string mnt, options: new FuseMountOptions { ReadOnly = true });
+        Assert.That(File.ReadAllText(Path.Combine(mnt, "f")), Is.EqualTo("f"));
+        Assert.That(Syscall.open(Path.Combine(mnt, "f"), OpenFlags.O_WRONLY), Is.EqualTo(-1));
+        Assert.That(Stdlib.GetLastError(), Is.EqualTo(Errno.EROFS));
+        Assert.That(File.ReadAllLines("/proc/self/mounts").Single(l => l.Split(' ')[1] == mnt).Split(' ')[3], Does.StartWith("ro,"));
+    }
+
+    [Test]
+    public void ConcurrentReadersAreServedByTheMultiThreadedLoop()
+    {
+        using var fixture = new OverlayFixture(lowers: 1);
+        byte[] big = Checks.RandomBytes(new Random(3), 4 << 20);
+        OverlayFixture.WriteFile(Path.Combine(fixture.Lowers[0], "big.bin"), big);
+        using Mounted mounted = Mounted.Start(fixture, out string mnt);
+        string path = Path.Combine(mnt, "big.bin");
+        Parallel.For(0, 16, new ParallelOptions { MaxDegreeOfParallelism = 8 }, i =>
+        {
+            using var handle = File.OpenHandle(path);
+            byte[] chunk = new byte[256 * 1024];
+            long offset = i * (long)chunk.Length;
+            Assert.That(RandomAccess.Read(handle, chunk, offset), Is.EqualTo(chunk.Length));
+            Assert.That(chunk.AsSpan().SequenceEqual(big.AsSpan((int)offset, chunk.Length)), Is.True, $"chunk {i}");
+        });
+        Assert.That(mounted.Log, Is.Empty);
+    }
+
+    /// <summary>Runs <paramref name="action"/> on a new thread whose fsuid/fsgid are <paramref name="id"/>.</summary>
+    private static T AsUser<T>(uint id, Func<T> action)
+    {
+        T result = default!;
+        Exception? failure = null;
+        var thread = new Thread(() =>
+        {
+            NativeIds.setfsgid(id);
+            NativeIds.setfsuid(id);
+            try
+            {
+                result = action();
+            }
+            catch (Exception e)
+            {
+                failure = e;
+            }
+            finally
+            {
+                NativeIds.setfsuid(0);
+                NativeIds.setfsgid(0);
+            }
+        });
+        thread.Start();
+        thread.Join();
+        if (failure is not null)
+        {
+            throw new AggregateException(failure);
+        }
+        return result;
+    }
+
     private static string[] Names(string directory) =>
         Directory.GetFileSystemEntries(directory).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToArray()!;
 
@@ -190,7 +292,7 @@ public sealed class FuseMountTests
 
         public int? LoopResult { get; private set; }
 
-        public static Mounted Start(OverlayFixture fixture, out string mountPoint, Func<OverlayFileSystem, IFuseLowLevelHandler>? handler = null)
+        public static Mounted Start(OverlayFixture fixture, out string mountPoint, Func<OverlayFileSystem, IFuseLowLevelHandler>? handler = null, FuseMountOptions? options = null)
         {
             RequireFuse();
             mountPoint = Path.Combine(fixture.Root, "mnt");
@@ -200,11 +302,11 @@ public sealed class FuseMountTests
             FuseSession session;
             try
             {
-                session = new FuseSession(handler?.Invoke(fileSystem) ?? new OverlayFuseAdapter(fileSystem), new FuseMountOptions
+                options ??= new FuseMountOptions();
+                session = new FuseSession(handler?.Invoke(fileSystem) ?? new OverlayFuseAdapter(fileSystem, options.DefaultPermissions), options with
                 {
                     FsName = "baoverlay-test",
                     Subtype = "baoverlay",
-                    DefaultPermissions = true,
                     Log = line =>
                     {
                         lock (log)
@@ -390,5 +492,16 @@ public sealed class FuseMountTests
         public void Allocate(ulong ino, ulong handle, int mode, long offset, long length) => inner.Allocate(ino, handle, mode, offset, length);
 
         public long Seek(ulong ino, ulong handle, long offset, int whence) => inner.Seek(ino, handle, offset, whence);
+    }
+
+    private static partial class NativeIds
+    {
+        // int setfsuid(uid_t fsuid);
+        [System.Runtime.InteropServices.LibraryImport("libc")]
+        public static partial int setfsuid(uint fsuid);
+
+        // int setfsgid(gid_t fsgid);
+        [System.Runtime.InteropServices.LibraryImport("libc")]
+        public static partial int setfsgid(uint fsgid);
     }
 }
