@@ -155,7 +155,7 @@ public sealed class StructLayoutTests
         }
         if (ccStatus != 0)
         {
-            if (!File.Exists("/usr/include/fuse3/fuse_lowlevel.h") && !output.Contains("error: ", StringComparison.Ordinal) || output.Contains("fuse_lowlevel.h: No such file", StringComparison.Ordinal))
+            if (output.Contains("fuse_lowlevel.h: No such file", StringComparison.Ordinal))
             {
                 s_unavailable = "the libfuse3 headers are missing: apt-get install libfuse3-dev pkg-config (Debian/Ubuntu), dnf install fuse3-devel (Fedora)";
                 Assert.Ignore(s_unavailable);
