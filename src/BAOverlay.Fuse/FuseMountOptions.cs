@@ -1,0 +1,59 @@
+namespace BAOverlay.Fuse;
+
+/// <summary>How a <see cref="FuseSession"/> is created and mounted.</summary>
+public sealed record FuseMountOptions
+{
+    /// <summary>The mount's source, as <c>mount</c> and <c>/proc/mounts</c> show it (<c>-o fsname=</c>).</summary>
+    public string FsName { get; init; } = "baoverlay";
+
+    /// <summary>The file system subtype: the mount's type is <c>fuse.SUBTYPE</c> (<c>-o subtype=</c>).</summary>
+    public string? Subtype { get; init; } = "baoverlay";
+
+    /// <summary>Let users other than the mounting one use the mount (<c>-o allow_other</c>).</summary>
+    public bool AllowOther { get; init; }
+
+    /// <summary>Let the kernel check permissions from the mode bits (<c>-o default_permissions</c>); the handler then
+    /// need not check them.</summary>
+    public bool DefaultPermissions { get; init; } = true;
+
+    /// <summary>Mount read-only (<c>-o ro</c>).</summary>
+    public bool ReadOnly { get; init; }
+
+    /// <summary>Ask the kernel for write-back caching (FUSE_CAP_WRITEBACK_CACHE) when it offers it.</summary>
+    public bool WritebackCache { get; init; }
+
+    /// <summary>libfuse's request tracing on standard error (<c>-d</c>).</summary>
+    public bool Debug { get; init; }
+
+    /// <summary>The most worker threads the multi-threaded loop starts (libfuse 3.12+; ignored before).</summary>
+    public int MaxThreads { get; init; } = 10;
+
+    /// <summary>Where the session writes one line per unexpected failure (answered EIO). Default: standard error.</summary>
+    public Action<string>? Log { get; init; }
+
+    /// <summary>The <c>-o</c> option string passed to <c>fuse_session_new</c>.</summary>
+    internal string OptionString()
+    {
+        var options = new List<string> { "fsname=" + Escape(FsName) };
+        if (Subtype is not null)
+        {
+            options.Add("subtype=" + Escape(Subtype));
+        }
+        if (AllowOther)
+        {
+            options.Add("allow_other");
+        }
+        if (DefaultPermissions)
+        {
+            options.Add("default_permissions");
+        }
+        if (ReadOnly)
+        {
+            options.Add("ro");
+        }
+        return string.Join(',', options);
+    }
+
+    /// <summary>fuse_opt's escaping: a comma or backslash inside a value is preceded by a backslash.</summary>
+    private static string Escape(string value) => value.Replace("\\", "\\\\", StringComparison.Ordinal).Replace(",", "\\,", StringComparison.Ordinal);
+}

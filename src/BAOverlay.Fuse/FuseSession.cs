@@ -1,0 +1,335 @@
+using System.Runtime.InteropServices;
+using System.Text;
+using BAOverlay.Fuse.Interop;
+
+namespace BAOverlay.Fuse;
+
+/// <summary>
+/// A libfuse3 low-level session serving an <see cref="IFuseLowLevelHandler"/>: create it, <see cref="Mount"/> it on a
+/// directory, then <see cref="Run"/> the multi-threaded request loop on a thread of your choice; <see cref="Unmount"/>
+/// (from another thread) ends the loop, and <see cref="Dispose"/> unmounts and frees the session.
+/// </summary>
+/// <remarks>
+/// <para>The mount is made with the <c>mount(2)</c> system call from this process, on a <c>/dev/fuse</c> descriptor
+/// that is then handed to libfuse as <c>/dev/fd/N</c>; unmounting is <c>umount2(2)</c>. So libfuse never runs
+/// <c>fusermount3</c> or <c>/bin/mount</c>, and nothing forks the .NET process. The cost: mounting needs
+/// CAP_SYS_ADMIN (root); an unprivileged mount through fusermount3 is not supported.</para>
+/// <para>No signal handlers are installed: the host process keeps its own.</para>
+/// </remarks>
+public sealed unsafe class FuseSession : IDisposable
+{
+    private readonly Action<string> _log;
+    private readonly ManualResetEventSlim _loopEnded = new(true);
+    private readonly object _gate = new();
+    private GCHandle _self;
+    private FuseLowLevelOps* _ops;
+    private nint _session;
+    private string? _mountPoint;
+    private bool _running;
+    private bool _disposed;
+
+    /// <summary>Loads libfuse3 and creates the session (<c>fuse_session_new</c>) with the options as <c>-o</c> arguments.</summary>
+    /// <exception cref="FuseUnavailableException">libfuse3 is missing or too old (the message says what to install).</exception>
+    /// <exception cref="IOException">libfuse refused the options.</exception>
+    public FuseSession(IFuseLowLevelHandler handler, FuseMountOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(handler);
+        Handler = handler;
+        Options = options ?? new FuseMountOptions();
+        _log = Options.Log ?? (line => Console.Error.WriteLine("baoverlay-fuse: " + line));
+        LibFuse.EnsureLoaded();
+
+        _self = GCHandle.Alloc(this);
+        _ops = (FuseLowLevelOps*)NativeMemory.AllocZeroed((nuint)sizeof(FuseLowLevelOps));
+        *_ops = FuseCallbacks.Build();
+
+        var argv = new List<string> { "baoverlay", "-o", Options.OptionString() };
+        if (Options.Debug)
+        {
+            argv.Add("-d");
+        }
+        // fuse_session_new parses (and may replace) the argument vector; ours is freed here, libfuse's copy by fuse_opt_free_args.
+        byte** native = (byte**)NativeMemory.AllocZeroed((nuint)(argv.Count + 1), (nuint)sizeof(byte*));
+        try
+        {
+            for (int i = 0; i < argv.Count; i++)
+            {
+                native[i] = (byte*)Marshal.StringToCoTaskMemUTF8(argv[i]);
+            }
+            FuseArgs args = new() { argc = argv.Count, argv = native, allocated = 0 };
+            _session = LibFuse.fuse_session_new(&args, _ops, (nuint)sizeof(FuseLowLevelOps), GCHandle.ToIntPtr(_self));
+            LibFuse.fuse_opt_free_args(&args);
+        }
+        finally
+        {
+            for (int i = 0; i < argv.Count; i++)
+            {
+                Marshal.ZeroFreeCoTaskMemUTF8((nint)native[i]);
+            }
+            NativeMemory.Free(native);
+        }
+        if (_session == 0)
+        {
+            FreeNative();
+            throw new IOException($"fuse_session_new failed for options {string.Join(' ', argv.Skip(1))} (libfuse printed the reason on standard error)");
+        }
+    }
+
+    /// <summary>The handler the requests go to.</summary>
+    public IFuseLowLevelHandler Handler { get; }
+
+    /// <summary>The options the session was made with.</summary>
+    public FuseMountOptions Options { get; }
+
+    /// <summary>The mount point, while mounted.</summary>
+    public string? MountPoint => _mountPoint;
+
+    /// <summary>The kernel's FUSE protocol version and capabilities, once the kernel has sent init.</summary>
+    public (uint Major, uint Minor, uint Capable, uint Want)? Connection { get; private set; }
+
+    /// <summary>The libfuse library opened and every <c>symbol@version</c> resolved, for diagnostics.</summary>
+    public static IReadOnlyList<string> ResolvedSymbols
+    {
+        get
+        {
+            LibFuse.EnsureLoaded();
+            return [LibFuse.LoadedLibrary, .. LibFuse.Resolved];
+        }
+    }
+
+    /// <summary>Loads libfuse3 now, so that a missing library is reported before anything else is set up.</summary>
+    /// <exception cref="FuseUnavailableException">libfuse3 is missing or too old (the message says what to install).</exception>
+    public static void EnsureAvailable() => LibFuse.EnsureLoaded();
+
+    /// <summary>
+    /// Mounts the session on <paramref name="mountPoint"/> (an existing directory): opens <c>/dev/fuse</c>, calls
+    /// <c>mount(2)</c> with type <c>fuse.SUBTYPE</c>, and hands the descriptor to <c>fuse_session_mount</c>.
+    /// </summary>
+    /// <exception cref="UnauthorizedAccessException">The process may not mount (needs CAP_SYS_ADMIN).</exception>
+    /// <exception cref="FuseUnavailableException"><c>/dev/fuse</c> cannot be opened.</exception>
+    /// <exception cref="IOException">The mount failed.</exception>
+    public void Mount(string mountPoint)
+    {
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (_mountPoint is not null)
+            {
+                throw new InvalidOperationException($"already mounted on {_mountPoint}");
+            }
+            string target = Path.GetFullPath(mountPoint);
+            if (!Directory.Exists(target))
+            {
+                throw new DirectoryNotFoundException($"{target}: the mount point must be an existing directory");
+            }
+            int fd = LibC.open("/dev/fuse", LibC.O_RDWR | LibC.O_CLOEXEC);
+            if (fd < 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                throw new FuseUnavailableException(
+                    $"/dev/fuse: {Marshal.GetPInvokeErrorMessage(errno)}; load the fuse module (modprobe fuse) and install fuse3: apt-get install fuse3 (Debian/Ubuntu), dnf install fuse3 (Fedora)");
+            }
+            string data = $"fd={fd},rootmode=40000,user_id={LibC.getuid()},group_id={LibC.getgid()}";
+            if (Options.AllowOther)
+            {
+                data += ",allow_other";
+            }
+            if (Options.DefaultPermissions)
+            {
+                data += ",default_permissions";
+            }
+            ulong flags = LibC.MS_NOSUID | LibC.MS_NODEV | (Options.ReadOnly ? LibC.MS_RDONLY : 0);
+            string type = Options.Subtype is null ? "fuse" : "fuse." + Options.Subtype;
+            if (LibC.mount(Options.FsName, target, type, flags, data) != 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                LibC.close(fd);
+                string why = Marshal.GetPInvokeErrorMessage(errno);
+                if (errno is 1 or 13) // EPERM, EACCES
+                {
+                    throw new UnauthorizedAccessException(
+                        $"mount {target}: {why}; mounting needs CAP_SYS_ADMIN (run as root). Unprivileged mounts through fusermount3 are not supported: libfuse would fork the .NET process to run it.");
+                }
+                throw new IOException($"mount {target} (type {type}): {why}");
+            }
+            byte[] fdPath = Encoding.ASCII.GetBytes($"/dev/fd/{fd}\0");
+            int rc;
+            fixed (byte* p = fdPath)
+            {
+                rc = LibFuse.fuse_session_mount(_session, p);
+            }
+            if (rc != 0)
+            {
+                LibC.umount2(target, LibC.MNT_DETACH);
+                LibC.close(fd);
+                throw new IOException($"fuse_session_mount /dev/fd/{fd} failed for {target}");
+            }
+            _mountPoint = target;
+        }
+    }
+
+    /// <summary>
+    /// Runs libfuse's multi-threaded loop (<c>fuse_session_loop_mt</c>) on the calling thread until the file system
+    /// is unmounted (<see cref="Unmount"/>, <c>umount</c>, <c>fusermount3 -u</c>) or <see cref="Exit"/> is called.
+    /// </summary>
+    /// <returns>The loop's result: 0 after a clean unmount, otherwise a negative errno or 1 (after a signal or exit).</returns>
+    public int Run()
+    {
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (_mountPoint is null)
+            {
+                throw new InvalidOperationException("mount the session before running it");
+            }
+            if (_running)
+            {
+                throw new InvalidOperationException("the loop is already running");
+            }
+            _running = true;
+            _loopEnded.Reset();
+        }
+        try
+        {
+            if (LibFuse.LoopConfig312)
+            {
+                nint config = LibFuse.fuse_loop_cfg_create();
+                if (config == 0)
+                {
+                    throw new OutOfMemoryException("fuse_loop_cfg_create failed");
+                }
+                try
+                {
+                    LibFuse.fuse_loop_cfg_set_clone_fd(config, 0);
+                    LibFuse.fuse_loop_cfg_set_max_threads(config, (uint)Math.Max(1, Options.MaxThreads));
+                    LibFuse.fuse_loop_cfg_set_idle_threads(config, (uint)Math.Max(1, Math.Min(Options.MaxThreads, 10)));
+                    return LibFuse.fuse_session_loop_mt(_session, config);
+                }
+                finally
+                {
+                    LibFuse.fuse_loop_cfg_destroy(config);
+                }
+            }
+            FuseLoopConfigV1 v1 = new() { clone_fd = 0, max_idle_threads = 10 };
+            return LibFuse.fuse_session_loop_mt(_session, (nint)(&v1));
+        }
+        finally
+        {
+            lock (_gate)
+            {
+                _running = false;
+            }
+            _loopEnded.Set();
+        }
+    }
+
+    /// <summary>Waits for <see cref="Run"/> to return.</summary>
+    public bool WaitForExit(TimeSpan timeout) => _loopEnded.Wait(timeout);
+
+    /// <summary>Asks the loop to stop (<c>fuse_session_exit</c>) and unmounts, which wakes the workers blocked on
+    /// <c>/dev/fuse</c>. Call it from any thread but a request handler.</summary>
+    public void Exit()
+    {
+        lock (_gate)
+        {
+            if (_session != 0)
+            {
+                LibFuse.fuse_session_exit(_session);
+            }
+        }
+        Unmount();
+    }
+
+    /// <summary>
+    /// Unmounts (<c>umount2</c>; lazily, with MNT_DETACH, when the mount is busy). The loop ends once the kernel drops
+    /// the connection: at once when nothing holds the mount open. Idempotent.
+    /// </summary>
+    /// <exception cref="IOException">The unmount failed.</exception>
+    public void Unmount()
+    {
+        string? target;
+        lock (_gate)
+        {
+            target = _mountPoint;
+            _mountPoint = null;
+        }
+        if (target is null)
+        {
+            return;
+        }
+        if (LibC.umount2(target, 0) != 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno == 22) // EINVAL: not mounted any more (unmounted from outside)
+            {
+                return;
+            }
+            if (LibC.umount2(target, LibC.MNT_DETACH) != 0)
+            {
+                errno = Marshal.GetLastPInvokeError();
+                if (errno != 22)
+                {
+                    throw new IOException($"umount {target}: {Marshal.GetPInvokeErrorMessage(errno)}");
+                }
+            }
+        }
+    }
+
+    /// <summary>Unmounts, waits (up to 30 s) for the loop to end, and destroys the session. A session whose loop does
+    /// not end is left allocated (with a log line) rather than freed under it.</summary>
+    public void Dispose()
+    {
+        lock (_gate)
+        {
+            if (_disposed)
+            {
+                return;
+            }
+            _disposed = true;
+        }
+        try
+        {
+            Unmount();
+        }
+        catch (IOException e)
+        {
+            LogLine(e.Message);
+        }
+        if (!_loopEnded.Wait(TimeSpan.FromSeconds(30)))
+        {
+            LogLine("the FUSE loop did not end after unmount; the session is left allocated");
+            return;
+        }
+        LibFuse.fuse_session_destroy(_session); // closes the /dev/fuse descriptor
+        _session = 0;
+        FreeNative();
+        _loopEnded.Dispose();
+    }
+
+    internal void LogLine(string line)
+    {
+        try
+        {
+            _log(line);
+        }
+        catch
+        {
+            // A failing log must not fail a request.
+        }
+    }
+
+    internal void OnInit(uint major, uint minor, uint capable, uint want) => Connection = (major, minor, capable, want);
+
+    private void FreeNative()
+    {
+        if (_ops != null)
+        {
+            NativeMemory.Free(_ops);
+            _ops = null;
+        }
+        if (_self.IsAllocated)
+        {
+            _self.Free();
+        }
+    }
+}

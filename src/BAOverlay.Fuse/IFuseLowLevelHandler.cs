@@ -1,0 +1,111 @@
+using BAOverlay.FileSystem;
+using Mono.Unix.Native;
+
+namespace BAOverlay.Fuse;
+
+/// <summary>
+/// The requests of libfuse's low-level (inode-based) API, in managed form. A <see cref="FuseSession"/> calls these
+/// from libfuse's worker threads, concurrently; each method either returns the answer, which the session sends back
+/// to the kernel, or throws: an <see cref="OverlayException"/> is answered with its errno, any other exception with
+/// EIO and a log line. Nothing thrown here ever reaches native code.
+/// </summary>
+public interface IFuseLowLevelHandler
+{
+    /// <summary>How long the kernel may cache a name lookup, in seconds.</summary>
+    double EntryTimeout { get; }
+
+    /// <summary>How long the kernel may cache attributes, in seconds.</summary>
+    double AttributeTimeout { get; }
+
+    /// <summary>True when the requests' <see cref="FuseContext.Groups"/> are needed (they cost a read of
+    /// <c>/proc/PID/status</c> per request, so only permission-checking handlers should ask).</summary>
+    bool WantsGroups { get; }
+
+    /// <summary>lookup: the attributes of <paramref name="name"/> in <paramref name="parent"/>; counts one reference.</summary>
+    OverlayStat Lookup(ulong parent, string name, FuseContext context);
+
+    /// <summary>forget: drops <paramref name="count"/> references.</summary>
+    void Forget(ulong ino, ulong count);
+
+    /// <summary>getattr.</summary>
+    OverlayStat GetAttr(ulong ino, ulong? handle, FuseContext context);
+
+    /// <summary>setattr: mode, owner, size, times.</summary>
+    OverlayStat SetAttr(ulong ino, OverlaySetAttr change, ulong? handle, FuseContext context);
+
+    /// <summary>readlink.</summary>
+    string ReadLink(ulong ino, FuseContext context);
+
+    /// <summary>mknod (mode includes the file type).</summary>
+    OverlayStat MakeNode(ulong parent, string name, uint mode, ulong rdev, FuseContext context);
+
+    /// <summary>mkdir.</summary>
+    OverlayStat MakeDirectory(ulong parent, string name, uint mode, FuseContext context);
+
+    /// <summary>unlink.</summary>
+    void Unlink(ulong parent, string name, FuseContext context);
+
+    /// <summary>rmdir.</summary>
+    void RemoveDirectory(ulong parent, string name, FuseContext context);
+
+    /// <summary>symlink: makes <paramref name="name"/> in <paramref name="parent"/> pointing at <paramref name="target"/>.</summary>
+    OverlayStat MakeSymbolicLink(string target, ulong parent, string name, FuseContext context);
+
+    /// <summary>rename, with renameat2 flags (RENAME_NOREPLACE = 1, RENAME_EXCHANGE = 2).</summary>
+    void Rename(ulong parent, string name, ulong newParent, string newName, uint flags, FuseContext context);
+
+    /// <summary>link: a hard link to <paramref name="ino"/>.</summary>
+    OverlayStat Link(ulong ino, ulong newParent, string newName, FuseContext context);
+
+    /// <summary>open: <paramref name="flags"/> are the open(2) flags.</summary>
+    FuseOpenResult Open(ulong ino, int flags, FuseContext context);
+
+    /// <summary>read into <paramref name="buffer"/>; returns the bytes read (fewer only at the end of the file).</summary>
+    int Read(ulong ino, ulong handle, Span<byte> buffer, long offset);
+
+    /// <summary>write; returns the bytes written.</summary>
+    int Write(ulong ino, ulong handle, ReadOnlySpan<byte> data, long offset);
+
+    /// <summary>flush (called at each close of a file descriptor).</summary>
+    void Flush(ulong ino, ulong handle);
+
+    /// <summary>release: the last close of an open file.</summary>
+    void Release(ulong ino, ulong handle);
+
+    /// <summary>fsync.</summary>
+    void Fsync(ulong ino, ulong handle, bool dataOnly);
+
+    /// <summary>opendir: returns a handle for <see cref="ReadDirectory"/>.</summary>
+    ulong OpenDirectory(ulong ino, FuseContext context);
+
+    /// <summary>readdir: the directory's entries as taken at <see cref="OpenDirectory"/>; the session answers the
+    /// kernel's offset from <see cref="OverlayDirEntry.NextOffset"/>.</summary>
+    IReadOnlyList<OverlayDirEntry> ReadDirectory(ulong ino, ulong handle);
+
+    /// <summary>releasedir.</summary>
+    void ReleaseDirectory(ulong ino, ulong handle);
+
+    /// <summary>statfs.</summary>
+    Statvfs StatFs(ulong ino);
+
+    /// <summary>setxattr (flags: XATTR_CREATE = 1, XATTR_REPLACE = 2).</summary>
+    void SetXattr(ulong ino, string name, ReadOnlySpan<byte> value, int flags, FuseContext context);
+
+    /// <summary>getxattr: the whole value.</summary>
+    byte[] GetXattr(ulong ino, string name, FuseContext context);
+
+    /// <summary>listxattr: the names.</summary>
+    IReadOnlyList<string> ListXattrs(ulong ino, FuseContext context);
+
+    /// <summary>removexattr.</summary>
+    void RemoveXattr(ulong ino, string name, FuseContext context);
+
+    /// <summary>create: makes and opens a regular file.</summary>
+    (OverlayStat Stat, FuseOpenResult Open) Create(ulong parent, string name, uint mode, int flags, FuseContext context);
+
+    /// <summary>fallocate (mode bits as fallocate(2): FALLOC_FL_KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE).</summary>
+    void Allocate(ulong ino, ulong handle, int mode, long offset, long length);
+
+    /// <summary>lseek with SEEK_DATA (3) or SEEK_HOLE (4); the kernel handles the other whence values itself.</summary>
+    long Seek(ulong ino, ulong handle, long offset, int whence);
+}

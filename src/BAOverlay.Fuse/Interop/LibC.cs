@@ -1,0 +1,92 @@
+using System.Runtime.InteropServices;
+
+namespace BAOverlay.Fuse.Interop;
+
+/// <summary>
+/// The few libc calls the FUSE binding makes itself: <c>dlvsym</c> to pick one version of a libfuse symbol, and the
+/// <c>mount</c>/<c>umount2</c> system calls, made from this process so that libfuse never has to run (fork and exec)
+/// <c>fusermount3</c> or <c>/bin/mount</c>.
+/// </summary>
+internal static unsafe partial class LibC
+{
+    private const string Library = "libc";
+
+    public const int O_RDWR = 0x2;
+    public const int O_CLOEXEC = 0x80000;
+
+    public const ulong MS_RDONLY = 1;
+    public const ulong MS_NOSUID = 2;
+    public const ulong MS_NODEV = 4;
+
+    public const int MNT_DETACH = 2;
+
+    public const int EINTR = 4;
+    public const int EINVAL = 22;
+
+    // void *dlvsym(void *handle, const char *symbol, const char *version);
+    // (in libc.so.6 since glibc 2.34; older glibc has it in libdl.so.2 only, see DlvSym below)
+    [LibraryImport(Library, EntryPoint = "dlvsym", StringMarshalling = StringMarshalling.Utf8)]
+    private static partial nint dlvsym_libc(nint handle, string symbol, string version);
+
+    private static delegate* unmanaged<nint, byte*, byte*, nint> s_dlvsymLibdl;
+
+    /// <summary><c>dlvsym</c>: the address of <paramref name="symbol"/> at exactly <paramref name="version"/>, or 0.</summary>
+    public static nint DlvSym(nint handle, string symbol, string version)
+    {
+        try
+        {
+            return dlvsym_libc(handle, symbol, version);
+        }
+        catch (EntryPointNotFoundException)
+        {
+            // glibc before 2.34: dlvsym lives in libdl.so.2, resolved once by name.
+            if (s_dlvsymLibdl == null)
+            {
+                nint libdl = NativeLibrary.Load("libdl.so.2");
+                s_dlvsymLibdl = (delegate* unmanaged<nint, byte*, byte*, nint>)NativeLibrary.GetExport(libdl, "dlvsym");
+            }
+            byte[] s = Utf8z(symbol);
+            byte[] v = Utf8z(version);
+            fixed (byte* ps = s)
+            fixed (byte* pv = v)
+            {
+                return s_dlvsymLibdl(handle, ps, pv);
+            }
+        }
+    }
+
+    // int mount(const char *source, const char *target, const char *filesystemtype, unsigned long mountflags, const void *data);
+    [LibraryImport(Library, EntryPoint = "mount", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int mount(string source, string target, string filesystemtype, ulong mountflags, string data);
+
+    // int umount2(const char *target, int flags);
+    [LibraryImport(Library, EntryPoint = "umount2", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int umount2(string target, int flags);
+
+    // int open(const char *pathname, int flags);
+    [LibraryImport(Library, EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int open(string pathname, int flags);
+
+    // int close(int fd);
+    [LibraryImport(Library, EntryPoint = "close", SetLastError = true)]
+    public static partial int close(int fd);
+
+    // uid_t geteuid(void);
+    [LibraryImport(Library, EntryPoint = "geteuid")]
+    public static partial uint geteuid();
+
+    // uid_t getuid(void);
+    [LibraryImport(Library, EntryPoint = "getuid")]
+    public static partial uint getuid();
+
+    // gid_t getgid(void);
+    [LibraryImport(Library, EntryPoint = "getgid")]
+    public static partial uint getgid();
+
+    private static byte[] Utf8z(string s)
+    {
+        byte[] bytes = new byte[System.Text.Encoding.UTF8.GetByteCount(s) + 1];
+        System.Text.Encoding.UTF8.GetBytes(s, bytes);
+        return bytes;
+    }
+}

@@ -1,0 +1,247 @@
+using System.Collections.Concurrent;
+using BAOverlay.FileSystem;
+using Mono.Unix.Native;
+
+namespace BAOverlay.Fuse;
+
+/// <summary>
+/// Serves an <see cref="OverlayFileSystem"/> to FUSE: each request maps to one overlay operation. Open files and
+/// directory snapshots (taken at opendir, so readdir offsets stay valid) live in handle tables keyed by the FUSE
+/// <c>fh</c>. The caller (uid, gid, umask, groups) is passed to the overlay for permission checks only when the mount
+/// does not use <c>default_permissions</c>; with it the kernel has already checked, and the caller is still used for
+/// the owner and umask of new objects.
+/// </summary>
+public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
+{
+    private const int O_ACCMODE = 3;
+    private const int O_RDONLY = 0;
+    private const int O_TRUNC = 0x200;
+    private const int XATTR_CREATE = 1;
+    private const int XATTR_REPLACE = 2;
+    private const int FALLOC_FL_KEEP_SIZE = 0x01;
+    private const int FALLOC_FL_PUNCH_HOLE = 0x02;
+    private const int FALLOC_FL_ZERO_RANGE = 0x10;
+    private const int SEEK_DATA = 3;
+    private const int SEEK_HOLE = 4;
+    private const uint RENAME_NOREPLACE = 1;
+    private const uint RENAME_EXCHANGE = 2;
+
+    private readonly OverlayFileSystem _fileSystem;
+    private readonly bool _checkPermissions;
+    private readonly ConcurrentDictionary<ulong, OverlayHandle> _files = new();
+    private readonly ConcurrentDictionary<ulong, IReadOnlyList<OverlayDirEntry>> _directories = new();
+    private long _nextHandle;
+
+    /// <summary>Creates the adapter.</summary>
+    /// <param name="fileSystem">The overlay to serve.</param>
+    /// <param name="defaultPermissions">True when the mount uses <c>default_permissions</c> (see
+    /// <see cref="FuseMountOptions.DefaultPermissions"/>): the overlay then does not check permissions again.</param>
+    public OverlayFuseAdapter(OverlayFileSystem fileSystem, bool defaultPermissions = true)
+    {
+        ArgumentNullException.ThrowIfNull(fileSystem);
+        _fileSystem = fileSystem;
+        _checkPermissions = !defaultPermissions;
+    }
+
+    /// <inheritdoc/>
+    public double EntryTimeout { get; init; } = 1.0;
+
+    /// <inheritdoc/>
+    public double AttributeTimeout { get; init; } = 1.0;
+
+    /// <inheritdoc/>
+    public bool WantsGroups => _checkPermissions;
+
+    /// <summary>Open files (for tests and diagnostics).</summary>
+    public int OpenFiles => _files.Count;
+
+    /// <summary>Open directory snapshots (for tests and diagnostics).</summary>
+    public int OpenDirectories => _directories.Count;
+
+    private static OverlayCaller Caller(FuseContext context) => new(context.Uid, context.Gid, context.Umask) { Groups = context.Groups };
+
+    /// <summary>The caller to check, or null (trusted) when the kernel checks permissions.</summary>
+    private OverlayCaller? Checked(FuseContext context) => _checkPermissions ? Caller(context) : null;
+
+    /// <inheritdoc/>
+    public OverlayStat Lookup(ulong parent, string name, FuseContext context) => _fileSystem.Lookup(parent, name, Checked(context));
+
+    /// <inheritdoc/>
+    public void Forget(ulong ino, ulong count) => _fileSystem.Forget(ino, count);
+
+    /// <inheritdoc/>
+    public OverlayStat GetAttr(ulong ino, ulong? handle, FuseContext context) => _fileSystem.GetAttr(ino);
+
+    /// <inheritdoc/>
+    public OverlayStat SetAttr(ulong ino, OverlaySetAttr change, ulong? handle, FuseContext context)
+    {
+        // SetAttr always takes a caller; with default_permissions the kernel has checked already (including an
+        // ftruncate through a descriptor opened for writing), so the overlay is told the caller is root.
+        OverlayCaller caller = _checkPermissions ? Caller(context) : OverlayCaller.Root;
+        if (change.Mode is uint mode)
+        {
+            change = change with { Mode = mode & 0xFFF };
+        }
+        return _fileSystem.SetAttr(ino, change, caller);
+    }
+
+    /// <inheritdoc/>
+    public string ReadLink(ulong ino, FuseContext context) => _fileSystem.ReadLink(ino);
+
+    /// <inheritdoc/>
+    public OverlayStat MakeNode(ulong parent, string name, uint mode, ulong rdev, FuseContext context) =>
+        _fileSystem.MakeNode(parent, name, mode, rdev, Caller(context));
+
+    /// <inheritdoc/>
+    public OverlayStat MakeDirectory(ulong parent, string name, uint mode, FuseContext context) =>
+        _fileSystem.MakeDirectory(parent, name, mode, Caller(context));
+
+    /// <inheritdoc/>
+    public void Unlink(ulong parent, string name, FuseContext context) => _fileSystem.Unlink(parent, name, Checked(context));
+
+    /// <inheritdoc/>
+    public void RemoveDirectory(ulong parent, string name, FuseContext context) => _fileSystem.RemoveDirectory(parent, name, Checked(context));
+
+    /// <inheritdoc/>
+    public OverlayStat MakeSymbolicLink(string target, ulong parent, string name, FuseContext context) =>
+        _fileSystem.MakeSymbolicLink(parent, name, target, Caller(context));
+
+    /// <inheritdoc/>
+    public void Rename(ulong parent, string name, ulong newParent, string newName, uint flags, FuseContext context)
+    {
+        if ((flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) != 0)
+        {
+            throw new OverlayException(Errno.EINVAL, $"rename flags {flags:x} are not supported (RENAME_WHITEOUT is the overlay's own)");
+        }
+        var overlayFlags = OverlayRenameFlags.None;
+        if ((flags & RENAME_NOREPLACE) != 0)
+        {
+            overlayFlags |= OverlayRenameFlags.NoReplace;
+        }
+        if ((flags & RENAME_EXCHANGE) != 0)
+        {
+            overlayFlags |= OverlayRenameFlags.Exchange;
+        }
+        _fileSystem.Rename(parent, name, newParent, newName, overlayFlags, Checked(context));
+    }
+
+    /// <inheritdoc/>
+    public OverlayStat Link(ulong ino, ulong newParent, string newName, FuseContext context) =>
+        _fileSystem.Link(ino, newParent, newName, Checked(context));
+
+    /// <inheritdoc/>
+    public FuseOpenResult Open(ulong ino, int flags, FuseContext context)
+    {
+        bool write = (flags & O_ACCMODE) != O_RDONLY;
+        bool truncate = (flags & O_TRUNC) != 0;
+        OverlayHandle handle = _fileSystem.Open(ino, write, truncate, Checked(context));
+        return new FuseOpenResult(Register(handle));
+    }
+
+    /// <inheritdoc/>
+    public (OverlayStat Stat, FuseOpenResult Open) Create(ulong parent, string name, uint mode, int flags, FuseContext context)
+    {
+        (OverlayStat stat, OverlayHandle handle) = _fileSystem.Create(parent, name, mode, Caller(context));
+        return (stat, new FuseOpenResult(Register(handle)));
+    }
+
+    /// <inheritdoc/>
+    public int Read(ulong ino, ulong handle, Span<byte> buffer, long offset) => File(handle).Read(buffer, offset);
+
+    /// <inheritdoc/>
+    public int Write(ulong ino, ulong handle, ReadOnlySpan<byte> data, long offset)
+    {
+        File(handle).Write(data, offset);
+        return data.Length;
+    }
+
+    /// <inheritdoc/>
+    public void Flush(ulong ino, ulong handle) => File(handle);
+
+    /// <inheritdoc/>
+    public void Release(ulong ino, ulong handle)
+    {
+        if (_files.TryRemove(handle, out OverlayHandle? file))
+        {
+            file.Dispose();
+        }
+    }
+
+    /// <inheritdoc/>
+    public void Fsync(ulong ino, ulong handle, bool dataOnly) => File(handle).Fsync();
+
+    /// <inheritdoc/>
+    public ulong OpenDirectory(ulong ino, FuseContext context)
+    {
+        IReadOnlyList<OverlayDirEntry> entries = _fileSystem.ReadDirectory(ino, Checked(context));
+        ulong handle = (ulong)Interlocked.Increment(ref _nextHandle);
+        _directories[handle] = entries;
+        return handle;
+    }
+
+    /// <inheritdoc/>
+    public IReadOnlyList<OverlayDirEntry> ReadDirectory(ulong ino, ulong handle) =>
+        _directories.TryGetValue(handle, out IReadOnlyList<OverlayDirEntry>? entries)
+            ? entries
+            : throw new OverlayException(Errno.EBADF, $"directory handle {handle} is not open");
+
+    /// <inheritdoc/>
+    public void ReleaseDirectory(ulong ino, ulong handle) => _directories.TryRemove(handle, out _);
+
+    /// <inheritdoc/>
+    public Statvfs StatFs(ulong ino) => _fileSystem.StatFs();
+
+    /// <inheritdoc/>
+    public void SetXattr(ulong ino, string name, ReadOnlySpan<byte> value, int flags, FuseContext context)
+    {
+        OverlayXattrFlags overlayFlags = flags switch
+        {
+            0 => OverlayXattrFlags.None,
+            XATTR_CREATE => OverlayXattrFlags.Create,
+            XATTR_REPLACE => OverlayXattrFlags.Replace,
+            _ => throw new OverlayException(Errno.EINVAL, $"setxattr flags {flags} are not supported"),
+        };
+        _fileSystem.SetXattr(ino, name, value, overlayFlags, Checked(context));
+    }
+
+    /// <inheritdoc/>
+    public byte[] GetXattr(ulong ino, string name, FuseContext context) => _fileSystem.GetXattr(ino, name, Checked(context));
+
+    /// <inheritdoc/>
+    public IReadOnlyList<string> ListXattrs(ulong ino, FuseContext context) => _fileSystem.ListXattrs(ino);
+
+    /// <inheritdoc/>
+    public void RemoveXattr(ulong ino, string name, FuseContext context) => _fileSystem.RemoveXattr(ino, name, Checked(context));
+
+    /// <inheritdoc/>
+    public void Allocate(ulong ino, ulong handle, int mode, long offset, long length)
+    {
+        bool keepSize = (mode & FALLOC_FL_KEEP_SIZE) != 0;
+        OverlayAllocateMode overlayMode = (mode & ~FALLOC_FL_KEEP_SIZE) switch
+        {
+            0 => OverlayAllocateMode.Allocate,
+            FALLOC_FL_PUNCH_HOLE => OverlayAllocateMode.PunchHole,
+            FALLOC_FL_ZERO_RANGE => OverlayAllocateMode.ZeroRange,
+            _ => throw new OverlayException(Errno.EOPNOTSUPP, $"fallocate mode {mode:x} is not supported"),
+        };
+        File(handle).Allocate(offset, length, overlayMode, keepSize);
+    }
+
+    /// <inheritdoc/>
+    public long Seek(ulong ino, ulong handle, long offset, int whence) => whence switch
+    {
+        SEEK_DATA => File(handle).Seek(offset, data: true),
+        SEEK_HOLE => File(handle).Seek(offset, data: false),
+        _ => throw new OverlayException(Errno.EINVAL, $"lseek whence {whence} is handled by the kernel"),
+    };
+
+    private ulong Register(OverlayHandle handle)
+    {
+        ulong fh = (ulong)Interlocked.Increment(ref _nextHandle);
+        _files[fh] = handle;
+        return fh;
+    }
+
+    private OverlayHandle File(ulong handle) =>
+        _files.TryGetValue(handle, out OverlayHandle? file) ? file : throw new OverlayException(Errno.EBADF, $"file handle {handle} is not open");
+}
