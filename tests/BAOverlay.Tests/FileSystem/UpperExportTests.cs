@@ -1,0 +1,539 @@
+using System.Diagnostics;
+using System.Formats.Tar;
+using System.Security.Cryptography;
+using System.Text;
+using BAOverlay.FileSystem;
+using BAOverlay.Format;
+using Mono.Unix.Native;
+using static BAOverlay.Tests.FileSystem.OverlayFixture;
+
+namespace BAOverlay.Tests.FileSystem;
+
+/// <summary>
+/// Export of the upper layer: as a plain overlayfs upper directory (checked by mounting it with kernel overlayfs over
+/// the same lower directories) and as an OCI layer tar (checked by applying it the OCI way over a copy of the lower
+/// tree); both must show exactly the tree the overlay shows. Needs root (whiteout devices, trusted xattrs, mount).
+/// </summary>
+public class UpperExportTests
+{
+    private const int BigSize = 1 << 20;
+    private const int GrownSize = BigSize + (512 << 10);
+
+    private static void RequireRoot()
+    {
+        if (Syscall.geteuid() != 0)
+        {
+            Assert.Ignore("needs root: whiteouts are 0/0 character devices, opaque directories use trusted.overlay.* xattrs, and the check mounts kernel overlayfs");
+        }
+    }
+
+    // ------------------------------------------------------------------ (a) directory
+
+    [Test]
+    public void DirectoryExportIsAKernelOverlayfsUpperShowingTheSameTree()
+    {
+        RequireRoot();
+        using var f = new OverlayFixture();
+        byte[] bigMerged = MakeChanges(f);
+        SortedDictionary<string, string> expected = VisibleTree(f, withTimes: true);
+        string exported = Path.Combine(f.Root, "exported");
+
+        UpperExportResult result = UpperExport.ToDirectory(f.Upper!, exported);
+
+        Assert.That(result.Warnings, Is.Empty, "warnings");
+        Assert.That(result.MaterializedBCowFiles, Is.EqualTo(2), "big.bin and big2.bin were B-CoW files");
+        Assert.That(result.Whiteouts, Is.EqualTo(2), "dir/gone.txt and other.txt");
+        Assert.That(result.OpaqueDirectories, Is.EqualTo(1), "old");
+        Assert.That(Directory.EnumerateFileSystemEntries(f.Root).Where(p => p.Contains(".tmp-")), Is.Empty, "no temporary left");
+
+        // The files as written: plain, sparse, no private attributes, whiteouts and opaque markers in kernel form.
+        string big = Path.Combine(exported, "big.bin");
+        Assert.That(File.ReadAllBytes(big), Is.EqualTo(bigMerged), "big.bin has the merged content");
+        Assert.That(Syscall.lstat(big, out Stat bigStat), Is.Zero);
+        Assert.That(bigStat.st_blocks * 512, Is.LessThan(GrownSize - (256 << 10)), "the zero range of the B-CoW file stays a hole");
+        foreach (string path in Directory.EnumerateFileSystemEntries(exported, "*", SearchOption.AllDirectories).Prepend(exported))
+        {
+            Assert.That(Syscall.llistxattr(path, out string[] names), Is.GreaterThanOrEqualTo(0), path);
+            Assert.That(names.Where(n => n.StartsWith("user.baoverlay.", StringComparison.Ordinal) || n.StartsWith("user.overlay.", StringComparison.Ordinal)), Is.Empty, $"{path}: private xattrs");
+            Assert.That(Path.GetFileName(path), Does.Not.StartWith(".wh."), "whiteouts are devices, not .wh. files");
+        }
+        Assert.That(Syscall.lstat(Path.Combine(exported, "dir", "gone.txt"), out Stat gone), Is.Zero);
+        Assert.That(Whiteouts.IsWhiteoutStat(gone), Is.True, "dir/gone.txt is a 0/0 character device");
+        Assert.That(Syscall.lgetxattr(Path.Combine(exported, "old"), "trusted.overlay.opaque", out byte[] opaque), Is.EqualTo(1));
+        Assert.That(opaque, Is.EqualTo("y"u8.ToArray()));
+        Assert.That(Syscall.lgetxattr(Path.Combine(exported, "hello.txt"), "user.test", out byte[] userXattr), Is.GreaterThan(0), "user xattrs kept");
+        Assert.That(Encoding.UTF8.GetString(userXattr), Is.EqualTo("hello"));
+        Assert.That(Syscall.lstat(Path.Combine(exported, "hello.txt"), out Stat a), Is.Zero);
+        Assert.That(Syscall.lstat(Path.Combine(exported, "hello-hardlink.txt"), out Stat b), Is.Zero);
+        Assert.That(b.st_ino, Is.EqualTo(a.st_ino), "hard links stay hard links");
+
+        // The kernel's view of it over the same lower directories.
+        string mountPoint = Path.Combine(f.Root, "mnt");
+        string work = Path.Combine(f.Root, "kernel-work");
+        Directory.CreateDirectory(mountPoint);
+        Directory.CreateDirectory(work);
+        Mount($"-t overlay overlay -o lowerdir={f.Lowers[0]}:{f.Lowers[1]},upperdir={exported},workdir={work} {mountPoint}");
+        try
+        {
+            AssertSameTree(TreeOf(mountPoint, withTimes: true), expected, "kernel overlayfs over the exported upper directory");
+        }
+        finally
+        {
+            Run("umount", mountPoint, out _);
+        }
+    }
+
+    // ------------------------------------------------------------------ (b) OCI tar
+
+    [Test]
+    public void OciTarHasOciWhiteoutsAndAppliedOverTheLowerTreeGivesTheSameTree()
+    {
+        RequireRoot();
+        using var f = new OverlayFixture();
+        byte[] bigMerged = MakeChanges(f);
+        SortedDictionary<string, string> expected = VisibleTree(f, withTimes: false);
+        var tar = new MemoryStream();
+
+        UpperExportResult result = UpperExport.ToOciTar(f.Upper!, tar);
+
+        Assert.That(result.Warnings, Is.Empty, "warnings");
+        Assert.That((result.MaterializedBCowFiles, result.Whiteouts, result.OpaqueDirectories), Is.EqualTo((2, 2, 1)));
+        var again = new MemoryStream();
+        UpperExport.ToOciTar(f.Upper!, again);
+        Assert.That(again.ToArray(), Is.EqualTo(tar.ToArray()), "the same upper directory gives the same bytes");
+
+        List<PaxTarEntry> entries = ReadTar(tar.ToArray(), out Dictionary<string, byte[]> contents);
+        List<string> names = entries.Select(e => e.Name).ToList();
+        Assert.That(result.Entries, Is.EqualTo(entries.Count), "entries counted");
+        Assert.That(names, Is.Unique);
+        Assert.That(names.Where(n => n.StartsWith('/') || n.StartsWith("./", StringComparison.Ordinal) || n.Contains("//")), Is.Empty, "relative paths");
+        Assert.That(entries.Where(e => e.EntryType == TarEntryType.Directory).Select(e => e.Name), Has.All.EndsWith("/"));
+        Assert.That(entries.Where(e => e.EntryType != TarEntryType.Directory).Select(e => e.Name), Has.All.Not.EndsWith("/"));
+        foreach (string name in names)
+        {
+            string parent = name.TrimEnd('/') is var trimmed && trimmed.LastIndexOf('/') is var slash and > 0 ? trimmed[..(slash + 1)] : "";
+            Assert.That(parent.Length == 0 || names.IndexOf(parent) < names.IndexOf(name), Is.True, $"{name}: its directory comes first");
+        }
+        Assert.That(names, Does.Contain("dir/.wh.gone.txt").And.Contain(".wh.other.txt"));
+        Assert.That(names, Does.Not.Contain("dir/gone.txt").And.Not.Contain("other.txt"));
+        Assert.That(names.IndexOf("old/.wh..wh..opq"), Is.EqualTo(names.IndexOf("old/") + 1), "the opaque marker follows its directory");
+        PaxTarEntry whiteout = entries.Single(e => e.Name == "dir/.wh.gone.txt");
+        Assert.That((whiteout.EntryType, whiteout.Length, (int)whiteout.Mode), Is.EqualTo((TarEntryType.RegularFile, 0L, 0x180)));
+        Assert.That(contents["big.bin"], Is.EqualTo(bigMerged), "the B-CoW file's merged content");
+        PaxTarEntry mode = entries.Single(e => e.Name == "mode.txt");
+        Assert.That(((int)mode.Mode, mode.Uid, mode.Gid), Is.EqualTo((0x9ED, 1234, 2345)), "setuid mode and owner");
+        Assert.That((int)entries.Single(e => e.Name == "big2.bin").Mode, Is.EqualTo(0x1A0), "chmod 640 on a metadata-only copy-up");
+        // Sorted, "hello-hardlink.txt" comes before "hello.txt": the first name holds the data, the second links to it.
+        PaxTarEntry hardLink = entries.Single(e => e.Name == "hello.txt");
+        Assert.That((hardLink.EntryType, hardLink.LinkName), Is.EqualTo((TarEntryType.HardLink, "hello-hardlink.txt")));
+        PaxTarEntry link = entries.Single(e => e.Name == "new/link");
+        Assert.That((link.EntryType, link.LinkName), Is.EqualTo((TarEntryType.SymbolicLink, "../hello.txt")));
+        Assert.That(entries.Single(e => e.Name == "fifo").EntryType, Is.EqualTo(TarEntryType.Fifo));
+        Assert.That(entries.Single(e => e.Name == "hello-hardlink.txt").ExtendedAttributes, Does.ContainKey("SCHILY.xattr.user.test").WithValue("hello"));
+        Assert.That(entries.SelectMany(e => e.ExtendedAttributes.Keys).Where(k => k.Contains("overlay", StringComparison.Ordinal)), Is.Empty, "no private xattrs");
+
+        // The OCI way: a copy of the lower tree, whiteouts and opaque directories applied, then the entries extracted.
+        string applied = Path.Combine(f.Root, "applied");
+        Directory.CreateDirectory(applied);
+        CopyTree(f.Lowers[1], applied);
+        CopyTree(f.Lowers[0], applied);
+        ApplyOciLayer(applied, entries, contents);
+        AssertSameTree(TreeOf(applied, withTimes: false), expected, "the lower tree with the layer applied");
+    }
+
+    [Test]
+    public void OciTarFileIsWrittenUnderItsNameOnlyWhenComplete()
+    {
+        RequireRoot();
+        using var f = new OverlayFixture();
+        byte[] bigMerged = MakeChanges(f);
+        string tarPath = Path.Combine(f.Root, "layer.tar");
+        var reports = new List<UpperExportProgress>();
+
+        UpperExportResult result = UpperExport.ToOciTarFile(f.Upper!, tarPath, new UpperExportOptions { Progress = new Sync<UpperExportProgress>(reports.Add) });
+
+        List<PaxTarEntry> entries = ReadTar(File.ReadAllBytes(tarPath), out Dictionary<string, byte[]> contents);
+        Assert.That(contents["big.bin"], Is.EqualTo(bigMerged));
+        Assert.That(result.Entries, Is.EqualTo(entries.Count));
+        Assert.That(reports, Is.Not.Empty);
+        UpperExportProgress last = reports[^1];
+        Assert.That((last.FilesDone, last.BytesDone, last.CurrentPath), Is.EqualTo((last.FilesTotal, last.BytesTotal, "")), "the last report says done");
+        Assert.That(last.BytesTotal, Is.EqualTo(entries.Where(e => e.EntryType == TarEntryType.RegularFile).Sum(e => e.Length)));
+        Assert.That(reports.Select(r => r.BytesDone), Is.Ordered, "progress only grows");
+        Assert.That(Directory.EnumerateFileSystemEntries(f.Root).Where(p => p.Contains(".tmp-")), Is.Empty, "no temporary left");
+    }
+
+    // ------------------------------------------------------------------ failures
+
+    [Test]
+    public void AnExistingDestinationIsRefusedUnlessOverwriteIsAsked()
+    {
+        RequireRoot();
+        using var f = new OverlayFixture();
+        MakeChanges(f);
+        string exported = Path.Combine(f.Root, "exported");
+        string tarPath = Path.Combine(f.Root, "layer.tar");
+        WriteFile(Path.Combine(exported, "old-content"), "x");
+        WriteFile(tarPath, "not a tar");
+
+        Assert.That(() => UpperExport.ToDirectory(f.Upper!, exported), Throws.InstanceOf<IOException>().With.Message.Contains(exported).And.Message.Contains("exists"));
+        Assert.That(() => UpperExport.ToOciTarFile(f.Upper!, tarPath), Throws.InstanceOf<IOException>().With.Message.Contains(tarPath).And.Message.Contains("exists"));
+        Assert.That(File.Exists(Path.Combine(exported, "old-content")), Is.True, "the existing directory is untouched");
+        Assert.That(File.ReadAllText(tarPath), Is.EqualTo("not a tar"), "the existing file is untouched");
+
+        var overwrite = new UpperExportOptions { Overwrite = true };
+        UpperExport.ToDirectory(f.Upper!, exported, overwrite);
+        UpperExport.ToOciTarFile(f.Upper!, tarPath, overwrite);
+        Assert.That(File.Exists(Path.Combine(exported, "old-content")), Is.False, "replaced");
+        Assert.That(File.Exists(Path.Combine(exported, "hello.txt")), Is.True);
+        Assert.That(ReadTar(File.ReadAllBytes(tarPath), out _).Select(e => e.Name), Does.Contain("hello.txt"));
+        Assert.That(Directory.EnumerateFileSystemEntries(f.Root).Where(p => p.Contains(".tmp-")), Is.Empty, "no temporary left");
+
+        Assert.That(() => UpperExport.ToDirectory(f.Upper!, Path.Combine(f.Upper!, "inside")), Throws.ArgumentException);
+        Assert.That(() => UpperExport.ToDirectory(f.Upper!, Path.Combine(f.Root, "missing", "exported")), Throws.InstanceOf<DirectoryNotFoundException>());
+    }
+
+    [Test]
+    public void ACorruptBCowFileFailsNamingItAndLeavesNoDestination()
+    {
+        RequireRoot();
+        using var f = new OverlayFixture();
+        MakeChanges(f);
+        string bcow = Path.Combine(f.Upper!, "big.bin");
+        using (var file = new FileStream(bcow, FileMode.Open, FileAccess.Write))
+        {
+            file.Write(new byte[Layout.HeaderSlotSize * Layout.HeaderSlotCount]); // both header slots gone
+        }
+        string exported = Path.Combine(f.Root, "exported");
+        string tarPath = Path.Combine(f.Root, "layer.tar");
+        var tar = new MemoryStream();
+
+        Assert.That(() => UpperExport.ToDirectory(f.Upper!, exported), Throws.InstanceOf<IOException>().With.Message.Contains(bcow));
+        Assert.That(() => UpperExport.ToOciTarFile(f.Upper!, tarPath), Throws.InstanceOf<IOException>().With.Message.Contains(bcow));
+        Assert.That(() => UpperExport.ToOciTar(f.Upper!, tar), Throws.InstanceOf<IOException>().With.Message.Contains(bcow));
+
+        Assert.That(Directory.Exists(exported) || File.Exists(exported), Is.False, "no directory");
+        Assert.That(File.Exists(tarPath), Is.False, "no tar file");
+        Assert.That(tar.Length, Is.Zero, "nothing written to the stream: the scan failed first");
+        Assert.That(Directory.EnumerateFileSystemEntries(f.Root).Where(p => p.Contains(".tmp-")), Is.Empty, "no temporary left");
+    }
+
+    [Test]
+    public void AChangedLowerFileFailsTheExportOfItsBCowFile()
+    {
+        RequireRoot();
+        using var f = new OverlayFixture();
+        MakeChanges(f);
+        File.AppendAllText(Path.Combine(f.Lowers[1], "big.bin"), "changed");
+        string exported = Path.Combine(f.Root, "exported");
+
+        Assert.That(() => UpperExport.ToDirectory(f.Upper!, exported), Throws.InstanceOf<BCowFormatException>().With.Message.Contains(Path.Combine(f.Upper!, "big.bin")));
+        Assert.That(Directory.Exists(exported), Is.False);
+    }
+
+    [Test]
+    public void CancellingLeavesNoDestination()
+    {
+        RequireRoot();
+        using var f = new OverlayFixture();
+        MakeChanges(f);
+        string exported = Path.Combine(f.Root, "exported");
+        using var cancel = new CancellationTokenSource();
+        var options = new UpperExportOptions
+        {
+            CancellationToken = cancel.Token,
+            Progress = new Sync<UpperExportProgress>(p =>
+            {
+                if (p.FilesDone == 5)
+                {
+                    cancel.Cancel();
+                }
+            }),
+        };
+
+        Assert.That(() => UpperExport.ToDirectory(f.Upper!, exported, options), Throws.InstanceOf<OperationCanceledException>());
+        Assert.That(Directory.Exists(exported), Is.False);
+        Assert.That(Directory.EnumerateFileSystemEntries(f.Root).Where(p => p.Contains(".tmp-")), Is.Empty, "no temporary left");
+    }
+
+    // ------------------------------------------------------------------ the scenario
+
+    /// <summary>
+    /// Lower layers and a set of changes made through the overlay (then closed): a write into a large lower file and
+    /// a grow with a zero range (B-CoW), a chmod of another large one (metadata-only B-CoW), a deleted lower file and a
+    /// renamed one (whiteouts), a lower directory removed and made again (opaque), new files, directories, symbolic
+    /// links and a fifo, a setuid file with another owner; then a hard link and a user xattr added in upper directly.
+    /// </summary>
+    /// <returns>The merged content of big.bin.</returns>
+    private static byte[] MakeChanges(OverlayFixture f)
+    {
+        var random = new Random(7);
+        string lower1 = f.Lowers[0], lower2 = f.Lowers[1];
+        WriteFile(Path.Combine(lower2, "big.bin"), Checks.RandomBytes(random, BigSize));
+        WriteFile(Path.Combine(lower2, "big2.bin"), Checks.RandomBytes(random, 300 << 10));
+        WriteFile(Path.Combine(lower2, "dir", "keep.txt"), "keep");
+        WriteFile(Path.Combine(lower2, "dir", "gone.txt"), "gone");
+        WriteFile(Path.Combine(lower2, "old", "x.txt"), "x");
+        WriteFile(Path.Combine(lower2, "old", "sub", "y.txt"), "y");
+        WriteFile(Path.Combine(lower2, "mode.txt"), "mode");
+        WriteFile(Path.Combine(lower2, "other.txt"), "other");
+        WriteFile(Path.Combine(lower1, "dir", "l1.txt"), "from lower1");
+        WriteFile(Path.Combine(lower1, "top.txt"), "top");
+        File.CreateSymbolicLink(Path.Combine(lower1, "link-lower"), "top.txt");
+
+        byte[] merged;
+        using (OverlayFileSystem fs = f.Open())
+        {
+            const ulong root = OverlayFileSystem.RootIno;
+            var caller = OverlayCaller.Root;
+            WriteAt(fs, "big.bin", 40960, Enumerable.Repeat((byte)0xAB, 5000).ToArray());
+            fs.SetAttr(Resolve(fs, "big.bin").Ino, new OverlaySetAttr { Size = GrownSize }, caller);
+            WriteAt(fs, "big.bin", GrownSize - 100, Enumerable.Repeat((byte)0xCD, 100).ToArray());
+            fs.SetAttr(Resolve(fs, "big2.bin").Ino, new OverlaySetAttr { Mode = Mode("640") }, caller);
+
+            fs.Unlink(Resolve(fs, "dir").Ino, "gone.txt");
+            fs.SetAttr(Resolve(fs, "dir").Ino, new OverlaySetAttr { Mode = Mode("750") }, caller);
+            fs.Unlink(Resolve(fs, "old/sub").Ino, "y.txt");
+            fs.RemoveDirectory(Resolve(fs, "old").Ino, "sub");
+            fs.Unlink(Resolve(fs, "old").Ino, "x.txt");
+            fs.RemoveDirectory(root, "old");
+            ulong old = fs.MakeDirectory(root, "old", Mode("755"), caller).Ino;
+            CreateFile(fs, old, "new.txt", "made after the lower directory was removed");
+
+            ulong dir = fs.MakeDirectory(root, "new", Mode("755"), caller).Ino;
+            CreateFile(fs, dir, "file.txt", "new file");
+            CreateFile(fs, root, "hello.txt", "hello world");
+            fs.MakeSymbolicLink(dir, "link", "../hello.txt", caller);
+            fs.MakeSymbolicLink(root, "abs", "/etc/passwd", caller);
+            fs.MakeNode(root, "fifo", 0x1000 | Mode("644"), 0, caller);
+
+            ulong mode = Resolve(fs, "mode.txt").Ino;
+            fs.SetAttr(mode, new OverlaySetAttr { Uid = 1234, Gid = 2345 }, caller);
+            fs.SetAttr(mode, new OverlaySetAttr { Mode = Mode("4755") }, caller);
+            fs.Rename(root, "other.txt", root, "renamed.txt");
+            merged = ReadBytes(fs, "big.bin");
+        }
+        Assert.That(Syscall.lgetxattr(Path.Combine(f.Upper!, "big.bin"), "user.baoverlay.bcow", out byte[] _), Is.GreaterThanOrEqualTo(0), "big.bin became a B-CoW file");
+        Assert.That(Syscall.link(Path.Combine(f.Upper!, "hello.txt"), Path.Combine(f.Upper!, "hello-hardlink.txt")), Is.Zero);
+        SetXattr(Path.Combine(f.Upper!, "hello.txt"), "user.test", "hello");
+        return merged;
+    }
+
+    private static void CreateFile(OverlayFileSystem fs, ulong parent, string name, string content)
+    {
+        var (_, handle) = fs.Create(parent, name, Mode("644"), OverlayCaller.Root);
+        using (handle)
+        {
+            handle.Write(Encoding.UTF8.GetBytes(content), 0);
+        }
+    }
+
+    // ------------------------------------------------------------------ trees to compare
+
+    /// <summary>The tree the overlay shows, without inode numbers: path → type, content hash or target, mode, owner, size.</summary>
+    private static SortedDictionary<string, string> VisibleTree(OverlayFixture f, bool withTimes)
+    {
+        using OverlayFileSystem fs = f.Open();
+        var result = new SortedDictionary<string, string>(StringComparer.Ordinal);
+        void Walk(ulong ino, string path)
+        {
+            foreach (OverlayDirEntry entry in fs.ReadDirectory(ino))
+            {
+                if (entry.Name is "." or "..")
+                {
+                    continue;
+                }
+                OverlayStat stat = fs.Lookup(ino, entry.Name);
+                string child = path + "/" + entry.Name;
+                string what = stat.IsDirectory ? "dir" : stat.IsSymbolicLink ? "link->" + fs.ReadLink(stat.Ino) : stat.IsRegularFile ? "file:" + Hash(ReadBytes(fs, child)) : $"special:{Convert.ToString(stat.Type, 8)}:{stat.Rdev}";
+                // Attributes after the read: reading a B-CoW file through the overlay opens it writable, and closing it
+                // commits, which moves the upper file's modification time (reported; the export sees the later one).
+                stat = fs.GetAttr(stat.Ino);
+                result[child] = Describe(what, stat.Mode, stat.Uid, stat.Gid, stat.IsDirectory ? 0 : stat.Size, withTimes ? stat.MTimeNs : null);
+                if (stat.IsDirectory)
+                {
+                    Walk(stat.Ino, child);
+                }
+            }
+        }
+        Walk(OverlayFileSystem.RootIno, "");
+        return result;
+    }
+
+    /// <summary>The same description of a plain directory tree (a kernel mount or an applied layer), with .NET's
+    /// file APIs for names, content and link targets and lstat for modes and owners.</summary>
+    private static SortedDictionary<string, string> TreeOf(string root, bool withTimes)
+    {
+        var result = new SortedDictionary<string, string>(StringComparer.Ordinal);
+        void Walk(string directory, string path)
+        {
+            foreach (string full in Directory.EnumerateFileSystemEntries(directory))
+            {
+                string child = path + "/" + Path.GetFileName(full);
+                Assert.That(Syscall.lstat(full, out Stat st), Is.Zero, full);
+                uint mode = (uint)st.st_mode;
+                uint type = mode & 0xF000;
+                string what = type switch
+                {
+                    0x4000 => "dir",
+                    0xA000 => "link->" + new FileInfo(full).LinkTarget,
+                    0x8000 => "file:" + Hash(File.ReadAllBytes(full)),
+                    _ => $"special:{Convert.ToString(type, 8)}:{st.st_rdev}",
+                };
+                long mtime = (st.st_mtime * 1_000_000_000L) + st.st_mtime_nsec;
+                result[child] = Describe(what, mode, st.st_uid, st.st_gid, type == 0x4000 ? 0 : st.st_size, withTimes ? mtime : null);
+                if (type == 0x4000)
+                {
+                    Walk(full, child);
+                }
+            }
+        }
+        Walk(root, "");
+        return result;
+    }
+
+    /// <summary>Compares two trees and names every path that differs.</summary>
+    private static void AssertSameTree(SortedDictionary<string, string> actual, SortedDictionary<string, string> expected, string what)
+    {
+        var differences = actual.Keys.Union(expected.Keys).Order(StringComparer.Ordinal)
+            .Where(k => actual.GetValueOrDefault(k) != expected.GetValueOrDefault(k))
+            .Select(k => $"{k}: {actual.GetValueOrDefault(k) ?? "(missing)"}, overlay shows {expected.GetValueOrDefault(k) ?? "(nothing)"}")
+            .ToList();
+        Assert.That(differences, Is.Empty, $"{what}: paths that differ from what the overlay shows");
+        Assert.That(actual, Is.Not.Empty, what);
+    }
+
+    private static string Describe(string what, uint mode, uint uid, uint gid, long size, long? mtime) =>
+        $"{what} mode={Convert.ToString(mode & 0xFFF, 8)} owner={uid}:{gid} size={size}" + (mtime is long t ? $" mtime={t}" : "");
+
+    private static string Hash(byte[] content) => Convert.ToHexString(SHA256.HashData(content))[..16];
+
+    // ------------------------------------------------------------------ tar helpers
+
+    private static List<PaxTarEntry> ReadTar(byte[] tar, out Dictionary<string, byte[]> contents)
+    {
+        var entries = new List<PaxTarEntry>();
+        contents = new Dictionary<string, byte[]>(StringComparer.Ordinal);
+        using var reader = new TarReader(new MemoryStream(tar));
+        while (reader.GetNextEntry(copyData: true) is { } entry)
+        {
+            Assert.That(entry, Is.InstanceOf<PaxTarEntry>(), $"{entry.Name}: a PAX entry");
+            entries.Add((PaxTarEntry)entry);
+            if (entry.EntryType == TarEntryType.RegularFile)
+            {
+                var data = new MemoryStream();
+                entry.DataStream?.CopyTo(data);
+                contents[entry.Name] = data.ToArray();
+            }
+        }
+        return entries;
+    }
+
+    /// <summary>Applies a layer as the image spec says: whiteouts and opaque markers remove what the lower tree has,
+    /// then every other entry is extracted (a directory over a directory merges).</summary>
+    private static void ApplyOciLayer(string root, List<PaxTarEntry> entries, Dictionary<string, byte[]> contents)
+    {
+        foreach (PaxTarEntry entry in entries)
+        {
+            string name = Path.GetFileName(entry.Name.TrimEnd('/'));
+            string directory = Path.Combine(root, Path.GetDirectoryName(entry.Name.TrimEnd('/')) ?? "");
+            if (name == ".wh..wh..opq")
+            {
+                foreach (string child in Directory.EnumerateFileSystemEntries(directory))
+                {
+                    Remove(child);
+                }
+            }
+            else if (name.StartsWith(".wh.", StringComparison.Ordinal))
+            {
+                Remove(Path.Combine(directory, name[4..]));
+            }
+        }
+        foreach (PaxTarEntry entry in entries)
+        {
+            string name = entry.Name.TrimEnd('/');
+            if (Path.GetFileName(name).StartsWith(".wh.", StringComparison.Ordinal))
+            {
+                continue;
+            }
+            string path = Path.Combine(root, name);
+            bool isDirectory = Syscall.lstat(path, out Stat existing) == 0 && (existing.st_mode & FilePermissions.S_IFMT) == FilePermissions.S_IFDIR;
+            if (!(entry.EntryType == TarEntryType.Directory && isDirectory))
+            {
+                Remove(path);
+            }
+            switch (entry.EntryType)
+            {
+                case TarEntryType.Directory:
+                    Directory.CreateDirectory(path);
+                    break;
+                case TarEntryType.RegularFile:
+                    File.WriteAllBytes(path, contents[entry.Name]);
+                    break;
+                case TarEntryType.SymbolicLink:
+                    File.CreateSymbolicLink(path, entry.LinkName);
+                    break;
+                case TarEntryType.HardLink:
+                    Assert.That(Syscall.link(Path.Combine(root, entry.LinkName), path), Is.Zero, path);
+                    continue;
+                case TarEntryType.Fifo:
+                    Assert.That(Syscall.mknod(path, FilePermissions.S_IFIFO, 0), Is.Zero, path);
+                    break;
+                default:
+                    Assert.Fail($"{entry.Name}: unexpected {entry.EntryType}");
+                    break;
+            }
+            Assert.That(Syscall.lchown(path, (uint)entry.Uid, (uint)entry.Gid), Is.Zero, path);
+            if (entry.EntryType != TarEntryType.SymbolicLink)
+            {
+                Assert.That(Syscall.chmod(path, (FilePermissions)(uint)entry.Mode), Is.Zero, path);
+            }
+        }
+    }
+
+    private static void Remove(string path)
+    {
+        if (Syscall.lstat(path, out Stat st) != 0)
+        {
+            return;
+        }
+        if ((st.st_mode & FilePermissions.S_IFMT) == FilePermissions.S_IFDIR)
+        {
+            Directory.Delete(path, recursive: true);
+        }
+        else
+        {
+            File.Delete(path);
+        }
+    }
+
+    /// <summary>Copies a lower layer (no whiteouts in the ones made here) over a tree, keeping modes, owners and links.</summary>
+    private static void CopyTree(string from, string to)
+    {
+        Assert.That(Run("cp", $"-a {from}/. {to}/", out string output), Is.Zero, output);
+    }
+
+    // ------------------------------------------------------------------ processes
+
+    private static void Mount(string arguments)
+    {
+        if (Run("mount", arguments, out string output) != 0)
+        {
+            Assert.Ignore($"kernel overlayfs mount not permitted here: mount {arguments}: {output}");
+        }
+    }
+
+    private static int Run(string program, string arguments, out string output)
+    {
+        using var process = Process.Start(new ProcessStartInfo(program, arguments) { RedirectStandardOutput = true, RedirectStandardError = true })!;
+        output = process.StandardOutput.ReadToEnd() + process.StandardError.ReadToEnd();
+        process.WaitForExit();
+        return process.ExitCode;
+    }
+
+    /// <summary>An IProgress that reports on the calling thread (Progress&lt;T&gt; would post to the thread pool).</summary>
+    private sealed class Sync<T>(Action<T> report) : IProgress<T>
+    {
+        public void Report(T value) => report(value);
+    }
+}
