@@ -104,7 +104,7 @@ public class UpperExportTests
 
         List<PaxTarEntry> entries = ReadTar(tar.ToArray(), out Dictionary<string, byte[]> contents);
         List<string> names = entries.Select(e => e.Name).ToList();
-        Assert.That(result.Entries, Is.EqualTo(entries.Count), "entries counted");
+        Assert.That(result.Files, Is.EqualTo(entries.Count), "entries counted");
         Assert.That(names, Is.Unique);
         Assert.That(names.Where(n => n.StartsWith('/') || n.StartsWith("./", StringComparison.Ordinal) || n.Contains("//")), Is.Empty, "relative paths");
         Assert.That(entries.Where(e => e.EntryType == TarEntryType.Directory).Select(e => e.Name), Has.All.EndsWith("/"));
@@ -154,7 +154,7 @@ public class UpperExportTests
 
         List<PaxTarEntry> entries = ReadTar(File.ReadAllBytes(tarPath), out Dictionary<string, byte[]> contents);
         Assert.That(contents["big.bin"], Is.EqualTo(bigMerged));
-        Assert.That(result.Entries, Is.EqualTo(entries.Count));
+        Assert.That(result.Files, Is.EqualTo(entries.Count));
         Assert.That(reports, Is.Not.Empty);
         UpperExportProgress last = reports[^1];
         Assert.That((last.FilesDone, last.BytesDone, last.CurrentPath), Is.EqualTo((last.FilesTotal, last.BytesTotal, "")), "the last report says done");

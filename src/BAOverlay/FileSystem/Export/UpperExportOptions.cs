@@ -27,13 +27,13 @@ public sealed record UpperExportOptions
 /// <summary>How far an export is.</summary>
 /// <param name="BytesDone">File content bytes written so far (logical bytes: a hole counts as written).</param>
 /// <param name="BytesTotal">File content bytes of the whole export (logical sizes of the regular files, each hard-linked file once).</param>
-/// <param name="FilesDone">Entries written so far (files, directories, links, devices, whiteouts, opaque markers).</param>
+/// <param name="FilesDone">Entries written so far: files, directories, links, devices, whiteouts and (in a tar) opaque markers; in the directory form the root directory counts as one.</param>
 /// <param name="FilesTotal">Entries of the whole export.</param>
 /// <param name="CurrentPath">The entry being written, relative to the upper directory ("" before the first and at the end).</param>
 public readonly record struct UpperExportProgress(long BytesDone, long BytesTotal, int FilesDone, int FilesTotal, string CurrentPath);
 
 /// <summary>What an export wrote.</summary>
-/// <param name="Entries">Entries written (as counted by <see cref="UpperExportProgress.FilesTotal"/>).</param>
+/// <param name="Files">Entries written: files, directories, links, devices, whiteouts and (in a tar) opaque markers; the final <see cref="UpperExportProgress.FilesDone"/>.</param>
 /// <param name="Bytes">File content bytes written (logical).</param>
 /// <param name="MaterializedBCowFiles">B-CoW files written out as plain files with their merged content.</param>
 /// <param name="Whiteouts">Whiteouts written (in the form of the export).</param>
@@ -44,4 +44,4 @@ public readonly record struct UpperExportProgress(long BytesDone, long BytesTota
 /// as a <c>.wh.</c> file because device nodes cannot be made (then the directory is not a kernel overlayfs upper
 /// directory), a socket in a tar. Empty when the export is exact.
 /// </param>
-public sealed record UpperExportResult(int Entries, long Bytes, int MaterializedBCowFiles, int Whiteouts, int OpaqueDirectories, IReadOnlyList<string> Warnings);
+public sealed record UpperExportResult(int Files, long Bytes, int MaterializedBCowFiles, int Whiteouts, int OpaqueDirectories, IReadOnlyList<string> Warnings);
