@@ -163,6 +163,91 @@ public class UpperExportTests
         Assert.That(Directory.EnumerateFileSystemEntries(f.Root).Where(p => p.Contains(".tmp-")), Is.Empty, "no temporary left");
     }
 
+    // ------------------------------------------------------------------ every upper form
+
+    [Test]
+    public void WhiteoutsAndOpaqueMarkersInEveryUpperFormAreWrittenInTheDestinationsForm()
+    {
+        RequireRoot();
+        using var f = new OverlayFixture();
+        string lower = f.Lowers[1], upper = f.Upper!;
+        foreach (string name in new[] { "a", "b", "c", "d1/x", "d2/x", "d3/x" })
+        {
+            WriteFile(Path.Combine(lower, name), "lower " + name);
+        }
+        WriteFile(Path.Combine(upper, ".wh.a"), "");                  // OCI/rootless whiteout
+        Whiteout(Path.Combine(upper, "b"));                            // kernel whiteout
+        WriteFile(Path.Combine(upper, "c"), "upper c");                // a crash left both c and .wh.c: c wins
+        WriteFile(Path.Combine(upper, ".wh.c"), "");
+        WriteFile(Path.Combine(upper, "d1", ".wh..wh..opq"), "");
+        WriteFile(Path.Combine(upper, "d1", "y"), "y");
+        Directory.CreateDirectory(Path.Combine(upper, "d2"));
+        SetXattr(Path.Combine(upper, "d2"), "user.overlay.opaque", "y");
+        Directory.CreateDirectory(Path.Combine(upper, "d3"));
+        SetXattr(Path.Combine(upper, "d3"), "user.fuseoverlayfs.opaque", "y");
+        string binary = Path.Combine(upper, "binary-xattr");
+        WriteFile(binary, "x");
+        Assert.That(Syscall.lsetxattr(binary, "trusted.bin", [0xFF, 0x00, 0x01], XattrFlags.XATTR_AUTO), Is.Zero);
+        string sparse = Path.Combine(upper, "sparse");
+        using (var file = new FileStream(sparse, FileMode.CreateNew))
+        {
+            file.SetLength(8 << 20);
+            file.Position = (8 << 20) - 5;
+            file.Write("tail!"u8);
+        }
+        Assert.That(Syscall.mknod(Path.Combine(upper, "socket"), FilePermissions.S_IFSOCK | FilePermissions.S_IRUSR | FilePermissions.S_IWUSR, 0), Is.Zero);
+        SortedDictionary<string, string> expected = VisibleTree(f, withTimes: true);
+        Assert.That(expected.Keys, Is.EqualTo(new[] { "/binary-xattr", "/c", "/d1", "/d1/y", "/d2", "/d3", "/socket", "/sparse" }), "what the overlay shows");
+
+        string exported = Path.Combine(f.Root, "exported");
+        UpperExportResult result = UpperExport.ToDirectory(upper, exported);
+
+        Assert.That(result.Warnings, Has.Count.EqualTo(1).And.Some.Contains(".wh.c"), "the stale .wh.c is left out, and said");
+        Assert.That((result.Whiteouts, result.OpaqueDirectories), Is.EqualTo((2, 3)));
+        foreach (string name in new[] { "a", "b" })
+        {
+            Assert.That(Syscall.lstat(Path.Combine(exported, name), out Stat st), Is.Zero, name);
+            Assert.That(Whiteouts.IsWhiteoutStat(st), Is.True, $"{name}: a 0/0 character device");
+        }
+        Assert.That(Directory.EnumerateFileSystemEntries(exported, ".wh.*", SearchOption.AllDirectories), Is.Empty, "no .wh. entries");
+        foreach (string name in new[] { "d1", "d2", "d3" })
+        {
+            string directory = Path.Combine(exported, name);
+            Assert.That(Syscall.lgetxattr(directory, "trusted.overlay.opaque", out byte[] y), Is.EqualTo(1), name);
+            Assert.That(y, Is.EqualTo("y"u8.ToArray()), name);
+            Assert.That(Syscall.llistxattr(directory, out string[] names), Is.GreaterThanOrEqualTo(0));
+            Assert.That(names, Is.EqualTo(new[] { "trusted.overlay.opaque" }), $"{name}: only the kernel's opaque marker");
+        }
+        Assert.That(Syscall.lgetxattr(Path.Combine(exported, "binary-xattr"), "trusted.bin", out byte[] value), Is.EqualTo(3));
+        Assert.That(value, Is.EqualTo(new byte[] { 0xFF, 0x00, 0x01 }), "binary xattrs kept in the directory form");
+        Assert.That(Syscall.lstat(Path.Combine(exported, "sparse"), out Stat sparseStat), Is.Zero);
+        Assert.That((sparseStat.st_size, sparseStat.st_blocks * 512 < (1 << 20)), Is.EqualTo((8L << 20, true)), "a plain sparse file stays sparse");
+
+        string mountPoint = Path.Combine(f.Root, "mnt");
+        string work = Path.Combine(f.Root, "kernel-work");
+        Directory.CreateDirectory(mountPoint);
+        Directory.CreateDirectory(work);
+        Mount($"-t overlay overlay -o lowerdir={f.Lowers[0]}:{f.Lowers[1]},upperdir={exported},workdir={work} {mountPoint}");
+        try
+        {
+            AssertSameTree(TreeOf(mountPoint, withTimes: true), expected, "kernel overlayfs over the exported upper directory");
+        }
+        finally
+        {
+            Run("umount", mountPoint, out _);
+        }
+
+        var tar = new MemoryStream();
+        result = UpperExport.ToOciTar(upper, tar);
+        List<string> names2 = ReadTar(tar.ToArray(), out _).Select(e => e.Name).ToList();
+        Assert.That(names2, Is.EqualTo(new[]
+        {
+            ".wh.a", ".wh.b", "binary-xattr", "c", "d1/", "d1/.wh..wh..opq", "d1/y", "d2/", "d2/.wh..wh..opq", "d3/", "d3/.wh..wh..opq", "sparse",
+        }), "entries, in order");
+        Assert.That(result.Warnings, Has.Count.EqualTo(3));
+        Assert.That(result.Warnings, Has.Some.Contains(".wh.c").And.Some.Contains("trusted.bin").And.Some.Contains("socket"));
+    }
+
     // ------------------------------------------------------------------ failures
 
     [Test]
