@@ -248,6 +248,64 @@ public class UpperExportTests
         Assert.That(result.Warnings, Has.Some.Contains(".wh.c").And.Some.Contains("trusted.bin").And.Some.Contains("socket"));
     }
 
+    [Test]
+    public void WithoutThePrivilegeForTrustedXattrsOpaqueDirectoriesUseUserXattrsForAUserxattrMount()
+    {
+        RequireRoot();
+        using var f = new OverlayFixture();
+        string lower = f.Lowers[1], upper = f.Upper!;
+        foreach (string name in new[] { "d/x", "e", "g" })
+        {
+            WriteFile(Path.Combine(lower, name), "lower " + name);
+        }
+        WriteFile(Path.Combine(upper, "d", "y"), "y");
+        SetXattr(Path.Combine(upper, "d"), "user.overlay.opaque", "y"); // as a rootless overlay marks it
+        Whiteout(Path.Combine(upper, "e"));
+        WriteFile(Path.Combine(upper, ".wh.g"), "");
+        SortedDictionary<string, string> expected = VisibleTree(f, withTimes: true);
+        Assert.That(expected.Keys, Is.EqualTo(new[] { "/d", "/d/y" }), "what the overlay shows");
+        string exported = Path.Combine(f.Root, "exported");
+
+        // Capabilities are per thread: this one loses CAP_SYS_ADMIN, which trusted.* xattrs need.
+        UpperExportResult? result = null;
+        Exception? failure = null;
+        var thread = new Thread(() =>
+        {
+            try
+            {
+                ThreadCapabilities.DropEffective(ThreadCapabilities.CapSysAdmin);
+                result = UpperExport.ToDirectory(upper, exported);
+            }
+            catch (Exception e)
+            {
+                failure = e;
+            }
+        });
+        thread.Start();
+        thread.Join();
+        Assert.That(failure, Is.Null, failure?.ToString());
+
+        Assert.That(result!.Warnings, Has.Count.EqualTo(1).And.Some.Contains("userxattr"), "the opaque form is said");
+        string d = Path.Combine(exported, "d");
+        Assert.That(Syscall.lgetxattr(d, "user.overlay.opaque", out byte[] y), Is.EqualTo(1));
+        Assert.That(y, Is.EqualTo("y"u8.ToArray()));
+        Assert.That(Syscall.lgetxattr(d, "trusted.overlay.opaque", out byte[] _), Is.LessThan(0), "no trusted xattr without the privilege");
+
+        string mountPoint = Path.Combine(f.Root, "mnt");
+        string work = Path.Combine(f.Root, "kernel-work");
+        Directory.CreateDirectory(mountPoint);
+        Directory.CreateDirectory(work);
+        Mount($"-t overlay overlay -o userxattr,lowerdir={f.Lowers[0]}:{f.Lowers[1]},upperdir={exported},workdir={work} {mountPoint}");
+        try
+        {
+            AssertSameTree(TreeOf(mountPoint, withTimes: true), expected, "kernel overlayfs -o userxattr over the exported upper directory");
+        }
+        finally
+        {
+            Run("umount", mountPoint, out _);
+        }
+    }
+
     // ------------------------------------------------------------------ failures
 
     [Test]
@@ -621,4 +679,42 @@ public class UpperExportTests
     {
         public void Report(T value) => report(value);
     }
+}
+
+/// <summary>Drops capabilities of the calling thread only (Linux capabilities are per thread).</summary>
+internal static unsafe partial class ThreadCapabilities
+{
+    public const int CapSysAdmin = 21;
+
+    private const uint Version3 = 0x20080522;
+
+    public static void DropEffective(int capability)
+    {
+        var header = new Header { Version = Version3, Pid = 0 };
+        Data* data = stackalloc Data[2];
+        Assert.That(capget(&header, data), Is.Zero, "capget");
+        data[capability / 32].Effective &= ~(1u << (capability % 32));
+        Assert.That(capset(&header, data), Is.Zero, "capset");
+    }
+
+    private struct Header
+    {
+        public uint Version;
+        public int Pid;
+    }
+
+    /// <summary>struct __user_cap_data_struct: effective, permitted, inheritable (filled by capget).</summary>
+    [System.Runtime.InteropServices.StructLayout(System.Runtime.InteropServices.LayoutKind.Sequential, Size = 12)]
+    private struct Data
+    {
+        public uint Effective;
+    }
+
+    // int capget(cap_user_header_t hdrp, cap_user_data_t datap);
+    [System.Runtime.InteropServices.LibraryImport("libc", SetLastError = true)]
+    private static partial int capget(Header* header, Data* data);
+
+    // int capset(cap_user_header_t hdrp, const cap_user_data_t datap);
+    [System.Runtime.InteropServices.LibraryImport("libc", SetLastError = true)]
+    private static partial int capset(Header* header, Data* data);
 }
