@@ -101,6 +101,9 @@ public class UpperExportTests
         var again = new MemoryStream();
         UpperExport.ToOciTar(f.Upper!, again);
         Assert.That(again.ToArray(), Is.EqualTo(tar.ToArray()), "the same upper directory gives the same bytes");
+        var pipe = new MemoryStream();
+        UpperExport.ToOciTar(f.Upper!, new WriteOnlyPipe(pipe));
+        Assert.That(pipe.ToArray(), Is.EqualTo(tar.ToArray()), "the same bytes into a stream that cannot seek (standard output, a compressor)");
 
         List<PaxTarEntry> entries = ReadTar(tar.ToArray(), out Dictionary<string, byte[]> contents);
         List<string> names = entries.Select(e => e.Name).ToList();
@@ -672,6 +675,21 @@ public class UpperExportTests
         output = process.StandardOutput.ReadToEnd() + process.StandardError.ReadToEnd();
         process.WaitForExit();
         return process.ExitCode;
+    }
+
+    /// <summary>A write-only stream that cannot seek, like a pipe.</summary>
+    private sealed class WriteOnlyPipe(Stream inner) : Stream
+    {
+        public override bool CanRead => false;
+        public override bool CanSeek => false;
+        public override bool CanWrite => true;
+        public override long Length => throw new NotSupportedException();
+        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+        public override void Flush() => inner.Flush();
+        public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
+        public override void Write(byte[] buffer, int offset, int count) => inner.Write(buffer, offset, count);
     }
 
     /// <summary>An IProgress that reports on the calling thread (Progress&lt;T&gt; would post to the thread pool).</summary>
