@@ -199,8 +199,10 @@ public class UpperExportTests
             file.Write("tail!"u8);
         }
         Assert.That(Syscall.mknod(Path.Combine(upper, "socket"), FilePermissions.S_IFSOCK | FilePermissions.S_IRUSR | FilePermissions.S_IWUSR, 0), Is.Zero);
+        Assert.That(Syscall.mknod(Path.Combine(upper, "null"), FilePermissions.S_IFCHR, (1 << 8) | 3), Is.Zero);
+        Assert.That(Syscall.chmod(Path.Combine(upper, "null"), (FilePermissions)Mode("666")), Is.Zero);
         SortedDictionary<string, string> expected = VisibleTree(f, withTimes: true);
-        Assert.That(expected.Keys, Is.EqualTo(new[] { "/binary-xattr", "/c", "/d1", "/d1/y", "/d2", "/d3", "/socket", "/sparse" }), "what the overlay shows");
+        Assert.That(expected.Keys, Is.EqualTo(new[] { "/binary-xattr", "/c", "/d1", "/d1/y", "/d2", "/d3", "/null", "/socket", "/sparse" }), "what the overlay shows");
 
         string exported = Path.Combine(f.Root, "exported");
         UpperExportResult result = UpperExport.ToDirectory(upper, exported);
@@ -242,11 +244,13 @@ public class UpperExportTests
 
         var tar = new MemoryStream();
         result = UpperExport.ToOciTar(upper, tar);
-        List<string> names2 = ReadTar(tar.ToArray(), out _).Select(e => e.Name).ToList();
-        Assert.That(names2, Is.EqualTo(new[]
+        List<PaxTarEntry> tarEntries = ReadTar(tar.ToArray(), out _);
+        Assert.That(tarEntries.Select(e => e.Name), Is.EqualTo(new[]
         {
-            ".wh.a", ".wh.b", "binary-xattr", "c", "d1/", "d1/.wh..wh..opq", "d1/y", "d2/", "d2/.wh..wh..opq", "d3/", "d3/.wh..wh..opq", "sparse",
+            ".wh.a", ".wh.b", "binary-xattr", "c", "d1/", "d1/.wh..wh..opq", "d1/y", "d2/", "d2/.wh..wh..opq", "d3/", "d3/.wh..wh..opq", "null", "sparse",
         }), "entries, in order");
+        PaxTarEntry device = tarEntries.Single(e => e.Name == "null");
+        Assert.That((device.EntryType, device.DeviceMajor, device.DeviceMinor, (int)device.Mode), Is.EqualTo((TarEntryType.CharacterDevice, 1, 3, 0x1B6)));
         Assert.That(result.Warnings, Has.Count.EqualTo(3));
         Assert.That(result.Warnings, Has.Some.Contains(".wh.c").And.Some.Contains("trusted.bin").And.Some.Contains("socket"));
     }

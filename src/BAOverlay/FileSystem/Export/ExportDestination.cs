@@ -48,7 +48,8 @@ internal sealed class ExportDestination
     }
 
     /// <summary>Flushes the file system of the temporary result, then renames it to the final name: an exchange when
-    /// overwriting (the old destination is then removed), otherwise a rename that fails if the name appeared meanwhile.</summary>
+    /// overwriting (the old destination is then removed), otherwise a rename that fails if the name appeared meanwhile.
+    /// Throws only before the rename.</summary>
     public void Commit()
     {
         SyncFileSystem(Temporary);
@@ -63,11 +64,18 @@ internal sealed class ExportDestination
             Errno errno = NativeConvert.ToErrno(Marshal.GetLastPInvokeError());
             throw new IOException($"{Final}: cannot rename the finished export {Temporary} into place: {Stdlib.strerror(errno)}");
         }
+        // The export is in place: what follows is tidying, and must not turn success into a reported failure.
         if (exists)
         {
             RemoveTree(Temporary); // the old destination, now under the temporary name
         }
-        SyncFileSystem(Path.GetDirectoryName(Final)!);
+        try
+        {
+            SyncFileSystem(Path.GetDirectoryName(Final)!);
+        }
+        catch (IOException)
+        {
+        }
     }
 
     /// <summary>Removes the temporary result after a failure; never throws.</summary>
