@@ -369,6 +369,54 @@ public class UpperExportTests
     }
 
     [Test]
+    public void AnUnreadableFileFailsTheScanNamingItAndLeavesNoDestination()
+    {
+        RequireRoot();
+        using var f = new OverlayFixture();
+        MakeChanges(f);
+        string secret = Path.Combine(f.Upper!, "new", "secret");
+        WriteFile(secret, "no one may read this");
+        Assert.That(Syscall.chmod(secret, 0), Is.Zero);
+        string exported = Path.Combine(f.Root, "exported");
+        string tarPath = Path.Combine(f.Root, "layer.tar");
+        var tar = new MemoryStream();
+
+        // Capabilities are per thread: without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, root is held to mode 000.
+        var failures = new List<Exception?>();
+        var thread = new Thread(() =>
+        {
+            ThreadCapabilities.DropEffective(ThreadCapabilities.CapDacOverride);
+            ThreadCapabilities.DropEffective(ThreadCapabilities.CapDacReadSearch);
+            foreach (Action export in new Action[]
+            {
+                () => UpperExport.ToDirectory(f.Upper!, exported),
+                () => UpperExport.ToOciTarFile(f.Upper!, tarPath),
+                () => UpperExport.ToOciTar(f.Upper!, tar),
+            })
+            {
+                try
+                {
+                    export();
+                    failures.Add(null);
+                }
+                catch (Exception e)
+                {
+                    failures.Add(e);
+                }
+            }
+        });
+        thread.Start();
+        thread.Join();
+
+        Assert.That(failures, Has.Count.EqualTo(3));
+        Assert.That(failures, Has.All.InstanceOf<IOException>().And.All.Property("Message").Contains(secret));
+        Assert.That(Directory.Exists(exported), Is.False, "no directory");
+        Assert.That(File.Exists(tarPath), Is.False, "no tar file");
+        Assert.That(tar.Length, Is.Zero, "nothing written to the stream: the scan failed first");
+        Assert.That(Directory.EnumerateFileSystemEntries(f.Root).Where(p => p.Contains(".tmp-")), Is.Empty, "no temporary left");
+    }
+
+    [Test]
     public void AChangedLowerFileFailsTheExportOfItsBCowFile()
     {
         RequireRoot();
@@ -706,6 +754,8 @@ public class UpperExportTests
 /// <summary>Drops capabilities of the calling thread only (Linux capabilities are per thread).</summary>
 internal static unsafe partial class ThreadCapabilities
 {
+    public const int CapDacOverride = 1;
+    public const int CapDacReadSearch = 2;
     public const int CapSysAdmin = 21;
 
     private const uint Version3 = 0x20080522;

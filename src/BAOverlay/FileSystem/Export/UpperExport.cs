@@ -12,8 +12,9 @@ namespace BAOverlay.FileSystem;
 /// <para>The export reads the upper directory itself, not a live overlay: the directory must not change during the
 /// export (unmount the overlay or keep it idle). Symbolic links are never followed. Each B-CoW file is opened
 /// read-only, over the lower file its header names, which must still be there and unchanged.</para>
-/// <para>The upper directory is scanned first (every object stat-ed, every B-CoW file opened and checked), so an
-/// unreadable path or a corrupt B-CoW file fails the export before anything is written.</para>
+/// <para>The upper directory is scanned first (every object stat-ed, every directory listed, every file opened for
+/// reading, every B-CoW file opened and checked), so an unreadable path or a corrupt B-CoW file fails the export
+/// before anything is written.</para>
 /// <para>Errors: <see cref="IOException"/> whose message names the path concerned (a
 /// <see cref="BCowFormatException"/>, which is one, for a B-CoW file that cannot be used);
 /// <see cref="OperationCanceledException"/> when cancelled.</para>

@@ -58,8 +58,9 @@ internal sealed class ExportEntry
 /// <summary>
 /// Reads an upper directory into a list of entries, depth first, each directory before its children and the children
 /// in ordinal order of the names they get in a tar (a whiteout as <c>.wh.NAME</c>). Symbolic links are never
-/// followed (lstat only). Every B-CoW file is opened read-only once here, so a corrupt one (or one whose lower file
-/// changed) fails the export before anything is written.
+/// followed (lstat only). Every plain file is opened for reading and every B-CoW file opened read-only once here, so
+/// an unreadable file or a corrupt B-CoW file (or one whose lower file changed) fails the export before anything is
+/// written.
 /// </summary>
 internal static class UpperTree
 {
@@ -179,6 +180,7 @@ internal static class UpperTree
             case 0x8000 when isBCow:
                 return new ExportEntry { Kind = ExportKind.BCowFile, Path = relative, Source = path, Stat = st, Xattrs = xattrs, Size = BCowLength(path) };
             case 0x8000:
+                CheckReadable(path);
                 return new ExportEntry { Kind = ExportKind.RegularFile, Path = relative, Source = path, Stat = st, Xattrs = xattrs, Size = st.st_size };
             case 0xA000:
                 string target;
@@ -220,6 +222,17 @@ internal static class UpperTree
         {
             throw new IOException($"{path}: cannot open the B-CoW file: {e.Message}", e);
         }
+    }
+
+    /// <summary>Opens and closes a plain file, so that one the export could not read fails the scan, not the copy.</summary>
+    private static void CheckReadable(string path)
+    {
+        int fd = Syscall.open(path, OpenFlags.O_RDONLY | OpenFlags.O_NOFOLLOW | OpenFlags.O_NONBLOCK);
+        if (fd < 0)
+        {
+            throw Failure("cannot open for reading", path);
+        }
+        Syscall.close(fd);
     }
 
     private static IReadOnlyList<(string, byte[])> ReadXattrs(string path) => ReadXattrs(path, out _);
