@@ -451,6 +451,23 @@ public class UpperExportTests
 
         Assert.That(() => UpperExport.ToDirectory(f.Upper!, exported, options), Throws.InstanceOf<OperationCanceledException>());
         Assert.That(Directory.Exists(exported), Is.False);
+
+        using var cancelTar = new CancellationTokenSource();
+        var tar = new MemoryStream();
+        var tarOptions = options with
+        {
+            CancellationToken = cancelTar.Token,
+            Progress = new Sync<UpperExportProgress>(p =>
+            {
+                if (p.FilesDone == 5)
+                {
+                    cancelTar.Cancel();
+                }
+            }),
+        };
+        Assert.That(() => UpperExport.ToOciTar(f.Upper!, tar, tarOptions), Throws.InstanceOf<OperationCanceledException>());
+        Assert.That(tar.Length, Is.GreaterThan(0), "some entries were written");
+        Assert.That(tar.ToArray()[^1024..].Any(b => b != 0), Is.True, "a cancelled tar does not end with the end-of-archive blocks");
         Assert.That(Directory.EnumerateFileSystemEntries(f.Root).Where(p => p.Contains(".tmp-")), Is.Empty, "no temporary left");
     }
 

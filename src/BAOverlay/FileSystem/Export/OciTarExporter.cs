@@ -24,44 +24,46 @@ internal static class OciTarExporter
         var progress = new ExportProgressTracker(options.Progress, bytesTotal, entriesTotal, options.CancellationToken);
         progress.Begin();
         int whiteouts = 0, opaque = 0, materialized = 0;
-        using (var writer = new TarWriter(destination, TarEntryFormat.Pax, leaveOpen: true))
+        // Not disposed on failure: disposing writes the end-of-archive blocks, and a tar cut between two entries would
+        // then be a well-formed archive missing entries. Without them, strict readers (GNU tar) report the truncation.
+        // (The writer holds nothing else.)
+        var writer = new TarWriter(destination, TarEntryFormat.Pax, leaveOpen: true);
+        foreach (ExportEntry entry in entries)
         {
-            foreach (ExportEntry entry in entries)
+            progress.StartEntry(entry.Path);
+            if (entry.Kind == ExportKind.Socket)
             {
-                progress.StartEntry(entry.Path);
-                if (entry.Kind == ExportKind.Socket)
-                {
-                    warnings.Add($"{entry.Source}: a socket: left out (a tar cannot hold one)");
-                    continue;
-                }
-                if (entry.Path.Length > 0)
-                {
-                    WriteEntry(writer, entry, progress, warnings);
+                warnings.Add($"{entry.Source}: a socket: left out (a tar cannot hold one)");
+                continue;
+            }
+            if (entry.Path.Length > 0)
+            {
+                WriteEntry(writer, entry, progress, warnings);
+                progress.EndEntry();
+            }
+            switch (entry.Kind)
+            {
+                case ExportKind.Whiteout:
+                    whiteouts++;
+                    break;
+                case ExportKind.BCowFile:
+                    materialized++;
+                    break;
+                case ExportKind.Directory when entry.Opaque:
+                    progress.StartEntry(Child(entry.Path, Whiteouts.OpaqueMarker));
+                    writer.WriteEntry(new PaxTarEntry(TarEntryType.RegularFile, Child(entry.Path, Whiteouts.OpaqueMarker))
+                    {
+                        Mode = (UnixFileMode)entry.Permissions,
+                        Uid = (int)entry.Stat.st_uid,
+                        Gid = (int)entry.Stat.st_gid,
+                        ModificationTime = Time(entry.MTimeNs),
+                    });
                     progress.EndEntry();
-                }
-                switch (entry.Kind)
-                {
-                    case ExportKind.Whiteout:
-                        whiteouts++;
-                        break;
-                    case ExportKind.BCowFile:
-                        materialized++;
-                        break;
-                    case ExportKind.Directory when entry.Opaque:
-                        progress.StartEntry(Child(entry.Path, Whiteouts.OpaqueMarker));
-                        writer.WriteEntry(new PaxTarEntry(TarEntryType.RegularFile, Child(entry.Path, Whiteouts.OpaqueMarker))
-                        {
-                            Mode = (UnixFileMode)entry.Permissions,
-                            Uid = (int)entry.Stat.st_uid,
-                            Gid = (int)entry.Stat.st_gid,
-                            ModificationTime = Time(entry.MTimeNs),
-                        });
-                        progress.EndEntry();
-                        opaque++;
-                        break;
-                }
+                    opaque++;
+                    break;
             }
         }
+        writer.Dispose();
         destination.Flush();
         progress.Finish();
         return new UpperExportResult(progress.EntriesDone, progress.BytesDone, materialized, whiteouts, opaque, warnings);

@@ -73,7 +73,8 @@ public static class UpperExport
     /// <para>Whiteouts become empty files <c>DIR/.wh.NAME</c> (mode 0600); an opaque directory is its directory entry
     /// directly followed by an empty <c>DIR/.wh..wh..opq</c> file.</para>
     /// <para>On failure: problems found by the scan (unreadable path, corrupt B-CoW file) are raised before anything
-    /// is written to the stream. A failure or cancellation while writing leaves a partial tar in the stream: use
+    /// is written to the stream. A failure or cancellation while writing leaves a partial tar in the stream, without
+    /// the end-of-archive blocks (so it never passes for a complete one with a strict reader): use
     /// <see cref="ToOciTarFile"/> to get a file that exists only when complete. The stream is flushed, not closed.</para>
     /// </remarks>
     /// <param name="upperDirectory">The overlay's upper directory.</param>
