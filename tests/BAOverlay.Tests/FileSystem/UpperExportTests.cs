@@ -191,6 +191,12 @@ public class UpperExportTests
         string binary = Path.Combine(upper, "binary-xattr");
         WriteFile(binary, "x");
         Assert.That(Syscall.lsetxattr(binary, "trusted.bin", [0xFF, 0x00, 0x01], XattrFlags.XATTR_AUTO), Is.Zero);
+        string longName = "long-" + new string('n', 150);
+        string longTarget = "target-" + new string('t', 150);
+        WriteFile(Path.Combine(upper, longName), "long");
+        Assert.That(Syscall.lsetxattr(Path.Combine(upper, longName), "trusted.bin", [0xFE], XattrFlags.XATTR_AUTO), Is.Zero);
+        File.CreateSymbolicLink(Path.Combine(upper, "long-link"), longTarget);
+        Assert.That(Syscall.lsetxattr(Path.Combine(upper, "long-link"), "trusted.bin", [0x00], XattrFlags.XATTR_AUTO), Is.Zero);
         string sparse = Path.Combine(upper, "sparse");
         using (var file = new FileStream(sparse, FileMode.CreateNew))
         {
@@ -202,7 +208,7 @@ public class UpperExportTests
         Assert.That(Syscall.mknod(Path.Combine(upper, "null"), FilePermissions.S_IFCHR, (1 << 8) | 3), Is.Zero);
         Assert.That(Syscall.chmod(Path.Combine(upper, "null"), (FilePermissions)Mode("666")), Is.Zero);
         SortedDictionary<string, string> expected = VisibleTree(f, withTimes: true);
-        Assert.That(expected.Keys, Is.EqualTo(new[] { "/binary-xattr", "/c", "/d1", "/d1/y", "/d2", "/d3", "/null", "/socket", "/sparse" }), "what the overlay shows");
+        Assert.That(expected.Keys, Is.EqualTo(new[] { "/binary-xattr", "/c", "/d1", "/d1/y", "/d2", "/d3", "/long-link", "/" + longName, "/null", "/socket", "/sparse" }), "what the overlay shows");
 
         string exported = Path.Combine(f.Root, "exported");
         UpperExportResult result = UpperExport.ToDirectory(upper, exported);
@@ -244,15 +250,33 @@ public class UpperExportTests
 
         var tar = new MemoryStream();
         result = UpperExport.ToOciTar(upper, tar);
-        List<PaxTarEntry> tarEntries = ReadTar(tar.ToArray(), out _);
+        List<PaxTarEntry> tarEntries = ReadTar(tar.ToArray(), out Dictionary<string, byte[]> contents);
         Assert.That(tarEntries.Select(e => e.Name), Is.EqualTo(new[]
         {
-            ".wh.a", ".wh.b", "binary-xattr", "c", "d1/", "d1/.wh..wh..opq", "d1/y", "d2/", "d2/.wh..wh..opq", "d3/", "d3/.wh..wh..opq", "null", "sparse",
+            ".wh.a", ".wh.b", "binary-xattr", "c", "d1/", "d1/.wh..wh..opq", "d1/y", "d2/", "d2/.wh..wh..opq", "d3/", "d3/.wh..wh..opq", "long-link", longName, "null", "sparse",
         }), "entries, in order");
+        Assert.That(contents[longName], Is.EqualTo("long"u8.ToArray()), "a long name with a binary xattr: the name comes from our PAX record");
+        PaxTarEntry longLink = tarEntries.Single(e => e.Name == "long-link");
+        Assert.That((longLink.EntryType, longLink.LinkName), Is.EqualTo((TarEntryType.SymbolicLink, longTarget)));
+        byte[] raw = tar.ToArray();
+        Assert.That(raw.AsSpan().IndexOf(Record("trusted.bin", [0xFF, 0x00, 0x01])), Is.GreaterThan(0), "the binary value, byte for byte, in a PAX record");
+
+        // GNU tar reads the binary values back as they were.
+        string tarFile = Path.Combine(f.Root, "layer.tar");
+        File.WriteAllBytes(tarFile, raw);
+        string extracted = Path.Combine(f.Root, "extracted");
+        Directory.CreateDirectory(extracted);
+        Assert.That(Run("tar", $"--xattrs --xattrs-include=* -xpf {tarFile} -C {extracted}", out string tarOutput), Is.Zero, tarOutput);
+        Assert.That(Syscall.lgetxattr(Path.Combine(extracted, "binary-xattr"), "trusted.bin", out byte[] fromGnuTar), Is.EqualTo(3), "GNU tar restored the xattr");
+        Assert.That(fromGnuTar, Is.EqualTo(new byte[] { 0xFF, 0x00, 0x01 }));
+        Assert.That(Syscall.lgetxattr(Path.Combine(extracted, longName), "trusted.bin", out byte[] longValue), Is.EqualTo(1));
+        Assert.That(longValue, Is.EqualTo(new byte[] { 0xFE }));
+        Assert.That(new FileInfo(Path.Combine(extracted, "long-link")).LinkTarget, Is.EqualTo(longTarget));
+        Assert.That(File.ReadAllText(Path.Combine(extracted, "d1", "y")), Is.EqualTo("y"));
         PaxTarEntry device = tarEntries.Single(e => e.Name == "null");
         Assert.That((device.EntryType, device.DeviceMajor, device.DeviceMinor, (int)device.Mode), Is.EqualTo((TarEntryType.CharacterDevice, 1, 3, 0x1B6)));
-        Assert.That(result.Warnings, Has.Count.EqualTo(3));
-        Assert.That(result.Warnings, Has.Some.Contains(".wh.c").And.Some.Contains("trusted.bin").And.Some.Contains("socket"));
+        Assert.That(result.Warnings, Has.Count.EqualTo(2));
+        Assert.That(result.Warnings, Has.Some.Contains(".wh.c").And.Some.Contains("socket"));
     }
 
     [Test]
@@ -616,6 +640,18 @@ public class UpperExportTests
             .ToList();
         Assert.That(differences, Is.Empty, $"{what}: paths that differ from what the overlay shows");
         Assert.That(actual, Is.Not.Empty, what);
+    }
+
+    /// <summary>A PAX record "LEN SCHILY.xattr.NAME=VALUE\n" as bytes.</summary>
+    private static byte[] Record(string name, byte[] value)
+    {
+        byte[] body = [.. Encoding.UTF8.GetBytes(" SCHILY.xattr." + name + "="), .. value, (byte)'\n'];
+        int length = body.Length + 1;
+        while (length != body.Length + length.ToString().Length)
+        {
+            length = body.Length + length.ToString().Length;
+        }
+        return [.. Encoding.ASCII.GetBytes(length.ToString()), .. body];
     }
 
     private static string Describe(string what, uint mode, uint uid, uint gid, long size, long? mtime) =>

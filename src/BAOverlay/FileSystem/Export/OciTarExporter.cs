@@ -1,4 +1,6 @@
 using System.Formats.Tar;
+using System.Globalization;
+using System.Text;
 
 namespace BAOverlay.FileSystem.Export;
 
@@ -9,6 +11,10 @@ namespace BAOverlay.FileSystem.Export;
 internal static class OciTarExporter
 {
     private const string XattrRecordPrefix = "SCHILY.xattr.";
+
+    /// <summary>The largest size and id a ustar header holds (11 and 7 octal digits).</summary>
+    private const long UstarMaxSize = (1L << 33) - 1;
+    private const uint UstarMaxId = (1u << 21) - 1;
 
     public static UpperExportResult Export(string upperDirectory, Stream destination, UpperExportOptions options)
     {
@@ -38,7 +44,7 @@ internal static class OciTarExporter
             }
             if (entry.Path.Length > 0)
             {
-                WriteEntry(writer, entry, progress, warnings);
+                WriteEntry(writer, destination, entry, progress, warnings);
                 progress.EndEntry();
             }
             switch (entry.Kind)
@@ -89,7 +95,7 @@ internal static class OciTarExporter
         }
     }
 
-    private static void WriteEntry(TarWriter writer, ExportEntry entry, ExportProgressTracker progress, List<string> warnings)
+    private static void WriteEntry(TarWriter writer, Stream destination, ExportEntry entry, ExportProgressTracker progress, List<string> warnings)
     {
         (TarEntryType type, string name) = entry.Kind switch
         {
@@ -103,34 +109,52 @@ internal static class OciTarExporter
             ExportKind.Whiteout => (TarEntryType.RegularFile, Child(entry.Parent, Whiteouts.Prefix + entry.Name)),
             _ => throw new InvalidOperationException($"{entry.Source}: no tar form for {entry.Kind}"),
         };
-        var records = new Dictionary<string, string>(StringComparer.Ordinal);
-        if (entry.Kind != ExportKind.Whiteout)
+        uint mode = entry.Kind == ExportKind.Whiteout ? 0x180u : entry.Permissions; // Docker and containerd write whiteouts as 0600 files
+        IReadOnlyList<(string Name, byte[] Value)> xattrs = entry.Kind == ExportKind.Whiteout ? [] : entry.Xattrs;
+        bool binary = xattrs.Any(x => UpperTree.AsText(x.Value) is null);
+        if (binary && entry.Size >= UstarMaxSize)
         {
-            foreach (var (xattr, value) in entry.Xattrs)
-            {
-                if (UpperTree.AsText(value) is { } text)
-                {
-                    records[XattrRecordPrefix + xattr] = text;
-                }
-                else
-                {
-                    warnings.Add($"{entry.Source}: extended attribute {xattr} left out: its value is not text, which a PAX record written here must be");
-                }
-            }
+            xattrs = xattrs.Where(x => UpperTree.AsText(x.Value) is not null).ToList();
+            binary = false;
+            warnings.Add($"{entry.Source}: binary extended attributes left out: the file is too large for the entry form that carries them");
         }
-        var tarEntry = new PaxTarEntry(type, name, records)
+        PosixTarEntry tarEntry;
+        if (binary)
         {
-            // Docker and containerd write whiteouts as 0600 files with the owner and time of what they hide.
-            Mode = (UnixFileMode)(entry.Kind == ExportKind.Whiteout ? 0x180 : entry.Permissions),
-            Uid = (int)entry.Stat.st_uid,
-            Gid = (int)entry.Stat.st_gid,
-            ModificationTime = Time(entry.MTimeNs),
-        };
+            // TarWriter writes PAX records as text only: the records go in a header of our own, the entry as ustar.
+            var records = new List<(string, byte[])> { ("path", Encoding.UTF8.GetBytes(name)) };
+            if (entry.LinkTarget is { } target)
+            {
+                records.Add(("linkpath", Encoding.UTF8.GetBytes(target)));
+            }
+            records.Add(("mtime", Encoding.ASCII.GetBytes(RawPaxHeader.Time(entry.MTimeNs / 100 * 100)))); // to 100 ns, as TarWriter writes it
+            records.Add(("uid", Encoding.ASCII.GetBytes(entry.Stat.st_uid.ToString(CultureInfo.InvariantCulture))));
+            records.Add(("gid", Encoding.ASCII.GetBytes(entry.Stat.st_gid.ToString(CultureInfo.InvariantCulture))));
+            records.AddRange(xattrs.Select(x => (XattrRecordPrefix + x.Name, x.Value)));
+            RawPaxHeader.Write(destination, name, records);
+            tarEntry = new UstarTarEntry(type, UstarText(name, 100, type == TarEntryType.Directory))
+            {
+                Uid = entry.Stat.st_uid <= UstarMaxId ? (int)entry.Stat.st_uid : 0,
+                Gid = entry.Stat.st_gid <= UstarMaxId ? (int)entry.Stat.st_gid : 0,
+                ModificationTime = DateTimeOffset.FromUnixTimeSeconds(Math.Max(0, entry.Stat.st_mtime)),
+            };
+        }
+        else
+        {
+            var records = xattrs.ToDictionary(x => XattrRecordPrefix + x.Name, x => UpperTree.AsText(x.Value)!, StringComparer.Ordinal);
+            tarEntry = new PaxTarEntry(type, name, records)
+            {
+                Uid = (int)entry.Stat.st_uid,
+                Gid = (int)entry.Stat.st_gid,
+                ModificationTime = Time(entry.MTimeNs),
+            };
+        }
+        tarEntry.Mode = (UnixFileMode)mode;
         switch (entry.Kind)
         {
             case ExportKind.SymbolicLink:
             case ExportKind.HardLink:
-                tarEntry.LinkName = entry.LinkTarget!;
+                tarEntry.LinkName = binary ? UstarText(entry.LinkTarget!, 100, directory: false) : entry.LinkTarget!;
                 break;
             case ExportKind.CharacterDevice:
             case ExportKind.BlockDevice:
@@ -149,6 +173,18 @@ internal static class OciTarExporter
         {
             writer.WriteEntry(tarEntry);
         }
+    }
+
+    /// <summary>A name or link target for a ustar field: itself when it fits, else a prefix that fits (the PAX record
+    /// before the entry carries the whole one).</summary>
+    private static string UstarText(string text, int bytes, bool directory)
+    {
+        if (Encoding.UTF8.GetByteCount(text) <= bytes)
+        {
+            return text;
+        }
+        string cut = Encoding.UTF8.GetString(RawPaxHeader.Truncate(text, bytes - 1)).TrimEnd('/');
+        return directory ? cut + "/" : cut;
     }
 
     private static string Child(string directory, string name) => directory.Length == 0 ? name : directory + "/" + name;

@@ -68,8 +68,8 @@ public static class UpperExport
     /// holes are written as zeros); symbolic links; hard links (a second name of an inode is a hard-link entry to the
     /// first); character and block devices and fifos. Mode (with setuid, setgid, sticky), uid, gid and modification
     /// time are kept; owner names are not written. Extended attributes other than the overlay's private ones are PAX
-    /// <c>SCHILY.xattr.NAME</c> records when their value is UTF-8 text without NUL; others are left out with a warning,
-    /// as are sockets.</para>
+    /// <c>SCHILY.xattr.NAME</c> records holding the value byte for byte, binary ones (<c>security.capability</c>)
+    /// included. Sockets are left out with a warning.</para>
     /// <para>Whiteouts become empty files <c>DIR/.wh.NAME</c> (mode 0600); an opaque directory is its directory entry
     /// directly followed by an empty <c>DIR/.wh..wh..opq</c> file.</para>
     /// <para>On failure: problems found by the scan (unreadable path, corrupt B-CoW file) are raised before anything

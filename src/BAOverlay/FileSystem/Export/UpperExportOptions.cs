@@ -40,7 +40,7 @@ public readonly record struct UpperExportProgress(long BytesDone, long BytesTota
 /// <param name="OpaqueDirectories">Opaque directories written.</param>
 /// <param name="Warnings">
 /// Things the export could not carry and left out, one line each naming the path: an extended attribute the
-/// destination refused or a tar cannot hold as text, ownership that could not be set without root, a whiteout kept
+/// destination refused, ownership that could not be set without root, a whiteout kept
 /// as a <c>.wh.</c> file because device nodes cannot be made (then the directory is not a kernel overlayfs upper
 /// directory), a socket in a tar. Empty when the export is exact.
 /// </param>
