@@ -1,0 +1,307 @@
+using System.Text;
+using Mono.Unix.Native;
+
+namespace BAOverlay.FileSystem.Export;
+
+/// <summary>What an entry of the upper directory becomes in an export.</summary>
+internal enum ExportKind
+{
+    Directory,
+    RegularFile,
+    BCowFile,
+    SymbolicLink,
+    HardLink,
+    CharacterDevice,
+    BlockDevice,
+    Fifo,
+    Socket,
+    Whiteout,
+}
+
+/// <summary>One entry of the upper directory, classified, with what an export needs of it.</summary>
+internal sealed class ExportEntry
+{
+    public required ExportKind Kind { get; init; }
+
+    /// <summary>Path relative to the upper directory, '/'-separated, "" for the root. For a whiteout: the path of
+    /// the name it hides (<c>dir/NAME</c>), whatever its form in the upper directory.</summary>
+    public required string Path { get; init; }
+
+    /// <summary>The object in the upper directory (for a whiteout: the 0/0 device or the <c>.wh.</c> file).</summary>
+    public required string Source { get; init; }
+
+    public required Stat Stat { get; init; }
+
+    /// <summary>Logical content size of a regular or B-CoW file (the virtual size of a B-CoW file).</summary>
+    public long Size { get; init; }
+
+    /// <summary>The target of a symbolic link; for a hard link, the path of the entry it links to.</summary>
+    public string? LinkTarget { get; init; }
+
+    /// <summary>Extended attributes to carry (the overlay's own are not among them).</summary>
+    public IReadOnlyList<(string Name, byte[] Value)> Xattrs { get; init; } = [];
+
+    /// <summary>A directory that hides everything below it.</summary>
+    public bool Opaque { get; init; }
+
+    public string Name => Path[(Path.LastIndexOf('/') + 1)..];
+
+    public string Parent => Path.LastIndexOf('/') is var slash and >= 0 ? Path[..slash] : "";
+
+    public uint Permissions => (uint)Stat.st_mode & 0xFFF;
+
+    public long MTimeNs => (Stat.st_mtime * 1_000_000_000L) + Stat.st_mtime_nsec;
+
+    public long ATimeNs => (Stat.st_atime * 1_000_000_000L) + Stat.st_atime_nsec;
+}
+
+/// <summary>
+/// Reads an upper directory into a list of entries, depth first, each directory before its children and the children
+/// in ordinal order of the names they get in a tar (a whiteout as <c>.wh.NAME</c>). Symbolic links are never
+/// followed (lstat only). Every plain file is opened for reading and every B-CoW file opened read-only once here, so
+/// an unreadable file or a corrupt B-CoW file (or one whose lower file changed) fails the export before anything is
+/// written.
+/// </summary>
+internal static class UpperTree
+{
+    private const uint S_IFMT = 0xF000;
+
+    /// <summary>Kernel overlayfs records this export cannot interpret: following them needs the lower layers.</summary>
+    private static readonly string[] UnsupportedXattrs =
+    [
+        "trusted.overlay.redirect", "trusted.overlay.metacopy", "user.overlay.redirect", "user.overlay.metacopy",
+    ];
+
+    public static List<ExportEntry> Scan(string root, List<string> warnings, CancellationToken cancellationToken)
+    {
+        if (Syscall.stat(root, out Stat rootStat) != 0)
+        {
+            throw Failure("cannot read the upper directory", root);
+        }
+        if (((uint)rootStat.st_mode & S_IFMT) != 0x4000)
+        {
+            throw new IOException($"{root}: the upper directory is not a directory");
+        }
+        var entries = new List<ExportEntry>
+        {
+            new()
+            {
+                Kind = ExportKind.Directory, Path = "", Source = root, Stat = rootStat, Xattrs = ReadXattrs(root),
+                Opaque = Whiteouts.IsOpaque(root),
+            },
+        };
+        var firstLinks = new Dictionary<(ulong Dev, ulong Ino), string>();
+        ScanDirectory(root, "", entries, firstLinks, warnings, cancellationToken);
+        return entries;
+    }
+
+    private static void ScanDirectory(string directory, string relative, List<ExportEntry> entries, Dictionary<(ulong, ulong), string> firstLinks, List<string> warnings, CancellationToken cancellationToken)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        List<string> names;
+        try
+        {
+            names = Directory.EnumerateFileSystemEntries(directory).Select(p => System.IO.Path.GetFileName(p)).ToList();
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new IOException($"{directory}: cannot list the directory: {e.Message}", e);
+        }
+        var real = new HashSet<string>(names.Where(n => !Whiteouts.IsReservedName(n)), StringComparer.Ordinal);
+        var children = new List<(string SortName, Func<ExportEntry> Make)>();
+        var whitedOut = new HashSet<string>(StringComparer.Ordinal);
+        foreach (string name in names)
+        {
+            string path = LayerPaths.Join(directory, name);
+            string childRelative = LayerPaths.Child(relative, name);
+            if (name == Whiteouts.OpaqueMarker)
+            {
+                continue; // read with the directory (Whiteouts.IsOpaque)
+            }
+            if (Whiteouts.IsReservedName(name))
+            {
+                string hidden = name[Whiteouts.Prefix.Length..];
+                if (real.Contains(hidden))
+                {
+                    // The overlay removes .wh.NAME whenever it makes NAME; both can only be left by a crash, and NAME wins.
+                    warnings.Add($"{path}: left out: {hidden} exists beside it and is what the overlay shows");
+                    continue;
+                }
+                if (hidden.Length == 0 || !whitedOut.Add(hidden))
+                {
+                    continue;
+                }
+                Stat whiteoutStat = Lstat(path);
+                children.Add((name, () => new ExportEntry
+                {
+                    Kind = ExportKind.Whiteout, Path = LayerPaths.Child(relative, hidden), Source = path, Stat = whiteoutStat,
+                }));
+                continue;
+            }
+            Stat st = Lstat(path);
+            if (Whiteouts.IsWhiteoutStat(st))
+            {
+                if (whitedOut.Add(name))
+                {
+                    children.Add((Whiteouts.Prefix + name, () => new ExportEntry { Kind = ExportKind.Whiteout, Path = childRelative, Source = path, Stat = st }));
+                }
+                continue;
+            }
+            children.Add((name, () => Classify(path, childRelative, st, firstLinks)));
+        }
+        foreach (var (_, make) in children.OrderBy(c => c.SortName, StringComparer.Ordinal))
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            ExportEntry entry = make();
+            entries.Add(entry);
+            if (entry.Kind == ExportKind.Directory)
+            {
+                ScanDirectory(entry.Source, entry.Path, entries, firstLinks, warnings, cancellationToken);
+            }
+        }
+    }
+
+    private static ExportEntry Classify(string path, string relative, Stat st, Dictionary<(ulong, ulong), string> firstLinks)
+    {
+        uint type = (uint)st.st_mode & S_IFMT;
+        if (type != 0x4000 && st.st_nlink > 1)
+        {
+            if (firstLinks.TryGetValue((st.st_dev, st.st_ino), out string? first))
+            {
+                return new ExportEntry { Kind = ExportKind.HardLink, Path = relative, Source = path, Stat = st, LinkTarget = first };
+            }
+            firstLinks[(st.st_dev, st.st_ino)] = relative;
+        }
+        IReadOnlyList<(string, byte[])> xattrs = ReadXattrs(path, out bool isBCow);
+        switch (type)
+        {
+            case 0x4000:
+                return new ExportEntry { Kind = ExportKind.Directory, Path = relative, Source = path, Stat = st, Xattrs = xattrs, Opaque = Whiteouts.IsOpaque(path) };
+            case 0x8000 when isBCow:
+                return new ExportEntry { Kind = ExportKind.BCowFile, Path = relative, Source = path, Stat = st, Xattrs = xattrs, Size = BCowLength(path) };
+            case 0x8000:
+                CheckReadable(path);
+                return new ExportEntry { Kind = ExportKind.RegularFile, Path = relative, Source = path, Stat = st, Xattrs = xattrs, Size = st.st_size };
+            case 0xA000:
+                string target;
+                try
+                {
+                    target = Mono.Unix.UnixPath.ReadLink(path);
+                }
+                catch (Exception e)
+                {
+                    throw new IOException($"{path}: cannot read the symbolic link: {e.Message}", e);
+                }
+                return new ExportEntry { Kind = ExportKind.SymbolicLink, Path = relative, Source = path, Stat = st, Xattrs = xattrs, LinkTarget = target };
+            case 0x2000:
+                return new ExportEntry { Kind = ExportKind.CharacterDevice, Path = relative, Source = path, Stat = st, Xattrs = xattrs };
+            case 0x6000:
+                return new ExportEntry { Kind = ExportKind.BlockDevice, Path = relative, Source = path, Stat = st, Xattrs = xattrs };
+            case 0x1000:
+                return new ExportEntry { Kind = ExportKind.Fifo, Path = relative, Source = path, Stat = st, Xattrs = xattrs };
+            case 0xC000:
+                return new ExportEntry { Kind = ExportKind.Socket, Path = relative, Source = path, Stat = st, Xattrs = xattrs };
+            default:
+                throw new IOException($"{path}: unknown file type {Convert.ToString(type, 8)}");
+        }
+    }
+
+    /// <summary>Opens the B-CoW file read-only (checking its header, map and lower file) and returns its logical size.</summary>
+    private static long BCowLength(string path)
+    {
+        try
+        {
+            using BCowFile file = BCowFile.Open(path, new BCowOpenOptions { ReadOnly = true });
+            return file.Length;
+        }
+        catch (BCowFormatException e) when (e.Message.Contains(path, StringComparison.Ordinal))
+        {
+            throw;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new IOException($"{path}: cannot open the B-CoW file: {e.Message}", e);
+        }
+    }
+
+    /// <summary>Opens and closes a plain file, so that one the export could not read fails the scan, not the copy.</summary>
+    private static void CheckReadable(string path)
+    {
+        int fd = Syscall.open(path, OpenFlags.O_RDONLY | OpenFlags.O_NOFOLLOW | OpenFlags.O_NONBLOCK);
+        if (fd < 0)
+        {
+            throw Failure("cannot open for reading", path);
+        }
+        Syscall.close(fd);
+    }
+
+    private static IReadOnlyList<(string, byte[])> ReadXattrs(string path) => ReadXattrs(path, out _);
+
+    /// <summary>The extended attributes to carry: all but the overlay's own (and their opaque markers, which the
+    /// export writes in its own form). Refuses kernel overlayfs redirect and metacopy records.</summary>
+    private static IReadOnlyList<(string, byte[])> ReadXattrs(string path, out bool isBCow)
+    {
+        isBCow = false;
+        if (Syscall.llistxattr(path, out string[] names) < 0)
+        {
+            Errno errno = Stdlib.GetLastError();
+            if (errno == Errno.EOPNOTSUPP)
+            {
+                return [];
+            }
+            throw new IOException($"{path}: cannot list extended attributes: {Stdlib.strerror(errno)}");
+        }
+        var result = new List<(string, byte[])>();
+        foreach (string name in names.Order(StringComparer.Ordinal))
+        {
+            if (name == LayerPaths.BCowXattr)
+            {
+                isBCow = true;
+            }
+            if (UnsupportedXattrs.Contains(name))
+            {
+                throw new IOException($"{path}: carries {name}, a kernel overlayfs record that needs the lower layers to follow; exporting such an upper directory is not supported");
+            }
+            if (Whiteouts.IsPrivateXattr(name))
+            {
+                continue;
+            }
+            if (Syscall.lgetxattr(path, name, out byte[] value) < 0)
+            {
+                Errno errno = Stdlib.GetLastError();
+                if (errno == Errno.ENODATA)
+                {
+                    continue; // removed meanwhile
+                }
+                throw new IOException($"{path}: cannot read extended attribute {name}: {Stdlib.strerror(errno)}");
+            }
+            result.Add((name, value ?? []));
+        }
+        return result;
+    }
+
+    private static Stat Lstat(string path) => Syscall.lstat(path, out Stat st) == 0 ? st : throw Failure("cannot stat", path);
+
+    internal static IOException Failure(string what, string path)
+    {
+        Errno errno = Stdlib.GetLastError();
+        return new IOException($"{path}: {what}: {Stdlib.strerror(errno)}");
+    }
+
+    /// <summary>An xattr value a PAX record can carry as text: valid UTF-8 without NUL.</summary>
+    internal static string? AsText(byte[] value)
+    {
+        if (value.AsSpan().Contains((byte)0))
+        {
+            return null;
+        }
+        try
+        {
+            return new UTF8Encoding(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true).GetString(value);
+        }
+        catch (DecoderFallbackException)
+        {
+            return null;
+        }
+    }
+}
