@@ -700,17 +700,11 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
     /// in progress. Durable, like <see cref="Flush"/>.
     /// </summary>
     /// <exception cref="IOException">The final commit failed; the file keeps its last commit (and is marked dirty).</exception>
-    public void Dispose() => DisposeCoreAsync(durable: true, useAsync: false).GetAwaiter().GetResult();
+    public void Dispose() => DisposeCoreAsync(useAsync: false).GetAwaiter().GetResult();
 
     /// <inheritdoc cref="Dispose"/>
-    public ValueTask DisposeAsync() => DisposeCoreAsync(durable: true, useAsync: true);
+    public ValueTask DisposeAsync() => DisposeCoreAsync(useAsync: true);
 
-    /// <summary>
-    /// Closes with the promise of <c>close(2)</c>, not of <see cref="Flush"/>: everything is committed (one flush, between
-    /// map and header, as the crash order needs) but the header is left to the page cache. The file system closes files
-    /// this way; a crash may then reopen the file at its last durable commit, which is what an un-fsynced close allows.
-    /// </summary>
-    internal void CloseWithoutFlush() => DisposeCoreAsync(durable: false, useAsync: false).GetAwaiter().GetResult();
 
     // ---------------------------------------------------------------- the core: one path for sync and async
 
@@ -1453,7 +1447,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         }
     }
 
-    private async ValueTask DisposeCoreAsync(bool durable, bool useAsync)
+    private async ValueTask DisposeCoreAsync(bool useAsync)
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0)
         {
@@ -1474,7 +1468,9 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
             }
             if (!_options.ReadOnly && _fault is null)
             {
-                await CommitAsync(dirty: false, durable, useAsync, CancellationToken.None).ConfigureAwait(false);
+                // Durable: only a durable header lets the space its commit supersedes be freed, so the file is left
+                // clean (check finds no leak), not just consistent.
+                await CommitAsync(dirty: false, durable: true, useAsync, CancellationToken.None).ConfigureAwait(false);
             }
         }
         finally

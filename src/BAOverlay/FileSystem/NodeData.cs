@@ -85,7 +85,6 @@ internal abstract class NodeData : IDisposable
                 .Where(e => e.Source != ExtentSource.Zero && e.Offset + e.Length > offset && e.Offset < end)
                 .Select(e => (Math.Max(e.Offset, offset), Math.Min(e.Offset + e.Length, end) - Math.Max(e.Offset, offset)));
 
-        /// <summary>close(2) promises no durability (fsync does): see <see cref="BCowFile.CloseWithoutFlush"/>.</summary>
-        public override void Dispose() => file.CloseWithoutFlush();
+        public override void Dispose() => file.Dispose();
     }
 }

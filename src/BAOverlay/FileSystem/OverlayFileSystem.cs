@@ -1322,7 +1322,9 @@ public sealed partial class OverlayFileSystem : IDisposable
             }
             if (IsBCowFile(path))
             {
-                return new NodeData.BCow(BCowFile.Open(path));
+                // Read-only until something writes: a reader must not commit (and so touch the file's mtime) at close.
+                // OpenLocked swaps in a writable one at the first open for writing.
+                return new NodeData.BCow(BCowFile.Open(path, new BCowOpenOptions { ReadOnly = !write }));
             }
             try
             {
@@ -1346,8 +1348,14 @@ public sealed partial class OverlayFileSystem : IDisposable
 
     private void TruncateLocked(OverlayNode node, long size)
     {
-        if (node.Data is { CanWrite: true } data)
+        if (node.Data is { } data)
         {
+            if (!data.CanWrite)
+            {
+                // Open handles read through the node's data: it must be the instance that changes.
+                node.Retired.Add(data);
+                node.Data = data = OpenData(node, write: true);
+            }
             data.SetLength(size);
             return;
         }

@@ -18,7 +18,7 @@ public sealed record OverlayOptions
     /// <summary>
     /// Lower regular files at least this large are copied up as B-CoW files over the lower file (only written blocks
     /// are copied); smaller ones are copied whole. Default 1 MiB, from measurement (docs/overlay-semantics.md): below it
-    /// a whole copy costs at most 1 MiB and one fsync, and is faster than making a B-CoW file (two fsyncs); above it the
+    /// a whole copy costs at most 1 MiB and one fsync, and is faster than a B-CoW file (three fsyncs); above it the
     /// B-CoW file saves over 90 % of the space and its cost stays flat while a whole copy's grows with the file.
     /// </summary>
     public long BlockCopyUpThreshold { get; init; } = 1 << 20;

@@ -516,4 +516,25 @@ public class OverlaySemanticsTests
         handle.Read(back, 0);
         Assert.That(Encoding.UTF8.GetString(back), Is.EqualTo("still here"));
     }
+
+    [Test]
+    public void ReadingABCowFileLeavesItsTimesAloneAndATruncateIsSeenByOpenReaders()
+    {
+        using var f = new OverlayFixture();
+        byte[] lower = new byte[2 << 20];
+        new Random(6).NextBytes(lower);
+        WriteFile(Path.Combine(f.Lowers[0], "big"), lower);
+        using OverlayFileSystem fs = f.Open();
+        WriteAt(fs, "big", 100, [1, 2, 3]);
+        ulong ino = Resolve(fs, "big").Ino;
+        long mtime = fs.GetAttr(ino).MTimeNs;
+        Thread.Sleep(20);
+        ReadBytes(fs, "big");
+        Assert.That(fs.GetAttr(ino).MTimeNs, Is.EqualTo(mtime), "a read does not commit");
+        using OverlayHandle reader = fs.Open(ino, write: false, truncate: false);
+        fs.SetAttr(ino, new OverlaySetAttr { Size = 1000 }, OverlayCaller.Root);
+        byte[] buffer = new byte[4096];
+        Assert.That(reader.Read(buffer, 0), Is.EqualTo(1000), "the open reader sees the new size");
+        Assert.That(buffer[101], Is.EqualTo(2));
+    }
 }

@@ -66,10 +66,12 @@ internal static class UpperTree
 {
     private const uint S_IFMT = 0xF000;
 
-    /// <summary>Kernel overlayfs records this export cannot interpret: following them needs the lower layers.</summary>
+    /// <summary>Records this export cannot carry: following them needs the lower layers (a renamed directory's content
+    /// lives in lower under its old path). Refused with a clear error rather than exported without that content.</summary>
     private static readonly string[] UnsupportedXattrs =
     [
         "trusted.overlay.redirect", "trusted.overlay.metacopy", "user.overlay.redirect", "user.overlay.metacopy",
+        Redirects.Xattr,
     ];
 
     public static List<ExportEntry> Scan(string root, List<string> warnings, CancellationToken cancellationToken)
@@ -260,7 +262,7 @@ internal static class UpperTree
             }
             if (UnsupportedXattrs.Contains(name))
             {
-                throw new IOException($"{path}: carries {name}, a kernel overlayfs record that needs the lower layers to follow; exporting such an upper directory is not supported");
+                throw new IOException($"{path}: carries {name}, a record of a renamed directory or metadata-only copy-up that needs the lower layers to follow; exporting such an upper directory is not supported yet");
             }
             if (Whiteouts.IsPrivateXattr(name))
             {
