@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Security.Cryptography;
 using Mono.Unix.Native;
 
@@ -128,14 +127,6 @@ public static class BenchData
         >= KiB => $"{bytes / (double)KiB:0.#} KiB",
         _ => $"{bytes} B",
     };
-
-    public static string Run(string file, string args)
-    {
-        using var process = Process.Start(new ProcessStartInfo(file, args) { RedirectStandardOutput = true })!;
-        string output = process.StandardOutput.ReadToEnd();
-        process.WaitForExit();
-        return output;
-    }
 
     internal static byte[] RandomBlock(int size) => RandomNumberGenerator.GetBytes(size);
 }
