@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using Mono.Unix.Native;
 
 namespace BAOverlay.Benchmarks;
 
@@ -22,7 +21,7 @@ internal static class ColdFirstWrite
             foreach (CopyUpMode mode in new[] { CopyUpMode.Background, CopyUpMode.Synchronous })
             {
                 BCowFile file = BenchData.CreateUpper(lower, 64 * BenchData.KiB, mode);
-                Evict(lower);
+                BenchData.Evict(lower);
                 var clock = Stopwatch.StartNew();
                 file.WriteAt(data, offset);
                 clock.Stop();
@@ -35,7 +34,7 @@ internal static class ColdFirstWrite
                 BenchData.Delete(path);
             }
             string copy = BenchData.NewPath("copy");
-            Evict(lower);
+            BenchData.Evict(lower);
             var copyClock = Stopwatch.StartNew();
             File.Copy(lower, copy);
             using (var handle = File.OpenHandle(copy, FileMode.Open, FileAccess.ReadWrite))
@@ -57,15 +56,5 @@ internal static class ColdFirstWrite
             double[] ms = group.Select(r => r.Ms).Order().ToArray();
             Console.WriteLine($"| {group.Key} | {ms[ms.Length / 2]:0.###} | {string.Join(", ", group.Select(r => r.Ms.ToString("0.###", System.Globalization.CultureInfo.InvariantCulture)))} |");
         }
-    }
-
-    private static void Evict(string path)
-    {
-        int fd = Syscall.open(path, OpenFlags.O_RDONLY);
-        if (fd < 0 || Syscall.posix_fadvise(fd, 0, 0, PosixFadviseAdvice.POSIX_FADV_DONTNEED) != 0)
-        {
-            throw new IOException($"{path}: cannot evict from the page cache: {Stdlib.GetLastError()}");
-        }
-        Syscall.close(fd);
     }
 }

@@ -15,7 +15,7 @@ internal static class PairedReads
     private const long Size = 256L * BenchData.MiB;
     private const int Rounds = 61;
 
-    public static void Run(int blockSize)
+    public static void Run(int blockSize, bool reread)
     {
         string lower = BenchData.Lower(Size);
         long[] offsets = BenchData.RandomOffsets(Size, 4096);
@@ -33,6 +33,15 @@ internal static class PairedReads
         paths.Add(smallWrites);
         MakeSmallWritesCopy(lower, smallWrites);
         using SafeFileHandle plain4k = File.OpenHandle(smallWrites);
+        if (reread)
+        {
+            // Page cache as after a reboot or eviction: every file read back from disk (by readahead, in large
+            // pieces) instead of the pieces the writes left.
+            foreach (string path in paths.Append(lower))
+            {
+                BenchData.Evict(path);
+            }
+        }
         byte[] big = new byte[BenchData.MiB];
         byte[] small = new byte[4 * BenchData.KiB];
 
@@ -50,7 +59,7 @@ internal static class PairedReads
             ("random 4 KiB reads", offsets, small),
         };
 
-        Console.WriteLine($"Paired reads, {BenchData.Bytes(Size)} file, {BenchData.Bytes(blockSize)} blocks, warm cache, {Rounds} rounds; per read: median time, median of per-round throughput ratio vs the plain file, allocated bytes.");
+        Console.WriteLine($"Paired reads, {BenchData.Bytes(Size)} file, {BenchData.Bytes(blockSize)} blocks, warm cache {(reread ? "(files evicted after writing, then read back from disk)" : "(as left by the writes)")}, {Rounds} rounds; per read: median time, median of per-round throughput ratio vs the plain file, allocated bytes.");
         foreach (var pattern in patterns)
         {
             foreach (var reader in readers)

@@ -7,6 +7,7 @@ using BenchmarkDotNet.Running;
 //   dotnet run -c Release --project bench/BAOverlay.Benchmarks -- --filter '*Read*'   one class
 //   dotnet run -c Release --project bench/BAOverlay.Benchmarks -- --space             upper space table (no timing)
 //   dotnet run -c Release --project bench/BAOverlay.Benchmarks -- --paired [65536]    read ratios, paired per round
+//   dotnet run -c Release --project bench/BAOverlay.Benchmarks -- --paired-reread     the same, files re-read from disk
 //   dotnet run -c Release --project bench/BAOverlay.Benchmarks -- --cold [1G]         first write, lower file not cached
 //
 // Files go to /var/tmp/baoverlay-bench (BAOVERLAY_BENCH_DIR overrides; use a disk, not tmpfs) and are removed at the
@@ -19,9 +20,9 @@ try
     {
         SpaceTable.Run();
     }
-    else if (args.Length > 0 && args[0] == "--paired")
+    else if (args.Length > 0 && args[0] is "--paired" or "--paired-reread")
     {
-        PairedReads.Run(args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 64 * BenchData.KiB);
+        PairedReads.Run(args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 64 * BenchData.KiB, reread: args[0] == "--paired-reread");
     }
     else if (args.Length > 0 && args[0] == "--cold")
     {
