@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Security.Cryptography;
 using Mono.Unix.Native;
 
@@ -110,6 +109,17 @@ public static class BenchData
         }
     }
 
+    /// <summary>Drops the file's clean pages from the page cache (posix_fadvise DONTNEED; no root needed).</summary>
+    public static void Evict(string path)
+    {
+        int fd = Syscall.open(path, OpenFlags.O_RDONLY);
+        if (fd < 0 || Syscall.posix_fadvise(fd, 0, 0, PosixFadviseAdvice.POSIX_FADV_DONTNEED) != 0)
+        {
+            throw new IOException($"{path}: cannot evict from the page cache: {Stdlib.GetLastError()}");
+        }
+        Syscall.close(fd);
+    }
+
     /// <summary>Bytes allocated on disk (st_blocks * 512), holes excluded.</summary>
     public static long Allocated(string path) => Syscall.stat(path, out Stat st) == 0 ? st.st_blocks * 512 : new FileInfo(path).Length;
 
@@ -128,14 +138,6 @@ public static class BenchData
         >= KiB => $"{bytes / (double)KiB:0.#} KiB",
         _ => $"{bytes} B",
     };
-
-    public static string Run(string file, string args)
-    {
-        using var process = Process.Start(new ProcessStartInfo(file, args) { RedirectStandardOutput = true })!;
-        string output = process.StandardOutput.ReadToEnd();
-        process.WaitForExit();
-        return output;
-    }
 
     internal static byte[] RandomBlock(int size) => RandomNumberGenerator.GetBytes(size);
 }

@@ -776,7 +776,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         fromLower = false;
         source = 0;
         versions = 0;
-        int version = _locks.For(block).Version;
+        int version = _locks.VersionOf(block);
         if ((version & 1) != 0)
         {
             return 0;
@@ -794,7 +794,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         int limit = Math.Max(n, Math.Min(length, MaxRunBytes));
         for (long next = block + 1; n < limit; next++)
         {
-            int v = _locks.For(next).Version;
+            int v = _locks.VersionOf(next);
             if ((v & 1) != 0)
             {
                 break;
@@ -820,7 +820,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         long now = 0;
         for (long block = position >> _log2; block <= last; block++)
         {
-            now += (uint)_locks.For(block).Version;
+            now += (uint)_locks.VersionOf(block);
         }
         return now == versions;
     }

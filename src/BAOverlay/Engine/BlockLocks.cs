@@ -11,23 +11,39 @@ internal sealed class BlockLocks
     private const int StripeCount = 4096;
     private readonly Stripe[] _stripes;
 
+    /// <summary>
+    /// The stripes' versions, dense (16 KiB): a lock-free read touches only its 4 bytes here, not a stripe object
+    /// scattered on the heap (a cache miss per random read, measured at ~10 % of a warm 4 KiB read).
+    /// </summary>
+    private readonly int[] _versions = new int[StripeCount];
+
     public BlockLocks()
     {
         _stripes = new Stripe[StripeCount];
         for (int i = 0; i < _stripes.Length; i++)
         {
-            _stripes[i] = new Stripe();
+            _stripes[i] = new Stripe(_versions, i);
         }
     }
 
     public Stripe For(long block) => _stripes[(int)((ulong)block % StripeCount)];
 
+    /// <summary>The version of <paramref name="block"/>'s stripe: <see cref="Stripe.Version"/> without the stripe.</summary>
+    public int VersionOf(long block) => Volatile.Read(ref _versions[(int)((ulong)block % StripeCount)]);
+
     internal sealed class Stripe
     {
         private readonly SemaphoreSlim _gate = new(1, 1);
-        private int _version;
+        private readonly int[] _versions;
+        private readonly int _index;
 
-        public int Version => Volatile.Read(ref _version);
+        public Stripe(int[] versions, int index)
+        {
+            _versions = versions;
+            _index = index;
+        }
+
+        public int Version => Volatile.Read(ref _versions[_index]);
 
         /// <summary>Enters as a writer: excludes other writers and invalidates concurrent lock-free reads.</summary>
         public async ValueTask EnterAsync(bool useAsync, CancellationToken cancellationToken)
@@ -40,12 +56,12 @@ internal sealed class BlockLocks
             {
                 _gate.Wait(cancellationToken);
             }
-            Interlocked.Increment(ref _version);
+            Interlocked.Increment(ref _versions[_index]);
         }
 
         public void Exit()
         {
-            Interlocked.Increment(ref _version);
+            Interlocked.Increment(ref _versions[_index]);
             _gate.Release();
         }
     }
