@@ -447,10 +447,20 @@ public sealed class OverlayFileSystem : IDisposable
                     Whiteouts.MakeOpaque(source); // the lower directory under the new name must not merge in
                 }
             }
-            uint renameFlags = hideSource && IsPrivileged ? LibC.RENAME_WHITEOUT : 0;
+            else if (node.IsDirectory && target is null && VisibleBelowUpper(to, newName))
+            {
+                Whiteouts.MakeOpaque(source); // the new name was whited out: the lower directory must stay hidden
+            }
+            // A directory cannot be renamed over a whiteout device: swap them (the whiteout lands on the old name).
+            bool overWhiteout = node.IsDirectory && target is null && Syscall.lstat(destination, out Stat atDestination) == 0 && Whiteouts.IsWhiteoutStat(atDestination);
+            uint renameFlags = overWhiteout ? LibC.RENAME_EXCHANGE : hideSource && IsPrivileged ? LibC.RENAME_WHITEOUT : 0;
             if (LibC.renameat2(LibC.AT_FDCWD, source, LibC.AT_FDCWD, destination, renameFlags) != 0)
             {
                 throw new OverlayException(ToErrno(Marshal.GetLastPInvokeError()), $"{Describe(node)}: rename to {Path.Combine(to.Path, newName)} failed");
+            }
+            if (overWhiteout && !hideSource)
+            {
+                Syscall.unlink(source);
             }
             Syscall.unlink(LayerPaths.Join(_roots[_upper], to.Path, Whiteouts.Prefix + newName));
             if (hideSource && renameFlags == 0)
