@@ -404,6 +404,14 @@ public sealed class OverlayFileSystem : IDisposable
             {
                 throw new OverlayException(Errno.EINVAL, "RENAME_EXCHANGE is not supported yet");
             }
+            for (OverlayNode? up = from; target is not null && up is not null; up = up.Parent)
+            {
+                if (up == target)
+                {
+                    // As rename(2): a target that is an ancestor of the source is never empty.
+                    throw new OverlayException(Errno.ENOTEMPTY, $"{Describe(target)}: directory not empty (an ancestor of {Describe(node)})");
+                }
+            }
             if (node.IsDirectory)
             {
                 if (node.Layers.Any(l => l.Layer != _upper))
