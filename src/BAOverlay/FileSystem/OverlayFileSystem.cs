@@ -716,7 +716,7 @@ public sealed class OverlayFileSystem : IDisposable
     /// </summary>
     private ulong InoOf(int layer, in Stat st, string path)
     {
-        if (layer == _upper && Syscall.lgetxattr(path, LayerPaths.InoXattr, out byte[] value) == 8)
+        if (layer == _upper && (Syscall.lgetxattr(path, LayerPaths.InoXattr, out byte[] value) == 8 || Syscall.lgetxattr(path, LayerPaths.TrustedInoXattr, out value) == 8))
         {
             return BinaryPrimitives.ReadUInt64LittleEndian(value);
         }
@@ -1117,7 +1117,8 @@ public sealed class OverlayFileSystem : IDisposable
         }
         byte[] inoBytes = new byte[8];
         BinaryPrimitives.WriteUInt64LittleEndian(inoBytes, ino);
-        if (Syscall.lsetxattr(to, LayerPaths.InoXattr, inoBytes, XattrFlags.XATTR_AUTO) != 0)
+        if (Syscall.lsetxattr(to, LayerPaths.InoXattr, inoBytes, XattrFlags.XATTR_AUTO) != 0 &&
+            (!IsPrivileged || Syscall.lsetxattr(to, LayerPaths.TrustedInoXattr, inoBytes, XattrFlags.XATTR_AUTO) != 0))
         {
             _log($"{to}: cannot keep the inode number across copy-up: {Stdlib.strerror(Stdlib.GetLastError())}");
         }
