@@ -948,8 +948,9 @@ public sealed class OverlayFileSystem : IDisposable
                 }
                 if (LibC.renameat2(LibC.AT_FDCWD, scratch, LibC.AT_FDCWD, path, LibC.RENAME_EXCHANGE) != 0)
                 {
+                    Errno errno = ToErrno(Marshal.GetLastPInvokeError()); // before unlink overwrites it
                     Syscall.unlink(scratch);
-                    throw new OverlayException(ToErrno(Marshal.GetLastPInvokeError()), $"{path}: cannot replace by a whiteout");
+                    throw new OverlayException(errno, $"{path}: cannot replace by a whiteout");
                 }
                 RemoveTree(scratch);
             }
