@@ -359,10 +359,6 @@ public sealed class OverlayFileSystem : IDisposable
             {
                 throw new OverlayException(Errno.ENOTEMPTY, $"{Describe(node)}: directory not empty");
             }
-            if (node.Layers[0].Layer == _upper)
-            {
-                ClearUpperDirectory(UpperPath(node));
-            }
             RemoveName(directory, name, node);
         }
         finally
@@ -959,6 +955,10 @@ public sealed class OverlayFileSystem : IDisposable
                 if (hide)
                 {
                     Whiteouts.Create(UpperPath(directory), name);
+                }
+                if (node.IsDirectory)
+                {
+                    ClearUpperDirectory(path); // the whiteouts it still holds (the swap above takes them along instead)
                 }
                 if ((node.IsDirectory ? Syscall.rmdir(path) : Syscall.unlink(path)) != 0)
                 {
