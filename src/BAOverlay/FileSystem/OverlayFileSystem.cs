@@ -444,7 +444,21 @@ public sealed class OverlayFileSystem : IDisposable
             {
                 if (target.Layers[0].Layer == _upper)
                 {
-                    ClearUpperDirectory(destination);
+                    // Swap in an empty opaque directory rather than clearing the target's whiteouts in place: a crash
+                    // in between would bring the lower entries they hide back.
+                    string empty = NewScratchPath();
+                    if (Syscall.mkdir(empty, FilePermissions.S_IRWXU) != 0)
+                    {
+                        throw OverlayException.FromLastError("mkdir", empty);
+                    }
+                    Whiteouts.MakeOpaque(empty);
+                    if (LibC.renameat2(LibC.AT_FDCWD, empty, LibC.AT_FDCWD, destination, LibC.RENAME_EXCHANGE) != 0)
+                    {
+                        Errno errno = ToErrno(Marshal.GetLastPInvokeError());
+                        RemoveTree(empty);
+                        throw new OverlayException(errno, $"{Describe(target)}: cannot replace by an empty directory");
+                    }
+                    RemoveTree(empty);
                 }
                 if (target.Layers.Any(l => l.Layer != _upper))
                 {
