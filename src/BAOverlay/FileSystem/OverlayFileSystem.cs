@@ -1097,6 +1097,14 @@ public sealed class OverlayFileSystem : IDisposable
                 throw OverlayException.FromLastError("rename copy-up into place", UpperPath(node));
             }
         }
+        catch (Exception e) when (e is UnauthorizedAccessException or (IOException and not OverlayException))
+        {
+            // From the .NET file APIs (B-CoW creation, whole copy): a FUSE reply needs the errno.
+            RemoveTree(scratch);
+            int raw = (e as IOException ?? e.InnerException as IOException)?.HResult ?? 0;
+            Errno errno = raw is > 0 and < 4096 ? ToErrno(raw) : e is UnauthorizedAccessException ? Errno.EACCES : Errno.EIO;
+            throw new OverlayException(errno, $"{lower}: copy-up failed: {e.Message}");
+        }
         catch
         {
             RemoveTree(scratch);
