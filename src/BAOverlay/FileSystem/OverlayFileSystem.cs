@@ -410,17 +410,17 @@ public sealed class OverlayFileSystem : IDisposable
             }
             if (node.IsDirectory)
             {
-                if (node.Layers.Any(l => l.Layer != _upper))
-                {
-                    // Needs a redirect record to keep finding the lower directories under the new name.
-                    throw new OverlayException(Errno.EXDEV, $"{Describe(node)}: renaming a directory that comes from a lower layer is not supported yet");
-                }
                 for (OverlayNode? up = to; up is not null; up = up.Parent)
                 {
                     if (up == node)
                     {
                         throw new OverlayException(Errno.EINVAL, $"{Describe(node)}: cannot move a directory into itself");
                     }
+                }
+                if (node.Layers.Any(l => l.Layer != _upper))
+                {
+                    // Needs a redirect record to keep finding the lower directories under the new name.
+                    throw new OverlayException(Errno.EXDEV, $"{Describe(node)}: renaming a directory that comes from a lower layer is not supported yet");
                 }
                 if (target is not null && !target.IsDirectory)
                 {
