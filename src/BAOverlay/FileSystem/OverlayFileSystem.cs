@@ -417,14 +417,14 @@ public sealed class OverlayFileSystem : IDisposable
                         throw new OverlayException(Errno.EINVAL, $"{Describe(node)}: cannot move a directory into itself");
                     }
                 }
+                if (target is not null && !target.IsDirectory)
+                {
+                    throw new OverlayException(Errno.ENOTDIR, $"{Describe(target)}: not a directory");
+                }
                 if (node.Layers.Any(l => l.Layer != _upper))
                 {
                     // Needs a redirect record to keep finding the lower directories under the new name.
                     throw new OverlayException(Errno.EXDEV, $"{Describe(node)}: renaming a directory that comes from a lower layer is not supported yet");
-                }
-                if (target is not null && !target.IsDirectory)
-                {
-                    throw new OverlayException(Errno.ENOTDIR, $"{Describe(target)}: not a directory");
                 }
             }
             else if (target is { IsDirectory: true })
