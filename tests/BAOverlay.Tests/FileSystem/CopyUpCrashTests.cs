@@ -355,13 +355,10 @@ public partial class CopyUpCrashTests
 
     private static void CheckBCowFiles(OverlayFixture f)
     {
-        foreach (string file in Directory.EnumerateFiles(f.Upper!, "*", SearchOption.AllDirectories))
+        foreach (string file in TreeEntry.BCowFiles(f.Upper!))
         {
-            if (Syscall.lgetxattr(file, "user.baoverlay.bcow", out byte[] _) >= 0)
-            {
-                BCowCheckResult result = BCowChecker.Check(file);
-                Assert.That(result.IsClean, Is.True, $"{file}: {string.Join("; ", result.Corruptions)}");
-            }
+            BCowCheckResult result = BCowChecker.Check(file);
+            Assert.That(result.IsClean, Is.True, $"{file}: {string.Join("; ", result.Corruptions)}");
         }
     }
 }

@@ -489,8 +489,7 @@ public class KernelOverlayComparisonTests
 
         // The kernel reads the upper layer the overlay wrote. B-CoW files differ on disk by design (the kernel sees
         // the B-CoW container, not the virtual file): only their type, mode and owner are compared.
-        var bcow = Directory.EnumerateFiles(overlayLayers.Upper, "*", SearchOption.AllDirectories)
-            .Where(f => Syscall.lgetxattr(f, "user.baoverlay.bcow", out byte[] _) >= 0)
+        var bcow = TreeEntry.BCowFiles(overlayLayers.Upper)
             .Select(f => "/" + Path.GetRelativePath(overlayLayers.Upper, f))
             .ToHashSet();
         using (KernelOverlayMount mount = KernelOverlayMount.Mount([overlayLayers.Upper, .. overlayLayers.Lowers]))
@@ -523,6 +522,27 @@ public class KernelOverlayComparisonTests
             foreach (string layer in layers.Lowers.Reverse().Append(layers.Upper))
             {
                 OverlayModelTests.GenerateLayer(generator, layer, depth: 0, allowLarge: layer != layers.Upper);
+            }
+        }
+        // Documented difference (see "whiteouts in a directory that only one layer has"): the kernel counts such
+        // whiteouts as entries, so its rmdir fails with ENOTEMPTY where the overlay's succeeds. Overlay operations
+        // never make them; they come from the random generator, so remove them from both layer sets.
+        List<string> listedOnly;
+        using (KernelOverlayMount mount = KernelOverlayMount.Mount([kernelLayers.Upper, .. kernelLayers.Lowers]))
+        {
+            listedOnly = new PosixTree(mount.MountPoint).Snapshot().Where(e => e.Value == PosixTree.ReaddirOnly).Select(e => e.Key).ToList();
+        }
+        foreach (Layers layers in new[] { kernelLayers, overlayLayers })
+        {
+            foreach (string root in layers.Lowers.Append(layers.Upper))
+            {
+                foreach (string path in listedOnly.Select(p => root + p))
+                {
+                    if (Syscall.lstat(path, out Stat st) == 0 && (st.st_mode & FilePermissions.S_IFMT) == FilePermissions.S_IFCHR && st.st_rdev == 0)
+                    {
+                        Assert.That(Syscall.unlink(path), Is.Zero);
+                    }
+                }
             }
         }
         var random = new Random(seed + 1);
@@ -564,6 +584,95 @@ public class KernelOverlayComparisonTests
         {
             Assert.That(OverlayModelTests.Diff(kernel, new OverlayTree(fs, umask).Snapshot()), Is.Empty, $"the overlay over the kernel's upper layer; {Context()}");
         }
+    }
+
+    /// <summary>
+    /// Documented difference, continued: the kernel counts the whiteouts of a directory that only one layer has as
+    /// entries, so removing such a directory fails with ENOTEMPTY; for the overlay it is empty (its whiteouts hide
+    /// nothing) and the removal works.
+    /// </summary>
+    [Test]
+    public void ADirectoryOfOneLayerHoldingOnlyWhiteoutsIsEmptyForTheOverlayButNotForTheKernel()
+    {
+        RequireRoot();
+        using var kernelLayers = new Layers();
+        using var overlayLayers = new Layers();
+        foreach (Layers l in new[] { kernelLayers, overlayLayers })
+        {
+            Directory.CreateDirectory(l.U("uonly"));
+            Whiteout(l.U("uonly/wh"));
+        }
+        string kernel;
+        using (KernelOverlayMount mount = KernelOverlayMount.Mount(kernelLayers.Lowers, kernelLayers.Upper, kernelLayers.Work))
+        {
+            kernel = new PosixTree(mount.MountPoint).Rmdir("uonly");
+        }
+        using OverlayFileSystem fs = overlayLayers.OpenOverlay();
+        Assert.That(kernel, Is.EqualTo("ENOTEMPTY"), "the kernel");
+        Assert.That(new OverlayTree(fs, 0).Rmdir("uonly"), Is.EqualTo("ok"), "the overlay");
+    }
+
+    /// <summary>
+    /// A file opened for reading before another open copies it up reads the new data, through kernel overlayfs
+    /// (since Linux 4.19, which re-opens the real file after a copy-up) and through the overlay alike; checked for a
+    /// small (whole copy-up) and a large (B-CoW) lower file.
+    /// </summary>
+    [TestCase("f")]
+    [TestCase("big")]
+    public void AReaderOpenedBeforeACopyUpSeesTheNewDataThroughTheKernelAndThroughTheOverlay(string name)
+    {
+        RequireRoot();
+        using var kernelLayers = new Layers();
+        using var overlayLayers = new Layers();
+        BuildMutationBase(kernelLayers);
+        BuildMutationBase(overlayLayers);
+        byte[] patch = "written after the reader opened"u8.ToArray();
+        byte[] kernelSeen = new byte[patch.Length];
+        using (KernelOverlayMount mount = KernelOverlayMount.Mount(kernelLayers.Lowers, kernelLayers.Upper, kernelLayers.Work))
+        using (var reader = new FileStream(Path.Combine(mount.MountPoint, name), FileMode.Open, FileAccess.Read, FileShare.ReadWrite, 1))
+        {
+            Assert.That(new PosixTree(mount.MountPoint).WriteAt(name, 5, patch), Is.EqualTo("ok"));
+            reader.Position = 5;
+            reader.ReadExactly(kernelSeen);
+        }
+        byte[] overlaySeen = new byte[patch.Length];
+        using (OverlayFileSystem fs = overlayLayers.OpenOverlay())
+        using (OverlayHandle reader = fs.Open(Resolve(fs, name).Ino, write: false, truncate: false))
+        {
+            Assert.That(new OverlayTree(fs, 0).WriteAt(name, 5, patch), Is.EqualTo("ok"));
+            Assert.That(reader.Read(overlaySeen, 5), Is.EqualTo(patch.Length));
+        }
+        Assert.That(kernelSeen, Is.EqualTo(patch), "the kernel's early reader sees the new data");
+        Assert.That(overlaySeen, Is.EqualTo(kernelSeen), "the overlay's early reader sees what the kernel's does");
+    }
+
+    /// <summary>
+    /// Documented difference: the overlay reserves names starting with .wh. for whiteouts, so creating, making a
+    /// directory, a link or renaming to such a name fails with EINVAL; the kernel allows them (it does not read
+    /// .wh. files as whiteouts).
+    /// </summary>
+    [Test]
+    public void NamesStartingWithDotWhAreReservedInTheOverlayButAllowedByTheKernel()
+    {
+        RequireRoot();
+        using var kernelLayers = new Layers();
+        using var overlayLayers = new Layers();
+        BuildMutationBase(kernelLayers);
+        BuildMutationBase(overlayLayers);
+        Func<ITreeOps, string[]> apply = t =>
+        [
+            t.Create(".wh.file", Mode("644"), Bytes("x")), t.Mkdir("d/.wh.dir", Mode("755")), t.Symlink("f", ".wh.link"),
+            t.Rename("f", ".wh.f"), t.Mkfifo(".wh.fifo", Mode("644")),
+        ];
+        string[] kernel;
+        using (KernelOverlayMount mount = KernelOverlayMount.Mount(kernelLayers.Lowers, kernelLayers.Upper, kernelLayers.Work))
+        {
+            kernel = apply(new PosixTree(mount.MountPoint));
+        }
+        using OverlayFileSystem fs = overlayLayers.OpenOverlay();
+        string[] overlay = apply(new OverlayTree(fs, 0));
+        Assert.That(kernel, Is.All.EqualTo("ok"), "the kernel allows .wh. names");
+        Assert.That(overlay, Is.All.EqualTo("EINVAL"), "the overlay reserves them");
     }
 
     /// <summary>The kernel's tree without the whiteouts it lists in single-layer directories (documented difference above).</summary>

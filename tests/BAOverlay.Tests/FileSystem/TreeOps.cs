@@ -69,6 +69,33 @@ internal static class TreeEntry
     }
 
     public static string ErrnoName(int result) => result == 0 ? "ok" : Stdlib.GetLastError().ToString();
+
+    /// <summary>The B-CoW files of an upper layer, found with lstat (Directory.EnumerateFiles would follow a link to "/").</summary>
+    public static List<string> BCowFiles(string upper)
+    {
+        var found = new List<string>();
+        void Walk(string directory)
+        {
+            foreach (string entry in Directory.EnumerateFileSystemEntries(directory))
+            {
+                if (Syscall.lstat(entry, out Stat st) != 0)
+                {
+                    continue;
+                }
+                var type = st.st_mode & FilePermissions.S_IFMT;
+                if (type == FilePermissions.S_IFDIR)
+                {
+                    Walk(entry);
+                }
+                else if (type == FilePermissions.S_IFREG && Syscall.lgetxattr(entry, "user.baoverlay.bcow", out byte[] _) >= 0)
+                {
+                    found.Add(entry);
+                }
+            }
+        }
+        Walk(upper);
+        return found;
+    }
 }
 
 /// <summary>A real directory: a kernel overlayfs mount point, or a plain directory holding the model tree.</summary>
