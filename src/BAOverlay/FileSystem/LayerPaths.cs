@@ -14,6 +14,9 @@ internal static class LayerPaths
     /// <summary>The overlay inode number an object had before copy-up (kept so it never changes).</summary>
     public const string InoXattr = XattrPrefix + "ino";
 
+    /// <summary>The same for objects that cannot carry user.* xattrs (symbolic links, device nodes, fifos), as root.</summary>
+    public const string TrustedInoXattr = "trusted.baoverlay.ino";
+
     /// <summary>Marks an upper regular file that is a B-CoW file over a lower file.</summary>
     public const string BCowXattr = XattrPrefix + "bcow";
 

@@ -29,7 +29,7 @@ public sealed partial class OverlayFileSystem
             {
                 throw new OverlayException(Errno.EPERM, $"{Describe(node)}: cannot hard-link a directory");
             }
-            CheckAccess(directory, caller, Permissions.Write | Permissions.Exec);
+            CheckDirectoryAccess(directory, caller, Permissions.Write | Permissions.Exec);
             if (LookupLocked(directory, newName) is { } existing)
             {
                 throw new OverlayException(Errno.EEXIST, $"{Describe(existing)}: exists");

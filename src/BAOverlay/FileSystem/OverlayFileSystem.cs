@@ -106,7 +106,7 @@ public sealed partial class OverlayFileSystem : IDisposable
         _lock.EnterWriteLock();
         try
         {
-            CheckAccess(NodeOf(parent), caller, Permissions.Exec);
+            CheckDirectoryAccess(NodeOf(parent), caller, Permissions.Exec);
             OverlayNode node = LookupLocked(NodeOf(parent), name) ?? throw NoEntry(NodeOf(parent), name);
             node.Lookups++;
             return StatOf(node);
@@ -364,12 +364,8 @@ public sealed partial class OverlayFileSystem : IDisposable
                 {
                     throw new OverlayException(Errno.ENOTEMPTY, $"{Describe(node)}: directory not empty");
                 }
-                if (node.Layers[0].Layer == _upper)
-                {
-                    ClearUpperDirectory(UpperPath(node));
-                }
             }
-            RemoveName(container, name, node);
+            RemoveName(container, name, node); // clears the whiteouts an upper directory still holds
         }
         finally
         {
@@ -431,11 +427,19 @@ public sealed partial class OverlayFileSystem : IDisposable
             }
             else
             {
-                CheckAccess(to, caller, Permissions.Write | Permissions.Exec);
+                CheckDirectoryAccess(to, caller, Permissions.Write | Permissions.Exec);
             }
             if (node.IsDirectory && from != to)
             {
                 CheckAccess(node, caller, Permissions.Write); // its ".." changes
+            }
+            for (OverlayNode? up = from; target is not null && !exchange && up is not null; up = up.Parent)
+            {
+                if (up == target)
+                {
+                    // As rename(2): a target that is an ancestor of the source is never empty.
+                    throw new OverlayException(Errno.ENOTEMPTY, $"{Describe(target)}: directory not empty (an ancestor of {Describe(node)})");
+                }
             }
             RefuseMoveIntoItself(node, to);
             if (exchange)
@@ -468,7 +472,21 @@ public sealed partial class OverlayFileSystem : IDisposable
             string destination = LayerPaths.Join(_roots[_upper], to.Path, newName);
             if (!exchange && target is { IsDirectory: true } && target.Layers[0].Layer == _upper)
             {
-                ClearUpperDirectory(destination);
+                // Swap in an empty opaque directory rather than clearing the target's whiteouts in place: a crash in
+                // between would bring back the lower entries they hide.
+                string empty = NewScratchPath();
+                if (Syscall.mkdir(empty, FilePermissions.S_IRWXU) != 0)
+                {
+                    throw OverlayException.FromLastError("mkdir", empty);
+                }
+                Whiteouts.MakeOpaque(empty);
+                if (LibC.renameat2(LibC.AT_FDCWD, empty, LibC.AT_FDCWD, destination, LibC.RENAME_EXCHANGE) != 0)
+                {
+                    Errno errno = ToErrno(Marshal.GetLastPInvokeError());
+                    RemoveTree(empty);
+                    throw new OverlayException(errno, $"{Describe(target)}: cannot replace by an empty directory");
+                }
+                RemoveTree(empty);
             }
             bool hideSource = !exchange && VisibleBelowUpper(from, name);
             // A directory cannot replace a whiteout device: swap them instead, which leaves the whiteout at the old
@@ -537,7 +555,7 @@ public sealed partial class OverlayFileSystem : IDisposable
         }
         if (hasLowerParts)
         {
-            Redirects.Write(UpperPath(node), lowerPath!);
+            Redirects.Write(UpperPath(node), lowerPath!, IsPrivileged);
         }
         else if (VisibleBelowUpper(to, newName))
         {
@@ -665,6 +683,16 @@ public sealed partial class OverlayFileSystem : IDisposable
         {
             Permissions.Check(StatOf(node), c, mask, Describe(node));
         }
+    }
+
+    /// <summary>Search or change access to a directory: ENOTDIR comes first, as in the kernel's path walk.</summary>
+    private void CheckDirectoryAccess(OverlayNode directory, OverlayCaller? caller, int mask)
+    {
+        if (!directory.IsDirectory)
+        {
+            throw new OverlayException(Errno.ENOTDIR, $"{Describe(directory)}: not a directory");
+        }
+        CheckAccess(directory, caller, mask);
     }
 
     private void CheckRemove(OverlayNode directory, OverlayNode entry, OverlayCaller? caller)
@@ -839,7 +867,7 @@ public sealed partial class OverlayFileSystem : IDisposable
     /// </summary>
     private ulong InoOf(int layer, in Stat st, string path)
     {
-        if (layer == _upper && Syscall.lgetxattr(path, LayerPaths.InoXattr, out byte[] value) == 8)
+        if (layer == _upper && (Syscall.lgetxattr(path, LayerPaths.InoXattr, out byte[] value) == 8 || Syscall.lgetxattr(path, LayerPaths.TrustedInoXattr, out value) == 8))
         {
             return BinaryPrimitives.ReadUInt64LittleEndian(value);
         }
@@ -891,6 +919,12 @@ public sealed partial class OverlayFileSystem : IDisposable
             (st.st_atime * 1_000_000_000L) + st.st_atime_nsec, (st.st_mtime * 1_000_000_000L) + st.st_mtime_nsec, (st.st_ctime * 1_000_000_000L) + st.st_ctime_nsec);
 
     private static bool IsBCowFile(string path) => Syscall.lgetxattr(path, LayerPaths.BCowXattr, out byte[] _) >= 0;
+
+    private static bool IsDirtyBCowFile(string path)
+    {
+        using var storage = new FileStorage(path, FileMode.Open, FileAccess.Read);
+        return BCowFile.ReadHeader(storage).Dirty;
+    }
 
     private long BCowVirtualSize(string path)
     {
@@ -992,7 +1026,7 @@ public sealed partial class OverlayFileSystem : IDisposable
         try
         {
             OverlayNode directory = NodeOf(parent);
-            CheckAccess(directory, caller, Permissions.Write | Permissions.Exec);
+            CheckDirectoryAccess(directory, caller, Permissions.Write | Permissions.Exec);
             if (LookupLocked(directory, name) is { } existing)
             {
                 throw new OverlayException(Errno.EEXIST, $"{Describe(existing)}: exists");
@@ -1083,8 +1117,9 @@ public sealed partial class OverlayFileSystem : IDisposable
                 }
                 if (LibC.renameat2(LibC.AT_FDCWD, scratch, LibC.AT_FDCWD, path, LibC.RENAME_EXCHANGE) != 0)
                 {
+                    Errno errno = ToErrno(Marshal.GetLastPInvokeError()); // before unlink overwrites it
                     Syscall.unlink(scratch);
-                    throw new OverlayException(ToErrno(Marshal.GetLastPInvokeError()), $"{path}: cannot replace by a whiteout");
+                    throw new OverlayException(errno, $"{path}: cannot replace by a whiteout");
                 }
                 RemoveTree(scratch);
             }
@@ -1093,6 +1128,10 @@ public sealed partial class OverlayFileSystem : IDisposable
                 if (hide)
                 {
                     Whiteouts.Create(UpperPath(directory), name);
+                }
+                if (node.IsDirectory)
+                {
+                    ClearUpperDirectory(path); // the whiteouts it still holds (the swap above takes them along instead)
                 }
                 if ((node.IsDirectory ? Syscall.rmdir(path) : Syscall.unlink(path)) != 0)
                 {
@@ -1224,6 +1263,14 @@ public sealed partial class OverlayFileSystem : IDisposable
                 throw OverlayException.FromLastError("rename copy-up into place", UpperPath(node));
             }
         }
+        catch (Exception e) when (e is UnauthorizedAccessException or (IOException and not OverlayException))
+        {
+            // From the .NET file APIs (B-CoW creation, whole copy): a FUSE reply needs the errno.
+            RemoveTree(scratch);
+            int raw = (e as IOException ?? e.InnerException as IOException)?.HResult ?? 0;
+            Errno errno = raw is > 0 and < 4096 ? ToErrno(raw) : e is UnauthorizedAccessException ? Errno.EACCES : Errno.EIO;
+            throw new OverlayException(errno, $"{lower}: copy-up failed: {e.Message}");
+        }
         catch
         {
             RemoveTree(scratch);
@@ -1259,7 +1306,8 @@ public sealed partial class OverlayFileSystem : IDisposable
         }
         byte[] inoBytes = new byte[8];
         BinaryPrimitives.WriteUInt64LittleEndian(inoBytes, ino);
-        if (Syscall.lsetxattr(to, LayerPaths.InoXattr, inoBytes, XattrFlags.XATTR_AUTO) != 0)
+        if (Syscall.lsetxattr(to, LayerPaths.InoXattr, inoBytes, XattrFlags.XATTR_AUTO) != 0 &&
+            (!IsPrivileged || Syscall.lsetxattr(to, LayerPaths.TrustedInoXattr, inoBytes, XattrFlags.XATTR_AUTO) != 0))
         {
             _log($"{to}: cannot keep the inode number across copy-up: {Stdlib.strerror(Stdlib.GetLastError())}");
         }
@@ -1323,8 +1371,10 @@ public sealed partial class OverlayFileSystem : IDisposable
             if (IsBCowFile(path))
             {
                 // Read-only until something writes: a reader must not commit (and so touch the file's mtime) at close.
-                // OpenLocked swaps in a writable one at the first open for writing.
-                return new NodeData.BCow(BCowFile.Open(path, new BCowOpenOptions { ReadOnly = !write }));
+                // OpenLocked swaps in a writable one at the first open for writing. A file a crash left dirty is opened
+                // writable even for reading: that open reclaims the space the crash leaked.
+                bool readOnly = !write && !IsDirtyBCowFile(path);
+                return new NodeData.BCow(BCowFile.Open(path, new BCowOpenOptions { ReadOnly = readOnly }));
             }
             try
             {

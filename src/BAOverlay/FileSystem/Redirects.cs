@@ -29,11 +29,17 @@ internal static class Redirects
         return null;
     }
 
-    public static void Write(string upperPath, string lowerPath)
+    /// <summary>Records the redirect; as root also in the kernel's form (absolute), so a kernel overlayfs mounted with
+    /// <c>redirect_dir=on</c> over the same upper directory finds the lower parts too.</summary>
+    public static void Write(string upperPath, string lowerPath, bool privileged)
     {
         if (Syscall.lsetxattr(upperPath, Xattr, Encoding.UTF8.GetBytes(lowerPath), XattrFlags.XATTR_AUTO) != 0)
         {
             throw OverlayException.FromLastError("record the directory's redirect (user xattrs needed on the upper file system)", upperPath);
+        }
+        if (privileged && Syscall.lsetxattr(upperPath, KernelXattr, Encoding.UTF8.GetBytes("/" + lowerPath), XattrFlags.XATTR_AUTO) != 0)
+        {
+            throw OverlayException.FromLastError("record the directory's redirect", upperPath);
         }
     }
 }

@@ -21,7 +21,8 @@ internal static class Whiteouts
         name.StartsWith("trusted.overlay.", StringComparison.Ordinal) ||
         name.StartsWith("user.overlay.", StringComparison.Ordinal) ||
         name.StartsWith("user.fuseoverlayfs.", StringComparison.Ordinal) ||
-        name.StartsWith(LayerPaths.XattrPrefix, StringComparison.Ordinal);
+        name.StartsWith(LayerPaths.XattrPrefix, StringComparison.Ordinal) ||
+        name.StartsWith("trusted.baoverlay.", StringComparison.Ordinal);
 
     /// <summary>A name that only the whiteout convention may use.</summary>
     public static bool IsReservedName(string name) => name.StartsWith(Prefix, StringComparison.Ordinal);
