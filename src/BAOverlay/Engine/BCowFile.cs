@@ -904,9 +904,9 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         {
             return;
         }
-        if (offset + data.Length > Layout.MaxVirtualSize)
+        if (offset > Layout.MaxVirtualSize - data.Length) // not offset + length: that overflows for offsets near 2^63
         {
-            throw new IOException($"{Name}: a write ending at {offset + data.Length} would pass the largest size, {Layout.MaxVirtualSize} bytes (EFBIG)");
+            throw new IOException($"{Name}: a write of {data.Length} bytes at {offset} would pass the largest size, {Layout.MaxVirtualSize} bytes (EFBIG)");
         }
         await _sizeGate.EnterSharedAsync(useAsync, cancellationToken).ConfigureAwait(false);
         try
@@ -1157,7 +1157,8 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         try
         {
             long size = Length;
-            long end = Math.Min(size, offset + length);
+            long end = length > size - offset ? size : offset + length; // offset + length may overflow
+
             for (long position = offset; position < end;)
             {
                 long block = position >> _log2;

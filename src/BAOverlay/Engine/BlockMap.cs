@@ -262,7 +262,8 @@ internal sealed class BlockMap
         var map = new BlockMap(header.BlockSizeLog2, header.RootTableEntries);
         long rootBytes = Layout.RootTableBytes(header.RootTableEntries);
         map.RootExtent = (header.RootTableOffset, rootBytes);
-        if (header.RootTableOffset + rootBytes > fileLength)
+        // Written so that no sum can overflow: a hostile offset near 2^63 must not wrap around to a small one.
+        if (header.RootTableOffset > fileLength - rootBytes)
         {
             problem($"root table at {header.RootTableOffset} (+{rootBytes}) extends beyond the end of the file ({fileLength})");
             return map;
@@ -323,7 +324,7 @@ internal sealed class BlockMap
                     {
                         bad = $"block {block} lies beyond the virtual size but is {entry.State}";
                     }
-                    if (bad is null && entry.IsAllocated && entry.Offset + blockSize > fileLength)
+                    if (bad is null && entry.IsAllocated && entry.Offset > fileLength - blockSize)
                     {
                         bad = $"data at {entry.Offset} (+{blockSize}) extends beyond the end of the file ({fileLength})";
                     }
