@@ -871,6 +871,17 @@ public sealed partial class OverlayFileSystem : IDisposable
         {
             return BinaryPrimitives.ReadUInt64LittleEndian(value);
         }
+        if (layer != _upper && st.st_nlink > 1 && (st.st_mode & FilePermissions.S_IFMT) != FilePermissions.S_IFDIR)
+        {
+            // Hard links in a lower layer are separate objects here (a write copies up the one name, as with kernel
+            // overlayfs), so they need one number per name: a hash of the path in the layer, stable across remounts.
+            ulong hash = 14695981039346656037UL;
+            foreach (byte b in System.Text.Encoding.UTF8.GetBytes($"{layer}:{path[_roots[layer].Length..]}"))
+            {
+                hash = unchecked((hash ^ b) * 1099511628211UL);
+            }
+            return (0xFFFFUL << 48) | (hash & ((1UL << 48) - 1));
+        }
         ulong tag = (ulong)(_upper < 0 ? layer + 1 : layer) + 1;
         if (st.st_ino >= 1UL << 48)
         {

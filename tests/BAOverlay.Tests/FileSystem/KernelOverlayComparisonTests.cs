@@ -587,6 +587,44 @@ public class KernelOverlayComparisonTests
     }
 
     /// <summary>
+    /// Two hard links to one lower file: writing through one name copies up only that name (kernel overlayfs breaks
+    /// the link, the other name keeps the lower data). The overlay must write the file it was asked to even when, as
+    /// a FUSE kernel does, both names were looked up before the open.
+    /// </summary>
+    [TestCase("f")]
+    [TestCase("big")]
+    public void WritingThroughOneOfTwoHardLinkedLowerNamesChangesOnlyThatName(string name)
+    {
+        RequireRoot();
+        using var kernelLayers = new Layers();
+        using var overlayLayers = new Layers();
+        foreach (Layers l in new[] { kernelLayers, overlayLayers })
+        {
+            BuildMutationBase(l);
+            Assert.That(Syscall.link(l.L(1, name), l.L(1, "hardlink")), Is.Zero);
+        }
+        byte[] patch = "through the first name"u8.ToArray();
+        SortedDictionary<string, string> kernel;
+        using (KernelOverlayMount mount = KernelOverlayMount.Mount(kernelLayers.Lowers, kernelLayers.Upper, kernelLayers.Work))
+        {
+            var tree = new PosixTree(mount.MountPoint);
+            Assert.That(tree.WriteAt(name, 3, patch), Is.EqualTo("ok"));
+            kernel = tree.Snapshot();
+        }
+        using (OverlayFileSystem fs = overlayLayers.OpenOverlay())
+        {
+            ulong ino = fs.Lookup(OverlayFileSystem.RootIno, name).Ino;
+            fs.Lookup(OverlayFileSystem.RootIno, "hardlink");
+            using (OverlayHandle handle = fs.Open(ino, write: true, truncate: false))
+            {
+                handle.Write(patch, 3);
+            }
+            Assert.That(Diff(kernel, new OverlayTree(fs, 0).Snapshot()), Is.Empty, "entries that differ (kernel | overlay)");
+        }
+        Assert.That(kernel[$"/{name}"], Is.Not.EqualTo(kernel["/hardlink"]), "the kernel changed one name only");
+    }
+
+    /// <summary>
     /// Documented difference, continued: the kernel counts the whiteouts of a directory that only one layer has as
     /// entries, so removing such a directory fails with ENOTEMPTY; for the overlay it is empty (its whiteouts hide
     /// nothing) and the removal works.

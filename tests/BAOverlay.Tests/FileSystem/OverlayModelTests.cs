@@ -114,8 +114,9 @@ public class OverlayModelTests
     // ------------------------------------------------------------------ layers and the model
 
     /// <summary>A random layer tree: files (a few large), symlinks, dirs, whiteouts, opaque dirs, on a small name pool so layers collide.</summary>
-    internal static void GenerateLayer(Random random, string directory, int depth, bool allowLarge)
+    internal static void GenerateLayer(Random random, string directory, int depth, bool allowLarge, List<string>? files = null)
     {
+        files ??= new List<string>();
         foreach (string name in Names.Where(_ => random.Next(3) == 0))
         {
             string path = Path.Combine(directory, name);
@@ -131,9 +132,14 @@ public class OverlayModelTests
                 case 2 when allowLarge && random.Next(3) == 0:
                     File.WriteAllBytes(path, Checks.RandomBytes(random, random.Next((int)Threshold, 1 << 20)));
                     break;
+                case 3 when files.Count > 0 && random.Next(2) == 0:
+                    // A hard link to a file made before in this layer (the overlay breaks it on copy-up, as the kernel).
+                    Assert.That(Syscall.link(files[random.Next(files.Count)], path), Is.Zero, "link");
+                    break;
                 case < 7:
                     File.WriteAllBytes(path, Checks.RandomBytes(random, random.Next(0, 9000)));
                     Syscall.chmod(path, (FilePermissions)Modes[random.Next(Modes.Length)]);
+                    files.Add(path);
                     break;
                 default:
                     Directory.CreateDirectory(path);
@@ -141,7 +147,7 @@ public class OverlayModelTests
                     {
                         OverlayFixture.SetXattr(path, "trusted.overlay.opaque", "y");
                     }
-                    GenerateLayer(random, path, depth + 1, allowLarge);
+                    GenerateLayer(random, path, depth + 1, allowLarge, files);
                     Syscall.chmod(path, (FilePermissions)(random.Next(2) == 0 ? 0x1ED : 0x1C0));
                     break;
             }
@@ -335,6 +341,19 @@ public class OverlayModelTests
                 string path = NewPath();
                 string target = random.Next(2) == 0 ? "./" + Pick(entries).Path : "../dangling/" + Pick(Names.ToList()); // never empty, never "/"
                 return Both($"symlink {path} -> {target}", t => t.Symlink(target, path));
+            }
+            case < 96:
+            {
+                // Owner changes copy up metadata only, symbolic links included (lchown on both sides).
+                var targets = entries.Where(e => e.Path.Length > 0).ToList();
+                if (targets.Count == 0)
+                {
+                    return "skip";
+                }
+                string path = Pick(targets).Path;
+                uint uid = Pick(new List<uint> { 0, 1000, 4242 });
+                ulong? before = InoOf(overlay, path);
+                return Both($"chown {path} {uid}", t => t.Chown(path, uid, uid + 1)) + SameIno(overlay, path, before);
             }
             default:
             {

@@ -32,6 +32,9 @@ internal interface ITreeOps
 
     string Chmod(string path, uint mode);
 
+    /// <summary>Changes the owner without following a symbolic link (lchown).</summary>
+    string Chown(string path, uint uid, uint gid);
+
     string Rename(string from, string to);
 
     /// <summary>The visible tree: path → type, mode, owner, size and content hash, link target or device number.</summary>
@@ -155,6 +158,8 @@ internal sealed class PosixTree(string root) : ITreeOps
     public string Truncate(string path, long size) => TreeEntry.ErrnoName(Syscall.truncate(P(path), size));
 
     public string Chmod(string path, uint mode) => TreeEntry.ErrnoName(Syscall.chmod(P(path), (FilePermissions)mode));
+
+    public string Chown(string path, uint uid, uint gid) => TreeEntry.ErrnoName(Syscall.lchown(P(path), uid, gid));
 
     public string Rename(string from, string to) => TreeEntry.ErrnoName(Syscall.rename(P(from), P(to)));
 
@@ -300,6 +305,8 @@ internal sealed class OverlayTree(OverlayFileSystem fs, uint umask) : ITreeOps
     public string Truncate(string path, long size) => Run(() => fs.SetAttr(Resolve(path), new OverlaySetAttr { Size = size }, _caller));
 
     public string Chmod(string path, uint mode) => Run(() => fs.SetAttr(Resolve(path), new OverlaySetAttr { Mode = mode }, _caller));
+
+    public string Chown(string path, uint uid, uint gid) => Run(() => fs.SetAttr(Resolve(path), new OverlaySetAttr { Uid = uid, Gid = gid }, _caller));
 
     public string Rename(string from, string to) => Run(() =>
     {
