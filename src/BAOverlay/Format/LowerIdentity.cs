@@ -8,4 +8,4 @@ namespace BAOverlay.Format;
 /// <param name="MTimeNs">Modification time, nanoseconds since the Unix epoch (0 where the storage has none).</param>
 /// <param name="Inode">Inode number (0 where the storage has none).</param>
 /// <param name="Fingerprint">CRC-32C of the first 4 KiB followed by the last 4 KiB of the lower file.</param>
-public readonly record struct LowerIdentity(long Size, long MTimeNs, ulong Inode, uint Fingerprint);
+internal readonly record struct LowerIdentity(long Size, long MTimeNs, ulong Inode, uint Fingerprint);
