@@ -25,6 +25,7 @@ internal static class BcowCli
         new CheckCommand(),
         new FlattenCommand(),
         new IoCommand(),
+        new ExportCommand(),
     ];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr) =>

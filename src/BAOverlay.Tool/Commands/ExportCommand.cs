@@ -1,0 +1,98 @@
+using BAOverlay.FileSystem;
+using BAOverlay.Tool.Cli;
+
+namespace BAOverlay.Tool.Commands;
+
+/// <summary><c>bcow export</c>: an overlay's upper directory in a form container tools read (UpperExport).</summary>
+internal sealed class ExportCommand : ICommand
+{
+    public string Name => "export";
+
+    public string Summary => "write an overlay's upper layer as a kernel overlayfs upper directory or an OCI layer tar";
+
+    public string Synopsis => "export [--tar] [--force] UPPER DEST";
+
+    public string Help => """
+        Writes the upper directory UPPER of a BAOverlay overlay in a form other tools
+        read: by default a plain kernel overlayfs upper directory DEST (B-CoW files
+        written out with their merged content, sparse where it is zeros; whiteouts as
+        0/0 character devices; opaque directories with trusted.overlay.opaque=y); with
+        --tar, an OCI image layer tar DEST (whiteouts as .wh.NAME, opaque directories
+        with .wh..wh..opq; '-' writes the tar to standard output). The overlay's own
+        extended attributes are left out. docs/overlay-export.md has the details.
+
+        UPPER is read whole before anything is written: an unreadable path or a corrupt
+        B-CoW file fails before DEST exists. The result is built under a temporary
+        name and renamed to DEST when complete, so a failure or Ctrl+C never leaves a
+        half-made DEST. An existing DEST is refused unless --force is given.
+
+        A progress bar is drawn on standard error when it is a terminal. What could not
+        be carried (an attribute the destination refused, ownership without root) is
+        listed as warnings after the summary.
+
+        Options:
+          --tar      write an OCI layer tar instead of a directory
+          --force    replace an existing DEST
+
+        Exit status: 0 written, 1 error, 130 interrupted.
+        """;
+
+    public IReadOnlyList<OptionSpec> Options { get; } = [OptionSpec.Flag("--tar"), OptionSpec.Flag("--force", "-f")];
+
+    public int Run(ParsedArguments args, CommandContext context)
+    {
+        Operands.Expect(args, "UPPER", "DEST");
+        string upper = args.Operands[0];
+        string destination = args.Operands[1];
+        bool tar = args.Has("--tar");
+        if (destination == "-" && !tar)
+        {
+            throw new UsageException("DEST '-' (standard output) needs --tar");
+        }
+        ProgressBar? bar = null;
+        var options = new UpperExportOptions
+        {
+            Overwrite = args.Has("--force"),
+            CancellationToken = context.Cancellation,
+            Progress = context.ErrorIsTerminal ? new Progress(report =>
+            {
+                bar ??= new ProgressBar(context.Error, report.BytesTotal);
+                bar.Report(report.BytesDone);
+            }) : null,
+        };
+        UpperExportResult result;
+        try
+        {
+            if (destination == "-")
+            {
+                using Stream stdout = Console.OpenStandardOutput();
+                result = UpperExport.ToOciTar(upper, stdout, options);
+            }
+            else
+            {
+                result = tar ? UpperExport.ToOciTarFile(upper, destination, options) : UpperExport.ToDirectory(upper, destination, options);
+            }
+            bar?.Complete();
+        }
+        catch
+        {
+            bar?.Abandon();
+            throw;
+        }
+        // With the tar on standard output, the summary goes to standard error.
+        TextWriter summary = destination == "-" ? context.Error : context.Out;
+        summary.WriteLine($"exported {result.Files} entries, {result.Bytes} bytes of file content " +
+            $"({result.MaterializedBCowFiles} B-CoW files written out, {result.Whiteouts} whiteouts, {result.OpaqueDirectories} opaque directories) to {destination}");
+        foreach (string warning in result.Warnings)
+        {
+            context.Error.WriteLine($"bcow: warning: {warning}");
+        }
+        return 0;
+    }
+
+    /// <summary>Reports on the calling thread: the export reports from the thread doing the work, and the bar is not thread-safe.</summary>
+    private sealed class Progress(Action<UpperExportProgress> report) : IProgress<UpperExportProgress>
+    {
+        public void Report(UpperExportProgress value) => report(value);
+    }
+}
