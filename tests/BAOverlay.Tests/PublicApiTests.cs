@@ -13,17 +13,20 @@ public class PublicApiTests
     public void PublicSurfaceMatchesTheApprovedSnapshot()
     {
         string actual = Describe(typeof(BCowFile).Assembly);
-        string approvedPath = Path.Combine(SourceFolder(), "PublicApi.approved.txt");
-        string approved = File.Exists(approvedPath) ? File.ReadAllText(approvedPath) : "";
+        // The approved file is copied next to the test assembly (source paths are not real paths in CI builds).
+        string approvedPath = Path.Combine(AppContext.BaseDirectory, "PublicApi.approved.txt");
+        Assert.That(File.Exists(approvedPath), Is.True, $"{approvedPath} is missing from the test output");
+        string approved = File.ReadAllText(approvedPath);
         if (actual != approved)
         {
-            string received = Path.Combine(SourceFolder(), "PublicApi.received.txt");
+            // Beside the approved file in the source tree when the tests run from it, else beside the assembly.
+            string sourceFolder = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "..", "..", "..", ""));
+            string folder = File.Exists(Path.Combine(sourceFolder, "PublicApi.approved.txt")) ? sourceFolder : AppContext.BaseDirectory;
+            string received = Path.Combine(folder, "PublicApi.received.txt");
             File.WriteAllText(received, actual);
-            Assert.Fail($"The public API changed. Compare {received} with {approvedPath}; if the change is meant, replace the approved file.");
+            Assert.Fail($"The public API changed. Compare {received} with {Path.Combine(folder, "PublicApi.approved.txt")}; if the change is meant, replace the approved file.");
         }
     }
-
-    private static string SourceFolder([System.Runtime.CompilerServices.CallerFilePath] string path = "") => Path.GetDirectoryName(path)!;
 
     private static string Describe(Assembly assembly)
     {
