@@ -10,7 +10,7 @@ internal sealed class ExportCommand : ICommand
 
     public string Summary => "write an overlay's upper layer as a kernel overlayfs upper directory or an OCI layer tar";
 
-    public string Synopsis => "export [--tar] [--force] UPPER DEST";
+    public string Synopsis => "export [--tar] [--force] [--lowerdir DIR[:DIR...]] UPPER DEST";
 
     public string Help => """
         Writes the upper directory UPPER of a BAOverlay overlay in a form other tools
@@ -20,6 +20,11 @@ internal sealed class ExportCommand : ICommand
         --tar, an OCI image layer tar DEST (whiteouts as .wh.NAME, opaque directories
         with .wh..wh..opq; '-' writes the tar to standard output). The overlay's own
         extended attributes are left out. docs/overlay-export.md has the details.
+
+        A directory renamed out of a lower layer keeps its content in the lower layers
+        under its old path; it is written out whole (as an opaque directory), which
+        needs the overlay's lower directories: --lowerdir, highest first, separated by
+        ':' as in overlay mount options. Without it such a directory fails the export.
 
         UPPER is read whole before anything is written: an unreadable path or a corrupt
         B-CoW file fails before DEST exists. The result is built under a temporary
@@ -33,11 +38,14 @@ internal sealed class ExportCommand : ICommand
         Options:
           --tar      write an OCI layer tar instead of a directory
           --force    replace an existing DEST
+          --lowerdir DIR[:DIR...]
+                     the overlay's lower directories, highest first
 
         Exit status: 0 written, 1 error, 130 interrupted.
         """;
 
-    public IReadOnlyList<OptionSpec> Options { get; } = [OptionSpec.Flag("--tar"), OptionSpec.Flag("--force", "-f")];
+    public IReadOnlyList<OptionSpec> Options { get; } =
+        [OptionSpec.Flag("--tar"), OptionSpec.Flag("--force", "-f"), OptionSpec.Valued("DIR[:DIR...]", "--lowerdir")];
 
     public int Run(ParsedArguments args, CommandContext context)
     {
@@ -53,6 +61,7 @@ internal sealed class ExportCommand : ICommand
         var options = new UpperExportOptions
         {
             Overwrite = args.Has("--force"),
+            LowerDirectories = args.Value("--lowerdir")?.Split(':', StringSplitOptions.RemoveEmptyEntries),
             CancellationToken = context.Cancellation,
             Progress = context.ErrorIsTerminal ? new Progress(report =>
             {

@@ -22,6 +22,13 @@ public sealed record UpperExportOptions
     /// exchange), so a failed export leaves the old destination as it was.
     /// </summary>
     public bool Overwrite { get; init; }
+
+    /// <summary>
+    /// The overlay's lower directories, highest first. Needed only when the upper directory holds a directory renamed
+    /// out of a lower layer (its content lives in the lower layers under its old path): it is then written out whole,
+    /// as an opaque directory. Without them such a directory fails the export with a message saying so.
+    /// </summary>
+    public IReadOnlyList<string>? LowerDirectories { get; init; }
 }
 
 /// <summary>How far an export is.</summary>

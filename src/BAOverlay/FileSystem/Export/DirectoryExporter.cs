@@ -39,7 +39,7 @@ internal sealed class DirectoryExporter
     {
         ExportDestination target = ExportDestination.Prepare(upperDirectory, destination, options.Overwrite);
         var warnings = new List<string>();
-        List<ExportEntry> entries = UpperTree.Scan(upperDirectory, warnings, options.CancellationToken);
+        List<ExportEntry> entries = UpperTree.Scan(upperDirectory, options.LowerDirectories, warnings, options.CancellationToken);
         long bytesTotal = entries.Where(e => e.Kind is ExportKind.RegularFile or ExportKind.BCowFile).Sum(e => e.Size);
         var progress = new ExportProgressTracker(options.Progress, bytesTotal, entries.Count, options.CancellationToken);
         var exporter = new DirectoryExporter(target.Temporary, progress, warnings);

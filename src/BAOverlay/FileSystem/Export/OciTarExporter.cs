@@ -24,7 +24,7 @@ internal static class OciTarExporter
             throw new ArgumentException("the destination stream is not writable", nameof(destination));
         }
         var warnings = new List<string>();
-        List<ExportEntry> entries = UpperTree.Scan(upperDirectory, warnings, options.CancellationToken);
+        List<ExportEntry> entries = UpperTree.Scan(upperDirectory, options.LowerDirectories, warnings, options.CancellationToken);
         long bytesTotal = entries.Where(e => e.Kind is ExportKind.RegularFile or ExportKind.BCowFile).Sum(e => e.Size);
         int entriesTotal = entries.Count(e => e.Path.Length > 0 && e.Kind != ExportKind.Socket) + entries.Count(e => e.Opaque);
         var progress = new ExportProgressTracker(options.Progress, bytesTotal, entriesTotal, options.CancellationToken);

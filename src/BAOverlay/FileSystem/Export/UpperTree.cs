@@ -44,6 +44,13 @@ internal sealed class ExportEntry
     /// <summary>A directory that hides everything below it.</summary>
     public bool Opaque { get; init; }
 
+    /// <summary>For a directory: lower-layer directories whose entries are written into it (those of a directory renamed
+    /// out of a lower layer, which the export writes out whole), topmost first.</summary>
+    public IReadOnlyList<string> LowerSources { get; init; } = [];
+
+    /// <summary>False for an entry taken from a lower layer (inside a renamed directory).</summary>
+    public bool FromUpper { get; init; } = true;
+
     public string Name => Path[(Path.LastIndexOf('/') + 1)..];
 
     public string Parent => Path.LastIndexOf('/') is var slash and >= 0 ? Path[..slash] : "";
@@ -70,11 +77,16 @@ internal static class UpperTree
     /// lives in lower under its old path). Refused with a clear error rather than exported without that content.</summary>
     private static readonly string[] UnsupportedXattrs =
     [
-        "trusted.overlay.redirect", "trusted.overlay.metacopy", "user.overlay.redirect", "user.overlay.metacopy",
-        Redirects.Xattr,
+        "trusted.overlay.metacopy", "user.overlay.metacopy", "user.overlay.redirect",
     ];
 
-    public static List<ExportEntry> Scan(string root, List<string> warnings, CancellationToken cancellationToken)
+
+    /// <param name="root">The upper directory.</param>
+    /// <param name="lowers">The overlay's lower directories, highest first, or null: needed only for directories renamed
+    /// out of a lower layer, whose content is written out from them.</param>
+    /// <param name="warnings">Receives what could not be carried.</param>
+    /// <param name="cancellationToken">Cancels the scan.</param>
+    public static List<ExportEntry> Scan(string root, IReadOnlyList<string>? lowers, List<string> warnings, CancellationToken cancellationToken)
     {
         if (Syscall.stat(root, out Stat rootStat) != 0)
         {
@@ -93,28 +105,39 @@ internal static class UpperTree
             },
         };
         var firstLinks = new Dictionary<(ulong Dev, ulong Ino), string>();
-        ScanDirectory(root, "", entries, firstLinks, warnings, cancellationToken);
+        ScanDirectory(root, "", [], writtenOut: false, lowers, entries, firstLinks, warnings, cancellationToken);
         return entries;
     }
 
-    private static void ScanDirectory(string directory, string relative, List<ExportEntry> entries, Dictionary<(ulong, ulong), string> firstLinks, List<string> warnings, CancellationToken cancellationToken)
+    private static List<string> ListNames(string directory)
     {
-        cancellationToken.ThrowIfCancellationRequested();
-        List<string> names;
         try
         {
-            names = Directory.EnumerateFileSystemEntries(directory).Select(p => System.IO.Path.GetFileName(p)).ToList();
+            return Directory.EnumerateFileSystemEntries(directory).Select(p => System.IO.Path.GetFileName(p)).ToList();
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             throw new IOException($"{directory}: cannot list the directory: {e.Message}", e);
         }
+    }
+
+    /// <summary>
+    /// Scans one directory of the export: its upper part (<paramref name="directory"/>, null for a directory that comes
+    /// only from lower layers inside a renamed one) and the lower directories merging into it. Lower entries follow the
+    /// overlay's rules: upper names and whiteouts hide them, and each lower layer's whiteouts and opaque directories
+    /// hide what is below them. Inside a directory written out whole (<paramref name="writtenOut"/>) whiteouts hide
+    /// lower names but are not exported: the directory is opaque, and kernel overlayfs would list them there.
+    /// </summary>
+    private static void ScanDirectory(string? directory, string relative, IReadOnlyList<string> lowerSources, bool writtenOut, IReadOnlyList<string>? lowers, List<ExportEntry> entries, Dictionary<(ulong, ulong), string> firstLinks, List<string> warnings, CancellationToken cancellationToken)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        List<string> names = directory is null ? [] : ListNames(directory);
         var real = new HashSet<string>(names.Where(n => !Whiteouts.IsReservedName(n)), StringComparer.Ordinal);
         var children = new List<(string SortName, Func<ExportEntry> Make)>();
         var whitedOut = new HashSet<string>(StringComparer.Ordinal);
         foreach (string name in names)
         {
-            string path = LayerPaths.Join(directory, name);
+            string path = LayerPaths.Join(directory!, name);
             string childRelative = LayerPaths.Child(relative, name);
             if (name == Whiteouts.OpaqueMarker)
             {
@@ -129,7 +152,7 @@ internal static class UpperTree
                     warnings.Add($"{path}: left out: {hidden} exists beside it and is what the overlay shows");
                     continue;
                 }
-                if (hidden.Length == 0 || !whitedOut.Add(hidden))
+                if (hidden.Length == 0 || !whitedOut.Add(hidden) || writtenOut)
                 {
                     continue;
                 }
@@ -143,13 +166,42 @@ internal static class UpperTree
             Stat st = Lstat(path);
             if (Whiteouts.IsWhiteoutStat(st))
             {
-                if (whitedOut.Add(name))
+                if (whitedOut.Add(name) && !writtenOut)
                 {
                     children.Add((Whiteouts.Prefix + name, () => new ExportEntry { Kind = ExportKind.Whiteout, Path = childRelative, Source = path, Stat = st }));
                 }
                 continue;
             }
-            children.Add((name, () => Classify(path, childRelative, st, firstLinks)));
+            IReadOnlyList<string> below = lowerSources.Count == 0 ? [] : MergingBelow(lowerSources, 0, name);
+            children.Add((name, () => UpperChild(path, childRelative, st, below, lowers, firstLinks)));
+        }
+        // Entries of the lower parts, topmost layer first; a name met once (in upper or a higher layer) hides the rest.
+        var seen = new HashSet<string>(real.Concat(whitedOut), StringComparer.Ordinal);
+        for (int layer = 0; layer < lowerSources.Count; layer++)
+        {
+            var hiddenHere = new List<string>();
+            foreach (string name in ListNames(lowerSources[layer]))
+            {
+                if (Whiteouts.IsReservedName(name))
+                {
+                    hiddenHere.Add(name[Whiteouts.Prefix.Length..]);
+                    continue;
+                }
+                if (!seen.Add(name))
+                {
+                    continue;
+                }
+                string path = LayerPaths.Join(lowerSources[layer], name);
+                Stat st = Lstat(path);
+                if (Whiteouts.IsWhiteoutStat(st))
+                {
+                    continue;
+                }
+                string childRelative = LayerPaths.Child(relative, name);
+                IReadOnlyList<string> merging = ((uint)st.st_mode & S_IFMT) == 0x4000 ? MergingBelow(lowerSources, layer, name) : [];
+                children.Add((name, () => LowerChild(path, childRelative, st, merging, firstLinks)));
+            }
+            seen.UnionWith(hiddenHere);
         }
         foreach (var (_, make) in children.OrderBy(c => c.SortName, StringComparer.Ordinal))
         {
@@ -158,9 +210,104 @@ internal static class UpperTree
             entries.Add(entry);
             if (entry.Kind == ExportKind.Directory)
             {
-                ScanDirectory(entry.Source, entry.Path, entries, firstLinks, warnings, cancellationToken);
+                ScanDirectory(entry.FromUpper ? entry.Source : null, entry.Path, entry.LowerSources, writtenOut || entry.LowerSources.Count > 0, lowers, entries, firstLinks, warnings, cancellationToken);
             }
         }
+    }
+
+    /// <summary>
+    /// The lower directories named <paramref name="name"/> that merge into a directory, from layer <paramref name="from"/>
+    /// of its lower parts down: a directory in each layer until one is opaque; a whiteout or a non-directory ends it.
+    /// </summary>
+    private static List<string> MergingBelow(IReadOnlyList<string> sources, int from, string name)
+    {
+        var merging = new List<string>();
+        for (int layer = from; layer < sources.Count; layer++)
+        {
+            if (Whiteouts.IsWhitedOut(sources[layer], name, out bool exists))
+            {
+                break;
+            }
+            if (!exists)
+            {
+                continue;
+            }
+            string path = LayerPaths.Join(sources[layer], name);
+            if (Syscall.lstat(path, out Stat st) != 0 || ((uint)st.st_mode & S_IFMT) != 0x4000)
+            {
+                break;
+            }
+            merging.Add(path);
+            if (Whiteouts.IsOpaque(path))
+            {
+                break;
+            }
+        }
+        return merging;
+    }
+
+    /// <summary>An upper entry. A directory renamed out of a lower layer (a redirect record) gets the lower directories
+    /// it redirects to as its lower parts and is written out whole, as an opaque directory; an upper directory inside
+    /// one merges with the lower directories of its name, unless it is opaque.</summary>
+    private static ExportEntry UpperChild(string path, string relative, Stat st, IReadOnlyList<string> below, IReadOnlyList<string>? lowers, Dictionary<(ulong, ulong), string> firstLinks)
+    {
+        ExportEntry entry = Classify(path, relative, st, firstLinks);
+        if (entry.Kind != ExportKind.Directory || entry.Opaque)
+        {
+            return entry;
+        }
+        string parentPath = relative.Contains('/') ? relative[..relative.LastIndexOf('/')] : "";
+        if (Redirects.Read(path, parentPath) is { } redirect)
+        {
+            if (lowers is null)
+            {
+                throw new IOException($"{path}: a renamed directory whose content lives in the lower layers (at {redirect}); pass the lower directories to export it");
+            }
+            var sources = new List<string>();
+            foreach (string lower in lowers)
+            {
+                string candidate = LayerPaths.Join(lower, redirect);
+                if (Syscall.lstat(candidate, out Stat cst) != 0)
+                {
+                    continue;
+                }
+                if (((uint)cst.st_mode & S_IFMT) != 0x4000)
+                {
+                    break;
+                }
+                sources.Add(candidate);
+                if (Whiteouts.IsOpaque(candidate))
+                {
+                    break;
+                }
+            }
+            return new ExportEntry
+            {
+                Kind = entry.Kind, Path = entry.Path, Source = entry.Source, Stat = entry.Stat, Xattrs = entry.Xattrs,
+                Opaque = true, LowerSources = sources,
+            };
+        }
+        if (below.Count == 0)
+        {
+            return entry;
+        }
+        return new ExportEntry
+        {
+            Kind = entry.Kind, Path = entry.Path, Source = entry.Source, Stat = entry.Stat, Xattrs = entry.Xattrs,
+            Opaque = entry.Opaque, LowerSources = below,
+        };
+    }
+
+    /// <summary>An entry taken from a lower layer inside a renamed directory.</summary>
+    private static ExportEntry LowerChild(string path, string relative, Stat st, IReadOnlyList<string> merging, Dictionary<(ulong, ulong), string> firstLinks)
+    {
+        ExportEntry entry = Classify(path, relative, st, firstLinks);
+        return new ExportEntry
+        {
+            Kind = entry.Kind, Path = entry.Path, Source = entry.Source, Stat = entry.Stat, Size = entry.Size,
+            LinkTarget = entry.LinkTarget, Xattrs = entry.Xattrs, Opaque = false, FromUpper = false,
+            LowerSources = entry.Kind == ExportKind.Directory ? merging : [],
+        };
     }
 
     private static ExportEntry Classify(string path, string relative, Stat st, Dictionary<(ulong, ulong), string> firstLinks)
