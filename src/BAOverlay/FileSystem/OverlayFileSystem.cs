@@ -986,7 +986,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
                 _log($"{real}: {e.Message}");
-                throw new OverlayException(Errno.EIO, $"{real}: {e.Message}");
+                throw new OverlayException(e is UnauthorizedAccessException ? Errno.EACCES : Errno.EIO, $"{real}: {e.Message}");
             }
             var hiddenHere = new List<string>();
             foreach (string name in names)

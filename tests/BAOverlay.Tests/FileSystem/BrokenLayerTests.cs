@@ -76,4 +76,43 @@ public class BrokenLayerTests
         using OverlayFileSystem fs = f.Open();
         Assert.That(Assert.Throws<OverlayException>(() => fs.GetAttr(123456789))!.Errno, Is.EqualTo(Errno.ESTALE));
     }
+
+    [Test]
+    public void AnUnreadableLowerDirectoryFailsWithEACCESAndALogLineAndTheRestStillWorks()
+    {
+        if (Syscall.geteuid() != 0)
+        {
+            Assert.Ignore("needs root: the test drops the DAC capabilities of one thread to make a directory unreadable to root");
+        }
+        using var f = new OverlayFixture();
+        WriteFile(Path.Combine(f.Lowers[1], "locked", "inside"), "x");
+        WriteFile(Path.Combine(f.Lowers[0], "fine"), "fine");
+        Assert.That(Syscall.chmod(Path.Combine(f.Lowers[1], "locked"), 0), Is.Zero);
+        Exception? failure = null;
+        string? fine = null;
+        using OverlayFileSystem fs = f.Open();
+        ulong locked = Resolve(fs, "locked").Ino;
+        // Capabilities are per thread: without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH root is held to mode 000.
+        var thread = new Thread(() =>
+        {
+            ThreadCapabilities.DropEffective(ThreadCapabilities.CapDacOverride);
+            ThreadCapabilities.DropEffective(ThreadCapabilities.CapDacReadSearch);
+            try
+            {
+                fs.ReadDirectory(locked);
+            }
+            catch (Exception e)
+            {
+                failure = e;
+            }
+            fine = ReadText(fs, "fine");
+        });
+        thread.Start();
+        thread.Join();
+        Assert.That(failure, Is.InstanceOf<OverlayException>());
+        Assert.That(((OverlayException)failure!).Errno, Is.EqualTo(Errno.EACCES));
+        Assert.That(f.Log, Has.Some.Contains("locked"), "a log line names the directory");
+        Assert.That(fine, Is.EqualTo("fine"));
+    }
 }
+
