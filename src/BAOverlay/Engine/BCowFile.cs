@@ -1011,13 +1011,16 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         try
         {
             BlockEntry entry = _map.Get(block);
-            if (entry.IsAllocated)
-            {
-                _allocator.FreeAfterCommit(entry.Offset, _blockSize);
-            }
             if (entry.State != BlockState.Zero && (entry.State != BlockState.Lower || LowerBytesIn(block << _log2) > 0))
             {
                 _map.Set(block, BlockEntry.Zero);
+            }
+            // Only after the entry stops referencing the space: a commit racing this call (it holds the size gate
+            // shared, like this one) takes the pending frees before its map snapshot, so space freed first could be
+            // released by a commit whose snapshot still references it.
+            if (entry.IsAllocated)
+            {
+                _allocator.FreeAfterCommit(entry.Offset, _blockSize);
             }
         }
         finally
