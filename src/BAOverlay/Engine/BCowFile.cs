@@ -1287,8 +1287,11 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
 
     /// <summary>
     /// A block allocated at the end of the upper file and written in part must still lie wholly inside the file
-    /// before an entry points at it (the rest reads as zeros: a sparse extension). Extend-only, under a lock, so two
-    /// writers allocating at the end never cut each other's block.
+    /// before an entry points at it (the rest reads as zeros). The file is extended by writing one zero byte at
+    /// <paramref name="end"/> - 1, the last byte of the caller's own block (which nobody else writes, and which, when the
+    /// block's last sub-block is not valid, does not matter), never by setting the length: other writers and commits
+    /// write beyond the current length without this lock, and a length set from a stale reading would cut off what
+    /// they wrote.
     /// </summary>
     private void EnsureUpperCovers(long end)
     {
@@ -1300,13 +1303,11 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         {
             if (_upperExtent < end)
             {
-                long length = _upper.Length;
-                if (length < end)
+                if (_upper.Length < end)
                 {
-                    _upper.SetLength(end);
-                    length = end;
+                    _upper.WriteAt(s_zeros.AsSpan(0, 1), end - 1);
                 }
-                Volatile.Write(ref _upperExtent, length);
+                Volatile.Write(ref _upperExtent, end);
             }
         }
     }
