@@ -209,7 +209,7 @@ public class ConcurrencyTests
     }
 
     [Test]
-    [Repeat(25)]
+    [Repeat(40)]
     public void WritesPunchesAndFlushesRacingLeaveEveryCommitConsistent([Values(4096, 65536)] int blockSize)
     {
         int seed = Environment.TickCount ^ blockSize;
@@ -330,7 +330,17 @@ public class ConcurrencyTests
             {
                 expected[p] = mirrors[OwnerOf(p)][p];
             }
-            Assert.That(Workload.ReadAll(file).AsSpan().SequenceEqual(expected), Is.True, $"seed {seed}: every byte is its owner's last write");
+            byte[] actual = Workload.ReadAll(file);
+            if (!actual.AsSpan().SequenceEqual(expected))
+            {
+                int p = actual.AsSpan().CommonPrefixLength(expected);
+                int q = p;
+                while (q < actual.Length && actual[q] != expected[q])
+                {
+                    q++;
+                }
+                Assert.Fail($"seed {seed}: bytes {p}..{q} are {actual[p]} (thread {actual[p] >> 5}), expected {expected[p]} (owner {OwnerOf(p)}, lower {lowerBytes[p]}); block {p / blockSize} is {file.GetBlockState(p)}");
+            }
             file.Flush();
             MemoryStorage image = upper.CrashImage();
             using (BCowFile committed = BCowFile.Open(image, lower, new BCowOpenOptions { ReadOnly = true }))
