@@ -309,6 +309,8 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         }
         BCowHeader? best = null;
         var problems = new List<string>();
+        ulong? newestUnsupported = null;
+        string? unsupportedProblem = null;
         for (int i = 0; i < Layout.HeaderSlotCount; i++)
         {
             int start = i * Layout.HeaderSlotSize;
@@ -317,11 +319,22 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
             if (header is null)
             {
                 problems.Add($"slot {i}: {problem}");
+                if (BCowHeader.IntactButUnsupportedGeneration(slots.AsSpan(start, available)) is { } generation &&
+                    (newestUnsupported is null || generation > newestUnsupported))
+                {
+                    newestUnsupported = generation;
+                    unsupportedProblem = problem;
+                }
             }
             else if (best is null || header.Generation > best.Generation)
             {
                 best = header;
             }
+        }
+        if (newestUnsupported is { } newest && (best is null || newest > best.Generation))
+        {
+            // The newest commit was made by a newer writer: falling back to the older slot would lose it.
+            throw new BCowFormatException(upper.Name, unsupportedProblem!);
         }
         if (best is null)
         {
