@@ -336,6 +336,8 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         }
         BCowHeader? best = null;
         var problems = new List<string>();
+        ulong? newestUnsupported = null;
+        string? unsupportedProblem = null;
         for (int i = 0; i < Layout.HeaderSlotCount; i++)
         {
             int start = i * Layout.HeaderSlotSize;
@@ -344,11 +346,22 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
             if (header is null)
             {
                 problems.Add($"slot {i}: {problem}");
+                if (BCowHeader.IntactButUnsupportedGeneration(slots.AsSpan(start, available)) is { } generation &&
+                    (newestUnsupported is null || generation > newestUnsupported))
+                {
+                    newestUnsupported = generation;
+                    unsupportedProblem = problem;
+                }
             }
             else if (best is null || header.Generation > best.Generation)
             {
                 best = header;
             }
+        }
+        if (newestUnsupported is { } newest && (best is null || newest > best.Generation))
+        {
+            // The newest commit was made by a newer writer: falling back to the older slot would lose it.
+            throw new BCowFormatException(upper.Name, unsupportedProblem!);
         }
         if (best is null)
         {
@@ -1189,13 +1202,16 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         try
         {
             BlockEntry entry = _map.Get(block);
-            if (entry.IsAllocated)
-            {
-                _allocator.FreeAfterCommit(entry.Offset, _blockSize);
-            }
             if (entry.State != BlockState.Zero && (entry.State != BlockState.Lower || LowerBytesIn(block << _log2) > 0))
             {
                 _map.Set(block, BlockEntry.Zero);
+            }
+            // Only after the entry stops referencing the space: a commit racing this call (it holds the size gate
+            // shared, like this one) takes the pending frees before its map snapshot, so space freed first could be
+            // released by a commit whose snapshot still references it.
+            if (entry.IsAllocated)
+            {
+                _allocator.FreeAfterCommit(entry.Offset, _blockSize);
             }
         }
         finally
@@ -1488,8 +1504,11 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
 
     /// <summary>
     /// A block allocated at the end of the upper file and written in part must still lie wholly inside the file
-    /// before an entry points at it (the rest reads as zeros: a sparse extension). Extend-only, under a lock, so two
-    /// writers allocating at the end never cut each other's block.
+    /// before an entry points at it (the rest reads as zeros). The file is extended by writing one zero byte at
+    /// <paramref name="end"/> - 1, the last byte of the caller's own block (which nobody else writes, and which, when the
+    /// block's last sub-block is not valid, does not matter), never by setting the length: other writers and commits
+    /// write beyond the current length without this lock, and a length set from a stale reading would cut off what
+    /// they wrote.
     /// </summary>
     private void EnsureUpperCovers(long end)
     {
@@ -1501,13 +1520,11 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         {
             if (_upperExtent < end)
             {
-                long length = _upper.Length;
-                if (length < end)
+                if (_upper.Length < end)
                 {
-                    _upper.SetLength(end);
-                    length = end;
+                    _upper.WriteAt(s_zeros.AsSpan(0, 1), end - 1);
                 }
-                Volatile.Write(ref _upperExtent, length);
+                Volatile.Write(ref _upperExtent, end);
             }
         }
     }

@@ -98,6 +98,40 @@ internal sealed record BCowHeader
         BinaryPrimitives.WriteUInt32LittleEndian(slot[OffHeaderCrc..], crc);
     }
 
+    /// <summary>
+    /// The generation of a slot that is intact - magic, header length and checksum verify in this version's layout -
+    /// but that this reader cannot use: a newer format version or unknown incompatible features. Such a slot was
+    /// written on purpose by a newer writer, not torn or rotted, so when it is the newest the file must be refused
+    /// rather than silently rolled back to the older slot (which a writable open would then overwrite it from).
+    /// Null for every other slot.
+    /// </summary>
+    public static ulong? IntactButUnsupportedGeneration(ReadOnlySpan<byte> slot)
+    {
+        if (slot.Length < FixedLength || !slot[..8].SequenceEqual(Magic))
+        {
+            return null;
+        }
+        uint headerLength = BinaryPrimitives.ReadUInt32LittleEndian(slot[OffHeaderLength..]);
+        if (headerLength < FixedLength || headerLength > Math.Min(slot.Length, FixedLength + Layout.MaxLowerPathBytes))
+        {
+            return null;
+        }
+        uint state = Crc32C.Append(Crc32C.Start, slot[..OffHeaderCrc]);
+        state = Crc32C.Append(state, [0, 0, 0, 0]);
+        state = Crc32C.Append(state, slot[(OffHeaderCrc + 4)..(int)headerLength]);
+        if (Crc32C.Finish(state) != BinaryPrimitives.ReadUInt32LittleEndian(slot[OffHeaderCrc..]))
+        {
+            return null;
+        }
+        uint version = BinaryPrimitives.ReadUInt32LittleEndian(slot[OffVersion..]);
+        ulong incompatible = BinaryPrimitives.ReadUInt64LittleEndian(slot[OffIncompatible..]);
+        if (version == CurrentVersion && (incompatible & ~KnownIncompatibleFeatures) == 0)
+        {
+            return null;
+        }
+        return BinaryPrimitives.ReadUInt64LittleEndian(slot[OffGeneration..]);
+    }
+
     /// <summary>Reads and validates one slot. Returns null and a reason when the slot is not a valid header.</summary>
     public static BCowHeader? TryRead(ReadOnlySpan<byte> slot, out string? problem)
     {

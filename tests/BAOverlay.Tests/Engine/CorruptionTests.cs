@@ -400,6 +400,50 @@ public class CorruptionTests
         AssertRefused(image, f, "incompatible feature bit 17", "incompatible");
     }
 
+    /// <summary>Rewrites one slot's header with <paramref name="change"/> applied to its raw bytes (CRC fixed).</summary>
+    private static void PatchSlotRaw(IBlockStorage s, int slot, Action<byte[]> patch)
+    {
+        byte[] bytes = Read(s, (long)slot * Layout.HeaderSlotSize, Layout.HeaderSlotSize);
+        patch(bytes);
+        int length = (int)BinaryPrimitives.ReadUInt32LittleEndian(bytes.AsSpan(12));
+        BinaryPrimitives.WriteUInt32LittleEndian(bytes.AsSpan(112), 0);
+        BinaryPrimitives.WriteUInt32LittleEndian(bytes.AsSpan(112), Crc32C.Compute(bytes.AsSpan(0, length)));
+        s.WriteAt(bytes, (long)slot * Layout.HeaderSlotSize);
+    }
+
+    [Test]
+    public void ANewestCommitByANewerWriterIsRefusedNotRolledBack([Values("version", "incompatible feature")] string what)
+    {
+        Fixture f = s_fixture.Value;
+        MemoryStorage image = Image(f);
+        int current = (int)(Header(image).Generation % 2);
+        // Only the newest slot says so, with a valid checksum: written on purpose. The older slot is still a valid
+        // version-1 header, and falling back to it would lose the newer writer's commit (and a writable open would
+        // overwrite that commit's slot).
+        PatchSlotRaw(image, current, bytes =>
+        {
+            if (what == "version")
+            {
+                BinaryPrimitives.WriteUInt32LittleEndian(bytes.AsSpan(8), 2);
+            }
+            else
+            {
+                BinaryPrimitives.WriteUInt64LittleEndian(bytes.AsSpan(16), 1UL << 3);
+            }
+        });
+        AssertRefused(image, f, $"newest slot with a newer {what}", what == "version" ? "newer" : "incompatible");
+    }
+
+    [Test]
+    public void AnOlderSlotByANewerWriterIsIgnored()
+    {
+        Fixture f = s_fixture.Value;
+        MemoryStorage image = Image(f);
+        int older = (int)((Header(image).Generation + 1) % 2);
+        PatchSlotRaw(image, older, bytes => BinaryPrimitives.WriteUInt64LittleEndian(bytes.AsSpan(16), 1UL << 3));
+        Assert.That(AssertRefusedOrReadable(image, f, f.Content, "older slot with an incompatible feature"), Is.True);
+    }
+
     [Test]
     public void AnUnknownCompatibleFeatureIsIgnored()
     {

@@ -93,7 +93,7 @@ public class CrashTests
         int seed = Environment.TickCount ^ blockSize;
         TestContext.Out.WriteLine($"about {writes} write operations; cut points from seed {seed}");
         var random = new Random(seed);
-        for (int round = 0; round < 120; round++)
+        for (int round = 0; round < 80; round++)
         {
             int cut = random.Next(writes + 10);
             var storage = new FaultInjectingStorage();
