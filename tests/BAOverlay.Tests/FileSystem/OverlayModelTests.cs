@@ -39,9 +39,9 @@ public class OverlayModelTests
         string[] lowers = [Dir(temp, "lower1"), Dir(temp, "lower2")];
 
         // Layers, lowest first, each merged into the model as overlayfs would show it.
-        GenerateLayer(random, lowers[1], depth: 0, allowLarge: true);
-        GenerateLayer(random, lowers[0], depth: 0, allowLarge: true);
-        GenerateLayer(random, upper, depth: 0, allowLarge: false);
+        GenerateLayer(random, lowers[1], depth: 0, isLower: true);
+        GenerateLayer(random, lowers[0], depth: 0, isLower: true);
+        GenerateLayer(random, upper, depth: 0, isLower: false);
         foreach (string layer in new[] { lowers[1], lowers[0], upper })
         {
             MergeLayer(layer, model);
@@ -114,8 +114,11 @@ public class OverlayModelTests
     // ------------------------------------------------------------------ layers and the model
 
     /// <summary>A random layer tree: files (a few large), symlinks, dirs, whiteouts, opaque dirs, on a small name pool so layers collide.</summary>
-    internal static void GenerateLayer(Random random, string directory, int depth, bool allowLarge, List<string>? files = null)
+    /// <remarks>Hard links only in lower layers: there the overlay breaks them on copy-up (as the model's copies are
+    /// separate), while in the upper layer they stay one file.</remarks>
+    internal static void GenerateLayer(Random random, string directory, int depth, bool isLower, List<string>? files = null)
     {
+        bool allowLarge = isLower;
         files ??= new List<string>();
         foreach (string name in Names.Where(_ => random.Next(3) == 0))
         {
@@ -132,7 +135,7 @@ public class OverlayModelTests
                 case 2 when allowLarge && random.Next(3) == 0:
                     File.WriteAllBytes(path, Checks.RandomBytes(random, random.Next((int)Threshold, 1 << 20)));
                     break;
-                case 3 when files.Count > 0 && random.Next(2) == 0:
+                case 3 when isLower && files.Count > 0 && random.Next(2) == 0:
                     // A hard link to a file made before in this layer (the overlay breaks it on copy-up, as the kernel).
                     Assert.That(Syscall.link(files[random.Next(files.Count)], path), Is.Zero, "link");
                     break;
@@ -147,7 +150,7 @@ public class OverlayModelTests
                     {
                         OverlayFixture.SetXattr(path, "trusted.overlay.opaque", "y");
                     }
-                    GenerateLayer(random, path, depth + 1, allowLarge, files);
+                    GenerateLayer(random, path, depth + 1, isLower, files);
                     Syscall.chmod(path, (FilePermissions)(random.Next(2) == 0 ? 0x1ED : 0x1C0));
                     break;
             }
