@@ -1148,10 +1148,13 @@ public sealed class OverlayFileSystem : IDisposable
         }
         byte[] inoBytes = new byte[8];
         BinaryPrimitives.WriteUInt64LittleEndian(inoBytes, ino);
-        if (Syscall.lsetxattr(to, LayerPaths.InoXattr, inoBytes, XattrFlags.XATTR_AUTO) != 0 &&
-            (!IsPrivileged || Syscall.lsetxattr(to, LayerPaths.TrustedInoXattr, inoBytes, XattrFlags.XATTR_AUTO) != 0))
+        if (Syscall.lsetxattr(to, LayerPaths.InoXattr, inoBytes, XattrFlags.XATTR_AUTO) != 0)
         {
-            _log($"{to}: cannot keep the inode number across copy-up: {Stdlib.strerror(Stdlib.GetLastError())}");
+            Errno errno = Stdlib.GetLastError(); // before geteuid overwrites it
+            if (!IsPrivileged || Syscall.lsetxattr(to, LayerPaths.TrustedInoXattr, inoBytes, XattrFlags.XATTR_AUTO) != 0)
+            {
+                _log($"{to}: cannot keep the inode number across copy-up: {Stdlib.strerror(errno)}");
+            }
         }
         if (Syscall.lchown(to, st.st_uid, st.st_gid) != 0 && IsPrivileged)
         {
