@@ -302,16 +302,31 @@ public sealed class OverlayFileSystem : IDisposable
         _lock.EnterWriteLock();
         try
         {
+            uint finalMode = mode & ~caller.Umask & 0xFFF;
             OverlayStat stat = CreateObject(parent, name, caller, scratch =>
             {
-                int fd = Syscall.open(scratch, OpenFlags.O_CREAT | OpenFlags.O_EXCL | OpenFlags.O_WRONLY, (FilePermissions)(mode & ~caller.Umask & 0xFFF));
+                // Readable and writable by its owner until opened: without privilege, a read-only mode would make
+                // the reopen below fail, where open(O_CREAT) with such a mode returns a writable file.
+                int fd = Syscall.open(scratch, OpenFlags.O_CREAT | OpenFlags.O_EXCL | OpenFlags.O_WRONLY, (FilePermissions)(finalMode | 0x180));
                 if (fd < 0)
                 {
                     throw OverlayException.FromLastError("create", scratch);
                 }
                 Syscall.close(fd);
             }, isDirectory: false);
-            return (stat, OpenLocked(NodeOf(stat.Ino), write: true, truncate: false));
+            OverlayNode node = NodeOf(stat.Ino);
+            OverlayHandle handle = OpenLocked(node, write: true, truncate: false);
+            if ((finalMode & 0x180) != 0x180)
+            {
+                if (Syscall.chmod(UpperPath(node), (FilePermissions)finalMode) != 0)
+                {
+                    OverlayException e = OverlayException.FromLastError("chmod", UpperPath(node));
+                    handle.Dispose();
+                    throw e;
+                }
+                stat = StatOf(node);
+            }
+            return (stat, handle);
         }
         finally
         {
