@@ -7,12 +7,12 @@ namespace BAOverlay.Tests.FileSystem;
 
 /// <summary>
 /// The overlay run without privilege (as a rootless container engine runs it), on a thread whose effective uid is
-/// switched to an ordinary user with the raw setresuid system call, which changes that thread only (glibc's wrapper
+/// switched to an ordinary user (and group) with the raw setresuid/setresgid system calls, which change that thread only (glibc's wrapper
 /// would change every thread of the test process). Needs root to switch.
 /// </summary>
 public partial class RootlessOverlayTests
 {
-    private const uint User = 4321;
+    internal const uint User = 4321;
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial long syscall(long number, long a, long b, long c);
@@ -24,14 +24,22 @@ public partial class RootlessOverlayTests
         _ => -1,
     };
 
+    private static long SetresgidNumber => RuntimeInformation.ProcessArchitecture switch
+    {
+        Architecture.X64 => 119,
+        Architecture.Arm64 => 149,
+        _ => -1,
+    };
+
     /// <summary>Runs <paramref name="action"/> on a new thread with effective uid <see cref="User"/>; rethrows its failure.</summary>
-    private static void AsUser(Action action)
+    internal static void AsUser(Action action)
     {
         Exception? failure = null;
         var thread = new Thread(() =>
         {
             try
             {
+                Assert.That(syscall(SetresgidNumber, -1, User, -1), Is.Zero, "setresgid on this thread");
                 Assert.That(syscall(SetresuidNumber, -1, User, -1), Is.Zero, "setresuid on this thread");
                 Assert.That(Syscall.geteuid(), Is.EqualTo(User));
                 action();
@@ -50,7 +58,7 @@ public partial class RootlessOverlayTests
         }
     }
 
-    private static void ChownTree(string path)
+    internal static void ChownTree(string path)
     {
         Assert.That(Syscall.lchown(path, User, User), Is.Zero);
         if (Directory.Exists(path) && (File.GetAttributes(path) & FileAttributes.ReparsePoint) == 0)
