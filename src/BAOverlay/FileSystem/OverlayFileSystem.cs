@@ -313,16 +313,31 @@ public sealed partial class OverlayFileSystem : IDisposable
         _lock.EnterWriteLock();
         try
         {
+            uint finalMode = mode & ~caller.Umask & 0xFFF;
             OverlayStat stat = CreateObject(parent, name, caller, scratch =>
             {
-                int fd = Syscall.open(scratch, OpenFlags.O_CREAT | OpenFlags.O_EXCL | OpenFlags.O_WRONLY, (FilePermissions)(mode & ~caller.Umask & 0xFFF));
+                // Readable and writable by its owner until opened: without privilege, a read-only mode would make
+                // the reopen below fail, where open(O_CREAT) with such a mode returns a writable file.
+                int fd = Syscall.open(scratch, OpenFlags.O_CREAT | OpenFlags.O_EXCL | OpenFlags.O_WRONLY, (FilePermissions)(finalMode | 0x180));
                 if (fd < 0)
                 {
                     throw OverlayException.FromLastError("create", scratch);
                 }
                 Syscall.close(fd);
             }, isDirectory: false);
-            return (stat, OpenLocked(NodeOf(stat.Ino), write: true, truncate: false));
+            OverlayNode node = NodeOf(stat.Ino);
+            OverlayHandle handle = OpenLocked(node, write: true, truncate: false);
+            if ((finalMode & 0x180) != 0x180)
+            {
+                if (Syscall.chmod(UpperPath(node), (FilePermissions)finalMode) != 0)
+                {
+                    OverlayException e = OverlayException.FromLastError("chmod", UpperPath(node));
+                    handle.Dispose();
+                    throw e;
+                }
+                stat = StatOf(node);
+            }
+            return (stat, handle);
         }
         finally
         {
@@ -1118,14 +1133,11 @@ public sealed partial class OverlayFileSystem : IDisposable
         if (node.Layers[0].Layer == _upper)
         {
             string path = UpperPath(node);
-            if (hide && IsPrivileged)
+            // Atomically replace the upper object by a whiteout: a fresh whiteout swapped in, the old object removed.
+            // A 0/0 device needs no privilege since Linux 5.8; where mknod is refused, the OCI form below.
+            string scratch = NewScratchPath();
+            if (hide && Syscall.mknod(scratch, FilePermissions.S_IFCHR, 0) == 0)
             {
-                // Atomically replace the upper object by a whiteout: a fresh whiteout swapped in, the old object removed.
-                string scratch = NewScratchPath();
-                if (Syscall.mknod(scratch, FilePermissions.S_IFCHR, 0) != 0)
-                {
-                    throw OverlayException.FromLastError("mknod whiteout", scratch);
-                }
                 if (LibC.renameat2(LibC.AT_FDCWD, scratch, LibC.AT_FDCWD, path, LibC.RENAME_EXCHANGE) != 0)
                 {
                     Errno errno = ToErrno(Marshal.GetLastPInvokeError()); // before unlink overwrites it
@@ -1317,10 +1329,13 @@ public sealed partial class OverlayFileSystem : IDisposable
         }
         byte[] inoBytes = new byte[8];
         BinaryPrimitives.WriteUInt64LittleEndian(inoBytes, ino);
-        if (Syscall.lsetxattr(to, LayerPaths.InoXattr, inoBytes, XattrFlags.XATTR_AUTO) != 0 &&
-            (!IsPrivileged || Syscall.lsetxattr(to, LayerPaths.TrustedInoXattr, inoBytes, XattrFlags.XATTR_AUTO) != 0))
+        if (Syscall.lsetxattr(to, LayerPaths.InoXattr, inoBytes, XattrFlags.XATTR_AUTO) != 0)
         {
-            _log($"{to}: cannot keep the inode number across copy-up: {Stdlib.strerror(Stdlib.GetLastError())}");
+            Errno errno = Stdlib.GetLastError(); // before geteuid overwrites it
+            if (!IsPrivileged || Syscall.lsetxattr(to, LayerPaths.TrustedInoXattr, inoBytes, XattrFlags.XATTR_AUTO) != 0)
+            {
+                _log($"{to}: cannot keep the inode number across copy-up: {Stdlib.strerror(errno)}");
+            }
         }
         if (Syscall.lchown(to, st.st_uid, st.st_gid) != 0 && IsPrivileged)
         {

@@ -64,11 +64,12 @@ internal static class Whiteouts
             return;
         }
         Errno errno = Stdlib.GetLastError();
-        if (errno != Errno.EPERM && errno != Errno.EACCES)
+        if (errno != Errno.EPERM && errno != Errno.EACCES && errno != Errno.EEXIST) // EEXIST: the object is still there
         {
             throw new OverlayException(errno, $"{path}: cannot create a whiteout: {Stdlib.strerror(errno)}");
         }
-        // No CAP_MKNOD (rootless): the OCI form, which every layer reader here understands too.
+        // No CAP_MKNOD (rootless), or the object to hide is removed after: the OCI form, which every layer reader here
+        // understands too.
         int fd = Syscall.open(LayerPaths.Join(directory, Prefix + name), OpenFlags.O_CREAT | OpenFlags.O_WRONLY | OpenFlags.O_EXCL, FilePermissions.S_IRUSR);
         if (fd < 0)
         {

@@ -521,7 +521,7 @@ public class KernelOverlayComparisonTests
             var generator = new Random(seed);
             foreach (string layer in layers.Lowers.Reverse().Append(layers.Upper))
             {
-                OverlayModelTests.GenerateLayer(generator, layer, depth: 0, allowLarge: layer != layers.Upper);
+                OverlayModelTests.GenerateLayer(generator, layer, depth: 0, isLower: layer != layers.Upper);
             }
         }
         // Documented difference (see "whiteouts in a directory that only one layer has"): the kernel counts such
