@@ -178,7 +178,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                 {
                     throw new OverlayException(Errno.EISDIR, $"{Describe(node)}: is a directory");
                 }
-                CopyUp(node, truncateToZero: size == 0);
+                CopyUp(node, truncateToZero: false); // not emptied yet: if the truncate below fails, nothing visible changed
                 TruncateLocked(node, size);
             }
             else
@@ -1365,7 +1365,7 @@ public sealed partial class OverlayFileSystem : IDisposable
         }
         if (write || truncate)
         {
-            CopyUp(node, truncateToZero: truncate);
+            CopyUp(node, truncateToZero: false); // truncated below, once opened: a failed open changes nothing visible
         }
         if (node.Data is null)
         {

@@ -116,6 +116,26 @@ public partial class RootlessOverlayTests
         Assert.That(Exists(reopened, "m"), Is.False, "after reopening");
     }
 
+    /// <summary>Truncating a read-only file fails (EACCES, as truncate(2) for its owner); the copy-up it started must
+    /// not have emptied it already.</summary>
+    [Test]
+    public void WithoutPrivilegeAFailedTruncateOfAReadOnlyLowerFileChangesNothing()
+    {
+        using OverlayFixture f = Layers();
+        Assert.That(Syscall.chmod(Path.Combine(f.Lowers[0], "a"), (FilePermissions)Mode("444")), Is.Zero);
+        AsUser(() =>
+        {
+            using OverlayFileSystem fs = f.Open();
+            ulong a = Resolve(fs, "a").Ino;
+            var e = Assert.Throws<OverlayException>(() => fs.SetAttr(a, new OverlaySetAttr { Size = 0 }, new OverlayCaller(User, User)));
+            Assert.That(e!.Errno, Is.EqualTo(Errno.EACCES));
+            Assert.That(ReadText(fs, "a"), Is.EqualTo("lower a"), "after a failed truncate");
+            e = Assert.Throws<OverlayException>(() => fs.Open(a, write: true, truncate: true));
+            Assert.That(e!.Errno, Is.EqualTo(Errno.EACCES));
+            Assert.That(ReadText(fs, "a"), Is.EqualTo("lower a"), "after a failed open with O_TRUNC");
+        });
+    }
+
     [Test]
     public void WithoutPrivilegeUnlinkingALowerFileAndMakingADirectoryThereWork()
     {
