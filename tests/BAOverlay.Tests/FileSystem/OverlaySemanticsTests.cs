@@ -344,7 +344,7 @@ public class OverlaySemanticsTests
         }
         byte[] buffer = new byte[3];
         reader.Read(buffer, 1000);
-        Assert.That(Encoding.UTF8.GetString(buffer), Is.EqualTo("new"), "kernel overlayfs returns the old lower bytes here (docker/for-linux#72)");
+        Assert.That(Encoding.UTF8.GetString(buffer), Is.EqualTo("new"), "kernel overlayfs before 4.19 returned the old lower bytes here (docker/for-linux#72)");
     }
 
     [Test]
