@@ -129,20 +129,8 @@ public class ExportRenamedDirectoryTests
     private static SortedDictionary<string, string> OverlayTree(OverlayFileSystem fs)
     {
         var result = new SortedDictionary<string, string>(StringComparer.Ordinal);
-        void Walk(ulong ino, string path)
-        {
-            foreach (OverlayDirEntry entry in fs.ReadDirectory(ino).Where(e => e.Name is not "." and not ".."))
-            {
-                OverlayStat stat = fs.Lookup(ino, entry.Name);
-                string child = path + "/" + entry.Name;
-                result[child] = stat.IsDirectory ? "dir" : "file:" + Convert.ToHexString(SHA256.HashData(OverlayFixture.ReadBytes(fs, child)))[..16];
-                if (stat.IsDirectory)
-                {
-                    Walk(stat.Ino, child);
-                }
-            }
-        }
-        Walk(OverlayFileSystem.RootIno, "");
+        OverlayFixture.Walk(fs, (child, stat) =>
+            result[child] = stat.IsDirectory ? "dir" : "file:" + Convert.ToHexString(SHA256.HashData(OverlayFixture.ReadBytes(fs, child)))[..16]);
         return result;
     }
 

@@ -101,11 +101,13 @@ internal sealed class OverlayFixture : IDisposable
     public static List<string> List(OverlayFileSystem fs, string path) =>
         fs.ReadDirectory(Resolve(fs, path).Ino).Select(e => e.Name).Where(n => n is not "." and not "..").Order(StringComparer.Ordinal).ToList();
 
-    /// <summary>The visible tree: path → type, mode, size, content hash or link target, inode number.</summary>
-    public static SortedDictionary<string, string> Snapshot(OverlayFileSystem fs)
+    /// <summary>
+    /// Visits every visible object below the root, depth first, directories before their content: its path ("/a/b")
+    /// and its attributes. Checks on the way that readdir and lookup agree on each inode number.
+    /// </summary>
+    public static void Walk(OverlayFileSystem fs, Action<string, OverlayStat> visit)
     {
-        var result = new SortedDictionary<string, string>(StringComparer.Ordinal);
-        void Walk(ulong ino, string path)
+        void WalkFrom(ulong ino, string path)
         {
             foreach (OverlayDirEntry entry in fs.ReadDirectory(ino))
             {
@@ -116,15 +118,25 @@ internal sealed class OverlayFixture : IDisposable
                 OverlayStat stat = fs.Lookup(ino, entry.Name);
                 string child = path + "/" + entry.Name;
                 Assert.That(entry.Ino, Is.EqualTo(stat.Ino), $"{child}: readdir and lookup agree on the inode number");
-                string what = stat.IsDirectory ? "dir" : stat.IsSymbolicLink ? "link->" + fs.ReadLink(stat.Ino) : stat.IsRegularFile ? $"file:{Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(ReadBytes(fs, child)))[..16]}" : $"special:{stat.Rdev}";
-                result[child] = $"{what} mode={Convert.ToString(stat.Mode & 0xFFF, 8)} uid={stat.Uid} size={(stat.IsDirectory ? 0 : stat.Size)} ino={stat.Ino}";
+                visit(child, stat);
                 if (stat.IsDirectory)
                 {
-                    Walk(stat.Ino, child);
+                    WalkFrom(stat.Ino, child);
                 }
             }
         }
-        Walk(OverlayFileSystem.RootIno, "");
+        WalkFrom(OverlayFileSystem.RootIno, "");
+    }
+
+    /// <summary>The visible tree: path → type, mode, size, content hash or link target, inode number.</summary>
+    public static SortedDictionary<string, string> Snapshot(OverlayFileSystem fs)
+    {
+        var result = new SortedDictionary<string, string>(StringComparer.Ordinal);
+        Walk(fs, (child, stat) =>
+        {
+            string what = stat.IsDirectory ? "dir" : stat.IsSymbolicLink ? "link->" + fs.ReadLink(stat.Ino) : stat.IsRegularFile ? $"file:{Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(ReadBytes(fs, child)))[..16]}" : $"special:{stat.Rdev}";
+            result[child] = $"{what} mode={Convert.ToString(stat.Mode & 0xFFF, 8)} uid={stat.Uid} size={(stat.IsDirectory ? 0 : stat.Size)} ino={stat.Ino}";
+        });
         return result;
     }
 

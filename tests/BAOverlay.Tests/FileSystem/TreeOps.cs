@@ -328,32 +328,17 @@ internal sealed class OverlayTree(OverlayFileSystem fs, uint umask) : ITreeOps
     private SortedDictionary<string, string> Walk(bool withTimes, SortedDictionary<string, ulong>? inodes)
     {
         var result = new SortedDictionary<string, string>(StringComparer.Ordinal);
-        void Walk(ulong ino, string path)
-        {
-            foreach (OverlayDirEntry entry in fs.ReadDirectory(ino))
-            {
-                if (entry.Name is "." or "..")
-                {
-                    continue;
-                }
-                OverlayStat stat = fs.Lookup(ino, entry.Name);
-                string child = path + "/" + entry.Name;
-                Assert.That(entry.Ino, Is.EqualTo(stat.Ino), $"{child}: readdir and lookup agree on the inode number");
-                if (inodes is not null)
-                {
-                    inodes[child] = stat.Ino;
-                }
-                result[child] = TreeEntry.Describe(stat.Mode, stat.Uid, stat.Gid, stat.Size, stat.Rdev, stat.MTimeNs,
-                    () => Read(stat), () => fs.ReadLink(stat.Ino), withTimes);
-                if (stat.IsDirectory)
-                {
-                    Walk(stat.Ino, child);
-                }
-            }
-        }
         OverlayStat top = fs.GetAttr(OverlayFileSystem.RootIno);
         result["/"] = TreeEntry.Describe(top.Mode, top.Uid, top.Gid, 0, 0, 0, () => [], () => "", false);
-        Walk(OverlayFileSystem.RootIno, "");
+        OverlayFixture.Walk(fs, (child, stat) =>
+        {
+            if (inodes is not null)
+            {
+                inodes[child] = stat.Ino;
+            }
+            result[child] = TreeEntry.Describe(stat.Mode, stat.Uid, stat.Gid, stat.Size, stat.Rdev, stat.MTimeNs,
+                () => Read(stat), () => fs.ReadLink(stat.Ino), withTimes);
+        });
         return result;
     }
 

@@ -574,28 +574,11 @@ public class UpperExportTests
     {
         using OverlayFileSystem fs = f.Open();
         var result = new SortedDictionary<string, string>(StringComparer.Ordinal);
-        void Walk(ulong ino, string path)
+        Walk(fs, (child, stat) =>
         {
-            foreach (OverlayDirEntry entry in fs.ReadDirectory(ino))
-            {
-                if (entry.Name is "." or "..")
-                {
-                    continue;
-                }
-                OverlayStat stat = fs.Lookup(ino, entry.Name);
-                string child = path + "/" + entry.Name;
-                string what = stat.IsDirectory ? "dir" : stat.IsSymbolicLink ? "link->" + fs.ReadLink(stat.Ino) : stat.IsRegularFile ? "file:" + Hash(ReadBytes(fs, child)) : $"special:{Convert.ToString(stat.Type, 8)}:{stat.Rdev}";
-                // Attributes after the read: reading a B-CoW file through the overlay opens it writable, and closing it
-                // commits, which moves the upper file's modification time (reported; the export sees the later one).
-                stat = fs.GetAttr(stat.Ino);
-                result[child] = Describe(what, stat.Mode, stat.Uid, stat.Gid, stat.IsDirectory ? 0 : stat.Size, withTimes ? stat.MTimeNs : null);
-                if (stat.IsDirectory)
-                {
-                    Walk(stat.Ino, child);
-                }
-            }
-        }
-        Walk(OverlayFileSystem.RootIno, "");
+            string what = stat.IsDirectory ? "dir" : stat.IsSymbolicLink ? "link->" + fs.ReadLink(stat.Ino) : stat.IsRegularFile ? "file:" + Hash(ReadBytes(fs, child)) : $"special:{Convert.ToString(stat.Type, 8)}:{stat.Rdev}";
+            result[child] = Describe(what, stat.Mode, stat.Uid, stat.Gid, stat.IsDirectory ? 0 : stat.Size, withTimes ? stat.MTimeNs : null);
+        });
         return result;
     }
 
