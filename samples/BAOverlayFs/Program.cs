@@ -49,9 +49,13 @@ internal static class Program
             fsname=NAME            the mount's source as /proc/mounts shows it (default: SOURCE or baoverlayfs)
             subtype=NAME           the mount's type is fuse.NAME (default baoverlayfs)
 
+            squash_to_root         show every file as owned by 0:0 (what is stored is unchanged)
+            squash_to_uid=N        show every file as owned by user N
+            squash_to_gid=N        show every file as owned by group N
+
         accepted for fuse-overlayfs compatibility, without effect:
-            squash_to_root, squash_to_uid=N, squash_to_gid=N, uidmapping=ID:HOST:LEN[:...],
-            gidmapping=ID:HOST:LEN[:...] (checked, not applied: owners are served as stored),
+            uidmapping=ID:HOST:LEN[:...], gidmapping=ID:HOST:LEN[:...] (checked, not applied: owners are
+            served as stored),
             static_nlink, noacl, fsync=0, volatile (files are still synced on fsync), context=,
             xattr_permissions=, dev, suid, nodev, nosuid, exec, noexec, noatime, allow_root (the mount is
             always nosuid,nodev)
@@ -190,7 +194,15 @@ internal static class Program
         };
         try
         {
-            session = new FuseSession(new OverlayFuseAdapter(fileSystem, options.DefaultPermissions), options);
+            IFuseLowLevelHandler handler = new OverlayFuseAdapter(fileSystem, options.DefaultPermissions);
+            // as fuse-overlayfs: an explicit squash_to_uid/gid wins over squash_to_root
+            uint? squashUid = line.SquashToUid ?? (line.SquashToRoot ? 0u : null);
+            uint? squashGid = line.SquashToGid ?? (line.SquashToRoot ? 0u : null);
+            if (squashUid is not null || squashGid is not null)
+            {
+                handler = new SquashingHandler(handler, squashUid, squashGid);
+            }
+            session = new FuseSession(handler, options);
         }
         catch (Exception e) when (e is IOException or FuseUnavailableException)
         {

@@ -267,6 +267,31 @@ public sealed class BAOverlayFsProgramTests
     }
 
     [Test]
+    public void SquashOptionsChangeTheOwnersShownButNotStored()
+    {
+        RequireFuse();
+        using var fixture = new OverlayFixture(lowers: 1);
+        OverlayFixture.WriteFile(Path.Combine(fixture.Lowers[0], "f"), "f");
+        string mnt = MountPoint(fixture);
+        try
+        {
+            Assert.That(Run(["-o", Label(fixture) + ",squash_to_root,squash_to_uid=1234,squash_to_gid=4321", mnt]).ExitCode, Is.Zero);
+            File.WriteAllText(Path.Combine(mnt, "new.txt"), "n");
+            foreach (string name in new[] { "f", "new.txt", "." })
+            {
+                Assert.That(Syscall.lstat(Path.Combine(mnt, name), out Stat shown), Is.Zero);
+                Assert.That((shown.st_uid, shown.st_gid), Is.EqualTo((1234u, 4321u)), name);
+            }
+            Assert.That(Syscall.lstat(Path.Combine(fixture.Upper!, "new.txt"), out Stat stored), Is.Zero);
+            Assert.That((stored.st_uid, stored.st_gid), Is.EqualTo((0u, 0u)), "stored with the caller's ids");
+        }
+        finally
+        {
+            Cleanup(mnt);
+        }
+    }
+
+    [Test]
     public void MountTypeFuseBaoverlayfsGoesThroughMountFuse3()
     {
         RequireFuse();
