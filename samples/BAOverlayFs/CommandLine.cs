@@ -303,6 +303,10 @@ internal sealed class CommandLine
             case ("default_permissions", null):
                 DefaultPermissions = true;
                 return;
+            case ("debug", null):
+                Debug = true;
+                Foreground = true; // as libfuse's -o debug
+                return;
             case ("auto_unmount", null):
                 AutoUnmount = true;
                 return;

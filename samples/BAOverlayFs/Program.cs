@@ -30,7 +30,7 @@ internal static class Program
             -h, --help             print this help and exit
             -V, --version          print the version and exit
             -f                     stay in the foreground
-            -d, --debug            libfuse request tracing on standard error (implies -f)
+            -d, --debug, -o debug  libfuse request tracing on standard error (implies -f)
             -s                     serve requests on one thread (default: multi-threaded)
             -o OPT[,OPT...]        mount options (repeatable)
 
@@ -244,7 +244,10 @@ internal static class Program
         {
             Console.Error.WriteLine("baoverlayfs: " + e.Message);
             session.Exit();
-            loop.Join(TimeSpan.FromSeconds(10));
+            if (loop.ThreadState != System.Threading.ThreadState.Unstarted && !loop.Join(TimeSpan.FromSeconds(10)))
+            {
+                return 1; // the loop is stuck: leave the session allocated rather than free it under the loop
+            }
             session.Dispose();
             fileSystem.Dispose();
             return 1;

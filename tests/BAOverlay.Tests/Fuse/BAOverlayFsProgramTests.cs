@@ -137,6 +137,25 @@ public sealed class BAOverlayFsProgramTests
             (rc, _, error) = Run(["-o", Label(fixture), Path.Combine(fixture.Root, "no-such-mountpoint")]);
             Assert.That(rc, Is.EqualTo(1));
             Assert.That(error, Does.Contain("No such file or directory"));
+
+            // a failure only the re-executed child finds (the overlay refuses a workdir on another file system)
+            if (Directory.Exists("/dev/shm")) // a tmpfs of its own: never the file system of the temp upper
+            {
+                string work = Directory.CreateDirectory($"/dev/shm/baoverlayfs-test-{Guid.NewGuid():N}").FullName;
+                try
+                {
+                    (rc, _, error) = Run(["-o", $"lowerdir={fixture.Lowers[0]},upperdir={fixture.Upper},workdir={work}", mnt]);
+                    Assert.That(rc, Is.EqualTo(1));
+                    Assert.That(error.Trim(), Does.StartWith("baoverlayfs: ").And.Contain("same file system"), "one line from the child");
+                    Assert.That(error.Trim(), Does.Not.Contain("\n"));
+                    Assert.That(IsMounted(mnt), Is.False);
+                    Assert.That(ProgramPids(mnt), Is.Empty, "the failed child is gone");
+                }
+                finally
+                {
+                    Directory.Delete(work, recursive: true);
+                }
+            }
         }
         finally
         {
