@@ -278,8 +278,15 @@ internal static class Program
         }
         if (child)
         {
-            Console.Out.Write("ok\n");
-            Console.Out.Flush();
+            try
+            {
+                Console.Out.Write("ok\n");
+                Console.Out.Flush();
+            }
+            catch (IOException)
+            {
+                // The waiting parent is gone (killed): the mount is live all the same, so keep serving it.
+            }
             Native.DetachStdio();
         }
 
