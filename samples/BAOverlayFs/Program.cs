@@ -52,10 +52,11 @@ internal static class Program
             squash_to_root         show every file as owned by 0:0 (what is stored is unchanged)
             squash_to_uid=N        show every file as owned by user N
             squash_to_gid=N        show every file as owned by group N
+            uidmapping=STORED:SHOWN:LEN[:STORED:SHOWN:LEN...], gidmapping=... (a leading ':' is allowed)
+                                   owners stored as STORED+i are shown as SHOWN+i (others as 65534), and
+                                   objects created or chowned by SHOWN+i are stored as STORED+i
 
         accepted for fuse-overlayfs compatibility, without effect:
-            uidmapping=ID:HOST:LEN[:...], gidmapping=ID:HOST:LEN[:...] (checked, not applied: owners are
-            served as stored),
             static_nlink, noacl, fsync=0, volatile (files are still synced on fsync), context=,
             xattr_permissions=, dev, suid, nodev, nosuid, exec, noexec, noatime, allow_root (the mount is
             always nosuid,nodev)
@@ -198,9 +199,9 @@ internal static class Program
             // as fuse-overlayfs: an explicit squash_to_uid/gid wins over squash_to_root
             uint? squashUid = line.SquashToUid ?? (line.SquashToRoot ? 0u : null);
             uint? squashGid = line.SquashToGid ?? (line.SquashToRoot ? 0u : null);
-            if (squashUid is not null || squashGid is not null)
+            if (squashUid is not null || squashGid is not null || line.UidMappings.Count > 0 || line.GidMappings.Count > 0)
             {
-                handler = new SquashingHandler(handler, squashUid, squashGid);
+                handler = new OwnerMappingHandler(handler, squashUid, squashGid, line.UidMappings, line.GidMappings);
             }
             session = new FuseSession(handler, options);
         }

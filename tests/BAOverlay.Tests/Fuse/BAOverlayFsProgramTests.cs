@@ -311,6 +311,52 @@ public sealed class BAOverlayFsProgramTests
     }
 
     [Test]
+    public void IdMappingsMapStoredOwnersToShownOnesAndBack()
+    {
+        IdMapping[] map = [new(0, 100000, 65536), new(70000, 5000, 10)];
+        Assert.That(OwnerMappingHandler.Shown(0, map), Is.EqualTo(100000u));
+        Assert.That(OwnerMappingHandler.Shown(65535, map), Is.EqualTo(165535u));
+        Assert.That(OwnerMappingHandler.Shown(70003, map), Is.EqualTo(5003u));
+        Assert.That(OwnerMappingHandler.Shown(65536, map), Is.EqualTo(OwnerMappingHandler.Overflow), "outside every range");
+        Assert.That(OwnerMappingHandler.Stored(100007, map), Is.EqualTo(7u));
+        Assert.That(OwnerMappingHandler.Stored(5009, map), Is.EqualTo(70009u));
+        Assert.That(OwnerMappingHandler.Stored(0, map), Is.EqualTo(OwnerMappingHandler.Overflow));
+        Assert.That(OwnerMappingHandler.Stored(42, []), Is.EqualTo(42u), "no mapping: ids pass unchanged");
+    }
+
+    [Test]
+    public void UidAndGidMappingsApplyThroughTheMount()
+    {
+        RequireFuse();
+        using var fixture = new OverlayFixture(lowers: 1);
+        string lower = Path.Combine(fixture.Lowers[0], "f");
+        OverlayFixture.WriteFile(lower, "f");
+        Assert.That(Syscall.lchown(lower, 3, 4), Is.Zero);
+        OverlayFixture.WriteFile(Path.Combine(fixture.Lowers[0], "unmapped"), "u");
+        Assert.That(Syscall.lchown(Path.Combine(fixture.Lowers[0], "unmapped"), 70000, 70000), Is.Zero);
+        string mnt = MountPoint(fixture);
+        try
+        {
+            (int rc, _, string error) = Run(["-o", Label(fixture) + ",uidmapping=:0:100000:65536,gidmapping=:0:200000:65536", mnt]);
+            Assert.That(rc, Is.Zero, error);
+            Assert.That(Syscall.lstat(Path.Combine(mnt, "f"), out Stat shown), Is.Zero);
+            Assert.That((shown.st_uid, shown.st_gid), Is.EqualTo((100003u, 200004u)), "stored 3:4 is shown through the mappings");
+            Assert.That(Syscall.lstat(Path.Combine(mnt, "unmapped"), out shown), Is.Zero);
+            Assert.That((shown.st_uid, shown.st_gid), Is.EqualTo((65534u, 65534u)), "an owner outside the mappings is the overflow id");
+
+            Assert.That(Syscall.lchown(Path.Combine(mnt, "f"), 100005, 200006), Is.Zero, "chown through the mount");
+            Assert.That(Syscall.lstat(Path.Combine(fixture.Upper!, "f"), out Stat stored), Is.Zero);
+            Assert.That((stored.st_uid, stored.st_gid), Is.EqualTo((5u, 6u)), "stored mapped back");
+            Assert.That(Syscall.lstat(Path.Combine(mnt, "f"), out shown), Is.Zero);
+            Assert.That((shown.st_uid, shown.st_gid), Is.EqualTo((100005u, 200006u)));
+        }
+        finally
+        {
+            Cleanup(mnt);
+        }
+    }
+
+    [Test]
     public void MountTypeFuseBaoverlayfsGoesThroughMountFuse3()
     {
         RequireFuse();
