@@ -49,6 +49,7 @@ internal static class Program
             fsname=NAME            the mount's source as /proc/mounts shows it (default: SOURCE or baoverlayfs)
             subtype=NAME           the mount's type is fuse.NAME (default baoverlayfs)
 
+        owner options (as fuse-overlayfs):
             squash_to_root         show every file as owned by 0:0 (what is stored is unchanged)
             squash_to_uid=N        show every file as owned by user N
             squash_to_gid=N        show every file as owned by group N
@@ -81,7 +82,7 @@ internal static class Program
             line = CommandLine.Parse(args);
             if (line.Help)
             {
-                Console.Out.Write(Usage);
+                Console.Out.WriteLine(Usage);
                 return 0;
             }
             if (line.Version)
