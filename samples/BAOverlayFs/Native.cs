@@ -23,20 +23,56 @@ internal static partial class Native
     [LibraryImport("libc", EntryPoint = "close", SetLastError = true)]
     private static partial int close(int fd);
 
-    /// <summary>Points standard input, output and error at /dev/null, as a daemon does once it has said it is ready.</summary>
+    /// <summary>
+    /// Points standard input, output and error at /dev/null, as a daemon does once it has said it is ready, and
+    /// with them every other descriptor of this process open on the same files: .NET's Console writes through
+    /// duplicates of descriptors 1 and 2, which would otherwise keep the caller's pipes open (a caller that reads
+    /// our standard error to its end, as containers-storage does, would wait for ever). The duplicates are
+    /// re-pointed (dup2), not closed, since the runtime still owns their numbers.
+    /// </summary>
     public static void DetachStdio()
     {
-        int fd = open("/dev/null", O_RDWR);
-        if (fd < 0)
+        var standard = new HashSet<(ulong Dev, ulong Ino)>();
+        for (int fd = 0; fd <= 2; fd++)
+        {
+            if (Mono.Unix.Native.Syscall.fstat(fd, out Mono.Unix.Native.Stat stat) == 0)
+            {
+                standard.Add((stat.st_dev, stat.st_ino));
+            }
+        }
+        int devNull = open("/dev/null", O_RDWR);
+        if (devNull < 0)
         {
             return;
         }
-        dup2(fd, 0);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        if (fd > 2)
+        if (Mono.Unix.Native.Syscall.fstat(devNull, out Mono.Unix.Native.Stat nullStat) == 0)
         {
-            close(fd);
+            standard.Remove((nullStat.st_dev, nullStat.st_ino));
+        }
+        var targets = new List<int> { 0, 1, 2 };
+        try
+        {
+            foreach (string entry in Directory.GetFileSystemEntries("/proc/self/fd"))
+            {
+                if (int.TryParse(Path.GetFileName(entry), out int fd) && fd > 2 && fd != devNull
+                    && Mono.Unix.Native.Syscall.fstat(fd, out Mono.Unix.Native.Stat stat) == 0
+                    && standard.Contains((stat.st_dev, stat.st_ino)))
+                {
+                    targets.Add(fd);
+                }
+            }
+        }
+        catch (IOException)
+        {
+            // no /proc: the standard descriptors alone
+        }
+        foreach (int fd in targets)
+        {
+            dup2(devNull, fd);
+        }
+        if (devNull > 2)
+        {
+            close(devNull);
         }
     }
 }

@@ -270,9 +270,22 @@ public sealed class BAOverlayFsProgramTests
             // as containers-storage runs a mount_program: exactly "-o LABEL MERGED"
             string label = $"lowerdir={fixture.Lowers[0]}:{fixture.Lowers[1]},upperdir={fixture.Upper},workdir={fixture.Work},volatile,"
                 + "uidmapping=:0:1000:1:1:100000:65536,gidmapping=:0:1000:1:1:100000:65536,squash_to_root";
-            (int rc, _, string error) = Run(["-o", label, mnt]);
-            Assert.That(rc, Is.Zero, error);
-            Assert.That(error, Is.Empty, "no warnings for what containers-storage passes");
+            // containers-storage collects standard error into a buffer, so it waits for end-of-file on that pipe:
+            // the backgrounded process (and the watcher) must not keep it open.
+            var start = new ProcessStartInfo(ProgramPath) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = "/" };
+            start.ArgumentList.Add("-o");
+            start.ArgumentList.Add(label + ",auto_unmount");
+            start.ArgumentList.Add(mnt);
+            start.Environment.Remove(Program.ChildVariable);
+            using (var process = Process.Start(start)!)
+            {
+                Task<string> output = process.StandardOutput.ReadToEndAsync();
+                Task<string> errors = process.StandardError.ReadToEndAsync();
+                Assert.That(Task.WaitAll([output, errors], Patience), Is.True, "standard output and error reach end-of-file once the command returns");
+                Assert.That(process.WaitForExit(Patience), Is.True);
+                Assert.That(process.ExitCode, Is.Zero, errors.Result);
+                Assert.That(errors.Result, Is.Empty, "no warnings for what containers-storage passes");
+            }
             Assert.That(File.ReadAllText(Path.Combine(mnt, "both")), Is.EqualTo("top"), "the first lowerdir is the highest");
             Assert.That(File.ReadAllText(Path.Combine(mnt, "only-bottom")), Is.EqualTo("b"));
             File.WriteAllText(Path.Combine(mnt, "both"), "changed");
