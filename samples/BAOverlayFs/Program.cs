@@ -227,6 +227,28 @@ internal static class Program
             }
         })
         { Name = "fuse-loop" };
+        bool signalled = false;
+        void Stop(PosixSignalContext context)
+        {
+            context.Cancel = true; // unmount and return instead of dying with the mount left behind
+            Volatile.Write(ref signalled, true);
+            ThreadPool.QueueUserWorkItem(_ =>
+            {
+                try
+                {
+                    session.Exit();
+                }
+                catch (IOException e)
+                {
+                    Console.Error.WriteLine("baoverlayfs: " + e.Message);
+                }
+            });
+        }
+        // Registered before mounting, so that no signal between mount and serve can leave a dead mount behind.
+        using PosixSignalRegistration term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Stop);
+        using PosixSignalRegistration interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, Stop);
+        using PosixSignalRegistration hangup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, Stop);
+
         try
         {
             session.Mount(line.MountPoint);
@@ -239,7 +261,9 @@ internal static class Program
             }
             if (session.Connection is null)
             {
-                throw new IOException($"mount {line.MountPoint}: the kernel did not initialise the FUSE connection");
+                throw new IOException(Volatile.Read(ref signalled)
+                    ? $"mount {line.MountPoint}: interrupted by a signal"
+                    : $"mount {line.MountPoint}: the kernel did not initialise the FUSE connection");
             }
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or FuseUnavailableException)
@@ -254,25 +278,6 @@ internal static class Program
             fileSystem.Dispose();
             return 1;
         }
-
-        void Stop(PosixSignalContext context)
-        {
-            context.Cancel = true; // unmount and return instead of dying with the mount left behind
-            ThreadPool.QueueUserWorkItem(_ =>
-            {
-                try
-                {
-                    session.Exit();
-                }
-                catch (IOException e)
-                {
-                    Console.Error.WriteLine("baoverlayfs: " + e.Message);
-                }
-            });
-        }
-        using PosixSignalRegistration term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Stop);
-        using PosixSignalRegistration interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, Stop);
-        using PosixSignalRegistration hangup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, Stop);
 
         if (line.AutoUnmount)
         {
