@@ -158,7 +158,8 @@ internal sealed class CommandLine
         {
             WorkDirectory = CheckDirectory("workdir", WorkDirectory);
         }
-        MountPoint = CheckDirectory(null, MountPoint);
+        // canonical, as /proc/self/mountinfo will show it (the auto_unmount watcher looks the mount up there)
+        MountPoint = Native.RealPath(CheckDirectory(null, MountPoint));
     }
 
     private static string CheckDirectory(string? option, string path)

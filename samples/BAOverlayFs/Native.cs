@@ -17,6 +17,31 @@ internal static partial class Native
     [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int open(string path, int flags);
 
+    [LibraryImport("libc", EntryPoint = "realpath", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial nint realpath(string path, nint resolved);
+
+    [LibraryImport("libc", EntryPoint = "free")]
+    private static partial void free(nint pointer);
+
+    /// <summary>The canonical path (symbolic links resolved, no trailing slash), as /proc/self/mountinfo shows
+    /// mount points; the path itself when it cannot be resolved.</summary>
+    public static string RealPath(string path)
+    {
+        nint resolved = realpath(path, 0);
+        if (resolved == 0)
+        {
+            return path;
+        }
+        try
+        {
+            return Marshal.PtrToStringUTF8(resolved) ?? path;
+        }
+        finally
+        {
+            free(resolved);
+        }
+    }
+
     [LibraryImport("libc", EntryPoint = "dup2", SetLastError = true)]
     private static partial int dup2(int oldFd, int newFd);
 

@@ -238,21 +238,28 @@ public sealed class BAOverlayFsProgramTests
         using var fixture = new OverlayFixture(lowers: 1);
         OverlayFixture.WriteFile(Path.Combine(fixture.Lowers[0], "f"), "f");
         string mnt = MountPoint(fixture);
+        string link = Path.Combine(fixture.Root, "link-to-merged");
         try
         {
-            Assert.That(Run(["-o", Label(fixture) + ",auto_unmount", mnt]).ExitCode, Is.Zero);
+            // given through a symbolic link with a trailing slash: the watcher still finds the mount in mountinfo
+            File.CreateSymbolicLink(link, mnt);
+            Assert.That(Run(["-o", Label(fixture) + ",auto_unmount", link + "/"]).ExitCode, Is.Zero);
             Assert.That(File.ReadAllText(Path.Combine(mnt, "f")), Is.EqualTo("f"));
-            int[] pids = ProgramPids(mnt);
+            int[] pids = ProgramPids(mnt, link + "/");
             Assert.That(pids, Has.Length.EqualTo(2), "the mount process and its watcher");
             int mount = pids.Single(p => File.ReadAllText($"/proc/{p}/environ").Contains(Program.ChildVariable + "=1", StringComparison.Ordinal));
             Assert.That(Syscall.kill(mount, Signum.SIGKILL), Is.Zero);
             Assert.That(WaitFor(() => !IsMounted(mnt), TimeSpan.FromSeconds(10)), Is.True, "the watcher unmounted the dead mount within seconds");
-            Assert.That(WaitFor(() => ProgramPids(mnt).Length == 0), Is.True, "the watcher exits too");
+            Assert.That(WaitFor(() => ProgramPids(mnt, link + "/").Length == 0), Is.True, "the watcher exits too");
             Assert.That(Directory.GetFileSystemEntries(mnt), Is.Empty, "the mount point is a plain directory again");
         }
         finally
         {
             Cleanup(mnt);
+            foreach (int pid in ProgramPids(link + "/"))
+            {
+                Syscall.kill(pid, Signum.SIGKILL);
+            }
         }
     }
 
@@ -525,8 +532,8 @@ public sealed class BAOverlayFsProgramTests
 
     private static bool IsMounted(string mnt) => MountLine(mnt) is not null;
 
-    /// <summary>baoverlayfs processes (mount processes and watchers) whose command line names <paramref name="mnt"/>.</summary>
-    private static int[] ProgramPids(string mnt)
+    /// <summary>baoverlayfs processes (mount processes and watchers) whose command line names one of <paramref name="mountPoints"/>.</summary>
+    private static int[] ProgramPids(params string[] mountPoints)
     {
         var pids = new List<int>();
         foreach (string dir in Directory.GetDirectories("/proc"))
@@ -540,7 +547,7 @@ public sealed class BAOverlayFsProgramTests
                 string[] argv = File.ReadAllText(Path.Combine(dir, "cmdline")).Split('\0');
                 string stat = File.ReadAllText(Path.Combine(dir, "stat"));
                 bool zombie = stat[(stat.LastIndexOf(')') + 2)..].StartsWith('Z');
-                if (!zombie && argv.Length > 1 && Path.GetFileName(argv[0]) is "baoverlayfs" or "dotnet" && argv.Contains(mnt))
+                if (!zombie && argv.Length > 1 && Path.GetFileName(argv[0]) is "baoverlayfs" or "dotnet" && argv.Intersect(mountPoints).Any())
                 {
                     pids.Add(pid);
                 }
