@@ -119,6 +119,31 @@ public sealed class BAOverlayFsProgramTests
     }
 
     [Test]
+    public void BackgroundsWhenRunAsDotnetBaoverlayfsDll()
+    {
+        RequireFuse();
+        string dll = Path.Combine(AppContext.BaseDirectory, "baoverlayfs.dll");
+        string dotnet = Environment.ProcessPath is string host && Path.GetFileNameWithoutExtension(host) == "dotnet" ? host : "dotnet";
+        using var fixture = new OverlayFixture(lowers: 1);
+        OverlayFixture.WriteFile(Path.Combine(fixture.Lowers[0], "f"), "through dotnet");
+        string mnt = MountPoint(fixture);
+        try
+        {
+            (int rc, _, string error) = Exec(dotnet, [dll, "-o", Label(fixture), mnt]);
+            Assert.That(rc, Is.Zero, error);
+            Assert.That(IsMounted(mnt), Is.True, "the re-executed child is 'dotnet baoverlayfs.dll', not the bare dll");
+            Assert.That(File.ReadAllText(Path.Combine(mnt, "f")), Is.EqualTo("through dotnet"));
+            int pid = ProgramPids(mnt).Single();
+            Assert.That(Exec("fusermount3", ["-u", mnt]).ExitCode, Is.Zero);
+            Assert.That(WaitFor(() => !Directory.Exists($"/proc/{pid}")), Is.True);
+        }
+        finally
+        {
+            Cleanup(mnt);
+        }
+    }
+
+    [Test]
     public void AMissingLowerdirFailsWithOneLineAndLeavesNoProcess()
     {
         RequireFuse();
