@@ -1,0 +1,112 @@
+using System.Diagnostics;
+
+namespace BAOverlayFs;
+
+/// <summary>
+/// auto_unmount without fork: the mount process starts this program again in watcher mode with a pipe as its standard
+/// input. The pipe's write end lives only in the mount process, so the watcher reads end-of-file when that process
+/// exits for any reason, kill -9 included; it then detaches the mount (umount2 MNT_DETACH) if the same mount (same
+/// mount id, still FUSE) is still there.
+/// </summary>
+internal static class AutoUnmountWatcher
+{
+    /// <summary>Starts the watcher for the mount on <paramref name="mountPoint"/>; keep the process object alive.</summary>
+    public static Process? Start(string mountPoint)
+    {
+        string? id = MountId(mountPoint);
+        if (id is null)
+        {
+            Console.Error.WriteLine($"baoverlayfs: auto_unmount: {mountPoint} is not in /proc/self/mountinfo");
+            return null;
+        }
+        (string fileName, string[] prefix) = Program.Self();
+        var start = new ProcessStartInfo(fileName)
+        {
+            UseShellExecute = false,
+            RedirectStandardInput = true,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+        };
+        foreach (string arg in prefix)
+        {
+            start.ArgumentList.Add(arg);
+        }
+        start.ArgumentList.Add(id);
+        start.ArgumentList.Add(mountPoint);
+        start.Environment[Program.WatchVariable] = "1";
+        start.Environment.Remove(Program.ChildVariable);
+        return Process.Start(start);
+    }
+
+    /// <summary>Watcher mode: arguments are the mount id and the mount point.</summary>
+    public static int Run(string[] args)
+    {
+        if (args.Length != 2)
+        {
+            return 2;
+        }
+        Native.setsid(); // not killed with the mount process's session or group
+        using (Stream input = Console.OpenStandardInput())
+        {
+            byte[] buffer = new byte[64];
+            try
+            {
+                while (input.Read(buffer) > 0)
+                {
+                }
+            }
+            catch (IOException)
+            {
+                // the pipe broke: the mount process is gone
+            }
+        }
+        if (MountId(args[1]) == args[0])
+        {
+            Native.umount2(args[1], Native.MNT_DETACH);
+        }
+        return 0;
+    }
+
+    /// <summary>The id of the topmost FUSE mount on <paramref name="mountPoint"/>, from /proc/self/mountinfo.</summary>
+    internal static string? MountId(string mountPoint)
+    {
+        string? id = null;
+        foreach (string line in File.ReadLines("/proc/self/mountinfo"))
+        {
+            string[] fields = line.Split(' ');
+            int dash = Array.IndexOf(fields, "-");
+            if (fields.Length > 4 && dash > 4 && dash + 1 < fields.Length && Unescape(fields[4]) == mountPoint
+                && fields[dash + 1].StartsWith("fuse", StringComparison.Ordinal))
+            {
+                id = fields[0];
+            }
+        }
+        return id;
+    }
+
+    /// <summary>mountinfo's octal escapes (<c>\040</c> for a space, ...).</summary>
+    internal static string Unescape(string field)
+    {
+        if (!field.Contains('\\', StringComparison.Ordinal))
+        {
+            return field;
+        }
+        var bytes = new List<byte>();
+        for (int i = 0; i < field.Length; i++)
+        {
+            if (field[i] == '\\' && IsOctal(field, i + 1))
+            {
+                bytes.Add((byte)Convert.ToInt32(field.Substring(i + 1, 3), 8));
+                i += 3;
+            }
+            else
+            {
+                bytes.AddRange(System.Text.Encoding.UTF8.GetBytes(field[i].ToString()));
+            }
+        }
+        return System.Text.Encoding.UTF8.GetString(bytes.ToArray());
+    }
+
+    private static bool IsOctal(string s, int at) =>
+        at + 3 <= s.Length && s[at] is >= '0' and <= '7' && s[at + 1] is >= '0' and <= '7' && s[at + 2] is >= '0' and <= '7';
+}

@@ -1,0 +1,359 @@
+using System.Globalization;
+using System.Text;
+
+namespace BAOverlayFs;
+
+/// <summary>A command line that cannot be used: the message is printed after "baoverlayfs: " and the exit code is 1.</summary>
+internal sealed class UsageException(string message) : Exception(message);
+
+/// <summary>One range of an id mapping: <c>ID:HOST:LEN</c>.</summary>
+internal readonly record struct IdMapping(uint Id, uint Host, uint Length);
+
+/// <summary>
+/// The command line of baoverlayfs, compatible with fuse-overlayfs and mount.fuse3:
+/// <c>baoverlayfs [-f] [-d] [-s] [-o OPTIONS]... [SOURCE] MOUNTPOINT</c>.
+/// </summary>
+internal sealed class CommandLine
+{
+    /// <summary>Options accepted (and, where the overlay has nothing to do for them, ignored) without a warning.</summary>
+    private static readonly HashSet<string> QuietFlags = new(StringComparer.Ordinal)
+    {
+        "rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "atime", "noatime", "relatime", "norelatime",
+        "strictatime", "diratime", "nodiratime", "sync", "async", "dirsync", "lazytime", "allow_root", "static_nlink",
+        "noacl", "volatile", "defaults", "auto", "noauto", "nofail", "_netdev", "user", "users", "nouser", "owner",
+        "nonempty", "hard_remove", "use_ino", "readdir_ino", "clone_fd",
+    };
+
+    /// <summary>NAME=VALUE options accepted and ignored without a warning.</summary>
+    private static readonly HashSet<string> QuietValues = new(StringComparer.Ordinal)
+    {
+        "fsync", "context", "fscontext", "defcontext", "rootcontext", "xattr_permissions", "timeout", "threaded",
+        "redirect_dir", "index", "metacopy", "plugins", "max_idle_threads", "uid", "gid", "umask", "max_read",
+        "blksize", "max_write", "attr_timeout", "entry_timeout", "negative_timeout",
+    };
+
+    public bool Help { get; private set; }
+    public bool Version { get; private set; }
+    public bool Foreground { get; private set; }
+    public bool Debug { get; private set; }
+    public bool SingleThreaded { get; private set; }
+    public string? Source { get; private set; }
+    public string MountPoint { get; private set; } = "";
+    public List<string> LowerDirectories { get; } = [];
+    public string? UpperDirectory { get; private set; }
+    public string? WorkDirectory { get; private set; }
+    public bool ReadOnly { get; private set; }
+    public bool AllowOther { get; private set; }
+    public bool DefaultPermissions { get; private set; } = true;
+    public bool Writeback { get; private set; }
+    public bool AutoUnmount { get; private set; }
+    public bool SquashToRoot { get; private set; }
+    public uint? SquashToUid { get; private set; }
+    public uint? SquashToGid { get; private set; }
+    public List<IdMapping> UidMappings { get; } = [];
+    public List<IdMapping> GidMappings { get; } = [];
+    public int? MaxThreads { get; private set; }
+    public string? FsName { get; private set; }
+    public string? Subtype { get; private set; }
+
+    /// <summary>Every option seen, in order, as NAME or NAME=VALUE (unescaped).</summary>
+    public List<string> Options { get; } = [];
+
+    /// <summary>One line per option that was not understood and is ignored.</summary>
+    public List<string> Warnings { get; } = [];
+
+    /// <summary>Parses the arguments (not the program name).</summary>
+    /// <exception cref="UsageException">The command line is wrong.</exception>
+    public static CommandLine Parse(IReadOnlyList<string> args)
+    {
+        var line = new CommandLine();
+        var positional = new List<string>();
+        bool endOfOptions = false;
+        for (int i = 0; i < args.Count; i++)
+        {
+            string arg = args[i];
+            if (endOfOptions || arg.Length < 2 || arg[0] != '-')
+            {
+                positional.Add(arg);
+                continue;
+            }
+            switch (arg)
+            {
+                case "--":
+                    endOfOptions = true;
+                    continue;
+                case "-h" or "--help":
+                    line.Help = true;
+                    continue;
+                case "-V" or "--version":
+                    line.Version = true;
+                    continue;
+                case "-f":
+                    line.Foreground = true;
+                    continue;
+                case "-d" or "--debug":
+                    line.Debug = true;
+                    line.Foreground = true; // as libfuse: -d implies -f
+                    continue;
+                case "-s":
+                    line.SingleThreaded = true;
+                    continue;
+                case "-o":
+                    if (i + 1 >= args.Count)
+                    {
+                        throw new UsageException("-o needs an argument");
+                    }
+                    line.AddOptions(args[++i]);
+                    continue;
+            }
+            if (arg.StartsWith("-o", StringComparison.Ordinal))
+            {
+                line.AddOptions(arg[2..]);
+                continue;
+            }
+            throw new UsageException($"unknown argument '{arg}' (see baoverlayfs --help)");
+        }
+        if (line.Help || line.Version)
+        {
+            return line;
+        }
+        switch (positional.Count)
+        {
+            case 0:
+                throw new UsageException("no mount point given (see baoverlayfs --help)");
+            case 1:
+                line.MountPoint = positional[0];
+                break;
+            case 2:
+                line.Source = positional[0];
+                line.MountPoint = positional[1];
+                break;
+            default:
+                throw new UsageException($"too many arguments: {string.Join(' ', positional)} (expected [SOURCE] MOUNTPOINT)");
+        }
+        if (line.LowerDirectories.Count == 0)
+        {
+            throw new UsageException("no lowerdir= given (-o lowerdir=DIR[:DIR...],upperdir=DIR,workdir=DIR)");
+        }
+        if ((line.UpperDirectory is null) != (line.WorkDirectory is null))
+        {
+            throw new UsageException(line.UpperDirectory is null ? "workdir= needs upperdir=" : "upperdir= needs workdir=");
+        }
+        return line;
+    }
+
+    /// <summary>Checks that the directories exist; resolves them to full paths.</summary>
+    /// <exception cref="UsageException">A directory is missing or is not a directory.</exception>
+    public void Validate()
+    {
+        for (int i = 0; i < LowerDirectories.Count; i++)
+        {
+            LowerDirectories[i] = CheckDirectory("lowerdir", LowerDirectories[i]);
+        }
+        if (UpperDirectory is not null)
+        {
+            UpperDirectory = CheckDirectory("upperdir", UpperDirectory);
+        }
+        if (WorkDirectory is not null)
+        {
+            WorkDirectory = CheckDirectory("workdir", WorkDirectory);
+        }
+        // canonical, as /proc/self/mountinfo will show it (the auto_unmount watcher looks the mount up there)
+        MountPoint = Native.RealPath(CheckDirectory(null, MountPoint));
+    }
+
+    private static string CheckDirectory(string? option, string path)
+    {
+        string label = option is null ? path : $"{option}={path}";
+        if (Directory.Exists(path))
+        {
+            return Path.GetFullPath(path);
+        }
+        throw new UsageException(File.Exists(path) ? $"{label}: Not a directory" : $"{label}: No such file or directory");
+    }
+
+    /// <summary>Splits an option string on commas outside double quotes; <c>\,</c> is a literal comma. Other
+    /// backslashes are kept, for <see cref="SplitLowerDirectories"/>.</summary>
+    public static List<string> SplitOptions(string options)
+    {
+        var result = new List<string>();
+        var current = new StringBuilder();
+        bool quoted = false;
+        for (int i = 0; i < options.Length; i++)
+        {
+            char c = options[i];
+            if (c == '\\' && i + 1 < options.Length && options[i + 1] == ',')
+            {
+                current.Append(',');
+                i++;
+            }
+            else if (c == '\\' && i + 1 < options.Length)
+            {
+                current.Append(c).Append(options[++i]);
+            }
+            else if (c == '"')
+            {
+                quoted = !quoted;
+                current.Append(c);
+            }
+            else if (c == ',' && !quoted)
+            {
+                result.Add(current.ToString());
+                current.Clear();
+            }
+            else
+            {
+                current.Append(c);
+            }
+        }
+        result.Add(current.ToString());
+        return result.Where(o => o.Length > 0).ToList();
+    }
+
+    /// <summary>Splits a lowerdir value on colons; <c>\:</c> is a literal colon and <c>\\</c> a backslash.</summary>
+    /// <exception cref="UsageException">An empty layer (data-only layers, <c>::</c>, are not supported).</exception>
+    public static List<string> SplitLowerDirectories(string value)
+    {
+        var result = new List<string>();
+        var current = new StringBuilder();
+        for (int i = 0; i < value.Length; i++)
+        {
+            char c = value[i];
+            if (c == '\\' && i + 1 < value.Length && value[i + 1] is ':' or '\\')
+            {
+                current.Append(value[++i]);
+            }
+            else if (c == ':')
+            {
+                result.Add(current.ToString());
+                current.Clear();
+            }
+            else
+            {
+                current.Append(c);
+            }
+        }
+        result.Add(current.ToString());
+        if (result.Any(d => d.Length == 0))
+        {
+            throw new UsageException($"lowerdir={value}: empty layer path (data-only layers, '::', are not supported)");
+        }
+        return result;
+    }
+
+    /// <summary>Parses <c>ID:HOST:LEN[:ID:HOST:LEN...]</c>; an empty leading field (<c>:0:1000:1</c>) is tolerated,
+    /// as containers-storage writes it.</summary>
+    /// <exception cref="UsageException">Not a list of number triples.</exception>
+    public static List<IdMapping> ParseMapping(string option, string value)
+    {
+        string text = value.StartsWith(':') ? value[1..] : value;
+        string[] fields = text.Split(':');
+        if (text.Length == 0 || fields.Length % 3 != 0)
+        {
+            throw new UsageException($"{option}={value}: invalid mapping (expected ID:HOST:LEN[:ID:HOST:LEN...])");
+        }
+        var result = new List<IdMapping>();
+        for (int i = 0; i < fields.Length; i += 3)
+        {
+            if (!uint.TryParse(fields[i], NumberStyles.None, CultureInfo.InvariantCulture, out uint id)
+                || !uint.TryParse(fields[i + 1], NumberStyles.None, CultureInfo.InvariantCulture, out uint host)
+                || !uint.TryParse(fields[i + 2], NumberStyles.None, CultureInfo.InvariantCulture, out uint length))
+            {
+                throw new UsageException($"{option}={value}: invalid mapping (expected ID:HOST:LEN[:ID:HOST:LEN...])");
+            }
+            result.Add(new IdMapping(id, host, length));
+        }
+        return result;
+    }
+
+    private void AddOptions(string text)
+    {
+        foreach (string option in SplitOptions(text))
+        {
+            AddOption(option);
+        }
+    }
+
+    private void AddOption(string option)
+    {
+        int eq = option.IndexOf('=', StringComparison.Ordinal);
+        string name = eq < 0 ? option : option[..eq];
+        string? value = eq < 0 ? null : option[(eq + 1)..];
+        Options.Add(option);
+        switch (name, value)
+        {
+            case ("lowerdir", not null):
+                LowerDirectories.Clear();
+                LowerDirectories.AddRange(SplitLowerDirectories(value));
+                return;
+            case ("upperdir", not null):
+                UpperDirectory = Unescape(value);
+                return;
+            case ("workdir", not null):
+                WorkDirectory = Unescape(value);
+                return;
+            case ("ro", null):
+                ReadOnly = true;
+                return;
+            case ("rw", null):
+                ReadOnly = false;
+                return;
+            case ("allow_other", null):
+                AllowOther = true;
+                return;
+            case ("default_permissions", null):
+                DefaultPermissions = true;
+                return;
+            case ("debug", null):
+                Debug = true;
+                Foreground = true; // as libfuse's -o debug
+                return;
+            case ("auto_unmount", null):
+                AutoUnmount = true;
+                return;
+            case ("writeback", null):
+                Writeback = true;
+                return;
+            case ("writeback", "1" or "0"):
+                Writeback = value == "1";
+                return;
+            case ("squash_to_root", null):
+                SquashToRoot = true;
+                return;
+            case ("squash_to_uid", not null):
+                SquashToUid = ParseId(option, value);
+                return;
+            case ("squash_to_gid", not null):
+                SquashToGid = ParseId(option, value);
+                return;
+            case ("uidmapping", not null):
+                UidMappings.AddRange(ParseMapping(name, value));
+                return;
+            case ("gidmapping", not null):
+                GidMappings.AddRange(ParseMapping(name, value));
+                return;
+            case ("max_threads", not null):
+                MaxThreads = (int)Math.Clamp(ParseId(option, value), 1, 1000);
+                return;
+            case ("fsname", not null):
+                FsName = value;
+                return;
+            case ("subtype", not null):
+                Subtype = value;
+                return;
+        }
+        if ((value is null && QuietFlags.Contains(name)) || (value is not null && QuietValues.Contains(name)))
+        {
+            return;
+        }
+        Warnings.Add($"unknown option '{option}' ignored");
+    }
+
+    private static uint ParseId(string option, string value) =>
+        uint.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out uint id)
+            ? id
+            : throw new UsageException($"{option}: not a number");
+
+    /// <summary>A single path option: <c>\:</c> and <c>\\</c> unescaped as in lowerdir.</summary>
+    private static string Unescape(string value) => value.Replace("\\:", ":", StringComparison.Ordinal).Replace("\\\\", "\\", StringComparison.Ordinal);
+}

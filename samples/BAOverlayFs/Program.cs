@@ -1,0 +1,311 @@
+using System.Diagnostics;
+using System.Reflection;
+using System.Runtime.InteropServices;
+using BAOverlay.FileSystem;
+using BAOverlay.Fuse;
+
+namespace BAOverlayFs;
+
+/// <summary>
+/// baoverlayfs: mounts a BAOverlay overlay through FUSE with fuse-overlayfs's command line. Without <c>-f</c> it
+/// backgrounds like fuse-overlayfs: it re-executes itself in the foreground in a new session (no fork of the runtime)
+/// and returns 0 once the mount is live, or 1 with the error. See docs/baoverlayfs.md.
+/// </summary>
+internal static class Program
+{
+    /// <summary>Marks the re-executed mount process, which reports "ok" on its standard output once mounted.</summary>
+    internal const string ChildVariable = "BAOVERLAYFS_CHILD";
+
+    /// <summary>Marks the auto_unmount watcher process (arguments: mount id, mount point).</summary>
+    internal const string WatchVariable = "BAOVERLAYFS_WATCH";
+
+    private const string Usage = """
+        usage: baoverlayfs [-f] [-d] [-s] [-o OPTIONS] [SOURCE] MOUNTPOINT
+
+        Mounts the overlay of lowerdir (highest first), upperdir and workdir on MOUNTPOINT through FUSE,
+        like fuse-overlayfs; files copied up from large lower files keep only the written blocks (B-CoW files).
+        Needs root (the mount is made with mount(2)). Without -f, returns once the mount is live.
+
+        general options:
+            -h, --help             print this help and exit
+            -V, --version          print the version and exit
+            -f                     stay in the foreground
+            -d, --debug, -o debug  libfuse request tracing on standard error (implies -f)
+            -s                     serve requests on one thread (default: multi-threaded)
+            -o OPT[,OPT...]        mount options (repeatable)
+
+        overlay options:
+            lowerdir=DIR[:DIR...]  read-only layers, highest first; '\:' is a colon inside a path (required)
+            upperdir=DIR           writable layer (without it the overlay is read-only)
+            workdir=DIR            scratch directory on the upper's file system (required with upperdir)
+
+        FUSE options:
+            ro / rw                mount read-only / read-write (default rw)
+            allow_other            let other users use the mount
+            default_permissions    the kernel checks permissions from the mode bits (always on)
+            auto_unmount           a watcher process unmounts (lazily) if baoverlayfs dies
+            writeback[=1|0]        ask for the kernel's write-back cache (default off)
+            max_threads=N          most worker threads (default 10)
+            fsname=NAME            the mount's source as /proc/mounts shows it (default: SOURCE or baoverlayfs)
+            subtype=NAME           the mount's type is fuse.NAME (default baoverlayfs)
+
+        owner options (as fuse-overlayfs):
+            squash_to_root         show every file as owned by 0:0 (what is stored is unchanged)
+            squash_to_uid=N        show every file as owned by user N
+            squash_to_gid=N        show every file as owned by group N
+            uidmapping=STORED:SHOWN:LEN[:STORED:SHOWN:LEN...], gidmapping=... (a leading ':' is allowed)
+                                   owners stored as STORED+i are shown as SHOWN+i (others as 65534), and
+                                   objects created or chowned by SHOWN+i are stored as STORED+i
+
+        accepted for fuse-overlayfs compatibility, without effect:
+            static_nlink, noacl, fsync=0, volatile (files are still synced on fsync), context=,
+            xattr_permissions=, dev, suid, nodev, nosuid, exec, noexec, noatime, allow_root (the mount is
+            always nosuid,nodev)
+        Other options are ignored with a warning on standard error.
+
+        unmount with: fusermount3 -u MOUNTPOINT, umount MOUNTPOINT, or SIGTERM/SIGINT to the process.
+        """;
+
+    private static Process? s_watcher;
+
+    public static int Main(string[] args)
+    {
+        if (Environment.GetEnvironmentVariable(WatchVariable) == "1")
+        {
+            return AutoUnmountWatcher.Run(args);
+        }
+        // The re-executed mount process: its parent has already printed the warnings.
+        bool child = Environment.GetEnvironmentVariable(ChildVariable) == "1";
+        CommandLine line;
+        try
+        {
+            line = CommandLine.Parse(args);
+            if (line.Help)
+            {
+                Console.Out.WriteLine(Usage);
+                return 0;
+            }
+            if (line.Version)
+            {
+                string version = typeof(Program).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "unknown";
+                Console.Out.WriteLine($"baoverlayfs version {version.Split('+')[0]}");
+                Console.Out.WriteLine("BAOverlay for .NET, a fuse-overlayfs replacement with block-level copy-up; libfuse3 low-level API");
+                return 0;
+            }
+            foreach (string warning in child ? [] : line.Warnings)
+            {
+                Console.Error.WriteLine("baoverlayfs: " + warning);
+            }
+            line.Validate();
+        }
+        catch (UsageException e)
+        {
+            Console.Error.WriteLine("baoverlayfs: " + e.Message);
+            return 1;
+        }
+
+        if (!line.Foreground && !child)
+        {
+            return Background(args);
+        }
+        return Serve(line, child);
+    }
+
+    /// <summary>The program to re-execute: the apphost, or <c>dotnet baoverlayfs.dll</c>.</summary>
+    internal static (string FileName, string[] Prefix) Self()
+    {
+        string process = Environment.ProcessPath ?? "dotnet";
+        return Path.GetFileNameWithoutExtension(process) == "dotnet"
+            ? (process, [typeof(Program).Assembly.Location])
+            : (process, []);
+    }
+
+    /// <summary>Runs the mount in a re-executed child and waits for its "ok" (or its exit) on a pipe.</summary>
+    private static int Background(string[] args)
+    {
+        (string fileName, string[] prefix) = Self();
+        var start = new ProcessStartInfo(fileName)
+        {
+            UseShellExecute = false,
+            RedirectStandardOutput = true,
+        };
+        foreach (string arg in prefix.Concat(args))
+        {
+            start.ArgumentList.Add(arg);
+        }
+        start.Environment[ChildVariable] = "1";
+        using Process process = Process.Start(start) ?? throw new InvalidOperationException("cannot start " + fileName);
+        string? answer = process.StandardOutput.ReadLine();
+        if (answer == "ok")
+        {
+            return 0;
+        }
+        // The child printed its error on standard error (inherited) and exits: reap it so that nothing is left behind.
+        if (!process.WaitForExit(TimeSpan.FromSeconds(30)))
+        {
+            Console.Error.WriteLine("baoverlayfs: the mount process did not report and did not exit; killing it");
+            process.Kill();
+            process.WaitForExit();
+            return 1;
+        }
+        if (answer is not null && answer.Length > 0)
+        {
+            Console.Error.WriteLine("baoverlayfs: " + answer);
+        }
+        else if (process.ExitCode == 0)
+        {
+            Console.Error.WriteLine("baoverlayfs: the mount process exited before the mount was ready");
+        }
+        return 1;
+    }
+
+    /// <summary>Mounts and serves until unmounted or signalled.</summary>
+    private static int Serve(CommandLine line, bool child)
+    {
+        if (child)
+        {
+            Native.setsid(); // leave the caller's session and process group, like a daemon
+        }
+        OverlayFileSystem fileSystem;
+        FuseSession session;
+        try
+        {
+            FuseSession.EnsureAvailable();
+            fileSystem = OverlayFileSystem.Open(new OverlayOptions
+            {
+                LowerDirectories = line.LowerDirectories,
+                UpperDirectory = line.UpperDirectory,
+                WorkDirectory = line.WorkDirectory,
+            });
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or FuseUnavailableException or OverlayException)
+        {
+            Console.Error.WriteLine("baoverlayfs: " + e.Message);
+            return 1;
+        }
+        var options = new FuseMountOptions
+        {
+            FsName = line.FsName ?? line.Source ?? "baoverlayfs",
+            Subtype = line.Subtype ?? "baoverlayfs",
+            AllowOther = line.AllowOther,
+            DefaultPermissions = line.DefaultPermissions,
+            ReadOnly = line.ReadOnly,
+            WritebackCache = line.Writeback,
+            Debug = line.Debug,
+            MaxThreads = line.SingleThreaded ? 1 : line.MaxThreads ?? 10,
+        };
+        try
+        {
+            IFuseLowLevelHandler handler = new OverlayFuseAdapter(fileSystem, options.DefaultPermissions);
+            // as fuse-overlayfs: an explicit squash_to_uid/gid wins over squash_to_root
+            uint? squashUid = line.SquashToUid ?? (line.SquashToRoot ? 0u : null);
+            uint? squashGid = line.SquashToGid ?? (line.SquashToRoot ? 0u : null);
+            if (squashUid is not null || squashGid is not null || line.UidMappings.Count > 0 || line.GidMappings.Count > 0)
+            {
+                handler = new OwnerMappingHandler(handler, squashUid, squashGid, line.UidMappings, line.GidMappings);
+            }
+            session = new FuseSession(handler, options);
+        }
+        catch (Exception e) when (e is IOException or FuseUnavailableException)
+        {
+            fileSystem.Dispose();
+            Console.Error.WriteLine("baoverlayfs: " + e.Message);
+            return 1;
+        }
+
+        int loopResult = 0;
+        Exception? loopFailure = null;
+        var loop = new Thread(() =>
+        {
+            try
+            {
+                loopResult = session.Run();
+            }
+            catch (Exception e)
+            {
+                loopFailure = e;
+            }
+        })
+        { Name = "fuse-loop" };
+        bool signalled = false;
+        void Stop(PosixSignalContext context)
+        {
+            context.Cancel = true; // unmount and return instead of dying with the mount left behind
+            Volatile.Write(ref signalled, true);
+            ThreadPool.QueueUserWorkItem(_ =>
+            {
+                try
+                {
+                    session.Exit();
+                }
+                catch (IOException e)
+                {
+                    Console.Error.WriteLine("baoverlayfs: " + e.Message);
+                }
+            });
+        }
+        // Registered before mounting, so that no signal between mount and serve can leave a dead mount behind.
+        using PosixSignalRegistration term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Stop);
+        using PosixSignalRegistration interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, Stop);
+        using PosixSignalRegistration hangup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, Stop);
+
+        try
+        {
+            session.Mount(line.MountPoint);
+            loop.Start();
+            // The kernel sends INIT at mount time: once it is answered, requests are served.
+            var ready = Stopwatch.StartNew();
+            while (session.Connection is null && loop.IsAlive && ready.Elapsed < TimeSpan.FromSeconds(30))
+            {
+                Thread.Sleep(5);
+            }
+            if (session.Connection is null)
+            {
+                throw new IOException(Volatile.Read(ref signalled)
+                    ? $"mount {line.MountPoint}: interrupted by a signal"
+                    : $"mount {line.MountPoint}: the kernel did not initialise the FUSE connection");
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FuseUnavailableException)
+        {
+            Console.Error.WriteLine("baoverlayfs: " + e.Message);
+            session.Exit();
+            if (loop.ThreadState != System.Threading.ThreadState.Unstarted && !loop.Join(TimeSpan.FromSeconds(10)))
+            {
+                return 1; // the loop is stuck: leave the session allocated rather than free it under the loop
+            }
+            session.Dispose();
+            fileSystem.Dispose();
+            return 1;
+        }
+
+        if (line.AutoUnmount)
+        {
+            s_watcher = AutoUnmountWatcher.Start(line.MountPoint);
+        }
+        if (child)
+        {
+            try
+            {
+                Console.Out.Write("ok\n");
+                Console.Out.Flush();
+            }
+            catch (IOException)
+            {
+                // The waiting parent is gone (killed): the mount is live all the same, so keep serving it.
+            }
+            Native.DetachStdio();
+        }
+
+        loop.Join();
+        session.Dispose();
+        fileSystem.Dispose();
+        s_watcher?.Dispose(); // closes the watcher's standard input: it sees the mount gone and exits
+        if (loopFailure is not null)
+        {
+            Console.Error.WriteLine("baoverlayfs: " + loopFailure.Message);
+            return 1;
+        }
+        return loopResult < 0 ? 1 : 0;
+    }
+}
