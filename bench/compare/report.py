@@ -232,7 +232,7 @@ def write_svg(path, rows, speedup):
          f'<text x="{left}" y="16" font-size="13" font-weight="bold">Speed relative to fuse-overlayfs (median, log scale; right = faster)</text>']
     for i, sy in enumerate(SYSTEMS):
         o.append(f'<rect x="{left + i * 150}" y="26" width="10" height="10" fill="{colors[sy]}"/>'
-                 f'<text x="{left + i * 150 + 14}" y="35">{LABEL[sy]}</text>')
+                 f'<text x="{left + i * 150 + 14}" y="35">{LABEL[sy] + (" (= 1x)" if sy == "fuse-overlayfs" else "")}</text>')
     d = lo
     while d <= hi * 1.001:
         xx = px(d)

@@ -257,7 +257,7 @@ cat >"$OUT/run.json" <<JSON
  "runtime_s": $RUNTIME, "meta_files": $META_FILES, "rootfs_files": $ROOTFS_FILES, "rootfs_bytes": $ROOTFS_BYTES,
  "rootfs_dirs": "$(IFS=' '; echo "${ROOTFS_DIRS[*]}")", "baoverlayfs": "${BAO_CMD[*]#"$REPO/"}",
  "kernel": "$(uname -r)", "fio": "$(fio --version)", "fuse_overlayfs": "$(dpkg-query -W -f='${Version}' fuse-overlayfs 2>/dev/null || echo unknown)",
- "command": "bench/compare/run.sh $([[ $QUICK == 1 ]] && echo --quick) --rounds $ROUNDS"}
+ "command": "bench/compare/run.sh$([[ $QUICK == 1 ]] && echo ' --quick') --rounds $ROUNDS"}
 JSON
 log "results: $OUT/raw.jsonl"
 if [[ $DOCS == 1 ]]; then
