@@ -197,7 +197,7 @@ def main(out, md_path, svg_path):
     rows += [("container unpack", "container unpack"), ("container modify", "container modify db")]
     write_svg(svg_path, rows, speedup)
 
-    doc = "# Mounts side by side\n"
+    doc = ""
     if os.path.exists(md_path):
         with open(md_path) as f:
             doc = f.read()
