@@ -10,7 +10,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 DATA="${BAOVERLAY_COMPARE_DIR:-/var/tmp/baoverlay-compare}"
-OUT="$HERE/out"
+OUT="$HERE/out/$(date -u +%Y%m%dT%H%M%SZ)"  # one folder per run: a later run never mixes into an earlier one's results
 QUICK=0 ROUNDS="" KEEP=0 DOCS=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -232,6 +232,7 @@ run_system() {  # $1 round, $2 system
 # ---------------------------------------------------------------- main
 check_prerequisites
 mkdir -p "$OUT"
+ln -sfn "$(basename "$OUT")" "$HERE/out/last"
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 [[ -e "$DATA" ]] && { log "removing the previous $DATA"; rm -rf "$DATA"; }
@@ -259,7 +260,7 @@ cat >"$OUT/run.json" <<JSON
  "kernel": "$(uname -r)", "fio": "$(fio --version)", "fuse_overlayfs": "$(dpkg-query -W -f='${Version}' fuse-overlayfs 2>/dev/null || echo unknown)",
  "command": "bench/compare/run.sh$([[ $QUICK == 1 ]] && echo ' --quick') --rounds $ROUNDS"}
 JSON
-log "results: $OUT/raw.jsonl"
+log "results: $OUT/raw.jsonl (tables again: python3 bench/compare/report.py $OUT docs/benchmarks.md docs/benchmarks-mounts.svg)"
 if [[ $DOCS == 1 ]]; then
   python3 "$HERE/report.py" "$OUT" "$REPO/docs/benchmarks.md" "$REPO/docs/benchmarks-mounts.svg"
 else
