@@ -44,7 +44,11 @@ internal sealed class SharedExclusiveGate
             _turnstile.Wait(cancellationToken);
         }
         var drained = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        Volatile.Write(ref _drained, drained);
+        // A full fence, not Volatile.Write: a release store may be reordered after the load of _shared below (store
+        // buffering, even on x86). The last shared holder could then read _drained as null while this thread read
+        // _shared as nonzero - a lost wake-up that hangs the exclusive caller, and everyone queued behind it, forever.
+        // ExitShared's Interlocked.Decrement is the matching fence (Dekker).
+        Interlocked.Exchange(ref _drained, drained);
         if (Volatile.Read(ref _shared) != 0)
         {
             if (useAsync)

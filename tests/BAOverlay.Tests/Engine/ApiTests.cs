@@ -237,4 +237,97 @@ public class ApiTests
         }
         Checks.AssertClean(upper);
     }
+
+    [Test]
+    public void TheExtentsDescribeTheContentExactly([Values(4096, 65536)] int blockSize)
+    {
+        int seed = Environment.TickCount ^ blockSize;
+        TestContext.Out.WriteLine($"seed {seed}");
+        var random = new Random(seed);
+        MemoryStorage lower = Lower((6 * blockSize) + 1234, seed);
+        var upper = new MemoryStorage("upper");
+        using (BCowFile file = BCowFile.Create(upper, lower, new BCowCreateOptions { BlockSize = blockSize, Open = new BCowOpenOptions { CopyUpWorkers = 1 } }))
+        {
+            for (int step = 0; step < 40; step++)
+            {
+                long limit = file.Length + blockSize;
+                switch (random.Next(5))
+                {
+                    case 0:
+                    case 1:
+                        file.WriteAt(Checks.RandomBytes(random, random.Next(1, 2 * blockSize)), random.NextInt64(limit));
+                        break;
+                    case 2:
+                        file.PunchHole(random.NextInt64(limit), random.Next(2 * blockSize));
+                        break;
+                    case 3:
+                        file.SetLength(random.NextInt64(blockSize, 9L * blockSize));
+                        break;
+                    default:
+                        file.Flush();
+                        break;
+                }
+                // Rebuilt from the extents (partial blocks included: fills may still be queued).
+                byte[] content = Workload.ReadAll(file);
+                byte[] lowerBytes = lower.ToArray();
+                byte[] rebuilt = new byte[content.Length];
+                long position = 0;
+                foreach (BCowExtent extent in file.GetExtents())
+                {
+                    Assert.That(extent.Offset, Is.EqualTo(position), $"seed {seed} step {step}: extents are contiguous");
+                    Assert.That(extent.Length, Is.GreaterThan(0));
+                    switch (extent.Source)
+                    {
+                        case ExtentSource.Lower:
+                            Array.Copy(lowerBytes, extent.Offset, rebuilt, extent.Offset, extent.Length);
+                            break;
+                        case ExtentSource.Upper:
+                            upper.ReadAt(rebuilt.AsSpan((int)extent.Offset, (int)extent.Length), extent.UpperOffset);
+                            break;
+                    }
+                    position += extent.Length;
+                }
+                Assert.That(position, Is.EqualTo(content.Length), $"seed {seed} step {step}: extents cover the file");
+                Assert.That(rebuilt.AsSpan().SequenceEqual(content), Is.True, $"seed {seed} step {step}: extents rebuild the content");
+            }
+        }
+        Checks.AssertClean(upper);
+    }
+
+    [Test]
+    public void PartialBlocksLeftByAnEarlierSessionAreFilledOnAWritableOpen()
+    {
+        MemoryStorage lower = Lower(8 * 4096, 11);
+        var upper = new MemoryStorage("upper");
+        // A lower whose asynchronous reads never finish in time: the copier cannot fill before the file closes.
+        using (BCowFile file = BCowFile.Create(upper, new WrappedStorage(lower, TimeSpan.FromMinutes(5)), new BCowCreateOptions { BlockSize = 4096 }))
+        {
+            file.WriteAt([1, 2, 3, 4], 64 * 5);
+            file.WriteAt([5, 6, 7, 8], (3 * 4096) + (64 * 9));
+        }
+        byte[] expected;
+        using (BCowFile file = BCowFile.Open(upper, lower, new BCowOpenOptions { ReadOnly = true }))
+        {
+            Assert.That(file.GetInfo().BlocksPartial, Is.EqualTo(2), "left partial");
+            expected = Workload.ReadAll(file);
+        }
+        using (BCowFile file = BCowFile.Open(upper, lower, new BCowOpenOptions { ResumeCopyUps = false }))
+        {
+            Assert.That(file.PendingCopyUps, Is.Zero, "not resumed when asked not to");
+        }
+        using (BCowFile file = BCowFile.Open(upper, lower))
+        {
+            file.WaitForCopyUps();
+            Assert.That(file.GetInfo().BlocksPartial, Is.Zero, "resumed and filled");
+            Assert.That(Workload.ReadAll(file), Is.EqualTo(expected));
+        }
+        using (BCowFile file = BCowFile.Open(upper, lower, new BCowOpenOptions { ReadOnly = true }))
+        {
+            Assert.That(file.GetInfo().BlocksPresent, Is.EqualTo(2));
+            bool Overlaps(BCowExtent e, long start) => e.Offset < start + 4096 && start < e.Offset + e.Length;
+            Assert.That(file.GetExtents().Where(e => e.Source == ExtentSource.Lower).Any(e => Overlaps(e, 0) || Overlaps(e, 3 * 4096)), Is.False, "the filled blocks no longer read from lower");
+            Assert.That(Workload.ReadAll(file), Is.EqualTo(expected));
+        }
+        Checks.AssertClean(upper);
+    }
 }

@@ -352,7 +352,7 @@ public class ConcurrencyTests
     }
 
     [Test]
-    [Repeat(25)]
+    [Repeat(40)]
     public void SetLengthRacingWritesNeverShowsHiddenLowerBytes([Values(4096, 65536)] int blockSize)
     {
         int seed = Environment.TickCount ^ blockSize;
