@@ -159,11 +159,15 @@ static void MakeLowerFile(string path, long size, CancellationToken cancel)
         RandomAccess.Write(handle, chunk.AsSpan(0, n), done);
         if ((done & ((64L << 20) - 1)) == 0)
         {
-            Console.Write($"\rMaking the lower file {path}: {FormatBytes(done)} of {FormatBytes(size)}   ");
+            if (!Console.IsOutputRedirected)
+            {
+                // Redrawn in place only on a terminal; in a log it would be one long line.
+                Console.Write($"\rMaking the lower file {path}: {FormatBytes(done)} of {FormatBytes(size)}   ");
+            }
         }
     }
     RandomAccess.FlushToDisk(handle);
-    Console.WriteLine($"\rMade the lower file {path}: {FormatBytes(size)} in {clock.Elapsed.TotalSeconds:0.0} s            ");
+    Console.WriteLine($"{(Console.IsOutputRedirected ? "" : "\r")}Made the lower file {path}: {FormatBytes(size)} in {clock.Elapsed.TotalSeconds:0.0} s            ");
 }
 
 static void WarmUp(string dir)
