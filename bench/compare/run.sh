@@ -57,7 +57,7 @@ check_prerequisites() {
   ldconfig -p | grep -q 'libfuse3\.so' || missing+=("libfuse3 (apt-get install libfuse3-3)")
   grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null || missing+=("kernel overlayfs (modprobe overlay)")
   if [[ -z "${BAOVERLAYFS:-}" ]] && ! command -v baoverlayfs >/dev/null && [[ ! -d "$REPO/samples/BAOverlayFs" ]]; then
-    command -v dotnet >/dev/null || missing+=("dotnet SDK 10 (to build bench/compare/BAOverlayMount)")
+    command -v dotnet >/dev/null || missing+=("dotnet SDK 10 (to build samples/BAOverlayFs)")
   fi
   if [[ ${#missing[@]} -gt 0 ]]; then
     printf 'run.sh: missing prerequisites:\n' >&2; printf '  - %s\n' "${missing[@]}" >&2; exit 1
@@ -65,14 +65,13 @@ check_prerequisites() {
 }
 
 # ---------------------------------------------------------------- the three mounts
-# The baoverlayfs command, one place: BAOVERLAYFS if set; else `baoverlayfs` on PATH; else samples/BAOverlayFs (built
-# here) once it exists; else the stand-in bench/compare/BAOverlayMount. All take fuse-overlayfs's command line.
+# The baoverlayfs command, one place: BAOVERLAYFS if set; else `baoverlayfs` on PATH; else samples/BAOverlayFs, built
+# here. It takes fuse-overlayfs's command line.
 BAO_CMD=()
 resolve_baoverlayfs() {
   if [[ -n "${BAOVERLAYFS:-}" ]]; then read -r -a BAO_CMD <<<"$BAOVERLAYFS"; return; fi
   if command -v baoverlayfs >/dev/null; then BAO_CMD=("$(command -v baoverlayfs)"); return; fi
-  local project="$HERE/BAOverlayMount" name=BAOverlayMount
-  if [[ -d "$REPO/samples/BAOverlayFs" ]]; then project="$REPO/samples/BAOverlayFs"; name=BAOverlayFs; fi
+  local project="$REPO/samples/BAOverlayFs" name=baoverlayfs
   log "building $project (Release)"
   dotnet build -c Release -v q -nologo "$project" >&2 || die "build of $project failed"
   local exe
