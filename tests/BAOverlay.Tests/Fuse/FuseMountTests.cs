@@ -422,76 +422,18 @@ public sealed partial class FuseMountTests
 
     /// <summary>The overlay adapter, except that looking up "boom" throws a non-overlay exception and "denied" an
     /// OverlayException(EACCES).</summary>
-    private sealed class FailingLookups(IFuseLowLevelHandler inner) : IFuseLowLevelHandler
+    private sealed class FailingLookups(IFuseLowLevelHandler inner) : DelegatingFuseHandler(inner)
     {
-        public double EntryTimeout => 0;
+        public override double EntryTimeout => 0;
 
-        public double AttributeTimeout => 0;
+        public override double AttributeTimeout => 0;
 
-        public bool WantsGroups => inner.WantsGroups;
-
-        public OverlayStat Lookup(ulong parent, string name, FuseContext context) => name switch
+        public override OverlayStat Lookup(ulong parent, string name, FuseContext context) => name switch
         {
             "boom" => throw new InvalidOperationException("boom: a bug in the handler"),
             "denied" => throw new OverlayException(Errno.EACCES, "denied"),
-            _ => inner.Lookup(parent, name, context),
+            _ => Inner.Lookup(parent, name, context),
         };
-
-        public void Forget(ulong ino, ulong count) => inner.Forget(ino, count);
-
-        public OverlayStat GetAttr(ulong ino, ulong? handle, FuseContext context) => inner.GetAttr(ino, handle, context);
-
-        public OverlayStat SetAttr(ulong ino, OverlaySetAttr change, ulong? handle, FuseContext context) => inner.SetAttr(ino, change, handle, context);
-
-        public string ReadLink(ulong ino, FuseContext context) => inner.ReadLink(ino, context);
-
-        public OverlayStat MakeNode(ulong parent, string name, uint mode, ulong rdev, FuseContext context) => inner.MakeNode(parent, name, mode, rdev, context);
-
-        public OverlayStat MakeDirectory(ulong parent, string name, uint mode, FuseContext context) => inner.MakeDirectory(parent, name, mode, context);
-
-        public void Unlink(ulong parent, string name, FuseContext context) => inner.Unlink(parent, name, context);
-
-        public void RemoveDirectory(ulong parent, string name, FuseContext context) => inner.RemoveDirectory(parent, name, context);
-
-        public OverlayStat MakeSymbolicLink(string target, ulong parent, string name, FuseContext context) => inner.MakeSymbolicLink(target, parent, name, context);
-
-        public void Rename(ulong parent, string name, ulong newParent, string newName, uint flags, FuseContext context) => inner.Rename(parent, name, newParent, newName, flags, context);
-
-        public OverlayStat Link(ulong ino, ulong newParent, string newName, FuseContext context) => inner.Link(ino, newParent, newName, context);
-
-        public FuseOpenResult Open(ulong ino, int flags, FuseContext context) => inner.Open(ino, flags, context);
-
-        public int Read(ulong ino, ulong handle, Span<byte> buffer, long offset) => inner.Read(ino, handle, buffer, offset);
-
-        public int Write(ulong ino, ulong handle, ReadOnlySpan<byte> data, long offset) => inner.Write(ino, handle, data, offset);
-
-        public void Flush(ulong ino, ulong handle) => inner.Flush(ino, handle);
-
-        public void Release(ulong ino, ulong handle) => inner.Release(ino, handle);
-
-        public void Fsync(ulong ino, ulong handle, bool dataOnly) => inner.Fsync(ino, handle, dataOnly);
-
-        public ulong OpenDirectory(ulong ino, FuseContext context) => inner.OpenDirectory(ino, context);
-
-        public IReadOnlyList<OverlayDirEntry> ReadDirectory(ulong ino, ulong handle) => inner.ReadDirectory(ino, handle);
-
-        public void ReleaseDirectory(ulong ino, ulong handle) => inner.ReleaseDirectory(ino, handle);
-
-        public Statvfs StatFs(ulong ino) => inner.StatFs(ino);
-
-        public void SetXattr(ulong ino, string name, ReadOnlySpan<byte> value, int flags, FuseContext context) => inner.SetXattr(ino, name, value, flags, context);
-
-        public byte[] GetXattr(ulong ino, string name, FuseContext context) => inner.GetXattr(ino, name, context);
-
-        public IReadOnlyList<string> ListXattrs(ulong ino, FuseContext context) => inner.ListXattrs(ino, context);
-
-        public void RemoveXattr(ulong ino, string name, FuseContext context) => inner.RemoveXattr(ino, name, context);
-
-        public (OverlayStat Stat, FuseOpenResult Open) Create(ulong parent, string name, uint mode, int flags, FuseContext context) => inner.Create(parent, name, mode, flags, context);
-
-        public void Allocate(ulong ino, ulong handle, int mode, long offset, long length) => inner.Allocate(ino, handle, mode, offset, length);
-
-        public long Seek(ulong ino, ulong handle, long offset, int whence) => inner.Seek(ino, handle, offset, whence);
     }
 
     private static partial class NativeIds

@@ -1,0 +1,111 @@
+using BAOverlay.FileSystem;
+using Mono.Unix.Native;
+
+namespace BAOverlay.Fuse;
+
+/// <summary>
+/// A handler that passes every request to another one: derive from it and override only what changes (id mapping,
+/// fault injection in tests), instead of writing out every member of <see cref="IFuseLowLevelHandler"/> again.
+/// </summary>
+/// <param name="inner">The handler requests go to; not disposed by this one.</param>
+public abstract class DelegatingFuseHandler(IFuseLowLevelHandler inner) : IFuseLowLevelHandler
+{
+    /// <summary>The handler requests go to.</summary>
+    protected IFuseLowLevelHandler Inner { get; } = inner;
+
+    /// <inheritdoc/>
+    public virtual double EntryTimeout => Inner.EntryTimeout;
+
+    /// <inheritdoc/>
+    public virtual double AttributeTimeout => Inner.AttributeTimeout;
+
+    /// <inheritdoc/>
+    public virtual bool WantsGroups => Inner.WantsGroups;
+
+    /// <inheritdoc/>
+    public virtual OverlayStat Lookup(ulong parent, string name, FuseContext context) => Inner.Lookup(parent, name, context);
+
+    /// <inheritdoc/>
+    public virtual void Forget(ulong ino, ulong count) => Inner.Forget(ino, count);
+
+    /// <inheritdoc/>
+    public virtual OverlayStat GetAttr(ulong ino, ulong? handle, FuseContext context) => Inner.GetAttr(ino, handle, context);
+
+    /// <inheritdoc/>
+    public virtual OverlayStat SetAttr(ulong ino, OverlaySetAttr change, ulong? handle, FuseContext context) => Inner.SetAttr(ino, change, handle, context);
+
+    /// <inheritdoc/>
+    public virtual string ReadLink(ulong ino, FuseContext context) => Inner.ReadLink(ino, context);
+
+    /// <inheritdoc/>
+    public virtual OverlayStat MakeNode(ulong parent, string name, uint mode, ulong rdev, FuseContext context) => Inner.MakeNode(parent, name, mode, rdev, context);
+
+    /// <inheritdoc/>
+    public virtual OverlayStat MakeDirectory(ulong parent, string name, uint mode, FuseContext context) => Inner.MakeDirectory(parent, name, mode, context);
+
+    /// <inheritdoc/>
+    public virtual void Unlink(ulong parent, string name, FuseContext context) => Inner.Unlink(parent, name, context);
+
+    /// <inheritdoc/>
+    public virtual void RemoveDirectory(ulong parent, string name, FuseContext context) => Inner.RemoveDirectory(parent, name, context);
+
+    /// <inheritdoc/>
+    public virtual OverlayStat MakeSymbolicLink(string target, ulong parent, string name, FuseContext context) => Inner.MakeSymbolicLink(target, parent, name, context);
+
+    /// <inheritdoc/>
+    public virtual void Rename(ulong parent, string name, ulong newParent, string newName, uint flags, FuseContext context) => Inner.Rename(parent, name, newParent, newName, flags, context);
+
+    /// <inheritdoc/>
+    public virtual OverlayStat Link(ulong ino, ulong newParent, string newName, FuseContext context) => Inner.Link(ino, newParent, newName, context);
+
+    /// <inheritdoc/>
+    public virtual FuseOpenResult Open(ulong ino, int flags, FuseContext context) => Inner.Open(ino, flags, context);
+
+    /// <inheritdoc/>
+    public virtual int Read(ulong ino, ulong handle, Span<byte> buffer, long offset) => Inner.Read(ino, handle, buffer, offset);
+
+    /// <inheritdoc/>
+    public virtual int Write(ulong ino, ulong handle, ReadOnlySpan<byte> data, long offset) => Inner.Write(ino, handle, data, offset);
+
+    /// <inheritdoc/>
+    public virtual void Flush(ulong ino, ulong handle) => Inner.Flush(ino, handle);
+
+    /// <inheritdoc/>
+    public virtual void Release(ulong ino, ulong handle) => Inner.Release(ino, handle);
+
+    /// <inheritdoc/>
+    public virtual void Fsync(ulong ino, ulong handle, bool dataOnly) => Inner.Fsync(ino, handle, dataOnly);
+
+    /// <inheritdoc/>
+    public virtual ulong OpenDirectory(ulong ino, FuseContext context) => Inner.OpenDirectory(ino, context);
+
+    /// <inheritdoc/>
+    public virtual IReadOnlyList<OverlayDirEntry> ReadDirectory(ulong ino, ulong handle) => Inner.ReadDirectory(ino, handle);
+
+    /// <inheritdoc/>
+    public virtual void ReleaseDirectory(ulong ino, ulong handle) => Inner.ReleaseDirectory(ino, handle);
+
+    /// <inheritdoc/>
+    public virtual Statvfs StatFs(ulong ino) => Inner.StatFs(ino);
+
+    /// <inheritdoc/>
+    public virtual void SetXattr(ulong ino, string name, ReadOnlySpan<byte> value, int flags, FuseContext context) => Inner.SetXattr(ino, name, value, flags, context);
+
+    /// <inheritdoc/>
+    public virtual byte[] GetXattr(ulong ino, string name, FuseContext context) => Inner.GetXattr(ino, name, context);
+
+    /// <inheritdoc/>
+    public virtual IReadOnlyList<string> ListXattrs(ulong ino, FuseContext context) => Inner.ListXattrs(ino, context);
+
+    /// <inheritdoc/>
+    public virtual void RemoveXattr(ulong ino, string name, FuseContext context) => Inner.RemoveXattr(ino, name, context);
+
+    /// <inheritdoc/>
+    public virtual (OverlayStat Stat, FuseOpenResult Open) Create(ulong parent, string name, uint mode, int flags, FuseContext context) => Inner.Create(parent, name, mode, flags, context);
+
+    /// <inheritdoc/>
+    public virtual void Allocate(ulong ino, ulong handle, int mode, long offset, long length) => Inner.Allocate(ino, handle, mode, offset, length);
+
+    /// <inheritdoc/>
+    public virtual long Seek(ulong ino, ulong handle, long offset, int whence) => Inner.Seek(ino, handle, offset, whence);
+}
