@@ -92,6 +92,10 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
     /// <summary>How writes into blocks still in lower are completed.</summary>
     public CopyUpMode CopyUpMode => _options.CopyUpMode;
 
+    /// <summary>True when the file was not closed cleanly before this open (a crash may have leaked space, which a
+    /// writable open reclaims).</summary>
+    internal bool OpenedDirty => _openedDirty;
+
     /// <summary>Blocks queued for, or being filled by, the background copier.</summary>
     public int PendingCopyUps => _copier?.Pending ?? 0;
 

@@ -946,12 +946,6 @@ public sealed partial class OverlayFileSystem : IDisposable
 
     private static bool IsBCowFile(string path) => Syscall.lgetxattr(path, LayerPaths.BCowXattr, out byte[] _) >= 0;
 
-    private static bool IsDirtyBCowFile(string path)
-    {
-        using var storage = new FileStorage(path, FileMode.Open, FileAccess.Read);
-        return BCowFile.ReadHeader(storage).Dirty;
-    }
-
     private long BCowVirtualSize(string path)
     {
         try
@@ -1399,8 +1393,13 @@ public sealed partial class OverlayFileSystem : IDisposable
                 // Read-only until something writes: a reader must not commit (and so touch the file's mtime) at close.
                 // OpenLocked swaps in a writable one at the first open for writing. A file a crash left dirty is opened
                 // writable even for reading: that open reclaims the space the crash leaked.
-                bool readOnly = !write && !IsDirtyBCowFile(path);
-                return new NodeData.BCow(BCowFile.Open(path, new BCowOpenOptions { ReadOnly = readOnly }));
+                BCowFile file = BCowFile.Open(path, new BCowOpenOptions { ReadOnly = !write });
+                if (!write && file.OpenedDirty)
+                {
+                    file.Dispose();
+                    file = BCowFile.Open(path);
+                }
+                return new NodeData.BCow(file);
             }
             try
             {
