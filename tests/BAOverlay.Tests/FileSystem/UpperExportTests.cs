@@ -68,19 +68,7 @@ public class UpperExportTests
         Assert.That(b.st_ino, Is.EqualTo(a.st_ino), "hard links stay hard links");
 
         // The kernel's view of it over the same lower directories.
-        string mountPoint = Path.Combine(f.Root, "mnt");
-        string work = Path.Combine(f.Root, "kernel-work");
-        Directory.CreateDirectory(mountPoint);
-        Directory.CreateDirectory(work);
-        Mount($"-t overlay overlay -o lowerdir={f.Lowers[0]}:{f.Lowers[1]},upperdir={exported},workdir={work} {mountPoint}");
-        try
-        {
-            AssertSameTree(TreeOf(mountPoint, withTimes: true), expected, "kernel overlayfs over the exported upper directory");
-        }
-        finally
-        {
-            Unmount(mountPoint);
-        }
+        AssertKernelShows(f, exported, expected, null, "kernel overlayfs over the exported upper directory");
     }
 
     // ------------------------------------------------------------------ (b) OCI tar
@@ -234,19 +222,7 @@ public class UpperExportTests
         Assert.That(Syscall.lstat(Path.Combine(exported, "sparse"), out Stat sparseStat), Is.Zero);
         Assert.That((sparseStat.st_size, sparseStat.st_blocks * 512 < (1 << 20)), Is.EqualTo((8L << 20, true)), "a plain sparse file stays sparse");
 
-        string mountPoint = Path.Combine(f.Root, "mnt");
-        string work = Path.Combine(f.Root, "kernel-work");
-        Directory.CreateDirectory(mountPoint);
-        Directory.CreateDirectory(work);
-        Mount($"-t overlay overlay -o lowerdir={f.Lowers[0]}:{f.Lowers[1]},upperdir={exported},workdir={work} {mountPoint}");
-        try
-        {
-            AssertSameTree(TreeOf(mountPoint, withTimes: true), expected, "kernel overlayfs over the exported upper directory");
-        }
-        finally
-        {
-            Unmount(mountPoint);
-        }
+        AssertKernelShows(f, exported, expected, null, "kernel overlayfs over the exported upper directory");
 
         var tar = new MemoryStream();
         result = UpperExport.ToOciTar(upper, tar);
@@ -322,19 +298,7 @@ public class UpperExportTests
         Assert.That(y, Is.EqualTo("y"u8.ToArray()));
         Assert.That(Syscall.lgetxattr(d, "trusted.overlay.opaque", out byte[] _), Is.LessThan(0), "no trusted xattr without the privilege");
 
-        string mountPoint = Path.Combine(f.Root, "mnt");
-        string work = Path.Combine(f.Root, "kernel-work");
-        Directory.CreateDirectory(mountPoint);
-        Directory.CreateDirectory(work);
-        Mount($"-t overlay overlay -o userxattr,lowerdir={f.Lowers[0]}:{f.Lowers[1]},upperdir={exported},workdir={work} {mountPoint}");
-        try
-        {
-            AssertSameTree(TreeOf(mountPoint, withTimes: true), expected, "kernel overlayfs -o userxattr over the exported upper directory");
-        }
-        finally
-        {
-            Unmount(mountPoint);
-        }
+        AssertKernelShows(f, exported, expected, "userxattr", "kernel overlayfs -o userxattr over the exported upper directory");
     }
 
     // ------------------------------------------------------------------ failures
@@ -564,6 +528,26 @@ public class UpperExportTests
         using (handle)
         {
             handle.Write(Encoding.UTF8.GetBytes(content), 0);
+        }
+    }
+
+    /// <summary>Mounts kernel overlayfs with <paramref name="upper"/> over the fixture's lower directories and asserts it
+    /// shows <paramref name="expected"/>; always unmounts.</summary>
+    private static void AssertKernelShows(OverlayFixture f, string upper, SortedDictionary<string, string> expected, string? extraOptions, string because)
+    {
+        string mountPoint = Path.Combine(f.Root, "mnt");
+        string work = Path.Combine(f.Root, "kernel-work");
+        Directory.CreateDirectory(mountPoint);
+        Directory.CreateDirectory(work);
+        string options = extraOptions is null ? "" : extraOptions + ",";
+        Mount($"-t overlay overlay -o {options}lowerdir={f.Lowers[0]}:{f.Lowers[1]},upperdir={upper},workdir={work} {mountPoint}");
+        try
+        {
+            AssertSameTree(TreeOf(mountPoint, withTimes: true), expected, because);
+        }
+        finally
+        {
+            Unmount(mountPoint);
         }
     }
 
