@@ -29,7 +29,7 @@ internal sealed class CommandLine
     {
         "fsync", "context", "fscontext", "defcontext", "rootcontext", "xattr_permissions", "timeout", "threaded",
         "redirect_dir", "index", "metacopy", "plugins", "max_idle_threads", "uid", "gid", "umask", "max_read",
-        "blksize", "max_write", "attr_timeout", "entry_timeout", "negative_timeout",
+        "blksize", "attr_timeout", "entry_timeout", "negative_timeout",
     };
 
     public bool Help { get; private set; }
@@ -45,7 +45,10 @@ internal sealed class CommandLine
     public bool ReadOnly { get; private set; }
     public bool AllowOther { get; private set; }
     public bool DefaultPermissions { get; private set; } = true;
-    public bool Writeback { get; private set; }
+    public bool Writeback { get; private set; } = true;
+    public bool KeepCache { get; private set; } = true;
+    public uint? MaxWrite { get; private set; }
+    public uint? MaxReadahead { get; private set; }
     public bool AutoUnmount { get; private set; }
     public bool SquashToRoot { get; private set; }
     public uint? SquashToUid { get; private set; }
@@ -331,6 +334,15 @@ internal sealed class CommandLine
                 return;
             case ("gidmapping", not null):
                 GidMappings.AddRange(ParseMapping(name, value));
+                return;
+            case ("max_write", not null):
+                MaxWrite = ParseId(option, value);
+                return;
+            case ("max_readahead", not null):
+                MaxReadahead = ParseId(option, value);
+                return;
+            case ("keep_cache", "1" or "0"):
+                KeepCache = value == "1";
                 return;
             case ("max_threads", not null):
                 MaxThreads = (int)Math.Clamp(ParseId(option, value), 1, 1000);

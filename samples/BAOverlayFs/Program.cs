@@ -44,7 +44,10 @@ internal static class Program
             allow_other            let other users use the mount
             default_permissions    the kernel checks permissions from the mode bits (always on)
             auto_unmount           a watcher process unmounts (lazily) if baoverlayfs dies
-            writeback[=1|0]        ask for the kernel's write-back cache (default off)
+            writeback[=1|0]        the kernel's write-back cache (default on, as fuse-overlayfs)
+            keep_cache=1|0         keep a file's cached pages from one open to the next (default 1)
+            max_write=N            largest write request in bytes (default: libfuse's, 1 MiB)
+            max_readahead=N        most bytes the kernel reads ahead (default: the kernel's, 128 KiB)
             max_threads=N          most worker threads (default 10)
             fsname=NAME            the mount's source as /proc/mounts shows it (default: SOURCE or baoverlayfs)
             subtype=NAME           the mount's type is fuse.NAME (default baoverlayfs)
@@ -191,12 +194,15 @@ internal static class Program
             DefaultPermissions = line.DefaultPermissions,
             ReadOnly = line.ReadOnly,
             WritebackCache = line.Writeback,
+            MaxWrite = line.MaxWrite,
+            MaxReadahead = line.MaxReadahead,
             Debug = line.Debug,
             MaxThreads = line.SingleThreaded ? 1 : line.MaxThreads ?? 10,
         };
         try
         {
-            IFuseLowLevelHandler handler = new OverlayFuseAdapter(fileSystem, options.DefaultPermissions);
+            var adapter = new OverlayFuseAdapter(fileSystem, options.DefaultPermissions) { KeepCache = line.KeepCache };
+            IFuseLowLevelHandler handler = adapter;
             // as fuse-overlayfs: an explicit squash_to_uid/gid wins over squash_to_root
             uint? squashUid = line.SquashToUid ?? (line.SquashToRoot ? 0u : null);
             uint? squashGid = line.SquashToGid ?? (line.SquashToRoot ? 0u : null);
@@ -205,6 +211,7 @@ internal static class Program
                 handler = new OwnerMappingHandler(handler, squashUid, squashGid, line.UidMappings, line.GidMappings);
             }
             session = new FuseSession(handler, options);
+            adapter.Attach(session);
         }
         catch (Exception e) when (e is IOException or FuseUnavailableException)
         {

@@ -17,3 +17,19 @@ public readonly record struct FuseContext(uint Uid, uint Gid, int Pid, uint Umas
 /// <param name="DirectIo">Bypass the page cache for this open file.</param>
 /// <param name="KeepCache">Keep the cached data from an earlier open.</param>
 public readonly record struct FuseOpenResult(ulong Handle, bool DirectIo = false, bool KeepCache = false);
+
+/// <summary>What a FUSE session and the kernel agreed at init (<c>struct fuse_conn_info</c> after the init callback).</summary>
+/// <param name="Major">FUSE protocol major version.</param>
+/// <param name="Minor">FUSE protocol minor version.</param>
+/// <param name="Capable">The FUSE_CAP_* flags the kernel offered.</param>
+/// <param name="Want">The FUSE_CAP_* flags in use (libfuse's defaults and the session's choices).</param>
+/// <param name="MaxWrite">The largest write request, in bytes.</param>
+/// <param name="MaxReadahead">The most bytes read ahead, in bytes.</param>
+public sealed record FuseConnection(uint Major, uint Minor, uint Capable, uint Want, uint MaxWrite, uint MaxReadahead)
+{
+    /// <summary>FUSE_CAP_WRITEBACK_CACHE is in use.</summary>
+    public bool WritebackCache => (Want & (1u << 16)) != 0;
+
+    /// <summary>FUSE_CAP_AUTO_INVAL_DATA is in use: the kernel drops cached data when a file's size or mtime changes.</summary>
+    public bool AutoInvalidateData => (Want & (1u << 12)) != 0;
+}

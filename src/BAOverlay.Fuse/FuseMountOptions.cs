@@ -19,8 +19,20 @@ public sealed record FuseMountOptions
     /// <summary>Mount read-only (<c>-o ro</c>).</summary>
     public bool ReadOnly { get; init; }
 
-    /// <summary>Ask the kernel for write-back caching (FUSE_CAP_WRITEBACK_CACHE) when it offers it.</summary>
+    /// <summary>
+    /// Ask the kernel for write-back caching (FUSE_CAP_WRITEBACK_CACHE) when it offers it: writes land in the page
+    /// cache and reach the handler later, in larger pieces (at the latest at fsync, close or memory pressure), and the
+    /// kernel keeps file sizes and mtimes itself. The handler may then get reads through handles opened write-only.
+    /// </summary>
     public bool WritebackCache { get; init; }
+
+    /// <summary>The most bytes the kernel reads ahead in a file (<c>max_readahead</c>), or null for the kernel's
+    /// default. Capped by the kernel's own limit.</summary>
+    public uint? MaxReadahead { get; init; }
+
+    /// <summary>The largest write request the kernel sends (<c>max_write</c>), or null for libfuse's default (its
+    /// buffer size, 1 MiB with 4 KiB pages on libfuse 3.14).</summary>
+    public uint? MaxWrite { get; init; }
 
     /// <summary>libfuse's request tracing on standard error (<c>-d</c>).</summary>
     public bool Debug { get; init; }

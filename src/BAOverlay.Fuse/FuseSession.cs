@@ -84,8 +84,8 @@ public sealed unsafe class FuseSession : IDisposable
     /// <summary>The mount point, while mounted.</summary>
     public string? MountPoint => _mountPoint;
 
-    /// <summary>The kernel's FUSE protocol version and capabilities, once the kernel has sent init.</summary>
-    public (uint Major, uint Minor, uint Capable, uint Want)? Connection { get; private set; }
+    /// <summary>What the kernel and the session agreed at init (protocol, capabilities, limits), once the kernel has sent it.</summary>
+    public FuseConnection? Connection { get; private set; }
 
     /// <summary>The libfuse library opened and every <c>symbol@version</c> resolved, for diagnostics.</summary>
     public static IReadOnlyList<string> ResolvedSymbols
@@ -223,6 +223,57 @@ public sealed unsafe class FuseSession : IDisposable
         }
     }
 
+    /// <summary>
+    /// Tells the kernel to drop what it caches of inode <paramref name="ino"/>: its attributes, and its page-cache data
+    /// from <paramref name="offset"/> for <paramref name="length"/> bytes (0: to the end; a negative offset drops the
+    /// attributes only). For changes the kernel did not make itself; it blocks until the kernel has done it, so never
+    /// call it from a request handler or with a lock a request handler may need.
+    /// </summary>
+    /// <returns>True when the kernel dropped it; false when there was nothing to drop (the kernel does not know the
+    /// inode) or the session is not connected (not mounted yet, or unmounted).</returns>
+    /// <exception cref="IOException">The kernel refused the notification.</exception>
+    public bool InvalidateInode(ulong ino, long offset, long length)
+    {
+        lock (_gate)
+        {
+            if (_disposed || _session == 0 || _mountPoint is null)
+            {
+                return false;
+            }
+            return NotifyResult(LibFuse.fuse_lowlevel_notify_inval_inode(_session, ino, offset, length), $"inode {ino}");
+        }
+    }
+
+    /// <summary>
+    /// Tells the kernel to forget the name <paramref name="name"/> in directory <paramref name="parent"/> (for a name
+    /// created, removed or renamed other than through the mount). Same rules as <see cref="InvalidateInode"/>.
+    /// </summary>
+    /// <returns>True when the kernel dropped the name; false when it did not know it or the session is not connected.</returns>
+    /// <exception cref="IOException">The kernel refused the notification.</exception>
+    public bool InvalidateEntry(ulong parent, string name)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        byte[] bytes = Encoding.UTF8.GetBytes(name + "\0");
+        lock (_gate)
+        {
+            if (_disposed || _session == 0 || _mountPoint is null)
+            {
+                return false;
+            }
+            fixed (byte* p = bytes)
+            {
+                return NotifyResult(LibFuse.fuse_lowlevel_notify_inval_entry(_session, parent, p, (nuint)(bytes.Length - 1)), $"{parent}/{name}");
+            }
+        }
+    }
+
+    private static bool NotifyResult(int rc, string what) => rc switch
+    {
+        0 => true,
+        -2 or -107 => false, // ENOENT: not cached; ENOTCONN: no init yet, or the connection is gone
+        _ => throw new IOException($"FUSE invalidation of {what}: {Marshal.GetPInvokeErrorMessage(-rc)}"),
+    };
+
     /// <summary>Waits for <see cref="Run"/> to return.</summary>
     public bool WaitForExit(TimeSpan timeout) => _loopEnded.Wait(timeout);
 
@@ -318,7 +369,7 @@ public sealed unsafe class FuseSession : IDisposable
         }
     }
 
-    internal void OnInit(uint major, uint minor, uint capable, uint want) => Connection = (major, minor, capable, want);
+    internal void OnInit(FuseConnection connection) => Connection = connection;
 
     private void FreeNative()
     {

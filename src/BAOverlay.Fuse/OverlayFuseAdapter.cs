@@ -10,6 +10,10 @@ namespace BAOverlay.Fuse;
 /// <c>fh</c>. The caller (uid, gid, umask, groups) is passed to the overlay for permission checks only when the mount
 /// does not use <c>default_permissions</c>; with it the kernel has already checked, and the caller is still used for
 /// the owner and umask of new objects.
+/// <para>Open files keep the kernel's page cache from one open to the next (<see cref="KeepCache"/>): every change
+/// through the mount passes through the kernel, which keeps its cache right itself. A change made to the overlay in
+/// any other way (through the library, while mounted) is forwarded to the kernel as an invalidation once
+/// <see cref="Attach"/> has connected the adapter to its session.</para>
 /// </summary>
 public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
 {
@@ -31,6 +35,12 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
     private readonly ConcurrentDictionary<ulong, OverlayHandle> _files = new();
     private readonly ConcurrentDictionary<ulong, IReadOnlyList<OverlayDirEntry>> _directories = new();
     private long _nextHandle;
+    private FuseSession? _session;
+
+    /// <summary>The adapter serving a request on this thread: changes it makes come from the kernel, which keeps its
+    /// own cache right, so they are not sent back to it as invalidations.</summary>
+    [ThreadStatic]
+    private static OverlayFuseAdapter? t_serving;
 
     /// <summary>Creates the adapter.</summary>
     /// <param name="fileSystem">The overlay to serve.</param>
@@ -51,6 +61,67 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
 
     /// <inheritdoc/>
     public bool WantsGroups => _checkPermissions;
+
+    /// <summary>
+    /// Keep the kernel's cached data of a file when it is opened again (FUSE <c>keep_cache</c>); default true. Safe
+    /// because the kernel sees every change made through the mount, and <see cref="Attach"/> forwards the others; the
+    /// kernel also drops the cache when a file's size or mtime moves under it (FUSE_CAP_AUTO_INVAL_DATA).
+    /// </summary>
+    public bool KeepCache { get; init; } = true;
+
+    /// <summary>
+    /// Connects the adapter to the session serving it: from now on a change the overlay reports
+    /// (<see cref="OverlayFileSystem.Changed"/>) that did not come through this mount is forwarded to the kernel as a
+    /// cache invalidation (<see cref="FuseSession.InvalidateInode"/>), on a thread-pool thread, never on the thread
+    /// that made the change. Call it once, before the session runs.
+    /// </summary>
+    public void Attach(FuseSession session)
+    {
+        ArgumentNullException.ThrowIfNull(session);
+        if (Interlocked.CompareExchange(ref _session, session, null) is not null)
+        {
+            throw new InvalidOperationException("the adapter is attached to a session already");
+        }
+        _fileSystem.Changed += OnOverlayChanged;
+    }
+
+    private void OnOverlayChanged(ulong ino, long offset, long length)
+    {
+        if (t_serving == this)
+        {
+            return;
+        }
+        ThreadPool.UnsafeQueueUserWorkItem(static state => state.Adapter.Invalidate(state.Ino, state.Offset, state.Length),
+            (Adapter: this, Ino: ino, Offset: offset, Length: length), preferLocal: false);
+    }
+
+    private void Invalidate(ulong ino, long offset, long length)
+    {
+        try
+        {
+            _session?.InvalidateInode(ino, offset, length);
+        }
+        catch (IOException e)
+        {
+            _session?.LogLine(e.Message);
+        }
+    }
+
+    /// <summary>Marks the calling thread as serving a kernel request until disposed.</summary>
+    private Serving Serve() => new(this);
+
+    private readonly struct Serving : IDisposable
+    {
+        private readonly OverlayFuseAdapter? _previous;
+
+        public Serving(OverlayFuseAdapter adapter)
+        {
+            _previous = t_serving;
+            t_serving = adapter;
+        }
+
+        public void Dispose() => t_serving = _previous;
+    }
 
     /// <summary>Open files (for tests and diagnostics).</summary>
     public int OpenFiles => _files.Count;
@@ -82,6 +153,7 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
         {
             change = change with { Mode = mode & 0xFFF };
         }
+        using Serving serving = Serve();
         return _fileSystem.SetAttr(ino, change, caller);
     }
 
@@ -134,15 +206,17 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
     {
         bool write = (flags & O_ACCMODE) != O_RDONLY;
         bool truncate = (flags & O_TRUNC) != 0;
+        using Serving serving = Serve();
         OverlayHandle handle = _fileSystem.Open(ino, write, truncate, Checked(context));
-        return new FuseOpenResult(Register(handle));
+        return new FuseOpenResult(Register(handle), KeepCache: KeepCache);
     }
 
     /// <inheritdoc/>
     public (OverlayStat Stat, FuseOpenResult Open) Create(ulong parent, string name, uint mode, int flags, FuseContext context)
     {
+        using Serving serving = Serve();
         (OverlayStat stat, OverlayHandle handle) = _fileSystem.Create(parent, name, mode, Caller(context));
-        return (stat, new FuseOpenResult(Register(handle)));
+        return (stat, new FuseOpenResult(Register(handle), KeepCache: KeepCache));
     }
 
     /// <inheritdoc/>
@@ -151,6 +225,7 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
     /// <inheritdoc/>
     public int Write(ulong ino, ulong handle, ReadOnlySpan<byte> data, long offset)
     {
+        using Serving serving = Serve();
         File(handle).Write(data, offset);
         return data.Length;
     }
@@ -224,6 +299,7 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
             FALLOC_FL_ZERO_RANGE => OverlayAllocateMode.ZeroRange,
             _ => throw new OverlayException(Errno.EOPNOTSUPP, $"fallocate mode {mode:x} is not supported"),
         };
+        using Serving serving = Serve();
         File(handle).Allocate(offset, length, overlayMode, keepSize);
     }
 

@@ -29,6 +29,7 @@ internal static unsafe class FuseCallbacks
     private const int FUSE_SET_ATTR_ATIME_NOW = 1 << 7;
     private const int FUSE_SET_ATTR_MTIME_NOW = 1 << 8;
 
+    public const uint FUSE_CAP_AUTO_INVAL_DATA = 1 << 12;
     public const uint FUSE_CAP_WRITEBACK_CACHE = 1 << 16;
 
     /// <summary>The ops table with every implemented member set; the others stay null.</summary>
@@ -190,7 +191,15 @@ internal static unsafe class FuseCallbacks
             {
                 conn->want |= FUSE_CAP_WRITEBACK_CACHE;
             }
-            session.OnInit(conn->proto_major, conn->proto_minor, conn->capable, conn->want);
+            if (session.Options.MaxReadahead is uint readahead)
+            {
+                conn->max_readahead = Math.Min(readahead, conn->max_readahead);
+            }
+            if (session.Options.MaxWrite is uint maxWrite)
+            {
+                conn->max_write = Math.Min(maxWrite, conn->max_write);
+            }
+            session.OnInit(new FuseConnection(conn->proto_major, conn->proto_minor, conn->capable, conn->want, conn->max_write, conn->max_readahead));
         }
         catch
         {

@@ -106,6 +106,12 @@ internal static unsafe class LibFuse
     // int fuse_reply_lseek(fuse_req_t req, off_t off);
     public static delegate* unmanaged<nint, long, int> fuse_reply_lseek;
 
+    // int fuse_lowlevel_notify_inval_inode(struct fuse_session *se, fuse_ino_t ino, off_t off, off_t len);
+    public static delegate* unmanaged<nint, ulong, long, long, int> fuse_lowlevel_notify_inval_inode;
+
+    // int fuse_lowlevel_notify_inval_entry(struct fuse_session *se, fuse_ino_t parent, const char *name, size_t namelen);
+    public static delegate* unmanaged<nint, ulong, byte*, nuint, int> fuse_lowlevel_notify_inval_entry;
+
     // size_t fuse_add_direntry(fuse_req_t req, char *buf, size_t bufsize, const char *name, const struct stat *stbuf, off_t off);
     public static delegate* unmanaged<nint, byte*, nuint, byte*, NativeStat*, long, nuint> fuse_add_direntry;
 
@@ -174,6 +180,8 @@ internal static unsafe class LibFuse
         fuse_reply_xattr = (delegate* unmanaged<nint, nuint, int>)Get(h, "fuse_reply_xattr", "FUSE_3.0");
         fuse_reply_lseek = (delegate* unmanaged<nint, long, int>)Get(h, "fuse_reply_lseek", "FUSE_3.0");
         fuse_add_direntry = (delegate* unmanaged<nint, byte*, nuint, byte*, NativeStat*, long, nuint>)Get(h, "fuse_add_direntry", "FUSE_3.0");
+        fuse_lowlevel_notify_inval_inode = (delegate* unmanaged<nint, ulong, long, long, int>)Get(h, "fuse_lowlevel_notify_inval_inode", "FUSE_3.0");
+        fuse_lowlevel_notify_inval_entry = (delegate* unmanaged<nint, ulong, byte*, nuint, int>)Get(h, "fuse_lowlevel_notify_inval_entry", "FUSE_3.0");
 
         // fuse_session_loop_mt has three versions in 3.12+: FUSE_3.0 (no config), FUSE_3.2 (struct
         // fuse_loop_config_v1 *) and FUSE_3.12 (opaque struct fuse_loop_config * built with fuse_loop_cfg_*). Prefer

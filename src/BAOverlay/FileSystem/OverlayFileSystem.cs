@@ -59,6 +59,21 @@ public sealed partial class OverlayFileSystem : IDisposable
     /// <summary>True when there is no upper directory: every change fails with EROFS.</summary>
     public bool IsReadOnly => _upper < 0;
 
+    /// <summary>
+    /// Raised after a regular file's data, size or attributes changed through this overlay: a write, truncate,
+    /// fallocate or copy into it through an <see cref="OverlayHandle"/>, an open with truncation, or
+    /// <see cref="SetAttr"/>. A cache of file contents kept by someone else (the kernel's page cache behind a FUSE
+    /// mount) uses it to drop what went stale. Raised on the thread that made the change, possibly with the overlay's
+    /// lock held: a handler must be quick, must not throw and must not call back into the overlay.
+    /// </summary>
+    public event OverlayChangedHandler? Changed;
+
+    /// <summary>Tells the <see cref="Changed"/> handlers; <paramref name="offset"/> -1 for attributes only.</summary>
+    internal void OnChanged(ulong ino, long offset, long length) => Changed?.Invoke(ino, offset, length);
+
+    /// <summary>True when someone listens to <see cref="Changed"/> (lets the async write path skip its continuation).</summary>
+    internal bool HasChangedHandlers => Changed is not null;
+
     /// <summary>Opens the overlay: checks the directories and cleans the work directory of a crashed copy-up.</summary>
     /// <exception cref="OverlayException">A directory is missing or not a directory (ENOENT, ENOTDIR), or the work
     /// directory is on another file system than the upper one (EXDEV).</exception>
@@ -203,6 +218,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                     throw OverlayException.FromLastError("utimensat", Describe(node));
                 }
             }
+            OnChanged(ino, change.Size is long newSize ? newSize : -1, 0);
             return StatOf(node);
         }
         finally
@@ -1373,6 +1389,7 @@ public sealed partial class OverlayFileSystem : IDisposable
         if (truncate && node.Data.Length != 0)
         {
             node.Data.SetLength(0);
+            OnChanged(node.Ino, 0, 0);
         }
         node.OpenHandles++;
         StatOf(node); // remembered for fstat after an unlink

@@ -34,11 +34,24 @@ public sealed class OverlayHandle : IDisposable
 
     /// <summary>Writes at <paramref name="offset"/>.</summary>
     /// <exception cref="OverlayException">EBADF when the handle is read-only.</exception>
-    public void Write(ReadOnlySpan<byte> data, long offset) => _fileSystem.WritableDataOf(this).Write(data, offset);
+    public void Write(ReadOnlySpan<byte> data, long offset)
+    {
+        _fileSystem.WritableDataOf(this).Write(data, offset);
+        _fileSystem.OnChanged(Ino, offset, data.Length);
+    }
 
     /// <inheritdoc cref="Write"/>
-    public ValueTask WriteAsync(ReadOnlyMemory<byte> data, long offset, CancellationToken cancellationToken = default) =>
-        _fileSystem.WritableDataOf(this).WriteAsync(data, offset, cancellationToken);
+    public ValueTask WriteAsync(ReadOnlyMemory<byte> data, long offset, CancellationToken cancellationToken = default)
+    {
+        ValueTask write = _fileSystem.WritableDataOf(this).WriteAsync(data, offset, cancellationToken);
+        return _fileSystem.HasChangedHandlers ? Notified(write, offset, data.Length) : write;
+
+        async ValueTask Notified(ValueTask pending, long at, int count)
+        {
+            await pending.ConfigureAwait(false);
+            _fileSystem.OnChanged(Ino, at, count);
+        }
+    }
 
     /// <summary>Makes every write through any handle of this file durable (<c>fsync</c>).</summary>
     public void Fsync() => _fileSystem.DataOf(this).Flush();
@@ -77,6 +90,7 @@ public sealed class OverlayHandle : IDisposable
                 }
                 break;
         }
+        _fileSystem.OnChanged(Ino, offset, length);
     }
 
     /// <summary>lseek with SEEK_DATA or SEEK_HOLE: the first offset at or after <paramref name="offset"/> that holds
@@ -158,3 +172,10 @@ public enum OverlayAllocateMode
     /// <summary>FALLOC_FL_ZERO_RANGE.</summary>
     ZeroRange,
 }
+
+/// <summary>The handler of <see cref="OverlayFileSystem.Changed"/>.</summary>
+/// <param name="ino">The file that changed.</param>
+/// <param name="offset">The first byte that changed, or -1 when only attributes changed (mode, owner, times). After a
+/// truncate it is the new size.</param>
+/// <param name="length">How many bytes changed from <paramref name="offset"/>; 0 for everything from there to the end.</param>
+public delegate void OverlayChangedHandler(ulong ino, long offset, long length);

@@ -12,8 +12,9 @@ namespace BAOverlay.Tests.Fuse;
 /// </summary>
 public sealed partial class FuseMountTests
 {
-    [Test]
-    public void FioVerifiesRandomWritesIntoLowerFilesAcrossAnUnmountAndRemount()
+    [TestCase(false, TestName = "FioVerifiesRandomWritesIntoLowerFilesAcrossAnUnmountAndRemount")]
+    [TestCase(true, TestName = "FioVerifiesRandomWritesIntoLowerFilesAcrossAnUnmountAndRemountWithTheWritebackCache")]
+    public void FioVerifiesRandomWritesIntoLowerFilesAcrossAnUnmountAndRemount(bool writeback)
     {
         string? fio = FindFio();
         if (fio is null)
@@ -32,7 +33,8 @@ public sealed partial class FuseMountTests
                 stream.Write(chunk);
             }
         }
-        using (Mounted.Start(fixture, out string mountPoint))
+        var options = new BAOverlay.Fuse.FuseMountOptions { WritebackCache = writeback };
+        using (Mounted.Start(fixture, out string mountPoint, options: options))
         {
             RunFio(fio, mountPoint, verifyOnly: false);
         }
@@ -43,7 +45,7 @@ public sealed partial class FuseMountTests
             Assert.That(check.IsClean, Is.True, $"{upper}: {string.Join("; ", check.Corruptions)} leaks {check.LeakedBytes}");
             Assert.That(new FileInfo(upper).Length, Is.LessThan(32L << 20), $"{upper}: only written blocks are in upper");
         }
-        using (Mounted.Start(fixture, out string mountPoint))
+        using (Mounted.Start(fixture, out string mountPoint, options: options))
         {
             RunFio(fio, mountPoint, verifyOnly: true);
         }

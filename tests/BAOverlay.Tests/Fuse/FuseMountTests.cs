@@ -278,6 +278,9 @@ public sealed partial class FuseMountTests
 
         public FuseSession Session { get; }
 
+        /// <summary>The overlay behind the mount, for changes made other than through it.</summary>
+        public OverlayFileSystem FileSystem => _fileSystem;
+
         /// <summary>The session's log lines (one per request answered EIO).</summary>
         public List<string> Log
         {
@@ -303,7 +306,8 @@ public sealed partial class FuseMountTests
             try
             {
                 options ??= new FuseMountOptions();
-                session = new FuseSession(handler?.Invoke(fileSystem) ?? new OverlayFuseAdapter(fileSystem, options.DefaultPermissions), options with
+                IFuseLowLevelHandler served = handler?.Invoke(fileSystem) ?? new OverlayFuseAdapter(fileSystem, options.DefaultPermissions);
+                session = new FuseSession(served, options with
                 {
                     FsName = "baoverlay-test",
                     Subtype = "baoverlay",
@@ -325,6 +329,7 @@ public sealed partial class FuseMountTests
             var mounted = new Mounted(fileSystem, session, mountPoint, log);
             try
             {
+                (session.Handler as OverlayFuseAdapter)?.Attach(session);
                 session.Mount(mountPoint);
                 mounted._loop.Start();
             }

@@ -1,0 +1,178 @@
+using System.Text;
+using BAOverlay.FileSystem;
+using BAOverlay.Fuse;
+using BAOverlay.Tests.FileSystem;
+
+namespace BAOverlay.Tests.Fuse;
+
+/// <summary>
+/// The kernel's page cache behind the mount: kept across opens (keep_cache), dropped when the overlay changes a file
+/// other than through the mount (the adapter's invalidations), and right with the write-back cache on.
+/// </summary>
+public sealed partial class FuseMountTests
+{
+    [Test]
+    public void ASecondOpenReadsFromTheKernelsCacheWithoutAskingTheDaemon()
+    {
+        using var fixture = new OverlayFixture(lowers: 1);
+        byte[] data = Checks.RandomBytes(new Random(3), 256 * 1024);
+        OverlayFixture.WriteFile(Path.Combine(fixture.Lowers[0], "f"), data);
+        CountingReads? counting = null;
+        using Mounted mounted = Mounted.Start(fixture, out string mnt, fs => counting = new CountingReads(new OverlayFuseAdapter(fs)));
+        string file = Path.Combine(mnt, "f");
+
+        Assert.That(File.ReadAllBytes(file), Is.EqualTo(data));
+        long first = counting!.Reads;
+        Assert.That(first, Is.GreaterThan(0), "the first open read through the daemon");
+        Assert.That(File.ReadAllBytes(file), Is.EqualTo(data));
+        Assert.That(counting.Reads, Is.EqualTo(first), "the second open was served from the page cache (keep_cache)");
+    }
+
+    [Test]
+    public void WithoutKeepCacheEveryOpenReadsThroughTheDaemonAgain()
+    {
+        using var fixture = new OverlayFixture(lowers: 1);
+        OverlayFixture.WriteFile(Path.Combine(fixture.Lowers[0], "f"), "cached or not");
+        CountingReads? counting = null;
+        using Mounted mounted = Mounted.Start(fixture, out string mnt,
+            fs => counting = new CountingReads(new OverlayFuseAdapter(fs) { KeepCache = false }));
+        string file = Path.Combine(mnt, "f");
+        File.ReadAllBytes(file);
+        long first = counting!.Reads;
+        File.ReadAllBytes(file);
+        Assert.That(counting.Reads, Is.GreaterThan(first), "each open started with an empty cache");
+    }
+
+    /// <summary>
+    /// Data changed through the library while the file's pages are in the kernel's cache: the next read through the
+    /// mount sees the new bytes at once (the attribute and entry timeouts are a minute here, so only the invalidation
+    /// can explain it). Covers a write into a lower file (a block copy-up), a write into an upper file, a truncate and an open
+    /// with truncation.
+    /// </summary>
+    [Test]
+    public void ChangesMadeThroughTheLibraryWhileMountedAreSeenThroughTheMountAtOnce()
+    {
+        using var fixture = new OverlayFixture(lowers: 1);
+        byte[] big = Checks.RandomBytes(new Random(5), 1 << 20);
+        OverlayFixture.WriteFile(Path.Combine(fixture.Lowers[0], "big"), big);
+        using Mounted mounted = Mounted.Start(fixture, out string mnt,
+            fs => new OverlayFuseAdapter(fs) { AttributeTimeout = 60, EntryTimeout = 60 });
+        string path = Path.Combine(mnt, "big");
+        OverlayFileSystem fs = mounted.FileSystem;
+
+        // keep a reader open through the mount, so the kernel has the pages and the inode
+        using var reader = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite, 1, FileOptions.None);
+        Assert.That(ReadAll(reader), Is.EqualTo(big), "cached through the mount");
+
+        ulong ino = fs.Lookup(OverlayFileSystem.RootIno, "big").Ino;
+        byte[] patch = Encoding.ASCII.GetBytes("changed through the library, not through the kernel");
+        using (OverlayHandle handle = fs.Open(ino, write: true, truncate: false))
+        {
+            handle.Write(patch, 400_000);
+        }
+        patch.CopyTo(big, 400_000);
+        AssertEventually(() => ReadAll(reader), big, "a library write into a lower file (block copy-up)");
+        Assert.That(File.ReadAllBytes(path), Is.EqualTo(big), "a new open sees it too");
+
+        fs.SetAttr(ino, new OverlaySetAttr { Size = 300_000 }, OverlayCaller.Root);
+        AssertEventually(() => ReadAll(reader), big[..300_000], "a library truncate");
+
+        using (OverlayHandle handle = fs.Open(ino, write: true, truncate: true))
+        {
+            handle.Write("new life"u8, 0);
+        }
+        AssertEventually(() => ReadAll(reader), "new life"u8.ToArray(), "a library open with O_TRUNC and a write");
+        Assert.That(mounted.Log, Is.Empty);
+    }
+
+    [Test]
+    public void TheWritebackCacheKeepsDataSizesAndCopyUpRight()
+    {
+        using var fixture = new OverlayFixture(lowers: 1);
+        byte[] big = Checks.RandomBytes(new Random(9), 2 << 20);
+        OverlayFixture.WriteFile(Path.Combine(fixture.Lowers[0], "big"), big);
+        byte[] model = big.ToArray();
+        using (Mounted mounted = Mounted.Start(fixture, out string mnt, options: new FuseMountOptions { WritebackCache = true }))
+        {
+            string path = Path.Combine(mnt, "big");
+            Assert.That(File.Exists(path), Is.True); // a request: init has been answered
+            Assert.That(mounted.Session.Connection?.WritebackCache, Is.True, "the kernel granted the write-back cache");
+            var random = new Random(10);
+            // a write-only descriptor: the kernel reads partial pages through it to merge unaligned writes
+            using (var handle = File.OpenHandle(path, FileMode.Open, FileAccess.Write))
+            {
+                for (int i = 0; i < 200; i++)
+                {
+                    int length = random.Next(1, 9000);
+                    long offset = random.NextInt64(0, model.Length - length);
+                    byte[] chunk = Checks.RandomBytes(random, length);
+                    RandomAccess.Write(handle, chunk, offset);
+                    chunk.CopyTo(model, offset);
+                }
+                RandomAccess.Write(handle, "tail"u8, model.Length); // grows the file: the kernel keeps the size
+                model = [.. model, .. "tail"u8.ToArray()];
+            }
+            Assert.That(new FileInfo(path).Length, Is.EqualTo(model.Length));
+            Assert.That(File.ReadAllBytes(path), Is.EqualTo(model), "read back through the mount");
+
+            File.WriteAllText(Path.Combine(mnt, "appended"), "one");
+            File.AppendAllText(Path.Combine(mnt, "appended"), " two");
+            Assert.That(File.ReadAllText(Path.Combine(mnt, "appended")), Is.EqualTo("one two"), "O_APPEND under the write-back cache");
+            Assert.That(mounted.Log, Is.Empty);
+        }
+        // everything reached the overlay by unmount: a fresh overlay (no kernel cache) reads the same
+        using OverlayFileSystem fs = fixture.Open();
+        Assert.That(OverlayFixture.ReadBytes(fs, "big"), Is.EqualTo(model), "after unmount, straight from the layers");
+        Assert.That(OverlayFixture.ReadText(fs, "appended"), Is.EqualTo("one two"));
+        string upperBig = Path.Combine(fixture.Upper!, "big");
+        Assert.That(new FileInfo(upperBig).Length, Is.LessThan(big.Length), "block copy-up, not a whole copy");
+        Checks.AssertClean(upperBig);
+    }
+
+    private static byte[] ReadAll(FileStream stream)
+    {
+        var buffer = new byte[stream.Length];
+        int done = 0;
+        while (done < buffer.Length)
+        {
+            int n = RandomAccess.Read(stream.SafeFileHandle, buffer.AsSpan(done), done);
+            if (n == 0)
+            {
+                return buffer[..done];
+            }
+            done += n;
+        }
+        return buffer;
+    }
+
+    /// <summary>The invalidation runs on a thread-pool thread: allow it a moment.</summary>
+    private static void AssertEventually(Func<byte[]> read, byte[] expected, string what)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        byte[] seen;
+        do
+        {
+            seen = read();
+            if (seen.AsSpan().SequenceEqual(expected))
+            {
+                return;
+            }
+            Thread.Sleep(5);
+        }
+        while (clock.ElapsedMilliseconds < 300);
+        Assert.That(seen, Is.EqualTo(expected), $"{what}: seen through the mount within 300 ms");
+    }
+
+    private sealed class CountingReads(IFuseLowLevelHandler inner) : DelegatingFuseHandler(inner)
+    {
+        private long _reads;
+
+        public long Reads => Interlocked.Read(ref _reads);
+
+        public override int Read(ulong ino, ulong handle, Span<byte> buffer, long offset)
+        {
+            Interlocked.Increment(ref _reads);
+            return Inner.Read(ino, handle, buffer, offset);
+        }
+    }
+}
