@@ -92,7 +92,7 @@ public abstract class DelegatingFuseHandler(IFuseLowLevelHandler inner) : IFuseL
     public virtual void SetXattr(ulong ino, string name, ReadOnlySpan<byte> value, int flags, FuseContext context) => Inner.SetXattr(ino, name, value, flags, context);
 
     /// <inheritdoc/>
-    public virtual byte[] GetXattr(ulong ino, string name, FuseContext context) => Inner.GetXattr(ino, name, context);
+    public virtual byte[]? GetXattr(ulong ino, string name, FuseContext context) => Inner.GetXattr(ino, name, context);
 
     /// <inheritdoc/>
     public virtual IReadOnlyList<string> ListXattrs(ulong ino, FuseContext context) => Inner.ListXattrs(ino, context);

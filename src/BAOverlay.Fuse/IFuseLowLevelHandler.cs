@@ -91,8 +91,9 @@ public interface IFuseLowLevelHandler
     /// <summary>setxattr (flags: XATTR_CREATE = 1, XATTR_REPLACE = 2).</summary>
     void SetXattr(ulong ino, string name, ReadOnlySpan<byte> value, int flags, FuseContext context);
 
-    /// <summary>getxattr: the whole value.</summary>
-    byte[] GetXattr(ulong ino, string name, FuseContext context);
+    /// <summary>getxattr: the whole value, or null when there is no attribute by that name (answered ENODATA without
+    /// an exception: the kernel asks for <c>security.capability</c> before every write).</summary>
+    byte[]? GetXattr(ulong ino, string name, FuseContext context);
 
     /// <summary>listxattr: the names.</summary>
     IReadOnlyList<string> ListXattrs(ulong ino, FuseContext context);

@@ -280,7 +280,7 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
     }
 
     /// <inheritdoc/>
-    public byte[] GetXattr(ulong ino, string name, FuseContext context) => _fileSystem.GetXattr(ino, name, Checked(context));
+    public byte[]? GetXattr(ulong ino, string name, FuseContext context) => _fileSystem.TryGetXattr(ino, name, Checked(context));
 
     /// <inheritdoc/>
     public IReadOnlyList<string> ListXattrs(ulong ino, FuseContext context) => _fileSystem.ListXattrs(ino);

@@ -18,6 +18,7 @@ internal static unsafe class FuseCallbacks
     private const int EIO = 5;
     private const int ERANGE = 34;
     private const int ENOENT = 2;
+    private const int ENODATA = 61;
     private const int O_TRUNC = 0x200;
 
     private const int FUSE_SET_ATTR_MODE = 1 << 0;
@@ -764,8 +765,12 @@ internal static unsafe class FuseCallbacks
         try
         {
             FuseSession s = SessionOf(req);
-            byte[] value = s.Handler.GetXattr(ino, Str(name), ContextOf(req, s.Handler));
-            if (size == 0)
+            byte[]? value = s.Handler.GetXattr(ino, Str(name), ContextOf(req, s.Handler));
+            if (value is null)
+            {
+                LibFuse.fuse_reply_err(req, ENODATA);
+            }
+            else if (size == 0)
             {
                 LibFuse.fuse_reply_xattr(req, (nuint)value.Length);
             }

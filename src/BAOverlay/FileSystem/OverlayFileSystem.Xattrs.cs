@@ -1,3 +1,4 @@
+using BAOverlay.Interop;
 using Mono.Unix.Native;
 
 namespace BAOverlay.FileSystem;
@@ -12,23 +13,81 @@ public sealed partial class OverlayFileSystem
     /// <param name="ino">The object.</param>
     /// <param name="name">The attribute.</param>
     /// <param name="caller">Checked as the kernel checks xattr access; null for a trusted caller.</param>
-    public byte[] GetXattr(ulong ino, string name, OverlayCaller? caller = null)
+    public byte[] GetXattr(ulong ino, string name, OverlayCaller? caller = null) =>
+        TryGetXattr(ino, name, caller) ?? throw new OverlayException(Errno.ENODATA, $"{DescribeIno(ino)}: xattr {name}: {Stdlib.strerror(Errno.ENODATA)}");
+
+    /// <summary>
+    /// The value of extended attribute <paramref name="name"/>, or null when the object has none by that name (or it
+    /// is private to the overlay). The kernel asks for <c>security.capability</c> before every write to a file, and
+    /// the answer is nearly always "none": this path costs one system call and throws nothing for it.
+    /// </summary>
+    /// <exception cref="OverlayException">The attribute could not be read (other than being absent), or access is denied.</exception>
+    /// <param name="ino">The object.</param>
+    /// <param name="name">The attribute.</param>
+    /// <param name="caller">Checked as the kernel checks xattr access; null for a trusted caller.</param>
+    public byte[]? TryGetXattr(ulong ino, string name, OverlayCaller? caller = null)
     {
         _lock.EnterReadLock();
         try
         {
             OverlayNode node = NodeOf(ino);
             CheckXattrAccess(node, name, caller, Permissions.Read);
-            if (Whiteouts.IsPrivateXattr(name) || Syscall.lgetxattr(TopPath(node), name, out byte[] value) < 0)
-            {
-                Errno errno = Whiteouts.IsPrivateXattr(name) ? Errno.ENODATA : Stdlib.GetLastError();
-                throw new OverlayException(errno, $"{Describe(node)}: xattr {name}: {Stdlib.strerror(errno)}");
-            }
-            return value;
+            return Whiteouts.IsPrivateXattr(name) ? null : ReadXattr(TopPath(node), name, node);
         }
         finally
         {
             _lock.ExitReadLock();
+        }
+    }
+
+    private string DescribeIno(ulong ino)
+    {
+        _lock.EnterReadLock();
+        try
+        {
+            return _nodes.TryGetValue(ino, out OverlayNode? node) ? Describe(node) : $"inode {ino}";
+        }
+        finally
+        {
+            _lock.ExitReadLock();
+        }
+    }
+
+    /// <summary>lgetxattr into a stack buffer first (one call for the usual small or absent value), then sized exactly.</summary>
+    private unsafe byte[]? ReadXattr(string path, string name, OverlayNode node)
+    {
+        const int Small = 256;
+        byte* small = stackalloc byte[Small];
+        while (true)
+        {
+            nint n = LibC.lgetxattr(path, name, small, Small);
+            if (n >= 0)
+            {
+                return new ReadOnlySpan<byte>(small, (int)n).ToArray();
+            }
+            int errno = System.Runtime.InteropServices.Marshal.GetLastPInvokeError();
+            if (errno == LibC.ENODATA)
+            {
+                return null;
+            }
+            if (errno != LibC.ERANGE)
+            {
+                throw new OverlayException(NativeConvert.ToErrno(errno), $"{Describe(node)}: xattr {name}: {Stdlib.strerror(NativeConvert.ToErrno(errno))}");
+            }
+            nint size = LibC.lgetxattr(path, name, null, 0);
+            if (size < 0)
+            {
+                continue; // changed between the calls: start again
+            }
+            byte[] value = new byte[size];
+            fixed (byte* p = value)
+            {
+                n = LibC.lgetxattr(path, name, p, (nuint)value.Length);
+            }
+            if (n >= 0)
+            {
+                return n == value.Length ? value : value[..(int)n];
+            }
         }
     }
 

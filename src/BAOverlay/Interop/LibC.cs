@@ -33,6 +33,13 @@ internal static partial class LibC
     [LibraryImport(Library, EntryPoint = "renameat2", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int renameat2(int olddirfd, string oldpath, int newdirfd, string newpath, uint flags);
 
+    public const int ENODATA = 61;
+    public const int ERANGE = 34;
+
+    // ssize_t lgetxattr(const char *path, const char *name, void *value, size_t size);
+    [LibraryImport(Library, EntryPoint = "lgetxattr", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static unsafe partial nint lgetxattr(string path, string name, byte* value, nuint size);
+
     // off_t lseek(int fd, off_t offset, int whence);
     [LibraryImport(Library, EntryPoint = "lseek64", SetLastError = true)]
     public static partial long lseek(int fd, long offset, int whence);
