@@ -32,13 +32,26 @@ public sealed partial class OverlayFileSystem
         {
             OverlayNode node = NodeOf(ino);
             CheckXattrAccess(node, name, caller, Permissions.Read);
-            return Whiteouts.IsPrivateXattr(name) ? null : ReadXattr(TopPath(node), name, node);
+            bool capability = name == CapabilityXattr;
+            if (capability && node.HasNoCapabilityXattr)
+            {
+                return null;
+            }
+            byte[]? value = Whiteouts.IsPrivateXattr(name) ? null : ReadXattr(TopPath(node), name, node);
+            if (capability && value is null)
+            {
+                node.HasNoCapabilityXattr = true; // under the read lock: a change to the node's xattrs waits for it
+            }
+            return value;
         }
         finally
         {
             _lock.ExitReadLock();
         }
     }
+
+    /// <summary>The attribute the kernel asks for before every write (to drop file capabilities on it).</summary>
+    private const string CapabilityXattr = "security.capability";
 
     private string DescribeIno(ulong ino)
     {
@@ -129,6 +142,7 @@ public sealed partial class OverlayFileSystem
         {
             OverlayNode node = NodeOf(ino);
             CheckXattrAccess(node, name, caller, Permissions.Write);
+            node.HasNoCapabilityXattr = false;
             CopyUp(node, truncateToZero: false);
             XattrFlags native = flags switch
             {
@@ -163,6 +177,7 @@ public sealed partial class OverlayFileSystem
         {
             OverlayNode node = NodeOf(ino);
             CheckXattrAccess(node, name, caller, Permissions.Write);
+            node.HasNoCapabilityXattr = false;
             if (Syscall.lgetxattr(TopPath(node), name, out byte[] _) < 0)
             {
                 throw OverlayException.FromLastError($"removexattr {name}", Describe(node));

@@ -43,4 +43,9 @@ internal sealed class OverlayNode(ulong ino, OverlayNode? parent, string name, s
     /// <summary>The attributes last seen while the file was open: what <c>fstat</c> of an open file answers once its
     /// name is gone (a boxed copy, replaced whole, so readers never see half of one).</summary>
     public StrongBox<OverlayStat>? OpenStat { get; set; }
+
+    /// <summary>Known to have no <c>security.capability</c> attribute, which the kernel asks for before every write.
+    /// Set under the overlay's read lock when a read finds none; cleared (under the write lock) by any change to the
+    /// object's attributes. Its other attributes are not cached.</summary>
+    public bool HasNoCapabilityXattr { get; set; }
 }

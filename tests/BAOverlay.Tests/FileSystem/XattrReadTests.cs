@@ -40,4 +40,32 @@ public class XattrReadTests
         Assert.That(Assert.Throws<OverlayException>(() => fs.TryGetXattr(999_999, "user.small"))!.Errno, Is.EqualTo(Errno.ENOENT).Or.EqualTo(Errno.ESTALE),
             "an unknown inode is an error, not absent");
     }
+
+    /// <summary>The overlay remembers that a file has no <c>security.capability</c> (asked before every write through a
+    /// mount); setting one must be seen at once, and removing it again too.</summary>
+    [Test]
+    public void TheRememberedAbsenceOfFileCapabilitiesEndsWhenOneIsSet()
+    {
+        if (Syscall.getuid() != 0)
+        {
+            Assert.Ignore("setting security.capability needs root (CAP_SETFCAP); CI runs as root");
+        }
+        using var f = new OverlayFixture(lowers: 1);
+        OverlayFixture.WriteFile(Path.Combine(f.Lowers[0], "tool"), "#!/bin/sh\n");
+        using OverlayFileSystem fs = f.Open();
+        ulong ino = fs.Lookup(OverlayFileSystem.RootIno, "tool").Ino;
+        Assert.That(fs.TryGetXattr(ino, "security.capability"), Is.Null);
+        Assert.That(fs.TryGetXattr(ino, "security.capability"), Is.Null, "asked again: the remembered answer");
+
+        // struct vfs_cap_data, revision 2: magic_etc, then permitted/inheritable for capabilities 0-31 and 32-63
+        byte[] cap = new byte[20];
+        BitConverter.TryWriteBytes(cap.AsSpan(0), 0x02000000u);
+        BitConverter.TryWriteBytes(cap.AsSpan(4), 1u); // CAP_CHOWN permitted
+        fs.SetXattr(ino, "security.capability", cap);
+        Assert.That(fs.TryGetXattr(ino, "security.capability"), Is.EqualTo(cap), "seen right after it was set");
+        fs.RemoveXattr(ino, "security.capability");
+        Assert.That(fs.TryGetXattr(ino, "security.capability"), Is.Null);
+        fs.SetXattr(ino, "security.capability", cap);
+        Assert.That(fs.TryGetXattr(ino, "security.capability"), Is.EqualTo(cap), "and again after a remembered absence");
+    }
 }
