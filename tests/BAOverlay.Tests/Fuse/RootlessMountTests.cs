@@ -111,8 +111,12 @@ public sealed class RootlessMountTests
     {
         using var layers = new Layers();
         Directory.CreateDirectory(Path.Combine(layers.Lower, "shared"));
+        string foreign = Path.Combine(layers.Lower, "foreign");
+        Directory.CreateDirectory(Path.Combine(foreign, "mine"));
         layers.ChownToUser();
         Assert.That(Syscall.chmod(Path.Combine(layers.Lower, "shared"), (FilePermissions)Convert.ToUInt32("1777", 8)), Is.Zero);
+        Assert.That(Syscall.lchown(foreign, 70000, 70000), Is.Zero, "an owner outside the namespace's map");
+        Assert.That(Syscall.chmod(foreign, (FilePermissions)Convert.ToUInt32("777", 8)), Is.Zero);
         using var ns = UserNamespace.Start(layers);
         try
         {
@@ -133,6 +137,13 @@ public sealed class RootlessMountTests
             Assert.That(ns.Sh($"stat -c %u:%g {merged}/by-root.txt"), Is.EqualTo("1001:1002"), "chown inside the namespace");
             AssertOwnerOnDisk(Path.Combine(layers.Upper, "by-root.txt"), SubordinateBase + 1000, SubordinateBase + 1001);
             Assert.That(ns.Run(["chown", "70000", $"{merged}/by-root.txt"]).ExitCode, Is.Not.Zero, "an id outside the namespace's map is refused (by the kernel)");
+
+            // A limit: an owner outside the map is seen as the overflow id, 65534, and a copy-up keeps the owner as
+            // seen, so the copied-up directory belongs to the namespace's 65534 (where that is not mapped, the
+            // copy-up fails with EINVAL).
+            Assert.That(ns.Sh($"stat -c %u:%g {merged}/foreign"), Is.EqualTo("65534:65534"));
+            ns.Sh($"echo x > {merged}/foreign/mine/f");
+            AssertOwnerOnDisk(Path.Combine(layers.Upper, "foreign"), SubordinateBase + 65533, SubordinateBase + 65533);
         }
         finally
         {
