@@ -473,6 +473,13 @@ public sealed class RootlessMountTests
             {
                 Directory.CreateDirectory(dir);
             }
+            // the shared parent of every test's temp directory was made with root's umask: let the user through
+            string parent = Path.GetDirectoryName(_temp.Path)!;
+            Assert.That(Syscall.stat(parent, out Stat stat), Is.Zero);
+            if ((stat.st_mode & FilePermissions.S_IXOTH) == 0)
+            {
+                Assert.That(Syscall.chmod(parent, (stat.st_mode & (FilePermissions)0xFFF) | FilePermissions.S_IXOTH), Is.Zero);
+            }
         }
 
         public string Lower => Path.Combine(_temp.Path, "lower");
