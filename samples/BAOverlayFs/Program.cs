@@ -24,7 +24,8 @@ internal static class Program
 
         Mounts the overlay of lowerdir (highest first), upperdir and workdir on MOUNTPOINT through FUSE,
         like fuse-overlayfs; files copied up from large lower files keep only the written blocks (B-CoW files).
-        Needs root (the mount is made with mount(2)). Without -f, returns once the mount is live.
+        Needs root, or root of a user namespace with its own mount namespace (rootless: unshare --user
+        --map-root-user --mount), since the mount is made with mount(2). Without -f, returns once the mount is live.
 
         general options:
             -h, --help             print this help and exit
@@ -41,7 +42,8 @@ internal static class Program
 
         FUSE options:
             ro / rw                mount read-only / read-write (default rw)
-            allow_other            let other users use the mount
+            allow_other            let other users use the mount (always on when run as root, also
+                                   root of a user namespace, as fuse-overlayfs)
             default_permissions    the kernel checks permissions from the mode bits (always on)
             auto_unmount           a watcher process unmounts (lazily) if baoverlayfs dies
             writeback[=1|0]        the kernel's write-back cache (default on, as fuse-overlayfs)
@@ -190,7 +192,10 @@ internal static class Program
         {
             FsName = line.FsName ?? line.Source ?? "baoverlayfs",
             Subtype = line.Subtype ?? "baoverlayfs",
-            AllowOther = line.AllowOther,
+            // As fuse-overlayfs: as root, including root of a user namespace (rootless Podman), always allow_other,
+            // since a container's processes run as other users, whom FUSE turns away (EACCES) without it. Inside a
+            // user namespace the kernel limits allow_other to that namespace's processes.
+            AllowOther = line.AllowOther || Mono.Unix.Native.Syscall.geteuid() == 0,
             DefaultPermissions = line.DefaultPermissions,
             ReadOnly = line.ReadOnly,
             WritebackCache = line.Writeback,

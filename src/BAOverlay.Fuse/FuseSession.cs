@@ -13,7 +13,9 @@ namespace BAOverlay.Fuse;
 /// <para>The mount is made with the <c>mount(2)</c> system call from this process, on a <c>/dev/fuse</c> descriptor
 /// that is then handed to libfuse as <c>/dev/fd/N</c>; unmounting is <c>umount2(2)</c>. So libfuse never runs
 /// <c>fusermount3</c> or <c>/bin/mount</c>, and nothing forks the .NET process. The cost: mounting needs
-/// CAP_SYS_ADMIN (root); an unprivileged mount through fusermount3 is not supported.</para>
+/// CAP_SYS_ADMIN over the mount namespace, that is root, or root of a user namespace that owns its mount namespace
+/// (rootless containers; Linux 4.18+), and read-write access to <c>/dev/fuse</c>. An unprivileged mount through
+/// fusermount3 is not supported.</para>
 /// <para>No signal handlers are installed: the host process keeps its own.</para>
 /// </remarks>
 public sealed unsafe class FuseSession : IDisposable
@@ -105,8 +107,9 @@ public sealed unsafe class FuseSession : IDisposable
     /// Mounts the session on <paramref name="mountPoint"/> (an existing directory): opens <c>/dev/fuse</c>, calls
     /// <c>mount(2)</c> with type <c>fuse.SUBTYPE</c>, and hands the descriptor to <c>fuse_session_mount</c>.
     /// </summary>
-    /// <exception cref="UnauthorizedAccessException">The process may not mount (needs CAP_SYS_ADMIN).</exception>
-    /// <exception cref="FuseUnavailableException"><c>/dev/fuse</c> cannot be opened.</exception>
+    /// <exception cref="UnauthorizedAccessException">The process may not mount (needs CAP_SYS_ADMIN over its mount
+    /// namespace); the message says why and what to do.</exception>
+    /// <exception cref="FuseUnavailableException"><c>/dev/fuse</c> cannot be opened; the message says what to do.</exception>
     /// <exception cref="IOException">The mount failed.</exception>
     public void Mount(string mountPoint)
     {
@@ -126,8 +129,9 @@ public sealed unsafe class FuseSession : IDisposable
             if (fd < 0)
             {
                 int errno = Marshal.GetLastPInvokeError();
-                throw new FuseUnavailableException(
-                    $"/dev/fuse: {Marshal.GetPInvokeErrorMessage(errno)}; load the fuse module (modprobe fuse) and install fuse3: apt-get install fuse3 (Debian/Ubuntu), dnf install fuse3 (Fedora)");
+                throw new FuseUnavailableException(errno is LibC.EACCES or LibC.EPERM
+                    ? $"/dev/fuse: {Marshal.GetPInvokeErrorMessage(errno)}; {MountPrivilege.DevFuseDenied(errno)}"
+                    : $"/dev/fuse: {Marshal.GetPInvokeErrorMessage(errno)}; load the fuse module (modprobe fuse) and install fuse3: apt-get install fuse3 (Debian/Ubuntu), dnf install fuse3 (Fedora)");
             }
             string data = $"fd={fd},rootmode=40000,user_id={LibC.getuid()},group_id={LibC.getgid()}";
             if (Options.AllowOther)
@@ -145,10 +149,9 @@ public sealed unsafe class FuseSession : IDisposable
                 int errno = Marshal.GetLastPInvokeError();
                 LibC.close(fd);
                 string why = Marshal.GetPInvokeErrorMessage(errno);
-                if (errno is 1 or 13) // EPERM, EACCES
+                if (errno is LibC.EPERM or LibC.EACCES)
                 {
-                    throw new UnauthorizedAccessException(
-                        $"mount {target}: {why}; mounting needs CAP_SYS_ADMIN (run as root). Unprivileged mounts through fusermount3 are not supported: libfuse would fork the .NET process to run it.");
+                    throw new UnauthorizedAccessException($"mount {target}: {why}; {MountPrivilege.MountDenied()}");
                 }
                 throw new IOException($"mount {target} (type {type}): {why}");
             }

@@ -11,6 +11,7 @@ internal static unsafe partial class LibC
 {
     private const string Library = "libc";
 
+    public const int O_RDONLY = 0x0;
     public const int O_RDWR = 0x2;
     public const int O_CLOEXEC = 0x80000;
 
@@ -20,7 +21,12 @@ internal static unsafe partial class LibC
 
     public const int MNT_DETACH = 2;
 
+    /// <summary><c>NS_GET_USERNS</c>, <c>_IO(0xb7, 0x1)</c>: a descriptor of the user namespace that owns a namespace.</summary>
+    public const nuint NS_GET_USERNS = 0xb701;
+
+    public const int EPERM = 1;
     public const int EINTR = 4;
+    public const int EACCES = 13;
     public const int EINVAL = 22;
 
     // void *dlvsym(void *handle, const char *symbol, const char *version);
@@ -70,6 +76,10 @@ internal static unsafe partial class LibC
     // int close(int fd);
     [LibraryImport(Library, EntryPoint = "close", SetLastError = true)]
     public static partial int close(int fd);
+
+    // int ioctl(int fd, unsigned long request, ...);  (called without a third argument)
+    [LibraryImport(Library, EntryPoint = "ioctl", SetLastError = true)]
+    public static partial int ioctl(int fd, nuint request);
 
     // uid_t geteuid(void);
     [LibraryImport(Library, EntryPoint = "geteuid")]

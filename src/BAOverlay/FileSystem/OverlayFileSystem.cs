@@ -1076,9 +1076,13 @@ public sealed partial class OverlayFileSystem : IDisposable
             make(scratch);
             try
             {
-                if (Syscall.lchown(scratch, caller.Uid, caller.Gid) != 0 && IsPrivileged)
+                if (Syscall.lchown(scratch, caller.Uid, caller.Gid) != 0)
                 {
-                    throw OverlayException.FromLastError("chown", scratch);
+                    Errno errno = Stdlib.GetLastError(); // before geteuid overwrites it
+                    if (IsPrivileged)
+                    {
+                        throw new OverlayException(errno, $"{scratch}: chown: {Stdlib.strerror(errno)}");
+                    }
                 }
                 if (isDirectory && hidesLower)
                 {
@@ -1347,9 +1351,14 @@ public sealed partial class OverlayFileSystem : IDisposable
                 _log($"{to}: cannot keep the inode number across copy-up: {Stdlib.strerror(errno)}");
             }
         }
-        if (Syscall.lchown(to, st.st_uid, st.st_gid) != 0 && IsPrivileged)
+        if (Syscall.lchown(to, st.st_uid, st.st_gid) != 0)
         {
-            throw OverlayException.FromLastError("chown for copy-up", to);
+            // EINVAL as root of a user namespace when the owner is outside its id map (shown as the overflow id)
+            Errno errno = Stdlib.GetLastError(); // before geteuid overwrites it
+            if (IsPrivileged)
+            {
+                throw new OverlayException(errno, $"{to}: chown for copy-up: {Stdlib.strerror(errno)}");
+            }
         }
         if (type != S_IFLNK && Syscall.chmod(to, (FilePermissions)((uint)st.st_mode & 0xFFF)) != 0)
         {

@@ -30,14 +30,17 @@ internal static class Redirects
     }
 
     /// <summary>Records the redirect; as root also in the kernel's form (absolute), so a kernel overlayfs mounted with
-    /// <c>redirect_dir=on</c> over the same upper directory finds the lower parts too.</summary>
+    /// <c>redirect_dir=on</c> over the same upper directory finds the lower parts too. Root of a user namespace
+    /// (rootless containers) may not write trusted.* (EPERM): it keeps the user xattr alone, which is all this overlay
+    /// reads first.</summary>
     public static void Write(string upperPath, string lowerPath, bool privileged)
     {
         if (Syscall.lsetxattr(upperPath, Xattr, Encoding.UTF8.GetBytes(lowerPath), XattrFlags.XATTR_AUTO) != 0)
         {
             throw OverlayException.FromLastError("record the directory's redirect (user xattrs needed on the upper file system)", upperPath);
         }
-        if (privileged && Syscall.lsetxattr(upperPath, KernelXattr, Encoding.UTF8.GetBytes("/" + lowerPath), XattrFlags.XATTR_AUTO) != 0)
+        if (privileged && Syscall.lsetxattr(upperPath, KernelXattr, Encoding.UTF8.GetBytes("/" + lowerPath), XattrFlags.XATTR_AUTO) != 0
+            && Stdlib.GetLastError() != Errno.EPERM)
         {
             throw OverlayException.FromLastError("record the directory's redirect", upperPath);
         }
