@@ -18,8 +18,7 @@ internal sealed class CommandLine
     /// <summary>Options accepted (and, where the overlay has nothing to do for them, ignored) without a warning.</summary>
     private static readonly HashSet<string> QuietFlags = new(StringComparer.Ordinal)
     {
-        "rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "atime", "noatime", "relatime", "norelatime",
-        "strictatime", "diratime", "nodiratime", "sync", "async", "dirsync", "lazytime", "allow_root", "static_nlink",
+        "norelatime", "strictatime", "diratime", "nodiratime", "sync", "async", "dirsync", "lazytime", "allow_root", "static_nlink",
         "noacl", "volatile", "defaults", "auto", "noauto", "nofail", "_netdev", "user", "users", "nouser", "owner",
         "nonempty", "hard_remove", "use_ino", "readdir_ino", "clone_fd",
     };
@@ -43,6 +42,18 @@ internal sealed class CommandLine
     public string? UpperDirectory { get; private set; }
     public string? WorkDirectory { get; private set; }
     public bool ReadOnly { get; private set; }
+
+    /// <summary>suid / nosuid: on by default, as fuse-overlayfs mounts.</summary>
+    public bool SetUid { get; private set; } = true;
+
+    /// <summary>dev / nodev: off by default, as fuse-overlayfs mounts.</summary>
+    public bool Devices { get; private set; }
+
+    /// <summary>noexec / exec.</summary>
+    public bool NoExec { get; private set; }
+
+    /// <summary>noatime (the default, as fuse-overlayfs mounts) / atime, relatime.</summary>
+    public bool NoAtime { get; private set; } = true;
     public bool AllowOther { get; private set; }
     public bool DefaultPermissions { get; private set; } = true;
     public bool Writeback { get; private set; } = true;
@@ -294,6 +305,18 @@ internal sealed class CommandLine
                 return;
             case ("workdir", not null):
                 WorkDirectory = Unescape(value);
+                return;
+            case ("suid" or "nosuid", null):
+                SetUid = name == "suid";
+                return;
+            case ("dev" or "nodev", null):
+                Devices = name == "dev";
+                return;
+            case ("exec" or "noexec", null):
+                NoExec = name == "noexec";
+                return;
+            case ("noatime" or "atime" or "relatime", null):
+                NoAtime = name == "noatime";
                 return;
             case ("ro", null):
                 ReadOnly = true;

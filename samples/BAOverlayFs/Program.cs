@@ -42,6 +42,10 @@ internal static class Program
 
         FUSE options:
             ro / rw                mount read-only / read-write (default rw)
+            suid / nosuid          honour set-user-ID bits and file capabilities (default suid, as fuse-overlayfs)
+            dev / nodev            device nodes work as devices (default nodev, as fuse-overlayfs)
+            exec / noexec          programs may run from the mount (default exec)
+            noatime / atime        access times (default noatime, as fuse-overlayfs)
             allow_other            let other users use the mount (always on when run as root, also
                                    root of a user namespace, as fuse-overlayfs)
             default_permissions    the kernel checks permissions from the mode bits (always on)
@@ -64,8 +68,7 @@ internal static class Program
 
         accepted for fuse-overlayfs compatibility, without effect:
             static_nlink, noacl, fsync=0, volatile (files are still synced on fsync), context=,
-            xattr_permissions=, dev, suid, nodev, nosuid, exec, noexec, noatime, allow_root (the mount is
-            always nosuid,nodev)
+            xattr_permissions=, allow_root, the other atime options
         Other options are ignored with a warning on standard error.
 
         unmount with: fusermount3 -u MOUNTPOINT, umount MOUNTPOINT, or SIGTERM/SIGINT to the process.
@@ -198,6 +201,10 @@ internal static class Program
             AllowOther = line.AllowOther || Mono.Unix.Native.Syscall.geteuid() == 0,
             DefaultPermissions = line.DefaultPermissions,
             ReadOnly = line.ReadOnly,
+            AllowSetuid = line.SetUid,
+            AllowDevices = line.Devices,
+            NoExec = line.NoExec,
+            NoAtime = line.NoAtime,
             WritebackCache = line.Writeback,
             MaxWrite = line.MaxWrite,
             MaxReadahead = line.MaxReadahead,

@@ -19,6 +19,20 @@ public sealed record FuseMountOptions
     /// <summary>Mount read-only (<c>-o ro</c>).</summary>
     public bool ReadOnly { get; init; }
 
+    /// <summary>Honour set-user-ID and set-group-ID bits and file capabilities of programs run from the mount
+    /// (<c>suid</c>; without it the mount is <c>nosuid</c>). A container image's <c>sudo</c> or <c>ping</c> needs it.</summary>
+    public bool AllowSetuid { get; init; }
+
+    /// <summary>Let device nodes on the mount be opened as devices (<c>dev</c>; without it the mount is <c>nodev</c>).
+    /// Inside a user namespace the kernel forbids it whatever this says.</summary>
+    public bool AllowDevices { get; init; }
+
+    /// <summary>Forbid running programs from the mount (<c>noexec</c>).</summary>
+    public bool NoExec { get; init; }
+
+    /// <summary>Do not update access times (<c>noatime</c>).</summary>
+    public bool NoAtime { get; init; }
+
     /// <summary>
     /// Ask the kernel for write-back caching (FUSE_CAP_WRITEBACK_CACHE) when it offers it: writes land in the page
     /// cache and reach the handler later, in larger pieces (at the latest at fsync, close or memory pressure), and the

@@ -142,7 +142,8 @@ public sealed unsafe class FuseSession : IDisposable
             {
                 data += ",default_permissions";
             }
-            ulong flags = LibC.MS_NOSUID | LibC.MS_NODEV | (Options.ReadOnly ? LibC.MS_RDONLY : 0);
+            ulong flags = (Options.ReadOnly ? LibC.MS_RDONLY : 0) | (Options.AllowSetuid ? 0 : LibC.MS_NOSUID) |
+                (Options.AllowDevices ? 0 : LibC.MS_NODEV) | (Options.NoExec ? LibC.MS_NOEXEC : 0) | (Options.NoAtime ? LibC.MS_NOATIME : 0);
             string type = Options.Subtype is null ? "fuse" : "fuse." + Options.Subtype;
             if (LibC.mount(Options.FsName, target, type, flags, data) != 0)
             {

@@ -18,6 +18,8 @@ internal static unsafe partial class LibC
     public const ulong MS_RDONLY = 1;
     public const ulong MS_NOSUID = 2;
     public const ulong MS_NODEV = 4;
+    public const ulong MS_NOEXEC = 8;
+    public const ulong MS_NOATIME = 1024;
 
     public const int MNT_DETACH = 2;
 

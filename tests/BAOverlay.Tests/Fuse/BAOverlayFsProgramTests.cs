@@ -114,6 +114,7 @@ public sealed class BAOverlayFsProgramTests
             Assert.That(output, Is.Empty, "the parent passes nothing of the child's handshake on");
             Assert.That(File.ReadAllText(Path.Combine(mnt, "hello.txt")), Is.EqualTo("hello"));
             Assert.That(MountLine(mnt), Does.Contain(" - fuse.baoverlayfs baoverlayfs "), "type fuse.baoverlayfs, source baoverlayfs");
+            Assert.That(MountFlags(mnt), Is.EquivalentTo(new[] { "rw", "nodev", "noatime" }), "suid, nodev, noatime: as fuse-overlayfs mounts");
             int[] pids = ProgramPids(mnt);
             Assert.That(pids, Has.Length.EqualTo(1), "one mount process, in the background");
             Assert.That(File.ReadAllText($"/proc/{pids[0]}/stat").Split(' ')[5], Is.EqualTo(pids[0].ToString()), "it leads its own session (setsid)");
@@ -406,6 +407,29 @@ public sealed class BAOverlayFsProgramTests
             Cleanup(mnt);
         }
     }
+
+    [Test]
+    public void MountFlagOptionsReachTheKernel()
+    {
+        RequireFuse();
+        using var fixture = new OverlayFixture(lowers: 1);
+        OverlayFixture.WriteFile(Path.Combine(fixture.Lowers[0], "f"), "f");
+        string mnt = MountPoint(fixture);
+        try
+        {
+            (int rc, _, string error) = Run(["-o", Label(fixture) + ",nosuid,noexec,dev,relatime,ro", mnt]);
+            Assert.That(rc, Is.Zero, error);
+            Assert.That(error, Is.Empty, "no warning for the mount flags");
+            Assert.That(MountFlags(mnt), Is.EquivalentTo(new[] { "ro", "nosuid", "noexec", "relatime" }));
+        }
+        finally
+        {
+            Cleanup(mnt);
+        }
+    }
+
+    /// <summary>The per-mount options of /proc/self/mountinfo (field 6).</summary>
+    private static string[] MountFlags(string mnt) => (MountLine(mnt) ?? throw new AssertionException($"{mnt} is not mounted")).Split(' ')[5].Split(',');
 
     [Test]
     public void MountTypeFuseBaoverlayfsGoesThroughMountFuse3()
