@@ -38,14 +38,12 @@ die() { echo "options.sh: $*" >&2; exit 1; }
 [[ $(id -u) == 0 ]] || die "run as root (the FUSE mounts are made with mount(2))"
 for c in fio fuse-overlayfs fusermount3 python3; do command -v "$c" >/dev/null || die "$c is missing (apt-get install fio fuse-overlayfs fuse3 python3)"; done
 
+# shellcheck source=bench/compare/baoverlayfs-cmd.sh
+source "$HERE/baoverlayfs-cmd.sh"
 BAO_CMD=()
-if [[ -n "${BAOVERLAYFS:-}" ]]; then read -r -a BAO_CMD <<<"$BAOVERLAYFS"
-elif command -v baoverlayfs >/dev/null; then BAO_CMD=("$(command -v baoverlayfs)")
-else
-  log "building samples/BAOverlayFs (Release)"
-  dotnet build -c Release -v q -nologo "$REPO/samples/BAOverlayFs" >&2 || die "build failed"
-  BAO_CMD=("$(find "$REPO/samples/BAOverlayFs/bin/Release" -name baoverlayfs -type f -perm -u+x | head -n1)")
-fi
+mkdir -p "$OUT"
+resolve_baoverlayfs "$OUT/baoverlayfs"
+log "baoverlayfs command: ${BAO_CMD[*]}"
 
 MNT="$DATA/mnt" PID=""
 cleanup() {

@@ -65,21 +65,10 @@ check_prerequisites() {
 }
 
 # ---------------------------------------------------------------- the three mounts
-# The baoverlayfs command, one place: BAOVERLAYFS if set; else `baoverlayfs` on PATH; else samples/BAOverlayFs, built
-# here. It takes fuse-overlayfs's command line.
+# The baoverlayfs command: see baoverlayfs-cmd.sh (BAOVERLAYFS, else baoverlayfs on PATH, else published here).
+# shellcheck source=bench/compare/baoverlayfs-cmd.sh
+source "$HERE/baoverlayfs-cmd.sh"
 BAO_CMD=()
-resolve_baoverlayfs() {
-  if [[ -n "${BAOVERLAYFS:-}" ]]; then read -r -a BAO_CMD <<<"$BAOVERLAYFS"; return; fi
-  if command -v baoverlayfs >/dev/null; then BAO_CMD=("$(command -v baoverlayfs)"); return; fi
-  local project="$REPO/samples/BAOverlayFs" name=baoverlayfs
-  log "building $project (Release)"
-  dotnet build -c Release -v q -nologo "$project" >&2 || die "build of $project failed"
-  local exe
-  exe="$(find "$project/bin/Release" -name "$name" -type f -perm -u+x | head -n1)"
-  [[ -n "$exe" ]] || exe="$(find "$project/bin/Release" -name "$name" -type f | head -n1)"
-  [[ -x "$exe" ]] || die "no executable $name under $project/bin/Release"
-  BAO_CMD=("$exe")
-}
 
 MOUNTED=()  # mount points to clean up
 PIDS=()     # FUSE daemons started here
@@ -237,7 +226,7 @@ trap 'exit 130' INT TERM
 [[ -e "$DATA" ]] && { log "removing the previous $DATA"; rm -rf "$DATA"; }
 mkdir -p "$DATA"
 : >"$OUT/raw.jsonl"; : >"$OUT/fio.log"; : >"$OUT/fuse-overlayfs.log"; : >"$OUT/baoverlayfs.log"
-resolve_baoverlayfs
+resolve_baoverlayfs "$OUT/baoverlayfs"
 log "baoverlayfs command: ${BAO_CMD[*]}"
 STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
