@@ -335,6 +335,13 @@ internal static class OverlayCases
             t.Symlink("../f", "d/link"), t.Symlink("x", "d/a"), t.Mkfifo("d/fifo", Mode("600")), t.Create("ud/more", Mode("600"), Random(12, 100_000)),
             t.Unlink("m/l1"), t.Symlink("nowhere", "m/l1"), t.Create("missing/x", Mode("644"), Bytes("x")),
         ],
+        ["modes of new objects: the umask, special bits, a set-group-ID directory"] = t =>
+        [
+            t.Create("d/all", Mode("666"), Bytes("x")), t.Mkdir("d/alldir", Mode("777")), t.Mkfifo("d/allfifo", Mode("666")),
+            t.Create("d/suid", Mode("4755"), []), t.Mkdir("d/sticky", Mode("1777")), t.Chown("e", 0, 4321), t.Chmod("e", Mode("2775")),
+            t.Create("e/inherits-group", Mode("644"), Bytes("g")), t.Mkdir("e/inherits-setgid", Mode("755")), t.Mkfifo("e/fifo", Mode("644")),
+            t.Symlink("x", "e/link"), t.Mkdir("e/sub/lower-parent", Mode("755")),
+        ],
     };
 
     public static IEnumerable<string> MutationNames => Mutations.Keys;
