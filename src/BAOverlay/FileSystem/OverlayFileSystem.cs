@@ -918,7 +918,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             {
                 throw OverlayException.FromLastError("stat", rootPath);
             }
-            return ToStat(RootIno, rootStat, null);
+            return MergedLinks(node, ToStat(RootIno, rootStat, null));
         }
         string path = TopPath(node);
         if (node.Removed)
@@ -936,13 +936,21 @@ public sealed partial class OverlayFileSystem : IDisposable
         {
             logicalSize = node.Data is NodeData.BCow open ? open.Length : BCowVirtualSize(path);
         }
-        OverlayStat stat = ToStat(node.Ino, st, logicalSize);
+        OverlayStat stat = MergedLinks(node, ToStat(node.Ino, st, logicalSize));
         if (node.Data is not null)
         {
             node.OpenStat = new StrongBox<OverlayStat>(stat);
         }
         return stat;
     }
+
+    /// <summary>
+    /// A directory merged from more than one layer reports one link, as kernel overlayfs does: the top layer's count
+    /// would miss the subdirectories below it, and tools such as find take a count of 1 to mean "unknown" rather
+    /// than trust it to skip the stat of entries.
+    /// </summary>
+    private static OverlayStat MergedLinks(OverlayNode node, OverlayStat stat) =>
+        node.IsDirectory && node.Layers.Count > 1 ? stat with { Nlink = 1 } : stat;
 
     private static OverlayStat ToStat(ulong ino, in Stat st, long? logicalSize) =>
         new(ino, (uint)st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_rdev, logicalSize ?? st.st_size, st.st_blocks,

@@ -83,6 +83,26 @@ public class OverlaySemanticsTests
         SurvivesReopen(f, _ => { }, fs => Assert.That(List(fs, "d"), Is.EqualTo(new[] { "x", "y", "z" })));
     }
 
+    /// <summary>A merged directory reports one link, as with kernel overlayfs (its top layer's count would miss the
+    /// subdirectories below); a directory of one layer reports its real count.</summary>
+    [Test]
+    public void AMergedDirectoryReportsOneLinkAndADirectoryOfOneLayerItsOwnCount()
+    {
+        using var f = new OverlayFixture();
+        Directory.CreateDirectory(Path.Combine(f.Lowers[1], "merged", "below1"));
+        Directory.CreateDirectory(Path.Combine(f.Lowers[1], "merged", "below2"));
+        Directory.CreateDirectory(Path.Combine(f.Lowers[0], "merged", "above"));
+        Directory.CreateDirectory(Path.Combine(f.Lowers[0], "single", "a"));
+        Directory.CreateDirectory(Path.Combine(f.Lowers[0], "single", "b"));
+        SurvivesReopen(f, fs => fs.MakeDirectory(Resolve(fs, "merged").Ino, "new", Mode("755"), OverlayCaller.Root), fs =>
+        {
+            Assert.That(Resolve(fs, "").Nlink, Is.EqualTo(1UL), "the root, merged");
+            Assert.That(Resolve(fs, "merged").Nlink, Is.EqualTo(1UL), "merged, and copied up by the mkdir");
+            Assert.That(Resolve(fs, "single").Nlink, Is.EqualTo(4UL), "2 + its two subdirectories");
+            Assert.That(Resolve(fs, "merged/new").Nlink, Is.EqualTo(2UL), "a new empty directory");
+        });
+    }
+
     [Test]
     public void WhiteoutsInEveryFormHideLowerNamesAndAreNotListed()
     {
