@@ -1,5 +1,6 @@
 using BAOverlay.FileSystem;
 using BAOverlay.Tests.FileSystem;
+using Microsoft.Win32.SafeHandles;
 using Mono.Unix.Native;
 using static BAOverlay.Tests.FileSystem.OverlayCases;
 using static BAOverlay.Tests.FileSystem.OverlayFixture;
@@ -174,14 +175,16 @@ public sealed class FuseSemanticsTests
     /// <summary>
     /// The randomized model test through the mount: identical random layers for kernel overlayfs and for the FUSE
     /// mount, the same random operations through both (inode numbers checked stable across copy-up and rename, as
-    /// <c>stat</c> shows them through the mount), the same tree every few steps and at the end; after mounting again
-    /// the same tree and the same inode numbers. Prints the seed; BAOVERLAY_SEED replays.
+    /// <c>stat</c> shows them through the mount), the same tree every few steps and at the end, with the kernel made
+    /// to forget the mount's unused inodes now and then (drop_caches); after mounting again the same tree and the
+    /// same inode numbers. Prints the seed; BAOVERLAY_SEED replays.
     /// </summary>
     [Test]
     public void RandomChangesThroughTheKernelAndThroughTheMountGiveTheSameTree()
     {
         const int Steps = 1500;
         const int CompareEvery = 20;
+        const int ForgetEvery = 300;
         int seed = Seed();
         using var kernelLayers = new OverlayLayers();
         using var fuseLayers = new OverlayLayers();
@@ -204,6 +207,12 @@ public sealed class FuseSemanticsTests
                         string entry = OverlayModelTests.Step(random, fuse, kernelTree, modelIsOverlayfs: true);
                         log.Add($"{step}: {entry}");
                         Assert.That(entry, Does.Not.Contain("MISMATCH"), $"an operation gave different results; {Context()}");
+                        if (step % ForgetEvery == 0)
+                        {
+                            // The kernel forgets every unused inode of the mount (FUSE forget): later requests must
+                            // look the paths up again and find the same objects, with the same numbers.
+                            File.WriteAllText("/proc/sys/vm/drop_caches", "2");
+                        }
                         if (step % CompareEvery == 0)
                         {
                             Assert.That(Diff(Visible(kernelTree), fuse.Snapshot()), Is.Empty, $"after step {step} (kernel | mount); {Context()}");
@@ -329,6 +338,57 @@ public sealed class FuseSemanticsTests
         Assert.That(fuseBefore, Is.Not.EqualTo(patch[..4]), "the reader read the lower data first");
         Assert.That(kernelSeen, Is.EqualTo(patch), "the kernel's early reader sees the new data");
         Assert.That(fuseSeen, Is.EqualTo(kernelSeen), "the mount's early reader sees what the kernel's does");
+    }
+
+    /// <summary>
+    /// Open files outlive their names: a lower file (small, and large as B-CoW) unlinked while open for writing is
+    /// still written, read and stat'ed through its descriptor, and a reader of a file that another is renamed over
+    /// keeps reading the old data; the same through kernel overlayfs and through the mount.
+    /// </summary>
+    [TestCase("f")]
+    [TestCase("big")]
+    public void FilesUnlinkedOrReplacedWhileOpenBehaveThroughTheMountAsThroughTheKernel(string name)
+    {
+        List<string> Run(string root)
+        {
+            var seen = new List<string>();
+            var tree = new PosixTree(root);
+            using (SafeFileHandle open = File.OpenHandle(Path.Combine(root, name), FileMode.Open, FileAccess.ReadWrite))
+            {
+                seen.Add("unlink " + tree.Unlink(name));
+                RandomAccess.Write(open, "after unlink"u8, 3);
+                byte[] back = new byte[12];
+                seen.Add($"read {RandomAccess.Read(open, back, 3)} {System.Text.Encoding.ASCII.GetString(back)}");
+                seen.Add($"length {RandomAccess.GetLength(open)}");
+                seen.Add("exists " + (tree.Ino(name) is not null));
+            }
+            using (SafeFileHandle reader = File.OpenHandle(Path.Combine(root, "u-file")))
+            {
+                seen.Add("rename " + tree.Rename("d/b", "u-file"));
+                byte[] old = new byte[5];
+                seen.Add($"old {RandomAccess.Read(reader, old, 0)} {System.Text.Encoding.ASCII.GetString(old)}");
+                seen.Add("new " + File.ReadAllText(Path.Combine(root, "u-file")));
+            }
+            return seen;
+        }
+
+        using var kernelLayers = new OverlayLayers();
+        using var fuseLayers = new OverlayLayers();
+        BuildMutationBase(kernelLayers);
+        BuildMutationBase(fuseLayers);
+        List<string> kernel;
+        SortedDictionary<string, string> kernelTree;
+        using (KernelOverlayMount mount = KernelOverlayMount.Mount(kernelLayers.Lowers, kernelLayers.Upper, kernelLayers.Work))
+        {
+            kernel = Run(mount.MountPoint);
+            kernelTree = new PosixTree(mount.MountPoint).Snapshot();
+        }
+        WithMount(fuseLayers, fuse =>
+        {
+            Assert.That(Run(fuse.Root), Is.EqualTo(kernel), "what the descriptors saw (kernel, mount)");
+            Assert.That(Diff(kernelTree, fuse.Snapshot()), Is.Empty, "entries that differ afterwards (kernel | mount)");
+        });
+        Assert.That(Directory.EnumerateFileSystemEntries(Path.Combine(fuseLayers.Work, "baoverlay")), Is.Empty, "nothing of the unlinked file is left in the work directory");
     }
 
     /// <summary>Documented difference, through the mount as through the library: names starting with .wh. cannot be
