@@ -32,6 +32,8 @@ public sealed partial class OverlayFileSystem : IDisposable
     private const uint S_IFDIR = 0x4000;
     private const uint S_IFREG = 0x8000;
     private const uint S_IFLNK = 0xA000;
+    private const uint S_ISGID = 0x400;
+    private const uint S_IXGRP = 0x8;
 
     private readonly OverlayOptions _options;
     private readonly string[] _roots;
@@ -295,11 +297,11 @@ public sealed partial class OverlayFileSystem : IDisposable
     public OverlayStat MakeDirectory(ulong parent, string name, uint mode, OverlayCaller caller) =>
         CreateObject(parent, name, caller, scratch =>
         {
-            if (Syscall.mkdir(scratch, (FilePermissions)(mode & ~caller.Umask & 0xFFF)) != 0)
+            if (Syscall.mkdir(scratch, (FilePermissions)0x1C0) != 0)
             {
                 throw OverlayException.FromLastError("mkdir", scratch);
             }
-        }, isDirectory: true);
+        }, mode & ~caller.Umask & 0xFFF, isDirectory: true);
 
     /// <summary>Makes a symbolic link. The target is stored as given and never resolved by the overlay.</summary>
     public OverlayStat MakeSymbolicLink(ulong parent, string name, string target, OverlayCaller caller) =>
@@ -309,7 +311,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             {
                 throw OverlayException.FromLastError("symlink", scratch);
             }
-        }, isDirectory: false);
+        }, mode: null, isDirectory: false);
 
     /// <summary>Makes a fifo, socket or (as root) device node.</summary>
     public OverlayStat MakeNode(ulong parent, string name, uint mode, ulong rdev, OverlayCaller caller) =>
@@ -317,11 +319,11 @@ public sealed partial class OverlayFileSystem : IDisposable
             ? throw new OverlayException(Errno.EPERM, $"{name}: only root may make device nodes")
             : CreateObject(parent, name, caller, scratch =>
         {
-            if (Syscall.mknod(scratch, (FilePermissions)(mode & ~caller.Umask & 0xFFFF | (mode & S_IFMT)), rdev) != 0)
+            if (Syscall.mknod(scratch, (FilePermissions)(0x180 | (mode & S_IFMT)), rdev) != 0)
             {
                 throw OverlayException.FromLastError("mknod", scratch);
             }
-        }, isDirectory: false);
+        }, mode & ~caller.Umask & 0xFFF, isDirectory: false);
 
     /// <summary>Creates and opens a regular file (FUSE create).</summary>
     public (OverlayStat Stat, OverlayHandle Handle) Create(ulong parent, string name, uint mode, OverlayCaller caller)
@@ -329,22 +331,24 @@ public sealed partial class OverlayFileSystem : IDisposable
         _lock.EnterWriteLock();
         try
         {
-            uint finalMode = mode & ~caller.Umask & 0xFFF;
+            uint requested = mode & ~caller.Umask & 0xFFF;
+            // Readable and writable by its owner until opened: without privilege, a read-only mode would make the
+            // reopen below fail, where open(O_CREAT) with such a mode returns a writable file.
             OverlayStat stat = CreateObject(parent, name, caller, scratch =>
             {
-                // Readable and writable by its owner until opened: without privilege, a read-only mode would make
-                // the reopen below fail, where open(O_CREAT) with such a mode returns a writable file.
-                int fd = Syscall.open(scratch, OpenFlags.O_CREAT | OpenFlags.O_EXCL | OpenFlags.O_WRONLY, (FilePermissions)(finalMode | 0x180));
+                int fd = Syscall.open(scratch, OpenFlags.O_CREAT | OpenFlags.O_EXCL | OpenFlags.O_WRONLY, (FilePermissions)0x180);
                 if (fd < 0)
                 {
                     throw OverlayException.FromLastError("create", scratch);
                 }
                 Syscall.close(fd);
-            }, isDirectory: false);
+            }, requested, isDirectory: false, untilOpened: 0x180);
             OverlayNode node = NodeOf(stat.Ino);
             OverlayHandle handle = OpenLocked(node, write: true, truncate: false);
-            if ((finalMode & 0x180) != 0x180)
+            if ((requested & 0x180) != 0x180)
             {
+                // The mode CreateObject gave, without the owner bits added until now (it changes only S_ISGID).
+                uint finalMode = (stat.Mode & 0xFFF & ~0x180u) | (requested & 0x180);
                 if (Syscall.chmod(UpperPath(node), (FilePermissions)finalMode) != 0)
                 {
                     OverlayException e = OverlayException.FromLastError("chmod", UpperPath(node));
@@ -930,7 +934,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             {
                 throw OverlayException.FromLastError("stat", rootPath);
             }
-            return ToStat(RootIno, rootStat, null);
+            return MergedLinks(node, ToStat(RootIno, rootStat, null));
         }
         string path = TopPath(node);
         if (node.Removed)
@@ -948,13 +952,21 @@ public sealed partial class OverlayFileSystem : IDisposable
         {
             logicalSize = node.Data is NodeData.BCow open ? open.Length : BCowVirtualSize(path);
         }
-        OverlayStat stat = ToStat(node.Ino, st, logicalSize);
+        OverlayStat stat = MergedLinks(node, ToStat(node.Ino, st, logicalSize));
         if (node.Data is not null)
         {
             node.OpenStat = new StrongBox<OverlayStat>(stat);
         }
         return stat;
     }
+
+    /// <summary>
+    /// A directory merged from more than one layer reports one link, as kernel overlayfs does: the top layer's count
+    /// would miss the subdirectories below it, and tools such as find take a count of 1 to mean "unknown" rather
+    /// than trust it to skip the stat of entries.
+    /// </summary>
+    private static OverlayStat MergedLinks(OverlayNode node, OverlayStat stat) =>
+        node.IsDirectory && node.Layers.Count > 1 ? stat with { Nlink = 1 } : stat;
 
     private static OverlayStat ToStat(ulong ino, in Stat st, long? logicalSize) =>
         new(ino, (uint)st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_rdev, logicalSize ?? st.st_size, st.st_blocks,
@@ -1046,11 +1058,17 @@ public sealed partial class OverlayFileSystem : IDisposable
     }
 
     /// <summary>
-    /// Runs <paramref name="make"/> on a scratch path in the work directory, gives the object the caller's ownership,
-    /// and renames it into place, replacing a whiteout if there is one (a directory made over a whiteout is opaque, so
-    /// the lower directory it replaces does not show through).
+    /// Runs <paramref name="make"/> on a scratch path in the work directory, gives the object the caller's ownership
+    /// and <paramref name="mode"/> (plus <paramref name="untilOpened"/>), and renames it into place, replacing a
+    /// whiteout if there is one (a directory made over a whiteout is opaque, so the lower directory it replaces does
+    /// not show through). In a set-group-ID directory the object takes the directory's group, a new directory the
+    /// set-group-ID bit too, and a group-executable set-group-ID file made by a caller outside that group loses the
+    /// bit (the kernel's inode_init_owner and mode_strip_sgid). The mode is set by chmod after the chown, never by
+    /// <paramref name="make"/>: chown clears the set-ID bits, and mkdir, mknod and open apply this process's umask,
+    /// which is not the caller's. <paramref name="mode"/> holds the permission and special bits with the caller's
+    /// umask applied; null for a symbolic link.
     /// </summary>
-    private OverlayStat CreateObject(ulong parent, string name, OverlayCaller caller, Action<string> make, bool isDirectory)
+    private OverlayStat CreateObject(ulong parent, string name, OverlayCaller caller, Action<string> make, uint? mode, bool isDirectory, uint untilOpened = 0)
     {
         RequireWritable();
         LayerPaths.ValidateName(name);
@@ -1069,6 +1087,19 @@ public sealed partial class OverlayFileSystem : IDisposable
             }
             EnsureUpperDirectory(directory);
             string upperDirectory = UpperPath(directory);
+            if (Syscall.lstat(upperDirectory, out Stat parentStat) != 0)
+            {
+                throw OverlayException.FromLastError("stat", upperDirectory);
+            }
+            bool inheritsGroup = ((uint)parentStat.st_mode & S_ISGID) != 0;
+            uint gid = inheritsGroup ? parentStat.st_gid : caller.Gid;
+            uint? finalMode = mode switch
+            {
+                null => null,
+                uint m when inheritsGroup && isDirectory => m | S_ISGID,
+                uint m when inheritsGroup && (m & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP) && caller.Uid != 0 && !Permissions.InGroup(caller, gid) => m & ~S_ISGID,
+                uint m => m,
+            };
             string destination = LayerPaths.Join(upperDirectory, name);
             bool replacesWhiteout = Syscall.lstat(destination, out Stat old) == 0 && Whiteouts.IsWhiteoutStat(old);
             bool hidesLower = replacesWhiteout || VisibleBelowUpperIgnoringWhiteouts(directory, name);
@@ -1076,7 +1107,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             make(scratch);
             try
             {
-                if (Syscall.lchown(scratch, caller.Uid, caller.Gid) != 0)
+                if (Syscall.lchown(scratch, caller.Uid, gid) != 0)
                 {
                     Errno errno = Stdlib.GetLastError(); // before geteuid overwrites it
                     if (IsPrivileged)
@@ -1087,6 +1118,11 @@ public sealed partial class OverlayFileSystem : IDisposable
                 if (isDirectory && hidesLower)
                 {
                     Whiteouts.MakeOpaque(scratch);
+                }
+                // Last: without privilege, marking the directory opaque needs it writable.
+                if (finalMode is uint given && Syscall.chmod(scratch, (FilePermissions)(given | untilOpened)) != 0)
+                {
+                    throw OverlayException.FromLastError("chmod", scratch);
                 }
                 if (replacesWhiteout && isDirectory)
                 {

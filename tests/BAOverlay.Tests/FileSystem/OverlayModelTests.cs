@@ -259,9 +259,10 @@ public class OverlayModelTests
 
     private static string Join(string directory, string name) => directory.Length == 0 ? name : directory + "/" + name;
 
-    /// <summary>One random operation on both trees; the log line says MISMATCH when their results differ.
+    /// <summary>One random operation on both trees; the log line says MISMATCH when their results differ, or when an
+    /// object's inode number changed. <paramref name="overlay"/> is the overlay through its API or through a FUSE mount;
     /// <paramref name="model"/> is a plain directory, or a kernel overlayfs mount when <paramref name="modelIsOverlayfs"/>.</summary>
-    internal static string Step(Random random, OverlayTree overlay, PosixTree model, bool modelIsOverlayfs = false, bool linkInodesMayChange = false)
+    internal static string Step(Random random, ITreeOps overlay, PosixTree model, bool modelIsOverlayfs = false, bool linkInodesMayChange = false)
     {
         List<Entry> entries = Entries(model.Root);
         List<Entry> dirs = entries.Where(e => e.Type == 0x4000).ToList();
@@ -274,7 +275,7 @@ public class OverlayModelTests
         string AnyFile() => files.Count > 0 && random.Next(15) != 0 ? Pick(files).Path : Pick(dirs).Path; // never a link: the model's open would follow it
 
         // Rootless, a copied-up symbolic link cannot keep its inode number (no user.* xattrs on links, no trusted.*).
-        string SameIno(OverlayTree o, string path, ulong? before) =>
+        string SameIno(ITreeOps o, string path, ulong? before) =>
             linkInodesMayChange && entries.Any(e => e.Path == path && e.Type == 0xA000) ? "" : OverlayModelTests.SameIno(o, path, before);
 
         string Both(string what, Func<ITreeOps, string> op)
@@ -298,7 +299,7 @@ public class OverlayModelTests
                 long size = entries.First(e => e.Path == path).Size;
                 long offset = random.Next(8) == 0 ? size + random.Next(0, 100_000) : (long)(random.NextDouble() * (size + 1));
                 byte[] data = Checks.RandomBytes(random, random.Next(1, random.Next(4) == 0 ? 200_000 : 9000));
-                ulong? before = InoOf(overlay, path);
+                ulong? before = overlay.Ino(path);
                 string result = Both($"write {path} @{offset} {data.Length}B", t => t.WriteAt(path, offset, data));
                 return result + SameIno(overlay, path, before);
             }
@@ -307,7 +308,7 @@ public class OverlayModelTests
                 string path = AnyFile();
                 long size = entries.First(e => e.Path == path).Size;
                 long newSize = random.Next(4) == 0 ? 0 : (long)(random.NextDouble() * (size * 1.5 + 5000));
-                ulong? before = InoOf(overlay, path);
+                ulong? before = overlay.Ino(path);
                 return Both($"truncate {path} {newSize}", t => t.Truncate(path, newSize)) + SameIno(overlay, path, before);
             }
             case < 60:
@@ -348,7 +349,7 @@ public class OverlayModelTests
                 {
                     return "skip";
                 }
-                ulong? before = InoOf(overlay, source.Path);
+                ulong? before = overlay.Ino(source.Path);
                 string o = overlay.Rename(source.Path, target);
                 if (o == "EXDEV" && source.Type == 0x4000 && !modelIsOverlayfs)
                 {
@@ -376,7 +377,7 @@ public class OverlayModelTests
                 }
                 string path = Pick(targets).Path;
                 uint uid = Pick(new List<uint> { 0, 1000, 4242, RootlessOverlayTests.User });
-                ulong? before = InoOf(overlay, path);
+                ulong? before = overlay.Ino(path);
                 return Both($"chown {path} {uid}", t => t.Chown(path, uid, uid + 1)) + SameIno(overlay, path, before);
             }
             default:
@@ -388,32 +389,15 @@ public class OverlayModelTests
                 }
                 string path = Pick(targets).Path;
                 uint mode = Pick(Modes.ToList()) | (uint)(entries.First(e => e.Path == path).Type == 0x4000 ? 0x1C0 : 0);
-                ulong? before = InoOf(overlay, path);
+                ulong? before = overlay.Ino(path);
                 return Both($"chmod {path} {Convert.ToString(mode, 8)}", t => t.Chmod(path, mode)) + SameIno(overlay, path, before);
             }
         }
     }
 
-    private static ulong? InoOf(OverlayTree overlay, string path)
+    private static string SameIno(ITreeOps overlay, string path, ulong? before)
     {
-        try
-        {
-            ulong ino = OverlayFileSystem.RootIno;
-            foreach (string part in path.Split('/', StringSplitOptions.RemoveEmptyEntries))
-            {
-                ino = overlay.FileSystem.Lookup(ino, part).Ino;
-            }
-            return ino;
-        }
-        catch (OverlayException)
-        {
-            return null;
-        }
-    }
-
-    private static string SameIno(OverlayTree overlay, string path, ulong? before)
-    {
-        ulong? after = InoOf(overlay, path);
+        ulong? after = overlay.Ino(path);
         return before is null || after is null || before == after ? "" : $" MISMATCH inode number changed from {before:x} to {after:x}";
     }
 

@@ -83,6 +83,26 @@ public class OverlaySemanticsTests
         SurvivesReopen(f, _ => { }, fs => Assert.That(List(fs, "d"), Is.EqualTo(new[] { "x", "y", "z" })));
     }
 
+    /// <summary>A merged directory reports one link, as with kernel overlayfs (its top layer's count would miss the
+    /// subdirectories below); a directory of one layer reports its real count.</summary>
+    [Test]
+    public void AMergedDirectoryReportsOneLinkAndADirectoryOfOneLayerItsOwnCount()
+    {
+        using var f = new OverlayFixture();
+        Directory.CreateDirectory(Path.Combine(f.Lowers[1], "merged", "below1"));
+        Directory.CreateDirectory(Path.Combine(f.Lowers[1], "merged", "below2"));
+        Directory.CreateDirectory(Path.Combine(f.Lowers[0], "merged", "above"));
+        Directory.CreateDirectory(Path.Combine(f.Lowers[0], "single", "a"));
+        Directory.CreateDirectory(Path.Combine(f.Lowers[0], "single", "b"));
+        SurvivesReopen(f, fs => fs.MakeDirectory(Resolve(fs, "merged").Ino, "new", Mode("755"), OverlayCaller.Root), fs =>
+        {
+            Assert.That(Resolve(fs, "").Nlink, Is.EqualTo(1UL), "the root, merged");
+            Assert.That(Resolve(fs, "merged").Nlink, Is.EqualTo(1UL), "merged, and copied up by the mkdir");
+            Assert.That(Resolve(fs, "single").Nlink, Is.EqualTo(4UL), "2 + its two subdirectories");
+            Assert.That(Resolve(fs, "merged/new").Nlink, Is.EqualTo(2UL), "a new empty directory");
+        });
+    }
+
     [Test]
     public void WhiteoutsInEveryFormHideLowerNamesAndAreNotListed()
     {
@@ -308,6 +328,55 @@ public class OverlaySemanticsTests
             var e = Assert.Throws<OverlayException>(() => fs.Open(Resolve(fs, "abs").Ino, write: false, truncate: false));
             Assert.That(e!.Errno, Is.EqualTo(Errno.EINVAL), "opening a link through the overlay does not follow it");
         });
+    }
+
+    /// <summary>
+    /// A new object gets the mode asked for less the caller's umask, whatever this process's own umask, set-user-ID
+    /// included; in a set-group-ID lower directory it takes the directory's group, a new directory its set-group-ID
+    /// bit, and a group-executable set-group-ID file of a caller outside that group loses the bit, as the kernel
+    /// gives them.
+    /// </summary>
+    [Test]
+    public void NewObjectsGetTheCallersModeAndTheGroupOfASetGroupIdDirectory()
+    {
+        RequireRoot();
+        using var f = new OverlayFixture();
+        Directory.CreateDirectory(Path.Combine(f.Lowers[0], "shared"));
+        Assert.That(Syscall.chown(Path.Combine(f.Lowers[0], "shared"), 0, 4321), Is.Zero);
+        Assert.That(Syscall.chmod(Path.Combine(f.Lowers[0], "shared"), (FilePermissions)Mode("2777")), Is.Zero);
+        Assert.That(Syscall.chmod(f.Upper!, (FilePermissions)Mode("777")), Is.Zero);
+        var caller = new OverlayCaller(1000, 1000, Umask: Mode("002"));
+        FilePermissions processUmask = Syscall.umask((FilePermissions)Mode("077"));
+        try
+        {
+            SurvivesReopen(f, fs =>
+            {
+                ulong root = OverlayFileSystem.RootIno, shared = Resolve(fs, "shared").Ino;
+                fs.Create(root, "file", Mode("4777"), caller).Handle.Dispose();
+                fs.MakeDirectory(root, "dir", Mode("1777"), caller);
+                fs.MakeNode(root, "fifo", 0x1000 | Mode("666"), 0, caller);
+                fs.Create(shared, "file", Mode("666"), caller).Handle.Dispose();
+                fs.Create(shared, "sgid-exec", Mode("2775"), caller).Handle.Dispose();
+                fs.MakeDirectory(shared, "dir", Mode("755"), caller);
+            }, fs =>
+            {
+                void Expect(string path, string mode, uint gid)
+                {
+                    OverlayStat stat = Resolve(fs, path);
+                    Assert.That((Convert.ToString(stat.Mode & 0xFFF, 8), stat.Uid, stat.Gid), Is.EqualTo((mode, 1000u, gid)), path);
+                }
+                Expect("file", "4775", 1000);
+                Expect("dir", "1775", 1000);
+                Expect("fifo", "664", 1000);
+                Expect("shared/file", "664", 4321);
+                Expect("shared/sgid-exec", "775", 4321);
+                Expect("shared/dir", "2755", 4321);
+            });
+        }
+        finally
+        {
+            Syscall.umask(processUmask);
+        }
     }
 
     [Test]

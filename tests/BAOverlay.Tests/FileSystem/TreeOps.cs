@@ -39,6 +39,9 @@ internal interface ITreeOps
 
     /// <summary>The visible tree: path → type, mode, owner, size and content hash, link target or device number.</summary>
     SortedDictionary<string, string> Snapshot(bool withTimes = false);
+
+    /// <summary>The inode number of <paramref name="path"/> (not following a final symbolic link), or null when it does not exist.</summary>
+    ulong? Ino(string path);
 }
 
 /// <summary>Formats one visible entry the same way for every kind of tree.</summary>
@@ -162,6 +165,8 @@ internal sealed class PosixTree(string root) : ITreeOps
     public string Chown(string path, uint uid, uint gid) => TreeEntry.ErrnoName(Syscall.lchown(P(path), uid, gid));
 
     public string Rename(string from, string to) => TreeEntry.ErrnoName(Syscall.rename(P(from), P(to)));
+
+    public ulong? Ino(string path) => Syscall.lstat(P(path), out Stat st) == 0 ? st.st_ino : null;
 
     private static unsafe string WriteAll(int fd, byte[] data, long offset)
     {
@@ -316,6 +321,18 @@ internal sealed class OverlayTree(OverlayFileSystem fs, uint umask) : ITreeOps
     });
 
     public SortedDictionary<string, string> Snapshot(bool withTimes = false) => Walk(withTimes, inodes: null);
+
+    public ulong? Ino(string path)
+    {
+        try
+        {
+            return Resolve(path);
+        }
+        catch (OverlayException)
+        {
+            return null;
+        }
+    }
 
     /// <summary>The overlay inode number of every visible path.</summary>
     public SortedDictionary<string, ulong> Inodes()

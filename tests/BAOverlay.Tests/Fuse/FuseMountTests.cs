@@ -245,9 +245,9 @@ public sealed partial class FuseMountTests
     private static string[] Names(string directory) =>
         Directory.GetFileSystemEntries(directory).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToArray()!;
 
-    /// <summary>An overlay mounted on fixture.Root/mnt with its loop on a background thread; disposing unmounts,
-    /// checks the loop thread ended, and closes everything.</summary>
-    private sealed class Mounted : IDisposable
+    /// <summary>An overlay mounted on fixture.Root/mnt (or any empty directory) with its loop on a background thread;
+    /// disposing unmounts, checks the loop thread ended, and closes everything.</summary>
+    internal sealed class Mounted : IDisposable
     {
         private readonly OverlayFileSystem _fileSystem;
         private readonly Thread _loop;
@@ -297,10 +297,16 @@ public sealed partial class FuseMountTests
 
         public static Mounted Start(OverlayFixture fixture, out string mountPoint, Func<OverlayFileSystem, IFuseLowLevelHandler>? handler = null, FuseMountOptions? options = null)
         {
-            RequireFuse();
             mountPoint = Path.Combine(fixture.Root, "mnt");
+            return Start(() => fixture.Open(threshold: 64 * 1024), mountPoint, handler, options);
+        }
+
+        /// <summary>Mounts the overlay that <paramref name="open"/> opens on <paramref name="mountPoint"/> (made if missing).</summary>
+        public static Mounted Start(Func<OverlayFileSystem> open, string mountPoint, Func<OverlayFileSystem, IFuseLowLevelHandler>? handler = null, FuseMountOptions? options = null)
+        {
+            RequireFuse();
             Directory.CreateDirectory(mountPoint);
-            OverlayFileSystem fileSystem = fixture.Open(threshold: 64 * 1024);
+            OverlayFileSystem fileSystem = open();
             var log = new List<string>();
             FuseSession session;
             try
@@ -404,7 +410,8 @@ public sealed partial class FuseMountTests
             return !IsMounted(mountPoint);
         }
 
-        private static void RequireFuse()
+        /// <summary>Ignores the test, saying why, unless /dev/fuse, root and libfuse3 are all there.</summary>
+        public static void RequireFuse()
         {
             if (!File.Exists("/dev/fuse"))
             {
