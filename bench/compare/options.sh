@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The FUSE options of baoverlayfs, measured: the same fio workloads on baoverlayfs with its defaults and with one
-# option changed at a time (write-back cache, keep_cache, readahead, max_write), and on fuse-overlayfs for reference,
+# option changed at a time (write-back cache, keep_cache, readahead, max_write, threads), and on fuse-overlayfs for reference,
 # interleaved per round, medians over rounds. Writes the part of docs/benchmarks.md between the
 # "bench/compare/options" markers. Usage (as root): bench/compare/options.sh [--rounds N] [--runtime S] [--no-docs]
 # Environment: BAOVERLAY_COMPARE_DIR (data folder, default /var/tmp/baoverlay-options), BAOVERLAYFS (the command).
@@ -29,6 +29,7 @@ VARIANTS=(
   "keep_cache=0|keep_cache=0"
   "max_readahead=1M|max_readahead=1048576"
   "max_write=128K|max_write=131072"
+  "max_threads=2|max_threads=2"
   "fuse-overlayfs|"
 )
 
