@@ -406,6 +406,22 @@ internal static class OverlayCases
     public static SortedDictionary<string, string> Visible(PosixTree kernel) =>
         new(kernel.Snapshot().Where(e => e.Value != PosixTree.ReaddirOnly).ToDictionary(), StringComparer.Ordinal);
 
+    /// <summary>
+    /// Kernel overlayfs mounted over the upper layer <paramref name="layers"/> got (by the overlay or a mount of it)
+    /// shows the tree <paramref name="expected"/>. B-CoW files differ on disk by design (the kernel sees the B-CoW
+    /// container, not the virtual file): only their type, mode and owner are compared.
+    /// </summary>
+    public static void AssertKernelReadsTheUpperLayer(OverlayLayers layers, SortedDictionary<string, string> expected, string writer)
+    {
+        var bcow = TreeEntry.BCowFiles(layers.Upper)
+            .Select(f => "/" + Path.GetRelativePath(layers.Upper, f))
+            .ToHashSet();
+        using KernelOverlayMount mount = KernelOverlayMount.Mount([layers.Upper, .. layers.Lowers]);
+        var seen = new PosixTree(mount.MountPoint).Snapshot();
+        Assert.That(Diff(WithoutContent(expected, bcow), WithoutContent(seen, bcow)), Is.Empty,
+            $"the kernel over the {writer}'s upper layer (kernel | kernel over {writer}'s upper)");
+    }
+
     public static Dictionary<string, string> WithoutContent(SortedDictionary<string, string> tree, HashSet<string> paths) =>
         tree.ToDictionary(e => e.Key, e => paths.Contains(e.Key) ? e.Value[..e.Value.IndexOf(" size=", StringComparison.Ordinal)] : e.Value);
 }

@@ -160,14 +160,7 @@ public sealed class FuseSemanticsTests
             Assert.That(Diff(kernel, new OverlayTree(fs, 0).Snapshot()), Is.Empty, "the library over the layers the mount wrote (kernel | library)");
         }
 
-        var bcow = TreeEntry.BCowFiles(fuseLayers.Upper)
-            .Select(f => "/" + Path.GetRelativePath(fuseLayers.Upper, f))
-            .ToHashSet();
-        using (KernelOverlayMount mount = KernelOverlayMount.Mount([fuseLayers.Upper, .. fuseLayers.Lowers]))
-        {
-            var seen = new PosixTree(mount.MountPoint).Snapshot();
-            Assert.That(Diff(WithoutContent(kernel, bcow), WithoutContent(seen, bcow)), Is.Empty, "the kernel over the mount's upper layer (kernel | kernel over mount's upper)");
-        }
+        AssertKernelReadsTheUpperLayer(fuseLayers, kernel, "mount");
     }
 
     // ------------------------------------------------------------------ random operations
