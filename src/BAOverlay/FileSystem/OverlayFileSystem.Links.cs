@@ -21,6 +21,7 @@ public sealed partial class OverlayFileSystem
             throw new OverlayException(Errno.EINVAL, $"{newName}: names starting with {Whiteouts.Prefix} are reserved for whiteouts");
         }
         _lock.EnterWriteLock();
+        OverlayNode? changing = null;
         try
         {
             OverlayNode node = NodeOf(ino);
@@ -34,6 +35,7 @@ public sealed partial class OverlayFileSystem
             {
                 throw new OverlayException(Errno.EEXIST, $"{Describe(existing)}: exists");
             }
+            changing = directory;
             CopyUp(node, truncateToZero: false);
             EnsureUpperDirectory(directory);
             string destination = LayerPaths.Join(UpperPath(directory), newName);
@@ -50,8 +52,14 @@ public sealed partial class OverlayFileSystem
             }
             Syscall.unlink(LayerPaths.Join(UpperPath(directory), Whiteouts.Prefix + newName));
             OverlayNode linked = LookupLocked(directory, newName) ?? throw NoEntry(directory, newName);
+            ListingChanged(directory, newName, linked);
             linked.Lookups++;
             return StatOf(linked);
+        }
+        catch when (changing is not null)
+        {
+            changing.Listing = null; // failed half way: the listing may not say what the layers now hold
+            throw;
         }
         finally
         {

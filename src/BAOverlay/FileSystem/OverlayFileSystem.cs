@@ -262,7 +262,8 @@ public sealed partial class OverlayFileSystem : IDisposable
     // ------------------------------------------------------------------ directories
 
     /// <summary>The merged entries of directory <paramref name="ino"/>, taken now: offsets stay valid while the caller
-    /// keeps the list (FUSE opendir/readdir/releasedir). <c>.</c> and <c>..</c> come first.</summary>
+    /// keeps the list (FUSE opendir/readdir/releasedir), which later changes leave as it is. <c>.</c> and <c>..</c>
+    /// come first.</summary>
     /// <param name="ino">The directory.</param>
     /// <param name="caller">Checked for read permission; null for a trusted caller.</param>
     public IReadOnlyList<OverlayDirEntry> ReadDirectory(ulong ino, OverlayCaller? caller = null)
@@ -276,16 +277,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                 throw new OverlayException(Errno.ENOTDIR, $"{Describe(node)}: not a directory");
             }
             CheckAccess(node, caller, Permissions.Read);
-            var entries = new List<OverlayDirEntry>
-            {
-                new(".", node.Ino, S_IFDIR, 1),
-                new("..", node.Parent?.Ino ?? RootIno, S_IFDIR, 2),
-            };
-            foreach (var (name, entryIno, type) in MergedEntries(node))
-            {
-                entries.Add(new OverlayDirEntry(name, entryIno, type, entries.Count + 1));
-            }
-            return entries;
+            return ListingOf(node).Entries(node.Ino, node.Parent?.Ino ?? RootIno);
         }
         finally
         {
@@ -393,14 +385,19 @@ public sealed partial class OverlayFileSystem : IDisposable
                     ? new OverlayException(Errno.ENOTDIR, $"{Describe(node)}: not a directory")
                     : new OverlayException(Errno.EISDIR, $"{Describe(node)}: is a directory");
             }
-            if (directory)
+            if (directory && !IsEmptyDirectory(node))
             {
-                if (MergedEntries(node).Any())
-                {
-                    throw new OverlayException(Errno.ENOTEMPTY, $"{Describe(node)}: directory not empty");
-                }
+                throw new OverlayException(Errno.ENOTEMPTY, $"{Describe(node)}: directory not empty");
             }
-            RemoveName(container, name, node); // clears the whiteouts an upper directory still holds
+            try
+            {
+                RemoveName(container, name, node); // clears the whiteouts an upper directory still holds
+            }
+            catch
+            {
+                container.Listing = null; // failed half way: the listing may not say what the layers now hold
+                throw;
+            }
         }
         finally
         {
@@ -437,6 +434,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             throw new OverlayException(Errno.EINVAL, "RENAME_EXCHANGE and RENAME_NOREPLACE exclude each other");
         }
         _lock.EnterWriteLock();
+        OverlayNode[]? changing = null;
         try
         {
             OverlayNode from = NodeOf(parent);
@@ -491,11 +489,12 @@ public sealed partial class OverlayFileSystem : IDisposable
                 {
                     throw new OverlayException(Errno.EISDIR, $"{Describe(target)}: is a directory");
                 }
-                if (target.IsDirectory && MergedEntries(target).Any())
+                if (target.IsDirectory && !IsEmptyDirectory(target))
                 {
                     throw new OverlayException(Errno.ENOTEMPTY, $"{Describe(target)}: directory not empty");
                 }
             }
+            changing = [from, to, node];
             EnsureUpperDirectory(from);
             EnsureUpperDirectory(to);
             PrepareToMove(node, to, newName);
@@ -557,6 +556,14 @@ public sealed partial class OverlayFileSystem : IDisposable
             Refresh(to, newName);
             Refresh(from, name);
         }
+        catch when (changing is not null)
+        {
+            foreach (OverlayNode directory in changing)
+            {
+                directory.Listing = null; // failed half way: the listing may not say what the layers now hold
+            }
+            throw;
+        }
         finally
         {
             _lock.ExitWriteLock();
@@ -598,10 +605,12 @@ public sealed partial class OverlayFileSystem : IDisposable
         }
     }
 
-    /// <summary>Re-resolves a name and every cached object below it (their layer paths depend on their parents').</summary>
+    /// <summary>Re-resolves a name and every cached object below it (their layer paths depend on their parents'), and
+    /// records the result in the kept listings.</summary>
     private void Refresh(OverlayNode directory, string name)
     {
         OverlayNode? node = LookupLocked(directory, name);
+        ListingChanged(directory, name, node);
         if (node is { IsDirectory: true })
         {
             foreach (string child in node.Children.Keys.ToList())
@@ -865,6 +874,10 @@ public sealed partial class OverlayFileSystem : IDisposable
             node = new OverlayNode(ino, directory, name, LayerPaths.Child(directory.Path, name));
             _nodes[ino] = node;
         }
+        if (node.Removed || node.Type != type || !SameLayers(node.Layers, layers))
+        {
+            node.Listing = null; // read for other layers, or for another object that had this number
+        }
         node.Parent = directory;
         node.Name = name;
         node.Path = LayerPaths.Child(directory.Path, name);
@@ -1007,56 +1020,6 @@ public sealed partial class OverlayFileSystem : IDisposable
 
     private string NewScratchPath() => LayerPaths.Join(_scratch!, $"tmp-{Environment.ProcessId}-{Interlocked.Increment(ref _scratchCounter)}");
 
-    /// <summary>The merged, visible entries of a directory: upper names hide lower ones, whiteouts hide what is below them.</summary>
-    private IEnumerable<(string Name, ulong Ino, uint Type)> MergedEntries(OverlayNode directory)
-    {
-        var seen = new HashSet<string>(StringComparer.Ordinal);
-        var result = new List<(string, ulong, uint)>();
-        foreach (var (layer, directoryPath) in directory.Layers)
-        {
-            string real = directoryPath.Length == 0 ? _roots[layer] : LayerPaths.Join(_roots[layer], directoryPath);
-            IEnumerable<string> names;
-            try
-            {
-                names = Directory.EnumerateFileSystemEntries(real).Select(Path.GetFileName).ToList()!;
-            }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-            {
-                _log($"{real}: {e.Message}");
-                throw new OverlayException(e is UnauthorizedAccessException ? Errno.EACCES : Errno.EIO, $"{real}: {e.Message}");
-            }
-            var hiddenHere = new List<string>();
-            foreach (string name in names)
-            {
-                if (name.StartsWith(Whiteouts.Prefix, StringComparison.Ordinal))
-                {
-                    if (name != Whiteouts.OpaqueMarker)
-                    {
-                        hiddenHere.Add(name[Whiteouts.Prefix.Length..]);
-                    }
-                    continue;
-                }
-                if (seen.Contains(name))
-                {
-                    continue;
-                }
-                string path = LayerPaths.Join(real, name);
-                if (Syscall.lstat(path, out Stat st) != 0)
-                {
-                    continue;
-                }
-                seen.Add(name);
-                if (Whiteouts.IsWhiteoutStat(st))
-                {
-                    continue;
-                }
-                result.Add((name, InoOf(layer, st, path), (uint)st.st_mode & S_IFMT));
-            }
-            seen.UnionWith(hiddenHere);
-        }
-        return result;
-    }
-
     /// <summary>
     /// Runs <paramref name="make"/> on a scratch path in the work directory, gives the object the caller's ownership
     /// and <paramref name="mode"/> (plus <paramref name="untilOpened"/>), and renames it into place, replacing a
@@ -1077,6 +1040,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             throw new OverlayException(Errno.EINVAL, $"{name}: names starting with {Whiteouts.Prefix} are reserved for whiteouts");
         }
         _lock.EnterWriteLock();
+        OverlayNode? changing = null;
         try
         {
             OverlayNode directory = NodeOf(parent);
@@ -1085,6 +1049,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             {
                 throw new OverlayException(Errno.EEXIST, $"{Describe(existing)}: exists");
             }
+            changing = directory;
             EnsureUpperDirectory(directory);
             string upperDirectory = UpperPath(directory);
             if (Syscall.lstat(upperDirectory, out Stat parentStat) != 0)
@@ -1145,8 +1110,19 @@ public sealed partial class OverlayFileSystem : IDisposable
             }
             Syscall.unlink(LayerPaths.Join(upperDirectory, Whiteouts.Prefix + name));
             OverlayNode node = LookupLocked(directory, name) ?? throw NoEntry(directory, name);
+            ListingChanged(directory, name, node);
+            if (isDirectory && node.Layers.Count == 1)
+            {
+                // Made empty in the work directory, and nothing below shows through (opaque, or nothing there).
+                node.Listing = DirectoryListing.Empty();
+            }
             node.Lookups++;
             return StatOf(node);
+        }
+        catch when (changing is not null)
+        {
+            changing.Listing = null; // failed half way: the listing may not say what the layers now hold
+            throw;
         }
         finally
         {
@@ -1218,6 +1194,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             Whiteouts.Create(UpperPath(directory), name);
         }
         directory.Children.Remove(name);
+        ListingChanged(directory, name, null);
         MarkRemoved(node);
     }
 
@@ -1225,7 +1202,11 @@ public sealed partial class OverlayFileSystem : IDisposable
     /// A name is gone. Its node answers from the open file while one is open (fstat after unlink), else ENOENT; a
     /// hard-linked object's other names clear the mark at their next lookup.
     /// </summary>
-    private static void MarkRemoved(OverlayNode node) => node.Removed = true;
+    private static void MarkRemoved(OverlayNode node)
+    {
+        node.Removed = true;
+        node.Listing = null;
+    }
 
     /// <summary>Removes the whiteouts an (otherwise empty) upper directory still holds.</summary>
     private static void ClearUpperDirectory(string path)
@@ -1289,6 +1270,7 @@ public sealed partial class OverlayFileSystem : IDisposable
         }
         string scratch = NewScratchPath();
         uint type = (uint)st.st_mode & S_IFMT;
+        bool keptIno;
         try
         {
             switch (type)
@@ -1330,7 +1312,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                     }
                     break;
             }
-            CopyMetadata(lower, scratch, st, type, node.Ino);
+            keptIno = CopyMetadata(lower, scratch, st, type, node.Ino);
             if (Syscall.rename(scratch, UpperPath(node)) != 0)
             {
                 throw OverlayException.FromLastError("rename copy-up into place", UpperPath(node));
@@ -1349,9 +1331,14 @@ public sealed partial class OverlayFileSystem : IDisposable
             RemoveTree(scratch);
             throw;
         }
+        if (!keptIno && node.Parent is { } holder)
+        {
+            holder.Listing = null; // its entry for this name now has another inode number
+        }
         if (node.IsDirectory)
         {
             node.Layers.Insert(0, (_upper, node.Path));
+            node.Listing = null; // kept for the old layers (the content is the same, but the rule stays simple)
         }
         else
         {
@@ -1365,7 +1352,8 @@ public sealed partial class OverlayFileSystem : IDisposable
         }
     }
 
-    private void CopyMetadata(string from, string to, in Stat st, uint type, ulong ino)
+    /// <returns>False when the inode number could not be kept (logged).</returns>
+    private bool CopyMetadata(string from, string to, in Stat st, uint type, ulong ino)
     {
         if (Syscall.llistxattr(from, out string[] names) >= 0)
         {
@@ -1379,12 +1367,14 @@ public sealed partial class OverlayFileSystem : IDisposable
         }
         byte[] inoBytes = new byte[8];
         BinaryPrimitives.WriteUInt64LittleEndian(inoBytes, ino);
+        bool keptIno = true;
         if (Syscall.lsetxattr(to, LayerPaths.InoXattr, inoBytes, XattrFlags.XATTR_AUTO) != 0)
         {
             Errno errno = Stdlib.GetLastError(); // before geteuid overwrites it
             if (!IsPrivileged || Syscall.lsetxattr(to, LayerPaths.TrustedInoXattr, inoBytes, XattrFlags.XATTR_AUTO) != 0)
             {
                 _log($"{to}: cannot keep the inode number across copy-up: {Stdlib.strerror(errno)}");
+                keptIno = false;
             }
         }
         if (Syscall.lchown(to, st.st_uid, st.st_gid) != 0)
@@ -1406,6 +1396,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             new() { tv_sec = st.st_mtime, tv_nsec = st.st_mtime_nsec },
         };
         Syscall.utimensat(LibC.AT_FDCWD, to, times, AtFlags.AT_SYMLINK_NOFOLLOW);
+        return keptIno;
     }
 
     private OverlayHandle OpenLocked(OverlayNode node, bool write, bool truncate)

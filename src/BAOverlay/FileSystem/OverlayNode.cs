@@ -29,6 +29,18 @@ internal sealed class OverlayNode(ulong ino, OverlayNode? parent, string name, s
 
     public Dictionary<string, OverlayNode> Children { get; } = new(StringComparer.Ordinal);
 
+    /// <summary>A directory's merged entries as last read or kept up to date since, or null: read them at the next
+    /// listing. Valid for the current <see cref="Layers"/> only (see <see cref="DirectoryListing"/>).</summary>
+    /// <remarks>Written under the write lock, and also under the read lock by a listing that builds it (readers may
+    /// race to publish equal listings), hence the volatile access.</remarks>
+    public DirectoryListing? Listing
+    {
+        get => Volatile.Read(ref _listing);
+        set => Volatile.Write(ref _listing, value);
+    }
+
+    private DirectoryListing? _listing;
+
     /// <summary>Open data shared by all handles (so a reader opened before a copy-up sees later writes).</summary>
     public NodeData? Data { get; set; }
 

@@ -88,6 +88,7 @@ public class OverlayModelTests
                 string entry = Step(random, overlay, modelTree, linkInodesMayChange: withoutPrivilege);
                 log.Add($"{step}: {entry}");
                 Assert.That(entry, Does.Not.Contain("MISMATCH"), $"an operation gave different results; {Context()}");
+                Assert.That(fs.CheckListings(), Is.Empty, $"kept directory listings that differ from their layers; {Context()}");
                 if (step % CompareEvery == 0)
                 {
                     Assert.That(Diff(modelTree.Snapshot(), overlay.Snapshot()), Is.Empty, $"after step {step}, entries that differ (model | overlay); {Context()}");
