@@ -51,10 +51,10 @@ public sealed partial class OverlayFileSystem
                 throw OverlayException.FromLastError("rename link into place", destination);
             }
             Syscall.unlink(LayerPaths.Join(UpperPath(directory), Whiteouts.Prefix + newName));
-            OverlayNode linked = LookupLocked(directory, newName) ?? throw NoEntry(directory, newName);
+            OverlayNode linked = LookupLocked(directory, newName, out Stat top) ?? throw NoEntry(directory, newName);
             ListingChanged(directory, newName, linked);
             linked.Lookups++;
-            return StatOf(linked);
+            return StatOf(linked, TopPath(linked), top);
         }
         catch when (changing is not null)
         {

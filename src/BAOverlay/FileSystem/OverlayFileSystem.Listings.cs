@@ -29,7 +29,7 @@ public sealed partial class OverlayFileSystem
 
     /// <summary>
     /// Records in the kept listing of <paramref name="directory"/>, if any, that <paramref name="name"/> now resolves
-    /// to <paramref name="node"/>, or to nothing when null. Callers pass what <see cref="LookupLocked"/> returned after
+    /// to <paramref name="node"/>, or to nothing when null. Callers pass what <see cref="LookupLocked(OverlayNode, string)"/> returned after
     /// the change (or null after a removal): the lookup and the listing merge the layers by the same rules.
     /// </summary>
     private static void ListingChanged(OverlayNode directory, string name, OverlayNode? node)

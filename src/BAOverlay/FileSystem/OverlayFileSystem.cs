@@ -124,9 +124,9 @@ public sealed partial class OverlayFileSystem : IDisposable
         try
         {
             CheckDirectoryAccess(NodeOf(parent), caller, Permissions.Exec);
-            OverlayNode node = LookupLocked(NodeOf(parent), name) ?? throw NoEntry(NodeOf(parent), name);
+            OverlayNode node = LookupLocked(NodeOf(parent), name, out Stat top) ?? throw NoEntry(NodeOf(parent), name);
             node.Lookups++;
-            return StatOf(node);
+            return StatOf(node, TopPath(node), top); // the lookup's lstat: no second one
         }
         finally
         {
@@ -673,6 +673,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             }
             node.Data?.Dispose();
             node.Data = null;
+            node.ClosedBCowSize = null; // read again from the header just committed
             foreach (NodeData old in node.Retired)
             {
                 old.Dispose();
@@ -808,19 +809,23 @@ public sealed partial class OverlayFileSystem : IDisposable
     }
 
     /// <summary>Resolves <paramref name="name"/> in <paramref name="directory"/> through the layers, or null.</summary>
-    private OverlayNode? LookupLocked(OverlayNode directory, string name)
+    private OverlayNode? LookupLocked(OverlayNode directory, string name) => LookupLocked(directory, name, out _);
+
+    /// <summary>Resolves <paramref name="name"/> in <paramref name="directory"/> through the layers, or null;
+    /// <paramref name="top"/> is the lstat of its top layer's object.</summary>
+    private OverlayNode? LookupLocked(OverlayNode directory, string name, out Stat top)
     {
         if (!directory.IsDirectory)
         {
             throw new OverlayException(Errno.ENOTDIR, $"{Describe(directory)}: not a directory");
         }
+        top = default;
         if (Whiteouts.IsReservedName(name))
         {
             return null;
         }
         var layers = new List<(int Layer, string Path)>();
         uint type = 0;
-        Stat top = default;
         foreach (var (layer, directoryPath) in directory.Layers)
         {
             string path = LayerPaths.Join(_roots[layer], directoryPath, name);
@@ -868,7 +873,11 @@ public sealed partial class OverlayFileSystem : IDisposable
         {
             return null;
         }
-        ulong ino = InoOf(layers[0].Layer, top, LayerPaths.Join(_roots[layers[0].Layer], layers[0].Path));
+        bool inUpper = layers[0].Layer == _upper;
+        ulong ino = inUpper && directory.Children.TryGetValue(name, out OverlayNode? known) && !known.Removed &&
+                    known.InoReadFrom == top.st_ino && known.Layers.Count > 0 && known.Layers[0] == layers[0]
+            ? known.Ino // the same upper object as last time: its number xattr has not changed
+            : InoOf(layers[0].Layer, top, LayerPaths.Join(_roots[layers[0].Layer], layers[0].Path));
         if (!_nodes.TryGetValue(ino, out OverlayNode? node))
         {
             node = new OverlayNode(ino, directory, name, LayerPaths.Child(directory.Path, name));
@@ -876,8 +885,13 @@ public sealed partial class OverlayFileSystem : IDisposable
         }
         if (node.Removed || node.Type != type || !SameLayers(node.Layers, layers))
         {
-            node.Listing = null; // read for other layers, or for another object that had this number
+            // Read for other layers, or for another object that had this number: nothing read before holds.
+            node.Listing = null;
+            node.BCowMark = null;
+            node.ClosedBCowSize = null;
+            node.HasNoCapabilityXattr = false;
         }
+        node.InoReadFrom = inUpper ? top.st_ino : 0;
         node.Parent = directory;
         node.Name = name;
         node.Path = LayerPaths.Child(directory.Path, name);
@@ -960,10 +974,17 @@ public sealed partial class OverlayFileSystem : IDisposable
         {
             throw OverlayException.FromLastError("stat", path);
         }
+        return StatOf(node, path, st);
+    }
+
+    /// <summary>The attributes of a node that is not removed, from <paramref name="st"/>, the lstat of its top object
+    /// at <paramref name="path"/> just taken.</summary>
+    private OverlayStat StatOf(OverlayNode node, string path, in Stat st)
+    {
         long? logicalSize = null;
-        if (node.Type == S_IFREG && node.Layers[0].Layer == _upper && IsBCowFile(path))
+        if (node.Type == S_IFREG && node.Layers[0].Layer == _upper && IsBCow(node, path, st))
         {
-            logicalSize = node.Data is NodeData.BCow open ? open.Length : BCowVirtualSize(path);
+            logicalSize = node.Data is NodeData.BCow open ? open.Length : ClosedBCowSize(node, path, st);
         }
         OverlayStat stat = MergedLinks(node, ToStat(node.Ino, st, logicalSize));
         if (node.Data is not null)
@@ -986,6 +1007,35 @@ public sealed partial class OverlayFileSystem : IDisposable
             (st.st_atime * 1_000_000_000L) + st.st_atime_nsec, (st.st_mtime * 1_000_000_000L) + st.st_mtime_nsec, (st.st_ctime * 1_000_000_000L) + st.st_ctime_nsec);
 
     private static bool IsBCowFile(string path) => Syscall.lgetxattr(path, LayerPaths.BCowXattr, out byte[] _) >= 0;
+
+    /// <summary>Whether the node's upper object is a B-CoW file: its marker xattr, read once per upper object.</summary>
+    private static bool IsBCow(OverlayNode node, string path, in Stat st)
+    {
+        if (node.BCowMark is { } mark && mark.StIno == st.st_ino)
+        {
+            return mark.Value;
+        }
+        bool isBCow = IsBCowFile(path);
+        node.BCowMark = new UpperMark<bool>(st.st_ino, 0, 0, isBCow);
+        return isBCow;
+    }
+
+    /// <summary>
+    /// The logical size of a closed B-CoW file: its header's, read once and kept while the upper file is the same
+    /// (inode number, size and mtime) and nothing opened or truncated it, which drops the kept value. Without it every
+    /// getattr would read the header (8 KiB).
+    /// </summary>
+    private long ClosedBCowSize(OverlayNode node, string path, in Stat st)
+    {
+        long mtimeNs = (st.st_mtime * 1_000_000_000L) + st.st_mtime_nsec;
+        if (node.ClosedBCowSize is { } kept && kept.StIno == st.st_ino && kept.StSize == st.st_size && kept.MTimeNs == mtimeNs)
+        {
+            return kept.Value;
+        }
+        long size = BCowVirtualSize(path);
+        node.ClosedBCowSize = new UpperMark<long>(st.st_ino, st.st_size, mtimeNs, size);
+        return size;
+    }
 
     private long BCowVirtualSize(string path)
     {
@@ -1109,7 +1159,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                 throw;
             }
             Syscall.unlink(LayerPaths.Join(upperDirectory, Whiteouts.Prefix + name));
-            OverlayNode node = LookupLocked(directory, name) ?? throw NoEntry(directory, name);
+            OverlayNode node = LookupLocked(directory, name, out Stat top) ?? throw NoEntry(directory, name);
             ListingChanged(directory, name, node);
             if (isDirectory && node.Layers.Count == 1)
             {
@@ -1117,7 +1167,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                 node.Listing = DirectoryListing.Empty();
             }
             node.Lookups++;
-            return StatOf(node);
+            return StatOf(node, TopPath(node), top);
         }
         catch when (changing is not null)
         {
@@ -1335,6 +1385,9 @@ public sealed partial class OverlayFileSystem : IDisposable
         {
             holder.Listing = null; // its entry for this name now has another inode number
         }
+        node.InoReadFrom = 0; // a new upper object: read its xattrs again
+        node.BCowMark = null;
+        node.ClosedBCowSize = null;
         if (node.IsDirectory)
         {
             node.Layers.Insert(0, (_upper, node.Path));
@@ -1427,6 +1480,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             node.Data.SetLength(0);
             OnChanged(node.Ino, 0, 0);
         }
+        node.ClosedBCowSize = null; // while open, the open file answers; after, its header may say another size
         node.OpenHandles++;
         StatOf(node); // remembered for fstat after an unlink
         return new OverlayHandle(this, node, write);
@@ -1476,6 +1530,7 @@ public sealed partial class OverlayFileSystem : IDisposable
 
     private void TruncateLocked(OverlayNode node, long size)
     {
+        node.ClosedBCowSize = null;
         if (node.Data is { } data)
         {
             if (!data.CanWrite)

@@ -29,6 +29,22 @@ internal sealed class OverlayNode(ulong ino, OverlayNode? parent, string name, s
 
     public Dictionary<string, OverlayNode> Children { get; } = new(StringComparer.Ordinal);
 
+    /// <summary>The inode number, in the upper file system, of the upper object this node's <see cref="Ino"/> was read
+    /// from (its xattr), or 0. A later lookup that finds the same upper object under the same name reuses the number
+    /// instead of reading the xattr again: the overlay writes that xattr only before it renames a new object into
+    /// place, and users cannot set it.</summary>
+    public ulong InoReadFrom { get; set; }
+
+    /// <summary>Whether the upper object is a B-CoW file (its marker xattr, also written only before the object is
+    /// renamed into place), for the upper inode number it was read from; null when not read. Replaced whole: getattr
+    /// sets it under the read lock, on several threads at once.</summary>
+    public UpperMark<bool>? BCowMark { get; set; }
+
+    /// <summary>The logical size of the closed B-CoW file, read from its header, for the upper file as it was then
+    /// (inode number, size, mtime); null when not read. Dropped when the file is opened or truncated, so it is used only
+    /// while nothing can change the header. Replaced whole, as <see cref="BCowMark"/>.</summary>
+    public UpperMark<long>? ClosedBCowSize { get; set; }
+
     /// <summary>A directory's merged entries as last read or kept up to date since, or null: read them at the next
     /// listing. Valid for the current <see cref="Layers"/> only (see <see cref="DirectoryListing"/>).</summary>
     /// <remarks>Written under the write lock, and also under the read lock by a listing that builds it (readers may
@@ -61,3 +77,6 @@ internal sealed class OverlayNode(ulong ino, OverlayNode? parent, string name, s
     /// object's attributes. Its other attributes are not cached.</summary>
     public bool HasNoCapabilityXattr { get; set; }
 }
+
+/// <summary>A value read from an upper object, with what identifies the object as it was then.</summary>
+internal sealed record UpperMark<T>(ulong StIno, long StSize, long MTimeNs, T Value);
