@@ -874,10 +874,11 @@ public sealed partial class OverlayFileSystem : IDisposable
             return null;
         }
         bool inUpper = layers[0].Layer == _upper;
+        bool? isBCow = null;
         ulong ino = inUpper && directory.Children.TryGetValue(name, out OverlayNode? known) && !known.Removed &&
                     known.InoReadFrom == top.st_ino && known.Layers.Count > 0 && known.Layers[0] == layers[0]
             ? known.Ino // the same upper object as last time: its number xattr has not changed
-            : InoOf(layers[0].Layer, top, LayerPaths.Join(_roots[layers[0].Layer], layers[0].Path));
+            : InoOf(layers[0].Layer, top, LayerPaths.Join(_roots[layers[0].Layer], layers[0].Path), out isBCow);
         if (!_nodes.TryGetValue(ino, out OverlayNode? node))
         {
             node = new OverlayNode(ino, directory, name, LayerPaths.Child(directory.Path, name));
@@ -892,6 +893,10 @@ public sealed partial class OverlayFileSystem : IDisposable
             node.HasNoCapabilityXattr = false;
         }
         node.InoReadFrom = inUpper ? top.st_ino : 0;
+        if (isBCow is bool read && type == S_IFREG)
+        {
+            node.BCowMark = new UpperMark<bool>(top.st_ino, 0, 0, read);
+        }
         node.Parent = directory;
         node.Name = name;
         node.Path = LayerPaths.Child(directory.Path, name);
@@ -927,11 +932,19 @@ public sealed partial class OverlayFileSystem : IDisposable
     /// xino-style numbers: the layer's tag in the top 16 bits, the real inode below. An object copied up keeps the
     /// number it had (stored in an xattr of its upper copy), so numbers survive copy-up and remount.
     /// </summary>
-    private ulong InoOf(int layer, in Stat st, string path)
+    private ulong InoOf(int layer, in Stat st, string path) => InoOf(layer, st, path, out _);
+
+    /// <param name="layer">The layer the object is in.</param>
+    /// <param name="st">Its lstat.</param>
+    /// <param name="path">Its path.</param>
+    /// <param name="isBCow">For an upper object, whether it is a B-CoW file, learnt from the same listxattr; null when
+    /// not known.</param>
+    private ulong InoOf(int layer, in Stat st, string path, out bool? isBCow)
     {
-        if (layer == _upper && (Syscall.lgetxattr(path, LayerPaths.InoXattr, out byte[] value) == 8 || Syscall.lgetxattr(path, LayerPaths.TrustedInoXattr, out value) == 8))
+        isBCow = null;
+        if (layer == _upper && UpperMarks(path, out isBCow) is ulong kept)
         {
-            return BinaryPrimitives.ReadUInt64LittleEndian(value);
+            return kept;
         }
         if (layer != _upper && st.st_nlink > 1 && (st.st_mode & FilePermissions.S_IFMT) != FilePermissions.S_IFDIR)
         {
@@ -950,6 +963,65 @@ public sealed partial class OverlayFileSystem : IDisposable
             throw new OverlayException(Errno.EOVERFLOW, $"{path}: inode number {st.st_ino} does not fit in 48 bits");
         }
         return (tag << 48) | st.st_ino;
+    }
+
+    /// <summary>
+    /// The number an upper object kept across its copy-up (user xattr, or trusted for objects that cannot carry user
+    /// xattrs), or null; and whether it is a B-CoW file. One listxattr answers both for the common object that has
+    /// neither mark (made in upper), where three getxattr failed before. Should listxattr fail, getxattr decides.
+    /// </summary>
+    private static unsafe ulong? UpperMarks(string path, out bool? isBCow)
+    {
+        isBCow = null;
+        const int Small = 1024;
+        byte* small = stackalloc byte[Small];
+        byte[]? large = null;
+        nint length = LibC.llistxattr(path, small, Small);
+        if (length < 0 && Marshal.GetLastPInvokeError() == LibC.ERANGE)
+        {
+            large = new byte[64 * 1024]; // XATTR_LIST_MAX
+            fixed (byte* p = large)
+            {
+                length = LibC.llistxattr(path, p, (nuint)large.Length);
+            }
+        }
+        if (length < 0)
+        {
+            return Syscall.lgetxattr(path, LayerPaths.InoXattr, out byte[] value) == 8 || Syscall.lgetxattr(path, LayerPaths.TrustedInoXattr, out value) == 8
+                ? BinaryPrimitives.ReadUInt64LittleEndian(value)
+                : null;
+        }
+        ReadOnlySpan<byte> list = large is null ? new ReadOnlySpan<byte>(small, (int)length) : large.AsSpan(0, (int)length);
+        isBCow = HasXattr(list, BCowXattrName);
+        ulong ino = 0;
+        foreach (var (name, bytes) in (ReadOnlySpan<(string, byte[])>)[(LayerPaths.InoXattr, InoXattrName), (LayerPaths.TrustedInoXattr, TrustedInoXattrName)])
+        {
+            if (HasXattr(list, bytes) && LibC.lgetxattr(path, name, (byte*)&ino, sizeof(ulong)) == sizeof(ulong))
+            {
+                return BinaryPrimitives.ReadUInt64LittleEndian(new ReadOnlySpan<byte>(&ino, sizeof(ulong)));
+            }
+        }
+        return null;
+    }
+
+    private static readonly byte[] InoXattrName = System.Text.Encoding.UTF8.GetBytes(LayerPaths.InoXattr);
+    private static readonly byte[] TrustedInoXattrName = System.Text.Encoding.UTF8.GetBytes(LayerPaths.TrustedInoXattr);
+    private static readonly byte[] BCowXattrName = System.Text.Encoding.UTF8.GetBytes(LayerPaths.BCowXattr);
+
+    /// <summary>Whether a listxattr result (names, each ending in NUL) holds <paramref name="name"/>.</summary>
+    private static bool HasXattr(ReadOnlySpan<byte> list, ReadOnlySpan<byte> name)
+    {
+        while (!list.IsEmpty)
+        {
+            int end = list.IndexOf((byte)0);
+            ReadOnlySpan<byte> entry = end < 0 ? list : list[..end];
+            if (entry.SequenceEqual(name))
+            {
+                return true;
+            }
+            list = end < 0 ? default : list[(end + 1)..];
+        }
+        return false;
     }
 
     private OverlayStat StatOf(OverlayNode node)
@@ -1006,7 +1078,7 @@ public sealed partial class OverlayFileSystem : IDisposable
         new(ino, (uint)st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_rdev, logicalSize ?? st.st_size, st.st_blocks,
             (st.st_atime * 1_000_000_000L) + st.st_atime_nsec, (st.st_mtime * 1_000_000_000L) + st.st_mtime_nsec, (st.st_ctime * 1_000_000_000L) + st.st_ctime_nsec);
 
-    private static bool IsBCowFile(string path) => Syscall.lgetxattr(path, LayerPaths.BCowXattr, out byte[] _) >= 0;
+    private static unsafe bool IsBCowFile(string path) => LibC.lgetxattr(path, LayerPaths.BCowXattr, null, 0) >= 0; // size 0: asks only whether it is there
 
     /// <summary>Whether the node's upper object is a B-CoW file: its marker xattr, read once per upper object.</summary>
     private static bool IsBCow(OverlayNode node, string path, in Stat st)

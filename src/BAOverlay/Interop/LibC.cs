@@ -40,6 +40,10 @@ internal static partial class LibC
     [LibraryImport(Library, EntryPoint = "lgetxattr", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static unsafe partial nint lgetxattr(string path, string name, byte* value, nuint size);
 
+    // ssize_t llistxattr(const char *path, char *list, size_t size);
+    [LibraryImport(Library, EntryPoint = "llistxattr", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static unsafe partial nint llistxattr(string path, byte* list, nuint size);
+
     // off_t lseek(int fd, off_t offset, int whence);
     [LibraryImport(Library, EntryPoint = "lseek64", SetLastError = true)]
     public static partial long lseek(int fd, long offset, int whence);
