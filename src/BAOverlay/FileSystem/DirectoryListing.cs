@@ -18,40 +18,47 @@ namespace BAOverlay.FileSystem;
 /// </remarks>
 internal sealed class DirectoryListing
 {
-    private readonly Dictionary<string, (ulong Ino, uint Type)> _entries;
+    /// <summary>Null until the first change: until then the snapshot holds the entries, so a listing that never changes
+    /// (most of them) costs one array and builds no dictionary, and the first opendir of a large directory costs what
+    /// it did before listings were kept.</summary>
+    private Dictionary<string, (ulong Ino, uint Type)>? _entries;
+
+    /// <summary>What <see cref="Entries"/> hands out; never null while <see cref="_entries"/> is.</summary>
     private Snapshot? _snapshot;
 
-    /// <summary>A listing of the given entries ("." and ".." not among them).</summary>
-    public DirectoryListing(IEnumerable<(string Name, ulong Ino, uint Type)> entries)
+    /// <summary>A listing of directory <paramref name="self"/> in <paramref name="parent"/> holding
+    /// <paramref name="entries"/> ("." and ".." not among them, no name twice).</summary>
+    public DirectoryListing(ulong self, ulong parent, IReadOnlyCollection<(string Name, ulong Ino, uint Type)> entries)
     {
-        _entries = new Dictionary<string, (ulong, uint)>(StringComparer.Ordinal);
+        var all = new OverlayDirEntry[entries.Count + 2];
+        int i = 2;
         foreach (var (name, ino, type) in entries)
         {
-            _entries[name] = (ino, type);
+            all[i] = new OverlayDirEntry(name, ino, type, i + 1);
+            i++;
         }
+        _snapshot = Publish(all, self, parent);
     }
 
     /// <summary>The number of entries, "." and ".." not counted.</summary>
-    public int Count => _entries.Count;
-
-    /// <summary>An empty listing: a directory just made in upper, with nothing below it.</summary>
-    public static DirectoryListing Empty() => new([]);
+    public int Count => _entries?.Count ?? (_snapshot!.Entries.Count - 2);
 
     /// <summary>Adds or replaces an entry.</summary>
     public void Set(string name, ulong ino, uint type)
     {
-        if (_entries.TryGetValue(name, out var old) && old == (ino, type))
+        Dictionary<string, (ulong Ino, uint Type)> entries = Changeable();
+        if (entries.TryGetValue(name, out var old) && old == (ino, type))
         {
             return;
         }
-        _entries[name] = (ino, type);
+        entries[name] = (ino, type);
         _snapshot = null;
     }
 
     /// <summary>Removes an entry if present.</summary>
     public void Remove(string name)
     {
-        if (_entries.Remove(name))
+        if (Changeable().Remove(name))
         {
             _snapshot = null;
         }
@@ -65,36 +72,68 @@ internal sealed class DirectoryListing
     public IReadOnlyList<OverlayDirEntry> Entries(ulong self, ulong parent)
     {
         Snapshot? snapshot = Volatile.Read(ref _snapshot);
-        if (snapshot is null || snapshot.Self != self || snapshot.Parent != parent)
+        if (snapshot is not null && snapshot.Self == self && snapshot.Parent == parent)
         {
-            var entries = new OverlayDirEntry[_entries.Count + 2];
-            entries[0] = new OverlayDirEntry(".", self, 0x4000, 1);
-            entries[1] = new OverlayDirEntry("..", parent, 0x4000, 2);
-            int i = 2;
-            foreach (var (name, (ino, type)) in _entries)
-            {
-                entries[i] = new OverlayDirEntry(name, ino, type, i + 1);
-                i++;
-            }
-            snapshot = new Snapshot(self, parent, Array.AsReadOnly(entries));
-            Volatile.Write(ref _snapshot, snapshot);
+            return snapshot.Entries;
         }
+        var all = new OverlayDirEntry[Count + 2];
+        int i = 2;
+        foreach (var (name, ino, type) in Current(snapshot))
+        {
+            all[i] = new OverlayDirEntry(name, ino, type, i + 1);
+            i++;
+        }
+        snapshot = Publish(all, self, parent);
+        Volatile.Write(ref _snapshot, snapshot);
         return snapshot.Entries;
     }
 
-    /// <summary>Whether the listing holds exactly these entries (for checks and tests).</summary>
+    /// <summary>Whether the listing holds exactly these entries (for checks and tests; changes nothing).</summary>
     public bool SameAs(IEnumerable<(string Name, ulong Ino, uint Type)> entries)
     {
-        int n = 0;
+        var expected = new Dictionary<string, (ulong, uint)>(StringComparer.Ordinal);
         foreach (var (name, ino, type) in entries)
         {
-            if (!_entries.TryGetValue(name, out var mine) || mine != (ino, type))
+            expected[name] = (ino, type);
+        }
+        int n = 0;
+        foreach (var (name, ino, type) in Current(Volatile.Read(ref _snapshot)))
+        {
+            if (!expected.TryGetValue(name, out var value) || value != (ino, type))
             {
                 return false;
             }
             n++;
         }
-        return n == _entries.Count;
+        return n == expected.Count;
+    }
+
+    /// <summary>The entries: the dictionary once changed, else the snapshot's (which is then never null).</summary>
+    private IEnumerable<(string Name, ulong Ino, uint Type)> Current(Snapshot? snapshot) =>
+        _entries is { } changed
+            ? changed.Select(e => (e.Key, e.Value.Ino, e.Value.Type))
+            : snapshot!.Entries.Skip(2).Select(e => (e.Name, e.Ino, e.Type));
+
+    /// <summary>The entries as a dictionary, made at the first change (under the overlay's write lock).</summary>
+    private Dictionary<string, (ulong Ino, uint Type)> Changeable()
+    {
+        if (_entries is null)
+        {
+            IReadOnlyList<OverlayDirEntry> read = _snapshot!.Entries;
+            _entries = new Dictionary<string, (ulong, uint)>(read.Count, StringComparer.Ordinal);
+            for (int i = 2; i < read.Count; i++)
+            {
+                _entries[read[i].Name] = (read[i].Ino, read[i].Type);
+            }
+        }
+        return _entries;
+    }
+
+    private static Snapshot Publish(OverlayDirEntry[] all, ulong self, ulong parent)
+    {
+        all[0] = new OverlayDirEntry(".", self, 0x4000, 1);
+        all[1] = new OverlayDirEntry("..", parent, 0x4000, 2);
+        return new Snapshot(self, parent, Array.AsReadOnly(all));
     }
 
     private sealed record Snapshot(ulong Self, ulong Parent, IReadOnlyList<OverlayDirEntry> Entries);

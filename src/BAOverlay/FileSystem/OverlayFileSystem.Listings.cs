@@ -16,7 +16,7 @@ public sealed partial class OverlayFileSystem
         DirectoryListing? listing = directory.Listing;
         if (listing is null)
         {
-            listing = new DirectoryListing(MergedEntries(directory));
+            listing = new DirectoryListing(directory.Ino, directory.Parent?.Ino ?? RootIno, MergedEntries(directory));
             directory.Listing = listing;
         }
         return listing;
@@ -25,7 +25,7 @@ public sealed partial class OverlayFileSystem
     /// <summary>True when the directory shows no entry (whiteouts do not count). A kept listing answers; otherwise the
     /// layers are read without keeping the result, the directory being about to go.</summary>
     private bool IsEmptyDirectory(OverlayNode directory) =>
-        directory.Listing is { } listing ? listing.Count == 0 : !MergedEntries(directory).Any();
+        directory.Listing is { } listing ? listing.Count == 0 : MergedEntries(directory).Count == 0;
 
     /// <summary>
     /// Records in the kept listing of <paramref name="directory"/>, if any, that <paramref name="name"/> now resolves
@@ -91,7 +91,7 @@ public sealed partial class OverlayFileSystem
     }
 
     /// <summary>The merged, visible entries of a directory: upper names hide lower ones, whiteouts hide what is below them.</summary>
-    private IEnumerable<(string Name, ulong Ino, uint Type)> MergedEntries(OverlayNode directory)
+    private List<(string Name, ulong Ino, uint Type)> MergedEntries(OverlayNode directory)
     {
         var seen = new HashSet<string>(StringComparer.Ordinal);
         var result = new List<(string, ulong, uint)>();

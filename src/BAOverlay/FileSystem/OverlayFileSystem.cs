@@ -1236,7 +1236,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             if (isDirectory && node.Layers.Count == 1)
             {
                 // Made empty in the work directory, and nothing below shows through (opaque, or nothing there).
-                node.Listing = DirectoryListing.Empty();
+                node.Listing = new DirectoryListing(node.Ino, directory.Ino, []);
             }
             node.Lookups++;
             return StatOf(node, TopPath(node), top);
