@@ -67,6 +67,25 @@ def metadata(directory, count):
         emit(f"meta {phase}", span / 1e6, "ms")
 
 
+def listing(directory):
+    """A directory that only a lower layer holds, on a fresh mount: the first scandir (the overlay reads the layers),
+    a second one, then listdir + lstat of every entry (what ls -l does)."""
+    def scan():
+        t = ns()
+        with os.scandir(directory) as it:
+            n = sum(1 for _ in it)
+        return n, ns() - t
+    count, first = scan()
+    _, second = scan()
+    t0 = ns()
+    for name in os.listdir(directory):
+        os.lstat(os.path.join(directory, name))
+    t1 = ns()
+    emit(f"lower readdir first ({count})", first / 1e6, "ms")
+    emit(f"lower readdir again ({count})", second / 1e6, "ms")
+    emit(f"lower listdir + lstat ({count})", (t1 - t0) / 1e6, "ms")
+
+
 def modify(label, path, writes, seed):
     """A container's change to a large image file: open O_RDWR, WRITES random 4 KiB pwrites, fsync, close."""
     size = os.stat(path).st_size
@@ -88,6 +107,8 @@ def main(argv):
         first_write(argv[2], argv[3])
     elif kind == "metadata":
         metadata(argv[2], int(argv[3]))
+    elif kind == "listing":
+        listing(argv[2])
     elif kind == "modify":
         modify(argv[2], argv[3], int(argv[4]), int(argv[5]))
     else:
