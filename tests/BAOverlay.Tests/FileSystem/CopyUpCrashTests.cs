@@ -318,9 +318,12 @@ public partial class CopyUpCrashTests
 
     /// <summary>
     /// Kill-style: the process "dies" with files open for writing (the file system and its handles are dropped, never
-    /// disposed) in the middle of writes into B-CoW copy-ups. A fresh overlay on the same folders must show each file
-    /// with its old or its new content (whatever reached the disk), never a mix inside one write, and the B-CoW files
-    /// must pass the checker. Data made durable with Fsync before the "kill" must be there.
+    /// disposed) after writes into a B-CoW copy-up, one made durable and one not. A fresh overlay on the same folders
+    /// must show each file with its old or its new content (whatever reached the disk), never a mix inside one write,
+    /// and the B-CoW files must pass the checker. Data made durable with Fsync before the "kill" must be there.
+    /// The "kill" waits for the dropped instance's background copier to go idle: in one process its threads would
+    /// otherwise keep writing into the file the fresh overlay has opened, which no killed process can do. Kills at
+    /// every write index, copier included, are the engine's power-cut tests.
     /// </summary>
     [Test]
     public void ADroppedOverlayLeavesOldOrNewDataAndCleanBCowFiles()
@@ -330,9 +333,8 @@ public partial class CopyUpCrashTests
         byte[] lower = File.ReadAllBytes(Path.Combine(f.Lowers[0], "d", "big"));
         byte[] synced = Random(2, 10_000);
         byte[] unsynced = Random(3, 3000);
-        AbandonWithOpenHandles(f, synced, unsynced);
-        GC.Collect();
-        GC.WaitForPendingFinalizers();
+        OverlayHandle abandoned = AbandonWithOpenHandles(f, synced, unsynced);
+        ((NodeData.BCow)abandoned.Node.Data!).File.WaitForCopyUps();
         using OverlayFileSystem fs = f.Open(Threshold);
         byte[] seen = ReadBytes(fs, "d/big");
         Assert.That(seen.Length, Is.EqualTo(lower.Length));
@@ -341,9 +343,10 @@ public partial class CopyUpCrashTests
         Assert.That(tail, Is.EqualTo(unsynced).Or.EqualTo(lower.AsSpan(300_000, unsynced.Length).ToArray()), "the write not synced: old or new, never a mix");
         Assert.That(seen.AsSpan(0, 100_000).ToArray(), Is.EqualTo(lower.AsSpan(0, 100_000).ToArray()), "unwritten blocks still come from the lower file");
         CheckBCowFiles(f);
+        GC.KeepAlive(abandoned);
     }
 
-    private static void AbandonWithOpenHandles(OverlayFixture f, byte[] synced, byte[] unsynced)
+    private static OverlayHandle AbandonWithOpenHandles(OverlayFixture f, byte[] synced, byte[] unsynced)
     {
         OverlayFileSystem fs = f.Open(Threshold);
         OverlayHandle handle = fs.Open(Resolve(fs, "d/big").Ino, write: true, truncate: false);
@@ -351,6 +354,7 @@ public partial class CopyUpCrashTests
         handle.Fsync();
         handle.Write(unsynced, 300_000);
         // No Dispose of the handle nor of the file system: what a killed process leaves.
+        return handle;
     }
 
     private static void CheckBCowFiles(OverlayFixture f)
