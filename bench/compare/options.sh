@@ -28,7 +28,7 @@ VARIANTS=(
   "writeback=0|writeback=0"
   "keep_cache=0|keep_cache=0"
   "max_readahead=1M|max_readahead=1048576"
-  "max_write=128K|max_write=131072"
+  "max_write=1M|max_write=1048576"
   "max_threads=2|max_threads=2"
   "fuse-overlayfs|"
 )

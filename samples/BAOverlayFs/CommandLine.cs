@@ -58,7 +58,9 @@ internal sealed class CommandLine
     public bool DefaultPermissions { get; private set; } = true;
     public bool Writeback { get; private set; } = true;
     public bool KeepCache { get; private set; } = true;
-    public uint? MaxWrite { get; private set; }
+    /// <summary>128 KiB by default: measured twice as fast as libfuse's 1 MiB for sequential writes through the
+    /// write-back cache (docs/benchmarks.md, "The FUSE options, measured").</summary>
+    public uint? MaxWrite { get; private set; } = 128 * 1024;
     public uint? MaxReadahead { get; private set; }
     public bool AutoUnmount { get; private set; }
     public bool SquashToRoot { get; private set; }

@@ -52,7 +52,7 @@ internal static class Program
             auto_unmount           a watcher process unmounts (lazily) if baoverlayfs dies
             writeback[=1|0]        the kernel's write-back cache (default on, as fuse-overlayfs)
             keep_cache=1|0         keep a file's cached pages from one open to the next (default 1)
-            max_write=N            largest write request in bytes (default: libfuse's, 1 MiB)
+            max_write=N            largest write request in bytes (default 131072; libfuse's own is 1 MiB)
             max_readahead=N        most bytes the kernel reads ahead (default: the kernel's, 128 KiB)
             max_threads=N          most worker threads (default 10)
             fsname=NAME            the mount's source as /proc/mounts shows it (default: SOURCE or baoverlayfs)

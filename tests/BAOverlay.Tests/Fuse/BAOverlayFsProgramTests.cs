@@ -52,11 +52,11 @@ public sealed class BAOverlayFsProgramTests
         Assert.That((line.SquashToUid, line.SquashToGid, line.MaxThreads, line.FsName, line.Source), Is.EqualTo(((uint?)1000, (uint?)1001, (int?)4, "src", "SOURCE")));
         Assert.That(CommandLine.Parse(["-o", "lowerdir=/l,ro", "/m"]).ReadOnly, Is.True);
         CommandLine defaults = CommandLine.Parse(["-o", "lowerdir=/l", "/m"]);
-        Assert.That((defaults.Writeback, defaults.KeepCache, defaults.MaxWrite, defaults.MaxReadahead), Is.EqualTo((true, true, (uint?)null, (uint?)null)),
-            "write-back cache and keep_cache on by default, libfuse's max_write, the kernel's readahead");
-        CommandLine tuned = CommandLine.Parse(["-o", "lowerdir=/l,writeback=0,keep_cache=0,max_write=131072,max_readahead=1048576", "/m"]);
+        Assert.That((defaults.Writeback, defaults.KeepCache, defaults.MaxWrite, defaults.MaxReadahead), Is.EqualTo((true, true, (uint?)131072, (uint?)null)),
+            "write-back cache and keep_cache on by default, 128 KiB max_write, the kernel's readahead");
+        CommandLine tuned = CommandLine.Parse(["-o", "lowerdir=/l,writeback=0,keep_cache=0,max_write=1048576,max_readahead=1048576", "/m"]);
         Assert.That(tuned.Warnings, Is.Empty);
-        Assert.That((tuned.Writeback, tuned.KeepCache, tuned.MaxWrite, tuned.MaxReadahead), Is.EqualTo((false, false, (uint?)131072, (uint?)1048576)));
+        Assert.That((tuned.Writeback, tuned.KeepCache, tuned.MaxWrite, tuned.MaxReadahead), Is.EqualTo((false, false, (uint?)1048576, (uint?)1048576)));
         Assert.That(() => CommandLine.Parse(["-o", "lowerdir=/l,max_write=lots", "/m"]), Throws.InstanceOf<UsageException>().With.Message.Contains("max_write=lots"));
         Assert.That(CommandLine.Parse(["-olowerdir=/l", "-o", "writeback=0", "/m"]).LowerDirectories, Is.EqualTo(new[] { "/l" }), "-oOPTS");
     }

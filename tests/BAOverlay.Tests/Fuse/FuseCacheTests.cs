@@ -92,11 +92,12 @@ public sealed partial class FuseMountTests
         byte[] big = Checks.RandomBytes(new Random(9), 2 << 20);
         OverlayFixture.WriteFile(Path.Combine(fixture.Lowers[0], "big"), big);
         byte[] model = big.ToArray();
-        using (Mounted mounted = Mounted.Start(fixture, out string mnt, options: new FuseMountOptions { WritebackCache = true }))
+        using (Mounted mounted = Mounted.Start(fixture, out string mnt, options: new FuseMountOptions { WritebackCache = true, MaxWrite = 128 * 1024 }))
         {
             string path = Path.Combine(mnt, "big");
             Assert.That(File.Exists(path), Is.True); // a request: init has been answered
             Assert.That(mounted.Session.Connection?.WritebackCache, Is.True, "the kernel granted the write-back cache");
+            Assert.That(mounted.Session.Connection?.MaxWrite, Is.EqualTo(128 * 1024), "max_write as asked");
             var random = new Random(10);
             // a write-only descriptor: the kernel reads partial pages through it to merge unaligned writes
             using (var handle = File.OpenHandle(path, FileMode.Open, FileAccess.Write))
