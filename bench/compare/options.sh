@@ -79,7 +79,9 @@ PY
 
 run_variant() {  # $1 round, $2 "name|options"
   local round=$1 name=${2%%|*} options=${2#*|} i
-  rm -rf "$DATA/upper" "$DATA/work" "$MNT"; mkdir -p "$DATA/upper" "$DATA/work" "$MNT"
+  # the previous variant's upper is deleted and the disk settled before this one starts: its write-back and the
+  # deletion would otherwise land on whichever variant comes next
+  rm -rf "$DATA/upper" "$DATA/work" "$MNT"; sync; mkdir -p "$DATA/upper" "$DATA/work" "$MNT"
   local o="lowerdir=$DATA/lower,upperdir=$DATA/upper,workdir=$DATA/work${options:+,$options}"
   log "round $round: $name"
   if [[ $name == fuse-overlayfs ]]; then fuse-overlayfs -f -o "$o" "$MNT" >>"$OUT/daemon.log" 2>&1 & PID=$!

@@ -215,6 +215,7 @@ run_system() {  # $1 round, $2 system
 
   unmount_system "$sys" "$mnt"
   rm -rf "${DATA:?}/$sys"
+  sync # the deletion and the write-back it causes settle here, not in the next system's measurements
 }
 
 # ---------------------------------------------------------------- main
