@@ -2,7 +2,9 @@
 # The FUSE options of baoverlayfs, measured: the same fio workloads on baoverlayfs with its defaults and with one
 # option changed at a time (write-back cache, keep_cache, readahead, max_write, threads), and on fuse-overlayfs for reference,
 # interleaved per round, medians over rounds. Writes the part of docs/benchmarks.md between the
-# "bench/compare/options" markers. Usage (as root): bench/compare/options.sh [--rounds N] [--runtime S] [--no-docs]
+# "bench/compare/options" markers. Usage (as root):
+#   bench/compare/options.sh [--rounds N] [--runtime S] [--no-docs] [--variant 'NAME|OPTIONS' ...]
+# --variant (repeatable) replaces the list of changed options below; defaults and fuse-overlayfs are always run.
 # Environment: BAOVERLAY_COMPARE_DIR (data folder, default /var/tmp/baoverlay-options), BAOVERLAYFS (the command).
 set -euo pipefail
 
@@ -11,12 +13,14 @@ REPO="$(cd "$HERE/../.." && pwd)"
 DATA="${BAOVERLAY_COMPARE_DIR:-/var/tmp/baoverlay-options}"
 OUT="$HERE/out/options-$(date -u +%Y%m%dT%H%M%SZ)"
 ROUNDS=3 RUNTIME=6 DOCS=1 SIZE=256M
+CHOSEN=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --rounds) ROUNDS="$2"; shift ;;
     --runtime) RUNTIME="$2"; shift ;;
     --no-docs) DOCS=0 ;;
-    -h|--help) sed -n 2,6p "$0"; exit 0 ;;
+    --variant) CHOSEN+=("$2"); shift ;;
+    -h|--help) sed -n 2,8p "$0"; exit 0 ;;
     *) echo "options.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -32,6 +36,7 @@ VARIANTS=(
   "max_threads=2|max_threads=2"
   "fuse-overlayfs|"
 )
+if [[ ${#CHOSEN[@]} -gt 0 ]]; then VARIANTS=("defaults|" "${CHOSEN[@]}" "fuse-overlayfs|"); fi
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { echo "options.sh: $*" >&2; exit 1; }
