@@ -45,6 +45,9 @@ public sealed class StructLayoutTests
     private static readonly (string C, long Managed)[] Constants =
     [
         ("FUSE_CAP_WRITEBACK_CACHE", FuseCallbacks.FUSE_CAP_WRITEBACK_CACHE),
+        ("FUSE_CAP_AUTO_INVAL_DATA", FuseCallbacks.FUSE_CAP_AUTO_INVAL_DATA),
+        ("MS_NOEXEC", (long)LibC.MS_NOEXEC),
+        ("MS_NOATIME", (long)LibC.MS_NOATIME),
         ("O_RDWR", LibC.O_RDWR),
         ("O_CLOEXEC", LibC.O_CLOEXEC),
         ("O_TRUNC", 0x200),
