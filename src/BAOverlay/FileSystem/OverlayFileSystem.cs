@@ -188,6 +188,10 @@ public sealed partial class OverlayFileSystem : IDisposable
         try
         {
             OverlayNode node = NodeOf(ino);
+            if (node.Removed)
+            {
+                return SetAttrOfRemoved(node, change, caller);
+            }
             Permissions.CheckSetAttr(StatOf(node), change, caller, Describe(node));
             if (change.Size is long size)
             {
@@ -227,6 +231,53 @@ public sealed partial class OverlayFileSystem : IDisposable
         {
             _lock.ExitWriteLock();
         }
+    }
+
+    /// <summary>
+    /// SetAttr of an object whose last name is gone (unlinked, or replaced by a rename) while the kernel still holds it:
+    /// through an open descriptor (ftruncate, fchmod, futimens), or when, with the write-back cache, the kernel writes
+    /// back the times it kept for the file as it drops the inode. A size change goes to the open data; mode, owner and
+    /// times only to the attributes remembered for it, since nothing but its open descriptors can see them any more.
+    /// </summary>
+    /// <exception cref="OverlayException">ENOENT when nothing is remembered of it (it was never open); EBADF for a size
+    /// change without data open for writing.</exception>
+    private OverlayStat SetAttrOfRemoved(OverlayNode node, OverlaySetAttr change, OverlayCaller caller)
+    {
+        if (node.OpenStat is not { } remembered)
+        {
+            throw new OverlayException(Errno.ENOENT, $"{Describe(node)}: removed");
+        }
+        OverlayStat stat = remembered.Value;
+        Permissions.CheckSetAttr(stat, change, caller, Describe(node));
+        if (change.Size is long size)
+        {
+            if (node.Data is not { CanWrite: true } data)
+            {
+                throw new OverlayException(Errno.EBADF, $"{Describe(node)}: removed, and not open for writing");
+            }
+            data.SetLength(size);
+            OnChanged(node.Ino, size, 0);
+        }
+        long now = DateTime.UtcNow.Ticks - DateTime.UnixEpoch.Ticks;
+        long Time(long? requested, long current) => requested switch
+        {
+            null => current,
+            OverlaySetAttr.Now => now * 100,
+            long value => value,
+        };
+        stat = stat with
+        {
+            Mode = change.Mode is uint mode ? (stat.Mode & 0xF000) | (mode & 0xFFF) : stat.Mode,
+            Uid = change.Uid ?? stat.Uid,
+            Gid = change.Gid ?? stat.Gid,
+            ATimeNs = Time(change.ATimeNs, stat.ATimeNs),
+            MTimeNs = Time(change.MTimeNs, stat.MTimeNs),
+            CTimeNs = now * 100,
+            Size = node.Data?.Length ?? stat.Size,
+            Nlink = 0,
+        };
+        node.OpenStat = new StrongBox<OverlayStat>(stat);
+        return stat;
     }
 
     /// <summary>The target of a symbolic link (never followed by the overlay).</summary>

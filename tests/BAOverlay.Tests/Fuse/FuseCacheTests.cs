@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using System.Text;
 using BAOverlay.FileSystem;
 using BAOverlay.Fuse;
@@ -128,6 +129,78 @@ public sealed partial class FuseMountTests
         string upperBig = Path.Combine(fixture.Upper!, "big");
         Assert.That(new FileInfo(upperBig).Length, Is.LessThan(big.Length), "block copy-up, not a whole copy");
         Checks.AssertClean(upperBig);
+    }
+
+    /// <summary>
+    /// With the write-back cache the kernel keeps a written file's times and sends them (SETATTR mtime, ctime) when it
+    /// drops the inode, which for a file just unlinked comes after the overlay has forgotten its name. As tar does
+    /// with the placeholders of delayed symbolic links: create, write, close, unlink. Answering ENOENT made the kernel
+    /// record a write-back error, and syncfs of the whole mount failed with it.
+    /// </summary>
+    [Test]
+    [System.Runtime.Versioning.SupportedOSPlatform("linux")]
+    public void FilesWrittenThenUnlinkedLeaveNoWritebackErrorBehind()
+    {
+        using var fixture = new OverlayFixture(lowers: 1);
+        OverlayFixture.WriteFile(Path.Combine(fixture.Lowers[0], "keep"), "keep");
+        using Mounted mounted = Mounted.Start(fixture, out string mnt, options: new FuseMountOptions { WritebackCache = true });
+        for (int i = 0; i < 50; i++)
+        {
+            string path = Path.Combine(mnt, $"placeholder-{i}");
+            File.WriteAllText(path, "written, closed, then unlinked");
+            File.Delete(path);
+        }
+        using (SafeFileHandleForDirectory root = SafeFileHandleForDirectory.Open(mnt))
+        {
+            Assert.That(root.SyncFs(), Is.Zero, $"syncfs of the mount: {Marshal.GetLastPInvokeError()}");
+        }
+
+        // an unlinked file still open: fchmod, ftruncate and futimens through its descriptor
+        string open = Path.Combine(mnt, "open-unlinked");
+        using (var stream = new FileStream(open, FileMode.CreateNew, FileAccess.ReadWrite))
+        {
+            stream.Write(new byte[10_000]);
+            stream.Flush();
+            File.Delete(open);
+            stream.SetLength(1234);
+            File.SetUnixFileMode(stream.SafeFileHandle, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+            Assert.That(stream.Length, Is.EqualTo(1234));
+            Assert.That(File.GetUnixFileMode(stream.SafeFileHandle), Is.EqualTo(UnixFileMode.UserRead | UnixFileMode.UserWrite));
+        }
+        Assert.That(Directory.GetFileSystemEntries(mnt).Select(Path.GetFileName), Is.EqualTo(new[] { "keep" }));
+        Assert.That(mounted.Log, Is.Empty);
+    }
+
+    /// <summary>A directory descriptor for syncfs(2).</summary>
+    private sealed partial class SafeFileHandleForDirectory : Microsoft.Win32.SafeHandles.SafeHandleZeroOrMinusOneIsInvalid
+    {
+        private SafeFileHandleForDirectory()
+            : base(ownsHandle: true)
+        {
+        }
+
+        public static SafeFileHandleForDirectory Open(string path)
+        {
+            var handle = new SafeFileHandleForDirectory();
+            handle.SetHandle(open(path, 0x10000 /* O_DIRECTORY */));
+            return handle.IsInvalid ? throw new IOException($"{path}: open failed ({Marshal.GetLastPInvokeError()})") : handle;
+        }
+
+        public int SyncFs() => syncfs((int)handle);
+
+        protected override bool ReleaseHandle() => close((int)handle) == 0;
+
+        // int open(const char *pathname, int flags);
+        [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+        private static partial nint open(string pathname, int flags);
+
+        // int syncfs(int fd);
+        [LibraryImport("libc", SetLastError = true)]
+        private static partial int syncfs(int fd);
+
+        // int close(int fd);
+        [LibraryImport("libc", SetLastError = true)]
+        private static partial int close(int fd);
     }
 
     private static byte[] ReadAll(FileStream stream)
