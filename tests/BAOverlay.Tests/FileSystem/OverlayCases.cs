@@ -422,6 +422,29 @@ internal static class OverlayCases
             $"the kernel over the {writer}'s upper layer (kernel | kernel over {writer}'s upper)");
     }
 
+    /// <summary>
+    /// The hard-link case: both layer sets get the mutation base and a second lower name, <c>hardlink</c>, for
+    /// <paramref name="name"/>; kernel overlayfs over <paramref name="kernelLayers"/> writes <paramref name="patch"/>
+    /// at offset 3 through <paramref name="name"/>. Returns the kernel's tree, in which only that name changed.
+    /// </summary>
+    public static SortedDictionary<string, string> KernelWritesThroughOneHardLinkedName(OverlayLayers kernelLayers, OverlayLayers other, string name, byte[] patch)
+    {
+        foreach (OverlayLayers l in new[] { kernelLayers, other })
+        {
+            BuildMutationBase(l);
+            Assert.That(Syscall.link(l.L(1, name), l.L(1, "hardlink")), Is.Zero);
+        }
+        SortedDictionary<string, string> kernel;
+        using (KernelOverlayMount mount = KernelOverlayMount.Mount(kernelLayers.Lowers, kernelLayers.Upper, kernelLayers.Work))
+        {
+            var tree = new PosixTree(mount.MountPoint);
+            Assert.That(tree.WriteAt(name, 3, patch), Is.EqualTo("ok"));
+            kernel = tree.Snapshot();
+        }
+        Assert.That(kernel[$"/{name}"], Is.Not.EqualTo(kernel["/hardlink"]), "the kernel changed one name only");
+        return kernel;
+    }
+
     public static Dictionary<string, string> WithoutContent(SortedDictionary<string, string> tree, HashSet<string> paths) =>
         tree.ToDictionary(e => e.Key, e => paths.Contains(e.Key) ? e.Value[..e.Value.IndexOf(" size=", StringComparison.Ordinal)] : e.Value);
 }

@@ -244,20 +244,8 @@ public sealed class FuseSemanticsTests
     {
         using var kernelLayers = new OverlayLayers();
         using var fuseLayers = new OverlayLayers();
-        foreach (OverlayLayers l in new[] { kernelLayers, fuseLayers })
-        {
-            BuildMutationBase(l);
-            Assert.That(Syscall.link(l.L(1, name), l.L(1, "hardlink")), Is.Zero);
-        }
         byte[] patch = "through the first name"u8.ToArray();
-        SortedDictionary<string, string> kernel;
-        using (KernelOverlayMount mount = KernelOverlayMount.Mount(kernelLayers.Lowers, kernelLayers.Upper, kernelLayers.Work))
-        {
-            var tree = new PosixTree(mount.MountPoint);
-            Assert.That(tree.WriteAt(name, 3, patch), Is.EqualTo("ok"));
-            kernel = tree.Snapshot();
-        }
-        Assert.That(kernel[$"/{name}"], Is.Not.EqualTo(kernel["/hardlink"]), "the kernel changed one name only");
+        SortedDictionary<string, string> kernel = KernelWritesThroughOneHardLinkedName(kernelLayers, fuseLayers, name, patch);
         WithMount(fuseLayers, fuse =>
         {
             // Both names read (cached) before the write.
