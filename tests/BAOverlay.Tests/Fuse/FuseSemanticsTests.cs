@@ -14,12 +14,14 @@ namespace BAOverlay.Tests.Fuse;
 /// layouts, mutations, random operations and special cases, done with POSIX calls on the mount point
 /// (<see cref="PosixTree"/>). What the kernel's FUSE layer adds (its caches of names, attributes and pages, umask and
 /// permission checks, how it splits a call into requests) is what these tests are for. Needs root, /dev/fuse and
-/// libfuse3; ignored, saying which is missing, otherwise (CI has all three).
+/// libfuse3; ignored, saying which is missing, otherwise (CI has all three). Everything runs twice: with the
+/// kernel's write-back cache (as baoverlayfs mounts) and without it (the library's default).
 /// </summary>
-[TestFixture]
+[TestFixture(true, TestName = "WithTheWritebackCache")]
+[TestFixture(false, TestName = "WithoutTheWritebackCache")]
 [Platform("Linux")]
 [NonParallelizable]
-public sealed class FuseSemanticsTests
+public sealed class FuseSemanticsTests(bool writeback)
 {
     private int _mounts;
 
@@ -30,7 +32,7 @@ public sealed class FuseSemanticsTests
     private T WithMount<T>(OverlayLayers layers, Func<PosixTree, T> use)
     {
         string mountPoint = layers.Make($"fuse-mnt{++_mounts}");
-        Mounted mounted = Mounted.Start(() => layers.OpenOverlay(), mountPoint);
+        Mounted mounted = Mounted.Start(() => layers.OpenOverlay(), mountPoint, options: new BAOverlay.Fuse.FuseMountOptions { WritebackCache = writeback });
         T result;
         try
         {
