@@ -28,8 +28,8 @@ public readonly record struct FuseOpenResult(ulong Handle, bool DirectIo = false
 public sealed record FuseConnection(uint Major, uint Minor, uint Capable, uint Want, uint MaxWrite, uint MaxReadahead)
 {
     /// <summary>FUSE_CAP_WRITEBACK_CACHE is in use.</summary>
-    public bool WritebackCache => (Want & (1u << 16)) != 0;
+    public bool WritebackCache => (Want & Interop.FuseCallbacks.FUSE_CAP_WRITEBACK_CACHE) != 0;
 
     /// <summary>FUSE_CAP_AUTO_INVAL_DATA is in use: the kernel drops cached data when a file's size or mtime changes.</summary>
-    public bool AutoInvalidateData => (Want & (1u << 12)) != 0;
+    public bool AutoInvalidateData => (Want & Interop.FuseCallbacks.FUSE_CAP_AUTO_INVAL_DATA) != 0;
 }
