@@ -109,6 +109,11 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
     /// <summary>Creates the file durably (one flush) without opening it: what an atomic copy-up needs before its rename.</summary>
     internal static void CreateClosed(string path, BCowCreateOptions options) => CreateCore(path, options, open: false);
 
+    /// <summary>The same in storage the caller opened (and keeps: neither storage is disposed); the lower path in
+    /// <paramref name="options"/> is only recorded.</summary>
+    internal static void CreateClosed(IBlockStorage upper, IBlockStorage lower, BCowCreateOptions options) =>
+        CreateCore(upper, lower, options, ownsStorage: false, open: false);
+
     private static BCowFile? CreateCore(string path, BCowCreateOptions? options, bool open)
     {
         options ??= new BCowCreateOptions();

@@ -38,23 +38,26 @@ public sealed partial class OverlayFileSystem
             changing = directory;
             CopyUp(node, truncateToZero: false);
             EnsureUpperDirectory(directory);
-            string destination = LayerPaths.Join(UpperPath(directory), newName);
+            using LayerDir upperDirectory = _layers.OpenDirectory(_upper, directory.Path);
+            using LayerPath source = Upper(node);
+            string destination = upperDirectory.At(newName);
             // Linked under a scratch name and renamed into place, which replaces a whiteout atomically.
             string scratch = NewScratchPath();
-            if (Syscall.link(UpperPath(node), scratch) != 0)
+            if (Syscall.link(source.Path, scratch) != 0)
             {
                 throw OverlayException.FromLastError("link", Describe(node));
             }
             if (Syscall.rename(scratch, destination) != 0)
             {
                 Syscall.unlink(scratch);
-                throw OverlayException.FromLastError("rename link into place", destination);
+                throw OverlayException.FromLastError("rename link into place", LayerPaths.Join(Describe(directory), newName));
             }
-            Syscall.unlink(LayerPaths.Join(UpperPath(directory), Whiteouts.Prefix + newName));
+            Syscall.unlink(upperDirectory.At(Whiteouts.Prefix + newName));
             OverlayNode linked = LookupLocked(directory, newName, out Stat top) ?? throw NoEntry(directory, newName);
             ListingChanged(directory, newName, linked);
             linked.Lookups++;
-            return StatOf(linked, TopPath(linked), top);
+            using LayerPath linkedPath = Top(linked);
+            return StatOf(linked, linkedPath.Path, top);
         }
         catch when (changing is not null)
         {

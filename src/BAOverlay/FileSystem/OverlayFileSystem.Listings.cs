@@ -97,16 +97,17 @@ public sealed partial class OverlayFileSystem
         var result = new List<(string, ulong, uint)>();
         foreach (var (layer, directoryPath) in directory.Layers)
         {
-            string real = directoryPath.Length == 0 ? _roots[layer] : LayerPaths.Join(_roots[layer], directoryPath);
+            string described = _layers.Describe(layer, directoryPath);
+            using LayerDir dir = _layers.OpenDirectory(layer, directoryPath);
             IEnumerable<string> names;
             try
             {
-                names = Directory.EnumerateFileSystemEntries(real).Select(Path.GetFileName).ToList()!;
+                names = Directory.EnumerateFileSystemEntries(dir.Self).Select(Path.GetFileName).ToList()!;
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
-                _log($"{real}: {e.Message}");
-                throw new OverlayException(e is UnauthorizedAccessException ? Errno.EACCES : Errno.EIO, $"{real}: {e.Message}");
+                _log($"{described}: {e.Message}");
+                throw new OverlayException(e is UnauthorizedAccessException ? Errno.EACCES : Errno.EIO, $"{described}: {e.Message}");
             }
             var hiddenHere = new List<string>();
             foreach (string name in names)
@@ -123,7 +124,7 @@ public sealed partial class OverlayFileSystem
                 {
                     continue;
                 }
-                string path = LayerPaths.Join(real, name);
+                string path = dir.At(name);
                 if (Syscall.lstat(path, out Stat st) != 0)
                 {
                     continue;
@@ -133,7 +134,7 @@ public sealed partial class OverlayFileSystem
                 {
                     continue;
                 }
-                result.Add((name, InoOf(layer, st, path), (uint)st.st_mode & S_IFMT));
+                result.Add((name, InoOf(layer, st, path, LayerPaths.Child(directoryPath, name)), (uint)st.st_mode & S_IFMT));
             }
             seen.UnionWith(hiddenHere);
         }

@@ -37,7 +37,12 @@ public sealed partial class OverlayFileSystem
             {
                 return null;
             }
-            byte[]? value = Whiteouts.IsPrivateXattr(name) ? null : ReadXattr(TopPath(node), name, node);
+            byte[]? value = null;
+            if (!Whiteouts.IsPrivateXattr(name))
+            {
+                using LayerPath top = Top(node);
+                value = ReadXattr(top.Path, name, node);
+            }
             if (capability && value is null)
             {
                 node.HasNoCapabilityXattr = true; // under the read lock: a change to the node's xattrs waits for it
@@ -111,7 +116,8 @@ public sealed partial class OverlayFileSystem
         try
         {
             OverlayNode node = NodeOf(ino);
-            if (Syscall.llistxattr(TopPath(node), out string[] names) < 0)
+            using LayerPath top = Top(node);
+            if (Syscall.llistxattr(top.Path, out string[] names) < 0)
             {
                 throw OverlayException.FromLastError("listxattr", Describe(node));
             }
@@ -150,7 +156,8 @@ public sealed partial class OverlayFileSystem
                 OverlayXattrFlags.Replace => XattrFlags.XATTR_REPLACE,
                 _ => XattrFlags.XATTR_AUTO,
             };
-            if (Syscall.lsetxattr(UpperPath(node), name, value.ToArray(), native) != 0)
+            using LayerPath upper = Upper(node);
+            if (Syscall.lsetxattr(upper.Path, name, value.ToArray(), native) != 0)
             {
                 throw OverlayException.FromLastError($"setxattr {name}", Describe(node));
             }
@@ -178,12 +185,16 @@ public sealed partial class OverlayFileSystem
             OverlayNode node = NodeOf(ino);
             CheckXattrAccess(node, name, caller, Permissions.Write);
             node.HasNoCapabilityXattr = false;
-            if (Syscall.lgetxattr(TopPath(node), name, out byte[] _) < 0)
+            using (LayerPath top = Top(node))
             {
-                throw OverlayException.FromLastError($"removexattr {name}", Describe(node));
+                if (Syscall.lgetxattr(top.Path, name, out byte[] _) < 0)
+                {
+                    throw OverlayException.FromLastError($"removexattr {name}", Describe(node));
+                }
             }
             CopyUp(node, truncateToZero: false);
-            if (Syscall.lremovexattr(UpperPath(node), name) != 0)
+            using LayerPath upper = Upper(node);
+            if (Syscall.lremovexattr(upper.Path, name) != 0)
             {
                 throw OverlayException.FromLastError($"removexattr {name}", Describe(node));
             }

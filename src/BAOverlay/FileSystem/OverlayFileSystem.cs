@@ -3,6 +3,7 @@ using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using BAOverlay.Interop;
 using BAOverlay.Storage;
+using Microsoft.Win32.SafeHandles;
 using Mono.Unix.Native;
 
 namespace BAOverlay.FileSystem;
@@ -36,9 +37,8 @@ public sealed partial class OverlayFileSystem : IDisposable
     private const uint S_IXGRP = 0x8;
 
     private readonly OverlayOptions _options;
-    private readonly string[] _roots;
+    private readonly LayerStack _layers;
     private readonly int _upper;
-    private readonly string? _scratch;
     private readonly ReaderWriterLockSlim _lock = new(LockRecursionPolicy.SupportsRecursion);
     private readonly Dictionary<ulong, OverlayNode> _nodes = new();
     private readonly OverlayNode _root;
@@ -46,12 +46,11 @@ public sealed partial class OverlayFileSystem : IDisposable
     private long _scratchCounter;
     private bool _disposed;
 
-    private OverlayFileSystem(OverlayOptions options, string[] roots, int upper, string? scratch)
+    private OverlayFileSystem(OverlayOptions options, LayerStack layers, int upper)
     {
         _options = options;
-        _roots = roots;
+        _layers = layers;
         _upper = upper;
-        _scratch = scratch;
         _log = options.Log ?? (line => Console.Error.WriteLine("baoverlay: " + line));
         _root = new OverlayNode(RootIno, null, "", "") { Type = S_IFDIR, Lookups = 1 };
         _nodes[RootIno] = _root;
@@ -106,7 +105,16 @@ public sealed partial class OverlayFileSystem : IDisposable
         {
             roots.Add(RequireDirectory(lower, "lower directory", out _));
         }
-        return new OverlayFileSystem(options, roots.ToArray(), options.UpperDirectory is null ? -1 : 0, scratch);
+        LayerStack layers = LayerStack.Open(roots, scratch);
+        try
+        {
+            return new OverlayFileSystem(options, layers, options.UpperDirectory is null ? -1 : 0);
+        }
+        catch
+        {
+            layers.Dispose();
+            throw;
+        }
     }
 
     // ------------------------------------------------------------------ lookup and attributes
@@ -126,7 +134,8 @@ public sealed partial class OverlayFileSystem : IDisposable
             CheckDirectoryAccess(NodeOf(parent), caller, Permissions.Exec);
             OverlayNode node = LookupLocked(NodeOf(parent), name, out Stat top) ?? throw NoEntry(NodeOf(parent), name);
             node.Lookups++;
-            return StatOf(node, TopPath(node), top); // the lookup's lstat: no second one
+            using LayerPath path = Top(node);
+            return StatOf(node, path.Path, top); // the lookup's lstat: no second one
         }
         finally
         {
@@ -206,7 +215,8 @@ public sealed partial class OverlayFileSystem : IDisposable
             {
                 CopyUp(node, truncateToZero: false);
             }
-            string path = UpperPath(node);
+            using LayerPath upper = Upper(node);
+            string path = upper.Path;
             if (change.Mode is uint mode && node.Type != S_IFLNK && Syscall.chmod(path, (FilePermissions)(mode & 0xFFF)) != 0)
             {
                 throw OverlayException.FromLastError("chmod", Describe(node));
@@ -291,8 +301,8 @@ public sealed partial class OverlayFileSystem : IDisposable
             {
                 throw new OverlayException(Errno.EINVAL, $"{Describe(node)}: not a symbolic link");
             }
-            string path = TopPath(node);
-            return Mono.Unix.UnixPath.ReadLink(path);
+            using LayerPath path = Top(node);
+            return Mono.Unix.UnixPath.ReadLink(path.Path);
         }
         finally
         {
@@ -303,9 +313,9 @@ public sealed partial class OverlayFileSystem : IDisposable
     /// <summary>File system statistics of the upper directory (of the top lower one when read-only).</summary>
     public Statvfs StatFs()
     {
-        if (Syscall.statvfs(_roots[0], out Statvfs stat) != 0)
+        if (Syscall.statvfs(_layers.Root(0).Self, out Statvfs stat) != 0)
         {
-            throw OverlayException.FromLastError("statvfs", _roots[0]);
+            throw OverlayException.FromLastError("statvfs", _layers.NameOf(0));
         }
         return stat;
     }
@@ -392,9 +402,10 @@ public sealed partial class OverlayFileSystem : IDisposable
             {
                 // The mode CreateObject gave, without the owner bits added until now (it changes only S_ISGID).
                 uint finalMode = (stat.Mode & 0xFFF & ~0x180u) | (requested & 0x180);
-                if (Syscall.chmod(UpperPath(node), (FilePermissions)finalMode) != 0)
+                using LayerPath upper = Upper(node);
+                if (Syscall.chmod(upper.Path, (FilePermissions)finalMode) != 0)
                 {
-                    OverlayException e = OverlayException.FromLastError("chmod", UpperPath(node));
+                    OverlayException e = OverlayException.FromLastError("chmod", Describe(node));
                     handle.Dispose();
                     throw e;
                 }
@@ -553,8 +564,10 @@ public sealed partial class OverlayFileSystem : IDisposable
             {
                 PrepareToMove(target!, from, name);
             }
-            string source = UpperPath(node);
-            string destination = LayerPaths.Join(_roots[_upper], to.Path, newName);
+            using LayerDir fromDirectory = _layers.OpenDirectory(_upper, from.Path);
+            using LayerDir toDirectory = _layers.OpenDirectory(_upper, to.Path);
+            string source = fromDirectory.At(name);
+            string destination = toDirectory.At(newName);
             if (!exchange && target is { IsDirectory: true } && target.Layers[0].Layer == _upper)
             {
                 // Swap in an empty opaque directory rather than clearing the target's whiteouts in place: a crash in
@@ -592,10 +605,10 @@ public sealed partial class OverlayFileSystem : IDisposable
             }
             if (!exchange)
             {
-                Syscall.unlink(LayerPaths.Join(_roots[_upper], to.Path, Whiteouts.Prefix + newName));
+                Syscall.unlink(toDirectory.At(Whiteouts.Prefix + newName));
                 if (hideSource && renameFlags == 0)
                 {
-                    Whiteouts.Create(LayerPaths.Join(_roots[_upper], from.Path), name);
+                    Whiteouts.Create(fromDirectory.Self, name);
                 }
             }
             from.Children.Remove(name);
@@ -646,13 +659,14 @@ public sealed partial class OverlayFileSystem : IDisposable
         {
             return;
         }
+        using LayerPath upper = Upper(node);
         if (hasLowerParts)
         {
-            Redirects.Write(UpperPath(node), lowerPath!, IsPrivileged);
+            Redirects.Write(upper.Path, lowerPath!, IsPrivileged);
         }
         else if (VisibleBelowUpper(to, newName))
         {
-            Whiteouts.MakeOpaque(UpperPath(node));
+            Whiteouts.MakeOpaque(upper.Path);
         }
     }
 
@@ -722,17 +736,35 @@ public sealed partial class OverlayFileSystem : IDisposable
             {
                 return;
             }
-            node.Data?.Dispose();
+            // The node lets go of its data before closing it: when the close fails (a B-CoW commit meeting ENOSPC),
+            // the next open must start again from what is on disk, not find a disposed file.
+            NodeData? data = node.Data;
             node.Data = null;
             node.ClosedBCowSize = null; // read again from the header just committed
-            foreach (NodeData old in node.Retired)
-            {
-                old.Dispose();
-            }
+            NodeData[] retired = [.. node.Retired];
             node.Retired.Clear();
             if (node.Lookups == 0 && node.Ino != RootIno)
             {
                 _nodes.Remove(node.Ino);
+            }
+            Exception? failure = null;
+            foreach (NodeData? closing in retired.Prepend(data))
+            {
+                try
+                {
+                    closing?.Dispose();
+                }
+                catch (Exception e) when (e is IOException or BCowFormatException)
+                {
+                    failure ??= e;
+                }
+            }
+            if (failure is not null)
+            {
+                _log($"{Describe(node)}: closing failed: {failure.Message}");
+                int raw = failure.HResult;
+                throw new OverlayException(failure is IOException && raw is > 0 and < 4096 ? ToErrno(raw) : Errno.EIO,
+                    $"{Describe(node)}: closing failed: {failure.Message}");
             }
         }
         finally
@@ -752,6 +784,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                 return;
             }
             _disposed = true;
+            _layers.Dispose();
             foreach (OverlayNode node in _nodes.Values)
             {
                 node.Data?.Dispose();
@@ -841,10 +874,10 @@ public sealed partial class OverlayFileSystem : IDisposable
 
     private void ResolveRoot()
     {
-        for (int layer = 0; layer < _roots.Length; layer++)
+        for (int layer = 0; layer < _layers.Count; layer++)
         {
             _root.Layers.Add((layer, ""));
-            if (Whiteouts.IsOpaque(_roots[layer]))
+            if (Whiteouts.IsOpaque(_layers.Root(layer).Self))
             {
                 break;
             }
@@ -879,45 +912,60 @@ public sealed partial class OverlayFileSystem : IDisposable
         uint type = 0;
         foreach (var (layer, directoryPath) in directory.Layers)
         {
-            string path = LayerPaths.Join(_roots[layer], directoryPath, name);
-            if (Syscall.lstat(path, out Stat st) != 0)
+            Errno errno = _layers.TryOpenDirectory(layer, directoryPath, out LayerDir dir);
+            if (errno != 0)
             {
-                Errno errno = Stdlib.GetLastError();
-                if (errno != Errno.ENOENT && errno != Errno.ENOTDIR)
+                if (errno is Errno.ENOENT or Errno.ENOTDIR)
                 {
-                    _log($"{path}: {Stdlib.strerror(errno)}");
-                    throw new OverlayException(errno, $"{path}: {Stdlib.strerror(errno)}");
+                    continue;
                 }
-                if (Syscall.lstat(LayerPaths.Join(_roots[layer], directoryPath, Whiteouts.Prefix + name), out _) == 0)
+                _log($"{_layers.Describe(layer, directoryPath)}: {Stdlib.strerror(errno)}");
+                throw new OverlayException(errno, $"{_layers.Describe(layer, directoryPath)}: {Stdlib.strerror(errno)}");
+            }
+            using (dir)
+            {
+                string path = dir.At(name);
+                if (Syscall.lstat(path, out Stat st) != 0)
                 {
-                    break; // whited out here: nothing below counts
+                    errno = Stdlib.GetLastError();
+                    if (errno != Errno.ENOENT && errno != Errno.ENOTDIR)
+                    {
+                        string where = _layers.Describe(layer, LayerPaths.Child(directoryPath, name));
+                        _log($"{where}: {Stdlib.strerror(errno)}");
+                        throw new OverlayException(errno, $"{where}: {Stdlib.strerror(errno)}");
+                    }
+                    if (Syscall.lstat(dir.At(Whiteouts.Prefix + name), out _) == 0)
+                    {
+                        break; // whited out here: nothing below counts
+                    }
+                    continue;
                 }
-                continue;
-            }
-            if (Whiteouts.IsWhiteoutStat(st))
-            {
-                break;
-            }
-            uint t = (uint)st.st_mode & S_IFMT;
-            if (layers.Count > 0 && t != S_IFDIR)
-            {
-                break; // a non-directory below a directory is hidden
-            }
-            if (layers.Count == 0)
-            {
-                type = t;
-                top = st;
-            }
-            layers.Add((layer, LayerPaths.Child(directoryPath, name)));
-            if (t != S_IFDIR || Whiteouts.IsOpaque(path))
-            {
-                break;
-            }
-            if (layer == _upper && Redirects.Read(path, directoryPath) is { } redirect)
-            {
-                // A renamed directory: its lower parts live at the recorded path, not under this name.
-                AddRedirectedLayers(layers, redirect);
-                break;
+                if (Whiteouts.IsWhiteoutStat(st))
+                {
+                    break;
+                }
+                uint t = (uint)st.st_mode & S_IFMT;
+                if (layers.Count > 0 && t != S_IFDIR)
+                {
+                    break; // a non-directory below a directory is hidden
+                }
+                if (layers.Count == 0)
+                {
+                    type = t;
+                    top = st;
+                }
+                layers.Add((layer, LayerPaths.Child(directoryPath, name)));
+                if (t != S_IFDIR || Whiteouts.IsOpaque(path))
+                {
+                    break;
+                }
+                if (Redirects.Read(path, directoryPath, _layers.Describe(layer, LayerPaths.Child(directoryPath, name)), _log) is { } redirect)
+                {
+                    // A renamed directory: its parts in the layers below live at the recorded path, not under this
+                    // name. Read in every layer, so an upper layer stacked as a lower one keeps its renames.
+                    AddRedirectedLayers(layers, redirect, layer + 1);
+                    break;
+                }
             }
         }
         if (layers.Count == 0)
@@ -926,10 +974,17 @@ public sealed partial class OverlayFileSystem : IDisposable
         }
         bool inUpper = layers[0].Layer == _upper;
         bool? isBCow = null;
-        ulong ino = inUpper && directory.Children.TryGetValue(name, out OverlayNode? known) && !known.Removed &&
-                    known.InoReadFrom == top.st_ino && known.Layers.Count > 0 && known.Layers[0] == layers[0]
-            ? known.Ino // the same upper object as last time: its number xattr has not changed
-            : InoOf(layers[0].Layer, top, LayerPaths.Join(_roots[layers[0].Layer], layers[0].Path), out isBCow);
+        ulong ino;
+        if (inUpper && directory.Children.TryGetValue(name, out OverlayNode? known) && !known.Removed &&
+            known.InoReadFrom == top.st_ino && known.Layers.Count > 0 && known.Layers[0] == layers[0])
+        {
+            ino = known.Ino; // the same upper object as last time: its number xattr has not changed
+        }
+        else
+        {
+            using LayerPath topPath = _layers.Locate(layers[0].Layer, layers[0].Path);
+            ino = InoOf(layers[0].Layer, top, topPath.Path, layers[0].Path, out isBCow);
+        }
         if (!_nodes.TryGetValue(ino, out OverlayNode? node))
         {
             node = new OverlayNode(ino, directory, name, LayerPaths.Child(directory.Path, name));
@@ -958,23 +1013,32 @@ public sealed partial class OverlayFileSystem : IDisposable
         return node;
     }
 
-    private void AddRedirectedLayers(List<(int Layer, string Path)> layers, string redirect)
+    /// <summary>The parts of a renamed directory in the layers from <paramref name="below"/> down, at
+    /// <paramref name="redirect"/> (a path checked by <see cref="Redirects"/>: relative, no <c>..</c>), each reached
+    /// beneath its layer root.</summary>
+    private void AddRedirectedLayers(List<(int Layer, string Path)> layers, string redirect, int below)
     {
-        for (int layer = _upper + 1; layer < _roots.Length; layer++)
+        for (int layer = below; layer < _layers.Count; layer++)
         {
-            string path = LayerPaths.Join(_roots[layer], redirect);
-            if (Syscall.lstat(path, out Stat st) != 0)
+            if (_layers.TryLocate(layer, redirect, out LayerPath located) != 0)
             {
                 continue;
             }
-            if (((uint)st.st_mode & S_IFMT) != S_IFDIR)
+            using (located)
             {
-                break;
-            }
-            layers.Add((layer, redirect));
-            if (Whiteouts.IsOpaque(path))
-            {
-                break;
+                if (Syscall.lstat(located.Path, out Stat st) != 0)
+                {
+                    continue;
+                }
+                if (((uint)st.st_mode & S_IFMT) != S_IFDIR)
+                {
+                    break;
+                }
+                layers.Add((layer, redirect));
+                if (Whiteouts.IsOpaque(located.Path))
+                {
+                    break;
+                }
             }
         }
     }
@@ -983,14 +1047,15 @@ public sealed partial class OverlayFileSystem : IDisposable
     /// xino-style numbers: the layer's tag in the top 16 bits, the real inode below. An object copied up keeps the
     /// number it had (stored in an xattr of its upper copy), so numbers survive copy-up and remount.
     /// </summary>
-    private ulong InoOf(int layer, in Stat st, string path) => InoOf(layer, st, path, out _);
+    private ulong InoOf(int layer, in Stat st, string path, string relative) => InoOf(layer, st, path, relative, out _);
 
     /// <param name="layer">The layer the object is in.</param>
     /// <param name="st">Its lstat.</param>
-    /// <param name="path">Its path.</param>
+    /// <param name="path">A path that reaches it (under /proc/self/fd).</param>
+    /// <param name="relative">Its path in the layer.</param>
     /// <param name="isBCow">For an upper object, whether it is a B-CoW file, learnt from the same listxattr; null when
     /// not known.</param>
-    private ulong InoOf(int layer, in Stat st, string path, out bool? isBCow)
+    private ulong InoOf(int layer, in Stat st, string path, string relative, out bool? isBCow)
     {
         isBCow = null;
         if (layer == _upper && UpperMarks(path, out isBCow) is ulong kept)
@@ -1002,7 +1067,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             // Hard links in a lower layer are separate objects here (a write copies up the one name, as with kernel
             // overlayfs), so they need one number per name: a hash of the path in the layer, stable across remounts.
             ulong hash = 14695981039346656037UL;
-            foreach (byte b in System.Text.Encoding.UTF8.GetBytes($"{layer}:{path[_roots[layer].Length..]}"))
+            foreach (byte b in System.Text.Encoding.UTF8.GetBytes($"{layer}:/{relative}"))
             {
                 hash = unchecked((hash ^ b) * 1099511628211UL);
             }
@@ -1011,7 +1076,7 @@ public sealed partial class OverlayFileSystem : IDisposable
         ulong tag = (ulong)(_upper < 0 ? layer + 1 : layer) + 1;
         if (st.st_ino >= 1UL << 48)
         {
-            throw new OverlayException(Errno.EOVERFLOW, $"{path}: inode number {st.st_ino} does not fit in 48 bits");
+            throw new OverlayException(Errno.EOVERFLOW, $"{_layers.Describe(layer, relative)}: inode number {st.st_ino} does not fit in 48 bits");
         }
         return (tag << 48) | st.st_ino;
     }
@@ -1079,25 +1144,25 @@ public sealed partial class OverlayFileSystem : IDisposable
     {
         if (node == _root && node.Layers.Count > 0)
         {
-            string rootPath = _roots[node.Layers[0].Layer];
-            if (Syscall.lstat(rootPath, out Stat rootStat) != 0)
+            int layer = node.Layers[0].Layer;
+            if (Syscall.lstat(_layers.Root(layer).Self, out Stat rootStat) != 0)
             {
-                throw OverlayException.FromLastError("stat", rootPath);
+                throw OverlayException.FromLastError("stat", _layers.NameOf(layer));
             }
             return MergedLinks(node, ToStat(RootIno, rootStat, null));
         }
-        string path = TopPath(node);
         if (node.Removed)
         {
             return node.Data is { } data && node.OpenStat is { } last
                 ? last.Value with { Size = data.Length, Nlink = 0 } // unlinked while open
                 : throw new OverlayException(Errno.ENOENT, $"{Describe(node)}: removed");
         }
-        if (Syscall.lstat(path, out Stat st) != 0)
+        using LayerPath top = Top(node);
+        if (Syscall.lstat(top.Path, out Stat st) != 0)
         {
-            throw OverlayException.FromLastError("stat", path);
+            throw OverlayException.FromLastError("stat", Describe(node));
         }
-        return StatOf(node, path, st);
+        return StatOf(node, top.Path, st);
     }
 
     /// <summary>The attributes of a node that is not removed, from <paramref name="st"/>, the lstat of its top object
@@ -1155,16 +1220,17 @@ public sealed partial class OverlayFileSystem : IDisposable
         {
             return kept.Value;
         }
-        long size = BCowVirtualSize(path);
+        long size = BCowVirtualSize(path, _layers.Describe(node.Layers[0].Layer, node.Layers[0].Path));
         node.ClosedBCowSize = new UpperMark<long>(st.st_ino, st.st_size, mtimeNs, size);
         return size;
     }
 
-    private long BCowVirtualSize(string path)
+    private long BCowVirtualSize(string path, string described)
     {
         try
         {
-            using var storage = new FileStorage(path, FileMode.Open, FileAccess.Read);
+            using SafeFileHandle handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+            using var storage = new FileStorage(handle, described, canWrite: false, ownsHandle: false);
             return BCowFile.ReadHeader(storage).VirtualSize;
         }
         catch (IOException e)
@@ -1174,9 +1240,11 @@ public sealed partial class OverlayFileSystem : IDisposable
         }
     }
 
-    private string TopPath(OverlayNode node) => LayerPaths.Join(_roots[node.Layers[0].Layer], node.Layers[0].Path);
+    /// <summary>The node's object in its top layer. Dispose it: it may hold its directory open.</summary>
+    private LayerPath Top(OverlayNode node) => _layers.Locate(node.Layers[0].Layer, node.Layers[0].Path);
 
-    private string UpperPath(OverlayNode node) => node.Path.Length == 0 ? _roots[_upper] : LayerPaths.Join(_roots[_upper], node.Path);
+    /// <summary>The node's object in the upper layer (where it is or will be after copy-up).</summary>
+    private LayerPath Upper(OverlayNode node) => _layers.Locate(_upper, node.Path);
 
     private static string Describe(OverlayNode node) => node.Path.Length == 0 ? "/" : "/" + node.Path;
 
@@ -1191,7 +1259,8 @@ public sealed partial class OverlayFileSystem : IDisposable
         }
     }
 
-    private string NewScratchPath() => LayerPaths.Join(_scratch!, $"tmp-{Environment.ProcessId}-{Interlocked.Increment(ref _scratchCounter)}");
+    /// <summary>A new name in the work directory (reached through its handle, which lives as long as the overlay).</summary>
+    private string NewScratchPath() => _layers.Work.At($"tmp-{Environment.ProcessId}-{Interlocked.Increment(ref _scratchCounter)}");
 
     /// <summary>
     /// Runs <paramref name="make"/> on a scratch path in the work directory, gives the object the caller's ownership
@@ -1224,10 +1293,10 @@ public sealed partial class OverlayFileSystem : IDisposable
             }
             changing = directory;
             EnsureUpperDirectory(directory);
-            string upperDirectory = UpperPath(directory);
-            if (Syscall.lstat(upperDirectory, out Stat parentStat) != 0)
+            using LayerDir upperDirectory = _layers.OpenDirectory(_upper, directory.Path);
+            if (Syscall.lstat(upperDirectory.Self, out Stat parentStat) != 0)
             {
-                throw OverlayException.FromLastError("stat", upperDirectory);
+                throw OverlayException.FromLastError("stat", Describe(directory));
             }
             bool inheritsGroup = ((uint)parentStat.st_mode & S_ISGID) != 0;
             uint gid = inheritsGroup ? parentStat.st_gid : caller.Gid;
@@ -1238,7 +1307,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                 uint m when inheritsGroup && (m & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP) && caller.Uid != 0 && !Permissions.InGroup(caller, gid) => m & ~S_ISGID,
                 uint m => m,
             };
-            string destination = LayerPaths.Join(upperDirectory, name);
+            string destination = upperDirectory.At(name);
             bool replacesWhiteout = Syscall.lstat(destination, out Stat old) == 0 && Whiteouts.IsWhiteoutStat(old);
             bool hidesLower = replacesWhiteout || VisibleBelowUpperIgnoringWhiteouts(directory, name);
             string scratch = NewScratchPath();
@@ -1250,7 +1319,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                     Errno errno = Stdlib.GetLastError(); // before geteuid overwrites it
                     if (IsPrivileged)
                     {
-                        throw new OverlayException(errno, $"{scratch}: chown: {Stdlib.strerror(errno)}");
+                        throw new OverlayException(errno, $"{LayerPaths.Join(Describe(directory), name)}: chown: {Stdlib.strerror(errno)}");
                     }
                 }
                 if (isDirectory && hidesLower)
@@ -1260,20 +1329,20 @@ public sealed partial class OverlayFileSystem : IDisposable
                 // Last: without privilege, marking the directory opaque needs it writable.
                 if (finalMode is uint given && Syscall.chmod(scratch, (FilePermissions)(given | untilOpened)) != 0)
                 {
-                    throw OverlayException.FromLastError("chmod", scratch);
+                    throw OverlayException.FromLastError("chmod", LayerPaths.Join(Describe(directory), name));
                 }
                 if (replacesWhiteout && isDirectory)
                 {
                     // A directory cannot be renamed over a device: swap them, then remove the whiteout.
                     if (LibC.renameat2(LibC.AT_FDCWD, scratch, LibC.AT_FDCWD, destination, LibC.RENAME_EXCHANGE) != 0)
                     {
-                        throw new OverlayException(ToErrno(Marshal.GetLastPInvokeError()), $"{destination}: cannot replace the whiteout");
+                        throw new OverlayException(ToErrno(Marshal.GetLastPInvokeError()), $"{LayerPaths.Join(Describe(directory), name)}: cannot replace the whiteout");
                     }
                     Syscall.unlink(scratch);
                 }
                 else if (Syscall.rename(scratch, destination) != 0)
                 {
-                    throw OverlayException.FromLastError("rename into place", destination);
+                    throw OverlayException.FromLastError("rename into place", LayerPaths.Join(Describe(directory), name));
                 }
             }
             catch
@@ -1281,7 +1350,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                 RemoveTree(scratch);
                 throw;
             }
-            Syscall.unlink(LayerPaths.Join(upperDirectory, Whiteouts.Prefix + name));
+            Syscall.unlink(upperDirectory.At(Whiteouts.Prefix + name));
             OverlayNode node = LookupLocked(directory, name, out Stat top) ?? throw NoEntry(directory, name);
             ListingChanged(directory, name, node);
             if (isDirectory && node.Layers.Count == 1)
@@ -1290,7 +1359,8 @@ public sealed partial class OverlayFileSystem : IDisposable
                 node.Listing = new DirectoryListing(node.Ino, directory.Ino, []);
             }
             node.Lookups++;
-            return StatOf(node, TopPath(node), top);
+            using LayerPath created = Top(node);
+            return StatOf(node, created.Path, top);
         }
         catch when (changing is not null)
         {
@@ -1312,7 +1382,17 @@ public sealed partial class OverlayFileSystem : IDisposable
             {
                 continue;
             }
-            if (Whiteouts.IsWhitedOut(LayerPaths.Join(_roots[layer], directoryPath), name, out bool exists))
+            if (_layers.TryOpenDirectory(layer, directoryPath, out LayerDir dir) != 0)
+            {
+                continue;
+            }
+            bool whitedOut;
+            bool exists;
+            using (dir)
+            {
+                whitedOut = Whiteouts.IsWhitedOut(dir.Self, name, out exists);
+            }
+            if (whitedOut)
             {
                 return false;
             }
@@ -1331,7 +1411,8 @@ public sealed partial class OverlayFileSystem : IDisposable
         bool hide = VisibleBelowUpper(directory, name);
         if (node.Layers[0].Layer == _upper)
         {
-            string path = UpperPath(node);
+            using LayerPath upper = Upper(node);
+            string path = upper.Path;
             // Atomically replace the upper object by a whiteout: a fresh whiteout swapped in, the old object removed.
             // A 0/0 device needs no privilege since Linux 5.8; where mknod is refused, the OCI form below.
             string scratch = NewScratchPath();
@@ -1341,7 +1422,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                 {
                     Errno errno = ToErrno(Marshal.GetLastPInvokeError()); // before unlink overwrites it
                     Syscall.unlink(scratch);
-                    throw new OverlayException(errno, $"{path}: cannot replace by a whiteout");
+                    throw new OverlayException(errno, $"{Describe(node)}: cannot replace by a whiteout");
                 }
                 RemoveTree(scratch);
             }
@@ -1349,7 +1430,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             {
                 if (hide)
                 {
-                    Whiteouts.Create(UpperPath(directory), name);
+                    Whiteouts.Create(upper.Directory.Self, name);
                 }
                 if (node.IsDirectory)
                 {
@@ -1357,14 +1438,15 @@ public sealed partial class OverlayFileSystem : IDisposable
                 }
                 if ((node.IsDirectory ? Syscall.rmdir(path) : Syscall.unlink(path)) != 0)
                 {
-                    throw OverlayException.FromLastError("remove", path);
+                    throw OverlayException.FromLastError("remove", Describe(node));
                 }
             }
         }
         else
         {
             EnsureUpperDirectory(directory);
-            Whiteouts.Create(UpperPath(directory), name);
+            using LayerDir upperDirectory = _layers.OpenDirectory(_upper, directory.Path);
+            Whiteouts.Create(upperDirectory.Self, name);
         }
         directory.Children.Remove(name);
         ListingChanged(directory, name, null);
@@ -1436,10 +1518,12 @@ public sealed partial class OverlayFileSystem : IDisposable
         {
             EnsureUpperDirectory(parent);
         }
-        string lower = TopPath(node);
+        using LayerPath lowerPath = Top(node);
+        string lower = lowerPath.Path;
+        string described = _layers.Describe(node.Layers[0].Layer, node.Layers[0].Path);
         if (Syscall.lstat(lower, out Stat st) != 0)
         {
-            throw OverlayException.FromLastError("stat for copy-up", lower);
+            throw OverlayException.FromLastError("stat for copy-up", described);
         }
         string scratch = NewScratchPath();
         uint type = (uint)st.st_mode & S_IFMT;
@@ -1451,44 +1535,54 @@ public sealed partial class OverlayFileSystem : IDisposable
                 case S_IFREG when truncateToZero:
                     File.WriteAllBytes(scratch, []);
                     break;
-                case S_IFREG when st.st_size >= _options.BlockCopyUpThreshold:
-                    BCowFile.CreateClosed(scratch, new BCowCreateOptions { LowerPath = lower, BlockSize = _options.BlockSize });
+                case S_IFREG when st.st_size >= _options.BlockCopyUpThreshold && !IsBCowFile(lower):
+                    using (FileStorage lowerFile = OpenLowerFile(lowerPath, described))
+                    using (var upperFile = new FileStorage(scratch, FileMode.CreateNew, FileAccess.ReadWrite))
+                    {
+                        // The header records where the lower file was, for `bcow` and people; the overlay itself finds
+                        // it by position (the redirect below), never by a path read back from disk.
+                        BCowFile.CreateClosed(upperFile, lowerFile, new BCowCreateOptions { LowerPath = described, BlockSize = _options.BlockSize });
+                    }
                     if (Syscall.lsetxattr(scratch, LayerPaths.BCowXattr, "1"u8.ToArray(), XattrFlags.XATTR_AUTO) != 0)
                     {
-                        throw OverlayException.FromLastError("mark as B-CoW (user xattrs needed on the upper file system)", scratch);
+                        throw OverlayException.FromLastError("mark as B-CoW (user xattrs needed on the upper file system)", Describe(node));
                     }
+                    Redirects.WriteLowerPosition(scratch, node.Layers[0].Path, Describe(node));
                     break;
                 case S_IFREG:
-                    using (var source = new FileStream(lower, FileMode.Open, FileAccess.Read, FileShare.ReadWrite))
-                    using (var copy = new FileStream(scratch, FileMode.CreateNew, FileAccess.Write))
+                    // A whole copy of what the file reads as: a plain lower file, or a B-CoW file of a layer that was
+                    // once an upper one, read through its own lower (chains are not kept: the copy is flat).
+                    using (NodeData source = OpenData(node, write: false))
+                    using (var copy = new FileStorage(scratch, FileMode.CreateNew, FileAccess.Write))
                     {
-                        source.CopyTo(copy);
-                        copy.Flush(flushToDisk: true);
+                        CopyWhole(source, copy);
+                        copy.Flush();
                     }
                     break;
                 case S_IFDIR:
                     if (Syscall.mkdir(scratch, (FilePermissions)((uint)st.st_mode & 0xFFF)) != 0)
                     {
-                        throw OverlayException.FromLastError("mkdir for copy-up", scratch);
+                        throw OverlayException.FromLastError("mkdir for copy-up", Describe(node));
                     }
                     break;
                 case S_IFLNK:
                     if (Syscall.symlink(Mono.Unix.UnixPath.ReadLink(lower), scratch) != 0)
                     {
-                        throw OverlayException.FromLastError("symlink for copy-up", scratch);
+                        throw OverlayException.FromLastError("symlink for copy-up", Describe(node));
                     }
                     break;
                 default:
                     if (Syscall.mknod(scratch, st.st_mode, st.st_rdev) != 0)
                     {
-                        throw OverlayException.FromLastError("mknod for copy-up", scratch);
+                        throw OverlayException.FromLastError("mknod for copy-up", Describe(node));
                     }
                     break;
             }
-            keptIno = CopyMetadata(lower, scratch, st, type, node.Ino);
-            if (Syscall.rename(scratch, UpperPath(node)) != 0)
+            keptIno = CopyMetadata(lower, scratch, st, type, node.Ino, Describe(node));
+            using LayerPath upper = Upper(node);
+            if (Syscall.rename(scratch, upper.Path) != 0)
             {
-                throw OverlayException.FromLastError("rename copy-up into place", UpperPath(node));
+                throw OverlayException.FromLastError("rename copy-up into place", Describe(node));
             }
         }
         catch (Exception e) when (e is UnauthorizedAccessException or (IOException and not OverlayException))
@@ -1497,7 +1591,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             RemoveTree(scratch);
             int raw = (e as IOException ?? e.InnerException as IOException)?.HResult ?? 0;
             Errno errno = raw is > 0 and < 4096 ? ToErrno(raw) : e is UnauthorizedAccessException ? Errno.EACCES : Errno.EIO;
-            throw new OverlayException(errno, $"{lower}: copy-up failed: {e.Message}");
+            throw new OverlayException(errno, $"{described}: copy-up failed: {e.Message}");
         }
         catch
         {
@@ -1529,7 +1623,7 @@ public sealed partial class OverlayFileSystem : IDisposable
     }
 
     /// <returns>False when the inode number could not be kept (logged).</returns>
-    private bool CopyMetadata(string from, string to, in Stat st, uint type, ulong ino)
+    private bool CopyMetadata(string from, string to, in Stat st, uint type, ulong ino, string described)
     {
         if (Syscall.llistxattr(from, out string[] names) >= 0)
         {
@@ -1549,7 +1643,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             Errno errno = Stdlib.GetLastError(); // before geteuid overwrites it
             if (!IsPrivileged || Syscall.lsetxattr(to, LayerPaths.TrustedInoXattr, inoBytes, XattrFlags.XATTR_AUTO) != 0)
             {
-                _log($"{to}: cannot keep the inode number across copy-up: {Stdlib.strerror(errno)}");
+                _log($"{described}: cannot keep the inode number across copy-up: {Stdlib.strerror(errno)}");
                 keptIno = false;
             }
         }
@@ -1559,12 +1653,12 @@ public sealed partial class OverlayFileSystem : IDisposable
             Errno errno = Stdlib.GetLastError(); // before geteuid overwrites it
             if (IsPrivileged)
             {
-                throw new OverlayException(errno, $"{to}: chown for copy-up: {Stdlib.strerror(errno)}");
+                throw new OverlayException(errno, $"{described}: chown for copy-up: {Stdlib.strerror(errno)}");
             }
         }
         if (type != S_IFLNK && Syscall.chmod(to, (FilePermissions)((uint)st.st_mode & 0xFFF)) != 0)
         {
-            throw OverlayException.FromLastError("chmod for copy-up", to);
+            throw OverlayException.FromLastError("chmod for copy-up", described);
         }
         var times = new Timespec[]
         {
@@ -1611,23 +1705,31 @@ public sealed partial class OverlayFileSystem : IDisposable
 
     private NodeData OpenData(OverlayNode node, bool write)
     {
-        string path = TopPath(node);
+        using LayerPath top = Top(node);
+        string path = top.Path;
+        int layer = node.Layers[0].Layer;
+        string described = _layers.Describe(layer, node.Layers[0].Path);
         try
         {
-            if (node.Layers[0].Layer != _upper)
+            if (layer != _upper)
             {
-                return new NodeData.Plain(new FileStorage(path, FileMode.Open, FileAccess.Read));
+                if (IsBCowFile(path))
+                {
+                    // A layer that was an upper one: its B-CoW files read through their own lower files.
+                    return new NodeData.BCow(OpenBCow(node, top, described, readOnly: true));
+                }
+                return new NodeData.Plain(OpenLowerFile(top, described));
             }
             if (IsBCowFile(path))
             {
                 // Read-only until something writes: a reader must not commit (and so touch the file's mtime) at close.
                 // OpenLocked swaps in a writable one at the first open for writing. A file a crash left dirty is opened
                 // writable even for reading: that open reclaims the space the crash leaked.
-                BCowFile file = BCowFile.Open(path, new BCowOpenOptions { ReadOnly = !write });
+                BCowFile file = OpenBCow(node, top, described, readOnly: !write);
                 if (!write && file.OpenedDirty)
                 {
                     file.Dispose();
-                    file = BCowFile.Open(path);
+                    file = OpenBCow(node, top, described, readOnly: false);
                 }
                 return new NodeData.BCow(file);
             }
@@ -1647,7 +1749,114 @@ public sealed partial class OverlayFileSystem : IDisposable
         }
         catch (UnauthorizedAccessException e)
         {
-            throw new OverlayException(Errno.EACCES, $"{path}: {e.Message}");
+            throw new OverlayException(Errno.EACCES, $"{described}: {e.Message}");
+        }
+    }
+
+    /// <summary>
+    /// Opens the B-CoW file at <paramref name="top"/> over its lower file, found by position: the next layer below
+    /// the B-CoW file's own that holds the path recorded at copy-up (<see cref="Redirects.ReadLowerPosition"/>), or,
+    /// for a file made before that record existed, the same name in the parent directory's lower layers. The path
+    /// in the header is never opened: it is only what the file says, and the identity check still applies.
+    /// </summary>
+    private BCowFile OpenBCow(OverlayNode node, LayerPath top, string described, bool readOnly)
+    {
+        int layer = node.Layers[0].Layer;
+        IEnumerable<(int Layer, string Path)> candidates =
+            Redirects.ReadLowerPosition(top.Path, described, _log) is { } recorded
+                ? Enumerable.Range(layer + 1, _layers.Count - layer - 1).Select(l => (l, recorded))
+                : (node.Parent?.Layers ?? []).Where(l => l.Layer > layer).Select(l => (l.Layer, LayerPaths.Child(l.Path, node.Name)));
+        FileStorage? lower = null;
+        foreach (var (candidate, relative) in candidates)
+        {
+            if (_layers.TryLocate(candidate, relative, out LayerPath located) != 0)
+            {
+                continue;
+            }
+            using (located)
+            {
+                if (Syscall.lstat(located.Path, out Stat st) != 0)
+                {
+                    continue;
+                }
+                if ((st.st_mode & FilePermissions.S_IFMT) != FilePermissions.S_IFREG)
+                {
+                    break; // a whiteout or anything else hides whatever lies below
+                }
+                lower = OpenLowerFile(located, _layers.Describe(candidate, relative));
+                break;
+            }
+        }
+        FileStorage upper;
+        try
+        {
+            SafeFileHandle handle = File.OpenHandle(top.Path, FileMode.Open, readOnly ? FileAccess.Read : FileAccess.ReadWrite,
+                readOnly ? FileShare.ReadWrite : FileShare.Read);
+            upper = new FileStorage(handle, described, canWrite: !readOnly, ownsHandle: true);
+        }
+        catch
+        {
+            lower?.Dispose();
+            throw;
+        }
+        try
+        {
+            return BCowFile.Open(upper, lower, new BCowOpenOptions { ReadOnly = readOnly }, ownsStorage: true);
+        }
+        catch (BCowFormatException e) when (lower is null)
+        {
+            throw new BCowFormatException(described, $"its lower file is not in the layers below it ({e.Message})");
+        }
+    }
+
+    /// <summary>
+    /// Opens a lower file for reading without following a symbolic link and without blocking (a fifo or device put
+    /// where a regular file is expected would otherwise hang the open, with the overlay's lock held); anything but a
+    /// regular file is refused with EIO and a log line.
+    /// </summary>
+    private FileStorage OpenLowerFile(LayerPath located, string described)
+    {
+        int flags = NativeConvert.FromOpenFlags(OpenFlags.O_RDONLY | OpenFlags.O_NOFOLLOW | OpenFlags.O_NONBLOCK | OpenFlags.O_CLOEXEC);
+        int fd = located.Name.Length == 0 ? -1 : LibC.openat(located.Directory.Fd, located.Name, flags, 0);
+        if (fd < 0)
+        {
+            throw OverlayException.FromLastError("open", described);
+        }
+        var handle = new SafeFileHandle(fd, ownsHandle: true);
+        if (Syscall.fstat(fd, out Stat st) != 0 || (st.st_mode & FilePermissions.S_IFMT) != FilePermissions.S_IFREG)
+        {
+            handle.Dispose();
+            _log($"{described}: not a regular file, refused as file data");
+            throw new OverlayException(Errno.EIO, $"{described}: not a regular file");
+        }
+        return new FileStorage(handle, described, canWrite: false, ownsHandle: true);
+    }
+
+    /// <summary>Copies what <paramref name="source"/> reads as into <paramref name="copy"/>, holes left as holes.</summary>
+    private static void CopyWhole(NodeData source, FileStorage copy)
+    {
+        long length = source.Length;
+        byte[] buffer = System.Buffers.ArrayPool<byte>.Shared.Rent(1 << 20);
+        try
+        {
+            foreach (var (offset, count) in source.DataRanges(0, length))
+            {
+                for (long done = 0; done < count;)
+                {
+                    int n = source.Read(buffer.AsSpan(0, (int)Math.Min(buffer.Length, count - done)), offset + done);
+                    if (n == 0)
+                    {
+                        break;
+                    }
+                    copy.WriteAt(buffer.AsSpan(0, n), offset + done);
+                    done += n;
+                }
+            }
+            copy.SetLength(length);
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(buffer);
         }
     }
 

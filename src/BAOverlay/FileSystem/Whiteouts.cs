@@ -47,7 +47,7 @@ internal static class Whiteouts
     {
         foreach (string xattr in OpaqueXattrs)
         {
-            if (Syscall.lgetxattr(directory, xattr, out byte[] value) >= 0 && value.Length > 0 && value[0] == (byte)'y')
+            if (Syscall.lgetxattr(directory, xattr, out byte[] value) == 1 && value[0] == (byte)'y') // exactly "y", as the kernel reads it
             {
                 return true;
             }

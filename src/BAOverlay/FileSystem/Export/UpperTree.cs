@@ -257,28 +257,45 @@ internal static class UpperTree
             return entry;
         }
         string parentPath = relative.Contains('/') ? relative[..relative.LastIndexOf('/')] : "";
-        if (Redirects.Read(path, parentPath) is { } redirect)
+        string? refused = null;
+        string? redirect = Redirects.Read(path, parentPath, path, line => refused = line);
+        if (refused is not null)
+        {
+            // Never export what a redirect out of the layers would bring in.
+            throw new IOException(refused);
+        }
+        if (redirect is not null)
         {
             if (lowers is null)
             {
                 throw new IOException($"{path}: a renamed directory whose content lives in the lower layers (at {redirect}); pass the lower directories to export it");
             }
             var sources = new List<string>();
-            foreach (string lower in lowers)
+            using LayerStack layers = LayerStack.Open(lowers, work: null);
+            for (int layer = 0; layer < layers.Count; layer++)
             {
-                string candidate = LayerPaths.Join(lower, redirect);
-                if (Syscall.lstat(candidate, out Stat cst) != 0)
+                // Reached beneath the layer root, with no symbolic link on the way; the path kept for the export is
+                // the plain one, since nothing on it is a link.
+                if (layers.TryLocate(layer, redirect, out LayerPath located) != 0)
                 {
                     continue;
                 }
-                if (((uint)cst.st_mode & S_IFMT) != 0x4000)
+                string candidate = LayerPaths.Join(lowers[layer], redirect);
+                using (located)
                 {
-                    break;
-                }
-                sources.Add(candidate);
-                if (Whiteouts.IsOpaque(candidate))
-                {
-                    break;
+                    if (Syscall.lstat(located.Path, out Stat cst) != 0)
+                    {
+                        continue;
+                    }
+                    if (((uint)cst.st_mode & S_IFMT) != 0x4000)
+                    {
+                        break;
+                    }
+                    sources.Add(candidate);
+                    if (Whiteouts.IsOpaque(located.Path))
+                    {
+                        break;
+                    }
                 }
             }
             return new ExportEntry

@@ -1,0 +1,256 @@
+using System.Runtime.InteropServices;
+using System.Text;
+using BAOverlay.Interop;
+using Microsoft.Win32.SafeHandles;
+using Mono.Unix.Native;
+
+namespace BAOverlay.FileSystem;
+
+/// <summary>
+/// Where a path of a layer is, reached without leaving the layer. Each layer root (and the overlay's work directory)
+/// is opened once, as an <c>O_PATH</c> handle, when the overlay opens; every later access starts from one of those
+/// handles. A directory inside a layer is opened with <c>openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)</c>, so no
+/// <c>..</c> and no symbolic link (absolute or relative) in a layer can lead outside it, and the object itself is then
+/// named by one component under <c>/proc/self/fd/N/</c>. Hence: a path is never longer than a directory handle plus
+/// one name (no PATH_MAX limit from the root's own length); a layer unmounted or detached from the namespace after
+/// the overlay opened stays reachable; and "nothing outside the layer roots" holds for every call, not only those
+/// that remember to check.
+/// </summary>
+internal sealed class LayerStack : IDisposable
+{
+    private readonly SafeFileHandle[] _roots;
+    private readonly string[] _names;
+    private readonly SafeFileHandle? _work;
+    private readonly string? _workName;
+    private static int s_noOpenat2;
+
+    /// <summary>The most bytes of path opened in one call (PATH_MAX is 4096 with its NUL).</summary>
+    private const int MaxPart = 3800;
+
+    private LayerStack(SafeFileHandle[] roots, string[] names, SafeFileHandle? work, string? workName)
+    {
+        _roots = roots;
+        _names = names;
+        _work = work;
+        _workName = workName;
+    }
+
+    /// <summary>Opens each root (absolute paths, checked to be directories by the caller) and the work directory.</summary>
+    /// <exception cref="OverlayException">A directory cannot be opened.</exception>
+    public static LayerStack Open(IReadOnlyList<string> roots, string? work)
+    {
+        var handles = new List<SafeFileHandle>();
+        try
+        {
+            foreach (string root in roots)
+            {
+                handles.Add(OpenRoot(root));
+            }
+            SafeFileHandle? workHandle = work is null ? null : OpenRoot(work);
+            return new LayerStack(handles.ToArray(), roots.ToArray(), workHandle, work);
+        }
+        catch
+        {
+            foreach (SafeFileHandle handle in handles)
+            {
+                handle.Dispose();
+            }
+            throw;
+        }
+    }
+
+    private static SafeFileHandle OpenRoot(string path)
+    {
+        int flags = LibC.O_PATH | NativeConvert.FromOpenFlags(OpenFlags.O_DIRECTORY | OpenFlags.O_CLOEXEC);
+        int fd = LibC.openat(LibC.AT_FDCWD, path, flags, 0);
+        if (fd < 0)
+        {
+            throw OverlayException.FromLastError("open layer directory", path);
+        }
+        var handle = new SafeFileHandle(fd, ownsHandle: true);
+        if (Syscall.lstat($"/proc/self/fd/{fd}/.", out _) != 0)
+        {
+            handle.Dispose();
+            throw new OverlayException(Errno.ENOSYS, $"{path}: /proc/self/fd is not usable (is /proc mounted?); the overlay reaches its layers through it");
+        }
+        return handle;
+    }
+
+    /// <summary>How many layers.</summary>
+    public int Count => _roots.Length;
+
+    /// <summary>The path a layer was given as, for messages.</summary>
+    public string NameOf(int layer) => _names[layer];
+
+    /// <summary>A layer's path as given plus <paramref name="relative"/>, for messages and log lines only.</summary>
+    public string Describe(int layer, string relative) => relative.Length == 0 ? _names[layer] : LayerPaths.Join(_names[layer], relative);
+
+    /// <summary>The root of a layer (borrowed: disposing it does nothing).</summary>
+    public LayerDir Root(int layer) => new(RootFd(layer), owned: false);
+
+    /// <summary>The work directory's scratch folder (borrowed).</summary>
+    public LayerDir Work => new((int)(_work ?? throw new InvalidOperationException("no work directory")).DangerousGetHandle(), owned: false);
+
+    /// <summary>The work directory as given, for messages.</summary>
+    public string WorkName => _workName ?? "";
+
+    private int RootFd(int layer) => (int)_roots[layer].DangerousGetHandle();
+
+    /// <summary>
+    /// Opens directory <paramref name="relative"/> of <paramref name="layer"/> ("" is the root, borrowed) beneath its
+    /// root, following no symbolic link; the errno on failure (ENOENT, ENOTDIR, ELOOP for a link on the way, EXDEV
+    /// for an escape).
+    /// </summary>
+    public Errno TryOpenDirectory(int layer, string relative, out LayerDir directory)
+    {
+        directory = Root(layer);
+        if (relative.Length == 0)
+        {
+            return 0;
+        }
+        int fd = RootFd(layer);
+        bool owned = false;
+        string rest = relative;
+        while (rest.Length > 0)
+        {
+            // openat2 takes at most PATH_MAX bytes: a longer path is opened a part at a time.
+            string part = rest;
+            if (Encoding.UTF8.GetByteCount(rest) > MaxPart)
+            {
+                int cut = rest.LastIndexOf('/', Math.Min(rest.Length - 1, MaxPart));
+                while (cut > 0 && Encoding.UTF8.GetByteCount(rest.AsSpan(0, cut)) > MaxPart)
+                {
+                    cut = rest.LastIndexOf('/', cut - 1);
+                }
+                part = cut > 0 ? rest[..cut] : rest;
+            }
+            rest = part.Length == rest.Length ? "" : rest[(part.Length + 1)..];
+            int next = OpenBeneath(fd, part);
+            Errno errno = next < 0 ? Stdlib.GetLastError() : 0;
+            if (owned)
+            {
+                LibC.close(fd);
+            }
+            if (next < 0)
+            {
+                directory = default;
+                return errno;
+            }
+            fd = next;
+            owned = true;
+        }
+        directory = new LayerDir(fd, owned);
+        return 0;
+    }
+
+    /// <summary>As <see cref="TryOpenDirectory"/>, throwing an <see cref="OverlayException"/> with the errno.</summary>
+    public LayerDir OpenDirectory(int layer, string relative)
+    {
+        Errno errno = TryOpenDirectory(layer, relative, out LayerDir directory);
+        return errno == 0 ? directory : throw new OverlayException(errno, $"{Describe(layer, relative)}: {Stdlib.strerror(errno)}");
+    }
+
+    /// <summary>The object at <paramref name="relative"/> of <paramref name="layer"/>: its directory opened, and its name.</summary>
+    public Errno TryLocate(int layer, string relative, out LayerPath path)
+    {
+        int slash = relative.LastIndexOf('/');
+        Errno errno = TryOpenDirectory(layer, slash < 0 ? "" : relative[..slash], out LayerDir directory);
+        path = errno == 0 ? new LayerPath(directory, slash < 0 ? relative : relative[(slash + 1)..]) : default;
+        return errno;
+    }
+
+    /// <summary>As <see cref="TryLocate"/>, throwing an <see cref="OverlayException"/> with the errno.</summary>
+    public LayerPath Locate(int layer, string relative)
+    {
+        Errno errno = TryLocate(layer, relative, out LayerPath path);
+        return errno == 0 ? path : throw new OverlayException(errno, $"{Describe(layer, relative)}: {Stdlib.strerror(errno)}");
+    }
+
+    /// <summary>openat2 with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS; before Linux 5.6, one openat(O_NOFOLLOW) a
+    /// component, which is as strict for the names the overlay builds (never "..").</summary>
+    private static int OpenBeneath(int dirfd, string relative)
+    {
+        int flags = LibC.O_PATH | NativeConvert.FromOpenFlags(OpenFlags.O_DIRECTORY | OpenFlags.O_CLOEXEC | OpenFlags.O_NOFOLLOW);
+        if (Volatile.Read(ref s_noOpenat2) == 0)
+        {
+            int fd = LibC.openat2(dirfd, relative, (ulong)(uint)flags,
+                LibC.RESOLVE_BENEATH | LibC.RESOLVE_NO_SYMLINKS | LibC.RESOLVE_NO_MAGICLINKS);
+            if (fd >= 0 || Marshal.GetLastPInvokeError() != LibC.ENOSYS)
+            {
+                return fd;
+            }
+            Volatile.Write(ref s_noOpenat2, 1);
+        }
+        int current = dirfd;
+        foreach (string name in relative.Split('/'))
+        {
+            if (name is "" or "." or "..")
+            {
+                if (current != dirfd)
+                {
+                    LibC.close(current);
+                }
+                Marshal.SetLastPInvokeError(NativeConvert.FromErrno(Errno.EXDEV));
+                return -1;
+            }
+            int next = LibC.openat(current, name, flags, 0);
+            Errno errno = next < 0 ? Stdlib.GetLastError() : 0;
+            if (current != dirfd)
+            {
+                LibC.close(current);
+            }
+            if (next < 0)
+            {
+                Marshal.SetLastPInvokeError(NativeConvert.FromErrno(errno));
+                return -1;
+            }
+            current = next;
+        }
+        return current;
+    }
+
+    /// <summary>Closes every handle. Paths handed out before stop working.</summary>
+    public void Dispose()
+    {
+        foreach (SafeFileHandle root in _roots)
+        {
+            root.Dispose();
+        }
+        _work?.Dispose();
+    }
+}
+
+/// <summary>A directory inside a layer, open as an <c>O_PATH</c> handle; objects in it are named through
+/// <c>/proc/self/fd/N/NAME</c>, one component below the handle. Disposing closes the handle if it was opened for
+/// this use (a layer root is borrowed).</summary>
+internal readonly struct LayerDir(int fd, bool owned) : IDisposable
+{
+    public int Fd { get; } = fd;
+
+    /// <summary>The directory itself (a path that ends inside it, so l* calls act on the directory).</summary>
+    public string Self => $"/proc/self/fd/{Fd}/.";
+
+    /// <summary>The object <paramref name="name"/> (one component) in this directory.</summary>
+    public string At(string name) => $"/proc/self/fd/{Fd}/{name}";
+
+    public void Dispose()
+    {
+        if (owned)
+        {
+            LibC.close(Fd);
+        }
+    }
+}
+
+/// <summary>An object inside a layer: its directory's handle and its name ("" for the directory itself, a layer root).</summary>
+internal readonly struct LayerPath(LayerDir directory, string name) : IDisposable
+{
+    public LayerDir Directory { get; } = directory;
+
+    public string Name { get; } = name;
+
+    /// <summary>A path to the object, valid while this is not disposed.</summary>
+    public string Path => Name.Length == 0 ? Directory.Self : Directory.At(Name);
+
+    public void Dispose() => Directory.Dispose();
+}
