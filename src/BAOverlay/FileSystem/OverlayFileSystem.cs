@@ -1039,6 +1039,12 @@ public sealed partial class OverlayFileSystem : IDisposable
                 {
                     break;
                 }
+                // Renamed again in this layer (it was once an upper one): the layers below hold it at its older path.
+                string parent = redirect.Contains('/') ? redirect[..redirect.LastIndexOf('/')] : "";
+                if (Redirects.Read(located.Path, parent, _layers.Describe(layer, redirect), _log) is { } older)
+                {
+                    redirect = older;
+                }
             }
         }
     }
@@ -1170,7 +1176,7 @@ public sealed partial class OverlayFileSystem : IDisposable
     private OverlayStat StatOf(OverlayNode node, string path, in Stat st)
     {
         long? logicalSize = null;
-        if (node.Type == S_IFREG && node.Layers[0].Layer == _upper && IsBCow(node, path, st))
+        if (node.Type == S_IFREG && IsBCow(node, path, st)) // in a lower layer too: an upper stacked as a lower one
         {
             logicalSize = node.Data is NodeData.BCow open ? open.Length : ClosedBCowSize(node, path, st);
         }
@@ -1781,6 +1787,10 @@ public sealed partial class OverlayFileSystem : IDisposable
                 }
                 if ((st.st_mode & FilePermissions.S_IFMT) != FilePermissions.S_IFREG)
                 {
+                    if (!Whiteouts.IsWhiteoutStat(st))
+                    {
+                        _log($"{_layers.Describe(candidate, relative)}: not a regular file, refused as the lower file of {described}");
+                    }
                     break; // a whiteout or anything else hides whatever lies below
                 }
                 lower = OpenLowerFile(located, _layers.Describe(candidate, relative));
