@@ -129,7 +129,10 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
     /// <summary>Open directory snapshots (for tests and diagnostics).</summary>
     public int OpenDirectories => _directories.Count;
 
-    private static OverlayCaller Caller(FuseContext context) => new(context.Uid, context.Gid, context.Umask) { Groups = context.Groups };
+    /// <summary>The caller, marked as already checked when the kernel checks permissions: creation still needs its ids
+    /// for the owner of the new object.</summary>
+    private OverlayCaller Caller(FuseContext context) =>
+        new(context.Uid, context.Gid, context.Umask) { Groups = context.Groups, AccessChecked = !_checkPermissions };
 
     /// <summary>The caller to check, or null (trusted) when the kernel checks permissions.</summary>
     private OverlayCaller? Checked(FuseContext context) => _checkPermissions ? Caller(context) : null;

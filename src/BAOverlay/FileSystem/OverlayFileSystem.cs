@@ -368,7 +368,7 @@ public sealed partial class OverlayFileSystem : IDisposable
 
     /// <summary>Makes a fifo, socket or (as root) device node.</summary>
     public OverlayStat MakeNode(ulong parent, string name, uint mode, ulong rdev, OverlayCaller caller) =>
-        (mode & S_IFMT) is 0x2000 or 0x6000 && caller.Uid != 0
+        (mode & S_IFMT) is 0x2000 or 0x6000 && caller.Uid != 0 && !caller.AccessChecked
             ? throw new OverlayException(Errno.EPERM, $"{name}: only root may make device nodes")
             : CreateObject(parent, name, caller, scratch =>
         {
@@ -1310,7 +1310,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             {
                 null => null,
                 uint m when inheritsGroup && isDirectory => m | S_ISGID,
-                uint m when inheritsGroup && (m & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP) && caller.Uid != 0 && !Permissions.InGroup(caller, gid) => m & ~S_ISGID,
+                uint m when inheritsGroup && (m & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP) && caller.Uid != 0 && !caller.AccessChecked && !Permissions.InGroup(caller, gid) => m & ~S_ISGID,
                 uint m => m,
             };
             string destination = upperDirectory.At(name);

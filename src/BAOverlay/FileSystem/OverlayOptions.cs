@@ -39,6 +39,14 @@ public readonly record struct OverlayCaller(uint Uid, uint Gid, uint Umask = 0)
     /// <summary>Supplementary groups (FUSE's <c>fuse_req_getgroups</c>), for group permission checks.</summary>
     public IReadOnlyList<uint>? Groups { get; init; }
 
+    /// <summary>
+    /// True when the kernel has already checked this caller's access (a FUSE mount with <c>default_permissions</c>):
+    /// the overlay then uses the caller only as the owner and umask of what it creates, and checks nothing again. The
+    /// kernel checked with the owners the mount shows and the caller's capabilities, which a mount with id mappings
+    /// (<c>uidmapping=</c>) cannot be judged by afterwards: container root is not uid 0 in the layers.
+    /// </summary>
+    public bool AccessChecked { get; init; }
+
     /// <summary>root, umask 0.</summary>
     public static OverlayCaller Root => new(0, 0, 0);
 }

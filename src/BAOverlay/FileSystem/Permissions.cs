@@ -24,6 +24,10 @@ internal static class Permissions
 
     public static bool Allows(in OverlayStat stat, OverlayCaller caller, int mask)
     {
+        if (caller.AccessChecked)
+        {
+            return true;
+        }
         uint mode = stat.Mode;
         if (caller.Uid == 0)
         {
@@ -39,7 +43,7 @@ internal static class Permissions
     public static void CheckSticky(in OverlayStat directory, in OverlayStat entry, OverlayCaller caller, string path)
     {
         const uint sticky = 0x200; // S_ISVTX
-        if ((directory.Mode & sticky) != 0 && caller.Uid != 0 && caller.Uid != entry.Uid && caller.Uid != directory.Uid)
+        if (!caller.AccessChecked && (directory.Mode & sticky) != 0 && caller.Uid != 0 && caller.Uid != entry.Uid && caller.Uid != directory.Uid)
         {
             throw new OverlayException(Errno.EPERM, $"{path}: the directory is sticky and the caller owns neither it nor the entry");
         }
@@ -48,6 +52,10 @@ internal static class Permissions
     /// <summary>What <c>chmod</c>, <c>chown</c>, <c>utimens</c> and <c>truncate</c> require (notify_change/setattr_prepare).</summary>
     public static void CheckSetAttr(in OverlayStat stat, OverlaySetAttr change, OverlayCaller caller, string path)
     {
+        if (caller.AccessChecked)
+        {
+            return;
+        }
         bool owner = caller.Uid == 0 || caller.Uid == stat.Uid;
         if (change.Mode is not null && !owner)
         {

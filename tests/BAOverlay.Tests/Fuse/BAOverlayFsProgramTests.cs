@@ -376,6 +376,46 @@ public sealed class BAOverlayFsProgramTests
         Assert.That(OwnerMappingHandler.Stored(42, []), Is.EqualTo(42u), "no mapping: ids pass unchanged");
     }
 
+    /// <summary>The option strings containers-storage writes for rootless <c>podman run --userns=keep-id</c> (user 1001)
+    /// and for <c>--uidmap 0:1:65536</c>. The kernel has checked permissions (default_permissions) with the shown
+    /// owners; the overlay must not check again with the stored ones, where container root is not uid 0.</summary>
+    [TestCase(":0:1:1001:1001:0:1:1002:1002:64535", 1001u)]
+    [TestCase("0:1:65536", 65534u)]
+    public void MappedMountsLetContainerRootCreateInRootOwnedDirectories(string mapping, uint storedOwner)
+    {
+        RequireFuse();
+        using var fixture = new OverlayFixture(lowers: 1);
+        string etc = Path.Combine(fixture.Lowers[0], "etc");
+        OverlayFixture.WriteFile(Path.Combine(etc, "hostname"), "h");
+        Assert.That(Syscall.chmod(etc, (FilePermissions)OverlayFixture.Mode("755")), Is.Zero);
+        string mnt = MountPoint(fixture);
+        try
+        {
+            (int rc, _, string error) = Run(["-o", Label(fixture) + $",uidmapping={mapping},gidmapping={mapping}", mnt]);
+            Assert.That(rc, Is.Zero, error);
+            string shownEtc = Path.Combine(mnt, "etc");
+            Assert.That(Syscall.lstat(shownEtc, out Stat shown), Is.Zero);
+            Assert.That(shown.st_uid, Is.Not.Zero, "stored root is shown as another user: the test process (root) is not its owner");
+
+            // As Podman does when it prepares a container's /etc.
+            Assert.That(Syscall.symlink("../proc/self/mounts", Path.Combine(shownEtc, "mtab")), Is.Zero, $"symlink: {Stdlib.GetLastError()}");
+            File.WriteAllText(Path.Combine(shownEtc, "resolv.conf"), "nameserver 127.0.0.1");
+            Directory.CreateDirectory(Path.Combine(shownEtc, "containers"));
+            Assert.That(Syscall.mkfifo(Path.Combine(shownEtc, "fifo"), FilePermissions.S_IRUSR | FilePermissions.S_IWUSR), Is.Zero, $"mkfifo: {Stdlib.GetLastError()}");
+
+            foreach (string name in new[] { "mtab", "resolv.conf", "containers", "fifo" })
+            {
+                Assert.That(Syscall.lstat(Path.Combine(fixture.Upper!, "etc", name), out Stat stored), Is.Zero, name);
+                Assert.That(stored.st_uid, Is.EqualTo(storedOwner), $"{name}: the creator (shown uid 0) stored through the mapping");
+            }
+            Assert.That(File.ReadAllText(Path.Combine(shownEtc, "resolv.conf")), Is.EqualTo("nameserver 127.0.0.1"));
+        }
+        finally
+        {
+            Cleanup(mnt);
+        }
+    }
+
     [Test]
     public void UidAndGidMappingsApplyThroughTheMount()
     {

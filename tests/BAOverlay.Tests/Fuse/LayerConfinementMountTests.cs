@@ -39,8 +39,22 @@ public sealed class LayerConfinementMountTests
             LowerDirectories = [lower], UpperDirectory = upper, WorkDirectory = work, BlockSize = 4096,
         });
 
-        // 16 levels of 200-byte names: 3 216 bytes below the mount point, within PATH_MAX for the caller.
-        string relative = string.Join('/', Enumerable.Range(10, 16).Select(LongName));
+        // 18 levels of 200-byte names: 3 617 bytes below the mount point, within PATH_MAX for the caller, and past
+        // 4095 once joined to an upper root of ~860 bytes.
+        string relative = string.Join('/', Enumerable.Range(10, 18).Select(LongName));
+        try
+        {
+            MountDeepTreeTwice(open, mnt, relative);
+        }
+        finally
+        {
+            // The upper now holds paths longer than PATH_MAX from its root: .NET cannot delete them, rm walks by handle.
+            Run("rm", $"-rf {temp.Path}/{LongName(1)}");
+        }
+    }
+
+    private static void MountDeepTreeTwice(Func<OverlayFileSystem> open, string mnt, string relative)
+    {
         using (Mounted.Start(open, mnt))
         {
             string deep = Path.Combine(mnt, relative);
