@@ -615,7 +615,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             to.Children.Remove(newName);
             if (target is not null && !exchange)
             {
-                MarkRemoved(target);
+                NameGone(target, to, newName);
             }
             Refresh(to, newName);
             Refresh(from, name);
@@ -1010,6 +1010,16 @@ public sealed partial class OverlayFileSystem : IDisposable
         node.Layers = layers;
         node.Type = type;
         directory.Children[name] = node;
+        if (inUpper && type != S_IFDIR && top.st_nlink > 1)
+        {
+            // One of several names of an upper object (all share its kept number, so one node): remembered, so that
+            // removing the name the node was last seen under leaves it reachable through the others.
+            node.Aliases ??= [];
+            if (!node.Aliases.Exists(a => a.Directory == directory && a.Name == name))
+            {
+                node.Aliases.Add((directory, name));
+            }
+        }
         return node;
     }
 
@@ -1456,12 +1466,42 @@ public sealed partial class OverlayFileSystem : IDisposable
         }
         directory.Children.Remove(name);
         ListingChanged(directory, name, null);
+        NameGone(node, directory, name);
+    }
+
+    /// <summary>
+    /// <paramref name="name"/> in <paramref name="directory"/>, one name of <paramref name="node"/>, is gone. A
+    /// hard-linked object lives on under its other names: the node is re-pointed at one that still leads to it (looked
+    /// up again, which sets its path and layers), so every operation through the kernel's inode keeps working. Only
+    /// when no known name is left is it removed.
+    /// </summary>
+    private void NameGone(OverlayNode node, OverlayNode directory, string name)
+    {
+        node.Aliases?.RemoveAll(a => a.Directory == directory && a.Name == name);
+        while (node.Aliases is { Count: > 0 } aliases)
+        {
+            var (parent, other) = aliases[^1];
+            OverlayNode? found = null;
+            try
+            {
+                found = LookupLocked(parent, other);
+            }
+            catch (OverlayException)
+            {
+                // that directory is gone or unreadable: not a way to the object
+            }
+            if (found == node)
+            {
+                return;
+            }
+            aliases.RemoveAt(aliases.Count - 1);
+        }
         MarkRemoved(node);
     }
 
     /// <summary>
-    /// A name is gone. Its node answers from the open file while one is open (fstat after unlink), else ENOENT; a
-    /// hard-linked object's other names clear the mark at their next lookup.
+    /// The object's last known name is gone. Its node answers from the open file while one is open (fstat after
+    /// unlink), else ENOENT.
     /// </summary>
     private static void MarkRemoved(OverlayNode node)
     {
