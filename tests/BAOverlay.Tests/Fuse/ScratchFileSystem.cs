@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 
 namespace BAOverlay.Tests.Fuse;
 
@@ -6,7 +7,7 @@ namespace BAOverlay.Tests.Fuse;
 /// A small file system of its own mounted on a directory for one test: a tmpfs (to run out of space) or a loop-mounted
 /// ext4 (whose largest file is smaller than the kernel's). Root only; disposing unmounts it (lazily when busy).
 /// </summary>
-internal sealed class ScratchFileSystem : IDisposable
+internal sealed partial class ScratchFileSystem : IDisposable
 {
     private readonly string? _image;
 
@@ -22,9 +23,24 @@ internal sealed class ScratchFileSystem : IDisposable
     public static ScratchFileSystem Tmpfs(string mountPoint, string size = "8m")
     {
         Directory.CreateDirectory(mountPoint);
-        Run("mount", "-t", "tmpfs", "-o", $"size={size},mode=755", "baoverlay-test-scratch", mountPoint);
+        // mount(2) itself, not mount(8): tests race it against a process on its way out
+        if (mount("baoverlay-test-scratch", mountPoint, "tmpfs", 0, $"size={size},mode=755") != 0)
+        {
+            Assert.Fail($"mount -t tmpfs {mountPoint}: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}");
+        }
         return new ScratchFileSystem(mountPoint, null);
     }
+
+    /// <summary>umount(2) of <paramref name="path"/>, at once (mount(8) would take milliseconds to start); 0 or the errno.</summary>
+    public static int UnmountNow(string path) => umount2(path, 0) == 0 ? 0 : Marshal.GetLastPInvokeError();
+
+    // int umount2(const char *target, int flags);
+    [LibraryImport("libc", EntryPoint = "umount2", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int umount2(string target, int flags);
+
+    // int mount(const char *source, const char *target, const char *filesystemtype, unsigned long mountflags, const void *data);
+    [LibraryImport("libc", EntryPoint = "mount", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int mount(string source, string target, string fstype, ulong flags, string data);
 
     /// <summary>Mounts a fresh ext4 of <paramref name="megabytes"/> MiB with 1 KiB blocks (largest file about 4 TiB)
     /// from an image file beside <paramref name="mountPoint"/>; ignores the test when loop devices are unavailable.</summary>
