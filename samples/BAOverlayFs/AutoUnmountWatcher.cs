@@ -1,22 +1,25 @@
 using System.Diagnostics;
+using BAOverlay.Fuse;
 
 namespace BAOverlayFs;
 
 /// <summary>
 /// auto_unmount without fork: the mount process starts this program again in watcher mode with a pipe as its standard
 /// input. The pipe's write end lives only in the mount process, so the watcher reads end-of-file when that process
-/// exits for any reason, kill -9 included; it then detaches the mount (umount2 MNT_DETACH) if the same mount (same
-/// mount id, still FUSE) is still there.
+/// exits for any reason, kill -9 included; it then detaches the mount (MNT_DETACH) if, and only if, the mount on the
+/// mount point is still the one the mount process made: same FUSE connection device number and same mount id
+/// (<see cref="FuseMountIdentity"/>), checked and detached through one descriptor, so a file system mounted there since
+/// (a tmpfs, another baoverlayfs) is never removed.
 /// </summary>
 internal static class AutoUnmountWatcher
 {
-    /// <summary>Starts the watcher for the mount on <paramref name="mountPoint"/>; keep the process object alive.</summary>
-    public static Process? Start(string mountPoint)
+    /// <summary>Starts the watcher for the mount <paramref name="identity"/> on <paramref name="mountPoint"/>; keep the
+    /// process object alive.</summary>
+    public static Process? Start(string mountPoint, FuseMountIdentity? identity)
     {
-        string? id = MountId(mountPoint);
-        if (id is null)
+        if (identity is null)
         {
-            Console.Error.WriteLine($"baoverlayfs: auto_unmount: {mountPoint} is not in /proc/self/mountinfo");
+            Console.Error.WriteLine($"baoverlayfs: auto_unmount: the mount on {mountPoint} has no identity; not watching");
             return null;
         }
         (string fileName, string[] prefix) = Program.Self();
@@ -31,17 +34,26 @@ internal static class AutoUnmountWatcher
         {
             start.ArgumentList.Add(arg);
         }
-        start.ArgumentList.Add(id);
+        start.ArgumentList.Add(identity.Value.ToString());
         start.ArgumentList.Add(mountPoint);
         start.Environment[Program.WatchVariable] = "1";
         start.Environment.Remove(Program.ChildVariable);
         return Process.Start(start);
     }
 
-    /// <summary>Watcher mode: arguments are the mount id and the mount point.</summary>
+    /// <summary>Watcher mode: arguments are the mount identity and the mount point.</summary>
     public static int Run(string[] args)
     {
         if (args.Length != 2)
+        {
+            return 2;
+        }
+        FuseMountIdentity identity;
+        try
+        {
+            identity = FuseMountIdentity.Parse(args[0]);
+        }
+        catch (FormatException)
         {
             return 2;
         }
@@ -60,28 +72,15 @@ internal static class AutoUnmountWatcher
                 // the pipe broke: the mount process is gone
             }
         }
-        if (MountId(args[1]) == args[0])
+        try
         {
-            Native.umount2(args[1], Native.MNT_DETACH);
+            FuseMountIdentity.DetachIfSame(args[1], identity);
+        }
+        catch (IOException)
+        {
+            return 1; // ours, but the kernel refused; nobody is left to tell
         }
         return 0;
-    }
-
-    /// <summary>The id of the topmost FUSE mount on <paramref name="mountPoint"/>, from /proc/self/mountinfo.</summary>
-    internal static string? MountId(string mountPoint)
-    {
-        string? id = null;
-        foreach (string line in File.ReadLines("/proc/self/mountinfo"))
-        {
-            string[] fields = line.Split(' ');
-            int dash = Array.IndexOf(fields, "-");
-            if (fields.Length > 4 && dash > 4 && dash + 1 < fields.Length && Unescape(fields[4]) == mountPoint
-                && fields[dash + 1].StartsWith("fuse", StringComparison.Ordinal))
-            {
-                id = fields[0];
-            }
-        }
-        return id;
     }
 
     /// <summary>mountinfo's octal escapes (<c>\040</c> for a space, ...).</summary>

@@ -5,14 +5,10 @@ namespace BAOverlayFs;
 /// <summary>The few libc calls the program needs beyond what .NET offers.</summary>
 internal static partial class Native
 {
-    public const int MNT_DETACH = 2;
     private const int O_RDWR = 2;
 
     [LibraryImport("libc", EntryPoint = "setsid", SetLastError = true)]
     public static partial int setsid();
-
-    [LibraryImport("libc", EntryPoint = "umount2", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    public static partial int umount2(string target, int flags);
 
     [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int open(string path, int flags);

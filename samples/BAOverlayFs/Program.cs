@@ -16,7 +16,7 @@ internal static class Program
     /// <summary>Marks the re-executed mount process, which reports "ok" on its standard output once mounted.</summary>
     internal const string ChildVariable = "BAOVERLAYFS_CHILD";
 
-    /// <summary>Marks the auto_unmount watcher process (arguments: mount id, mount point).</summary>
+    /// <summary>Marks the auto_unmount watcher process (arguments: mount identity, mount point).</summary>
     internal const string WatchVariable = "BAOVERLAYFS_WATCH";
 
     private const string Usage = """
@@ -300,7 +300,7 @@ internal static class Program
 
         if (line.AutoUnmount)
         {
-            s_watcher = AutoUnmountWatcher.Start(line.MountPoint);
+            s_watcher = AutoUnmountWatcher.Start(session.MountPoint ?? line.MountPoint, session.Identity);
         }
         if (child)
         {

@@ -54,7 +54,7 @@ public sealed record FuseMountOptions
     /// <summary>The most worker threads the multi-threaded loop starts (libfuse 3.12+; ignored before).</summary>
     public int MaxThreads { get; init; } = 10;
 
-    /// <summary>Where the session writes one line per unexpected failure (answered EIO). Default: standard error.</summary>
+    /// <summary>Where the session writes one line per unexpected failure (corruption, a bug, an I/O error; see <see cref="BAOverlay.FileSystem.OverlayException.ErrnoOf"/>). Default: standard error.</summary>
     public Action<string>? Log { get; init; }
 
     /// <summary>The <c>-o</c> option string passed to <c>fuse_session_new</c>.</summary>

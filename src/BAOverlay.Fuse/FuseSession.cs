@@ -11,7 +11,9 @@ namespace BAOverlay.Fuse;
 /// </summary>
 /// <remarks>
 /// <para>The mount is made with the <c>mount(2)</c> system call from this process, on a <c>/dev/fuse</c> descriptor
-/// that is then handed to libfuse as <c>/dev/fd/N</c>; unmounting is <c>umount2(2)</c>. So libfuse never runs
+/// that is then handed to libfuse as <c>/dev/fd/N</c>; unmounting is <c>umount2(2)</c> of this session's own mount,
+/// identified by its device number and mount id (<see cref="Identity"/>), never of whatever the mount point path names
+/// by then (see <see cref="Unmount"/>). So libfuse never runs
 /// <c>fusermount3</c> or <c>/bin/mount</c>, and nothing forks the .NET process. The cost: mounting needs
 /// CAP_SYS_ADMIN over the mount namespace, that is root, or root of a user namespace that owns its mount namespace
 /// (rootless containers; Linux 4.18+), and read-write access to <c>/dev/fuse</c>. An unprivileged mount through
@@ -23,6 +25,11 @@ public sealed unsafe class FuseSession : IDisposable
     private readonly Action<string> _log;
     private readonly ManualResetEventSlim _loopEnded = new(true);
     private readonly object _gate = new();
+
+    /// <summary>Held while <see cref="Unmount"/> uses the /dev/fuse descriptor, and while the session (which closes
+    /// it) is destroyed: the descriptor number is never polled after it was closed and perhaps reused.</summary>
+    private readonly object _unmountGate = new();
+    private int _fd = -1;
     private GCHandle _self;
     private FuseLowLevelOps* _ops;
     private nint _session;
@@ -85,6 +92,11 @@ public sealed unsafe class FuseSession : IDisposable
 
     /// <summary>The mount point, while mounted.</summary>
     public string? MountPoint => _mountPoint;
+
+    /// <summary>Which mount on <see cref="MountPoint"/> is this session's (read right after mount(2)); null before
+    /// <see cref="Mount"/>. An auto-unmount watcher in another process passes it to
+    /// <see cref="FuseMountIdentity.DetachIfSame"/>.</summary>
+    public FuseMountIdentity? Identity { get; private set; }
 
     /// <summary>What the kernel and the session agreed at init (protocol, capabilities, limits), once the kernel has sent it.</summary>
     public FuseConnection? Connection { get; private set; }
@@ -156,6 +168,14 @@ public sealed unsafe class FuseSession : IDisposable
                 }
                 throw new IOException($"mount {target} (type {type}): {why}");
             }
+            // Read at once, before anyone is told the mount exists. Residual window: a file system another process
+            // mounts on the same path between our mount(2) and this statx (microseconds) would be taken for ours.
+            FuseMountIdentity? identity = FuseMountIdentity.Of(target);
+            if (identity is not { DeviceMajor: 0 })
+            {
+                LibC.close(fd); // ends the connection: what is left on the path is a dead mount, which umount -l removes
+                throw new IOException($"mount {target}: the mount point changed while mounting (another mount on top of it?); not serving");
+            }
             byte[] fdPath = Encoding.ASCII.GetBytes($"/dev/fd/{fd}\0");
             int rc;
             fixed (byte* p = fdPath)
@@ -164,10 +184,12 @@ public sealed unsafe class FuseSession : IDisposable
             }
             if (rc != 0)
             {
-                LibC.umount2(target, LibC.MNT_DETACH);
+                FuseMountIdentity.DetachIfSame(target, identity.Value);
                 LibC.close(fd);
                 throw new IOException($"fuse_session_mount /dev/fd/{fd} failed for {target}");
             }
+            _fd = fd;
+            Identity = identity;
             _mountPoint = target;
         }
     }
@@ -281,8 +303,9 @@ public sealed unsafe class FuseSession : IDisposable
     /// <summary>Waits for <see cref="Run"/> to return.</summary>
     public bool WaitForExit(TimeSpan timeout) => _loopEnded.Wait(timeout);
 
-    /// <summary>Asks the loop to stop (<c>fuse_session_exit</c>) and unmounts, which wakes the workers blocked on
-    /// <c>/dev/fuse</c>. Call it from any thread but a request handler.</summary>
+    /// <summary>Asks the loop to stop (<c>fuse_session_exit</c>) and unmounts this session's own mount
+    /// (<see cref="Unmount"/>), which wakes the workers blocked on <c>/dev/fuse</c>; when the mount was detached from
+    /// outside and is still in use, the loop ends at its next request. Call it from any thread but a request handler.</summary>
     public void Exit()
     {
         lock (_gate)
@@ -296,38 +319,57 @@ public sealed unsafe class FuseSession : IDisposable
     }
 
     /// <summary>
-    /// Unmounts (<c>umount2</c>; lazily, with MNT_DETACH, when the mount is busy). The loop ends once the kernel drops
-    /// the connection: at once when nothing holds the mount open. Idempotent.
+    /// Unmounts this session's own mount, and no other: the loop ends once the kernel drops the connection, at once
+    /// when nothing holds the mount open, else when its last user lets go. Idempotent.
+    /// <list type="bullet">
+    /// <item>When the kernel has ended the connection already (<c>/dev/fuse</c> polls POLLERR: unmounted from outside,
+    /// or aborted), nothing is unmounted: the mount is gone, and the path may name someone else's by now.</item>
+    /// <item>Otherwise the mount on the path is unmounted only if it is this session's (<see cref="Identity"/>,
+    /// checked and detached through one <c>O_PATH</c> descriptor: <see cref="FuseMountIdentity.DetachIfSame"/>); the
+    /// detach is lazy (<c>MNT_DETACH</c>), which ends the connection at once when the mount is not busy.</item>
+    /// <item>When the path holds another mount (ours was lazily detached from outside, <c>umount -l</c>, and something
+    /// mounted there since), that mount is left alone and a line is logged: our detached mount is served until its
+    /// last user lets go, or until the loop stops (after <see cref="Exit"/>, at its next request) and the session is
+    /// disposed, which ends the connection (its users then see ENOTCONN).</item>
+    /// </list>
     /// </summary>
-    /// <exception cref="IOException">The unmount failed.</exception>
+    /// <exception cref="IOException">The mount is ours and the kernel refused to unmount it.</exception>
     public void Unmount()
     {
         string? target;
+        FuseMountIdentity? identity;
         lock (_gate)
         {
             target = _mountPoint;
+            identity = Identity;
             _mountPoint = null;
         }
-        if (target is null)
+        if (target is null || identity is null)
         {
             return;
         }
-        if (LibC.umount2(target, 0) != 0)
+        lock (_unmountGate)
         {
-            int errno = Marshal.GetLastPInvokeError();
-            if (errno == 22) // EINVAL: not mounted any more (unmounted from outside)
+            if (_fd < 0 || ConnectionEnded())
             {
                 return;
             }
-            if (LibC.umount2(target, LibC.MNT_DETACH) != 0)
+            // The connection alive after the identity matched means our superblock, and with it its device number,
+            // was alive when the path was opened: the match is not a number reused by a newer mount.
+            if (!FuseMountIdentity.DetachIfStillSame(target, identity.Value, stillOurs: () => !ConnectionEnded()) && !ConnectionEnded())
             {
-                errno = Marshal.GetLastPInvokeError();
-                if (errno != 22)
-                {
-                    throw new IOException($"umount {target}: {Marshal.GetPInvokeErrorMessage(errno)}");
-                }
+                LogLine($"{target}: left mounted: the mount there is not this session's (ours was detached from outside and "
+                    + "something else is mounted there since); our detached mount ends with the session or its last user");
             }
         }
+    }
+
+    /// <summary>True when the kernel has ended this session's connection (the mount is gone or the connection was
+    /// aborted): <c>/dev/fuse</c> then polls POLLERR, as libfuse's own unmount checks.</summary>
+    private bool ConnectionEnded()
+    {
+        var poll = new PollFd { fd = _fd, events = 0 };
+        return LibC.poll(&poll, 1, 0) == 1 && (poll.revents & LibC.POLLERR) != 0;
     }
 
     /// <summary>Unmounts, waits (up to 30 s) for the loop to end, and destroys the session. A session whose loop does
@@ -355,8 +397,12 @@ public sealed unsafe class FuseSession : IDisposable
             LogLine("the FUSE loop did not end after unmount; the session is left allocated");
             return;
         }
-        LibFuse.fuse_session_destroy(_session); // closes the /dev/fuse descriptor
-        _session = 0;
+        lock (_unmountGate)
+        {
+            LibFuse.fuse_session_destroy(_session); // closes the /dev/fuse descriptor
+            _session = 0;
+            _fd = -1;
+        }
         FreeNative();
         _loopEnded.Dispose();
     }

@@ -6,8 +6,9 @@ namespace BAOverlay.Fuse;
 /// <summary>
 /// The requests of libfuse's low-level (inode-based) API, in managed form. A <see cref="FuseSession"/> calls these
 /// from libfuse's worker threads, concurrently; each method either returns the answer, which the session sends back
-/// to the kernel, or throws: an <see cref="OverlayException"/> is answered with its errno, any other exception with
-/// EIO and a log line. Nothing thrown here ever reaches native code.
+/// to the kernel, or throws: the exception is answered with the errno <see cref="OverlayException.ErrnoOf"/> maps it to
+/// (an <see cref="OverlayException"/> with its own, ENOSPC for a full upper file system, ...), and corruption, bugs and
+/// I/O errors also with a log line. Nothing thrown here ever reaches native code.
 /// </summary>
 public interface IFuseLowLevelHandler
 {

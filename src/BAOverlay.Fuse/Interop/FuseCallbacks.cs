@@ -9,8 +9,9 @@ namespace BAOverlay.Fuse.Interop;
 /// <summary>
 /// The <c>struct fuse_lowlevel_ops</c> callbacks: <c>[UnmanagedCallersOnly]</c> entry points that libfuse's worker
 /// threads call. Each finds its <see cref="FuseSession"/> through the GCHandle in the session userdata, calls the
-/// <see cref="IFuseLowLevelHandler"/>, and replies. Every one catches everything: an <see cref="OverlayException"/> is
-/// answered with its errno, anything else with EIO and a log line, so no exception ever unwinds into libfuse.
+/// <see cref="IFuseLowLevelHandler"/>, and replies. Every one catches everything and answers the errno of
+/// <see cref="OverlayException.ErrnoOf"/> (with a log line for corruption, bugs and I/O errors), so no exception ever
+/// unwinds into libfuse.
 /// </summary>
 internal static unsafe class FuseCallbacks
 {
@@ -100,19 +101,18 @@ internal static unsafe class FuseCallbacks
         return context;
     }
 
-    /// <summary>Answers a failed request; never throws.</summary>
+    /// <summary>Answers a failed request with the errno <see cref="OverlayException.ErrnoOf"/> maps the exception to,
+    /// logging the classes that are no POSIX condition of the request (corruption, a bug, an I/O error); never throws.</summary>
     private static void Fail(nint req, Exception e, string operation)
     {
         int errno = EIO;
         try
         {
-            if (e is OverlayException overlay)
+            Errno mapped = OverlayException.ErrnoOf(e, out bool unexpected);
+            errno = NativeConvert.FromErrno(mapped);
+            if (unexpected)
             {
-                errno = NativeConvert.FromErrno(overlay.Errno);
-            }
-            else
-            {
-                SessionOf(req).LogLine($"{operation}: {e.GetType().Name}: {e.Message} (answered EIO){Environment.NewLine}{e.StackTrace}");
+                SessionOf(req).LogLine($"{operation}: {e.GetType().Name}: {e.Message} (answered {mapped}){Environment.NewLine}{e.StackTrace}");
             }
         }
         catch

@@ -23,6 +23,18 @@ internal static unsafe partial class LibC
 
     public const int MNT_DETACH = 2;
 
+    public const int O_PATH = 0x200000;
+    public const int O_DIRECTORY = 0x10000;
+
+    public const int AT_EMPTY_PATH = 0x1000;
+    public const int AT_STATX_DONT_SYNC = 0x4000;
+
+    public const uint STATX_MNT_ID = 0x1000;
+    public const uint STATX_MNT_ID_UNIQUE = 0x4000;
+    public const ulong STATX_ATTR_MOUNT_ROOT = 0x2000;
+
+    public const short POLLERR = 0x8;
+
     /// <summary><c>NS_GET_USERNS</c>, <c>_IO(0xb7, 0x1)</c>: a descriptor of the user namespace that owns a namespace.</summary>
     public const nuint NS_GET_USERNS = 0xb701;
 
@@ -71,6 +83,14 @@ internal static unsafe partial class LibC
     [LibraryImport(Library, EntryPoint = "umount2", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int umount2(string target, int flags);
 
+    // int statx(int dirfd, const char *restrict pathname, int flags, unsigned int mask, struct statx *restrict statxbuf);
+    [LibraryImport(Library, EntryPoint = "statx", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int statx(int dirfd, string pathname, int flags, uint mask, byte* statxbuf);
+
+    // int poll(struct pollfd *fds, nfds_t nfds, int timeout);
+    [LibraryImport(Library, EntryPoint = "poll", SetLastError = true)]
+    public static partial int poll(PollFd* fds, nuint nfds, int timeout);
+
     // int open(const char *pathname, int flags);
     [LibraryImport(Library, EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int open(string pathname, int flags);
@@ -101,4 +121,25 @@ internal static unsafe partial class LibC
         System.Text.Encoding.UTF8.GetBytes(s, bytes);
         return bytes;
     }
+}
+
+/// <summary><c>struct statx</c> (linux/stat.h, the same on every architecture): the fields the binding reads, by offset.</summary>
+internal static class StatxLayout
+{
+    public const int Size = 256;
+    public const int stx_mask = 0;               // __u32
+    public const int stx_attributes = 8;         // __u64
+    public const int stx_attributes_mask = 56;   // __u64
+    public const int stx_dev_major = 136;        // __u32
+    public const int stx_dev_minor = 140;        // __u32
+    public const int stx_mnt_id = 144;           // __u64
+}
+
+/// <summary><c>struct pollfd</c>.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct PollFd
+{
+    public int fd;
+    public short events;
+    public short revents;
 }

@@ -69,16 +69,38 @@ internal abstract class NodeData : IDisposable
         public override ValueTask<int> ReadAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken) =>
             file.ReadAtAsync(buffer, offset, cancellationToken);
 
-        public override void Write(ReadOnlySpan<byte> data, long offset) => file.WriteAt(data, offset);
+        public override void Write(ReadOnlySpan<byte> data, long offset)
+        {
+            CheckWithinLargestSize(offset, data.Length);
+            file.WriteAt(data, offset);
+        }
 
-        public override ValueTask WriteAsync(ReadOnlyMemory<byte> data, long offset, CancellationToken cancellationToken) =>
-            file.WriteAtAsync(data, offset, cancellationToken);
+        public override ValueTask WriteAsync(ReadOnlyMemory<byte> data, long offset, CancellationToken cancellationToken)
+        {
+            CheckWithinLargestSize(offset, data.Length);
+            return file.WriteAtAsync(data, offset, cancellationToken);
+        }
 
-        public override void SetLength(long length) => file.SetLength(length);
+        public override void SetLength(long length)
+        {
+            CheckWithinLargestSize(length, 0);
+            file.SetLength(length);
+        }
 
         public override void Flush() => file.Flush();
 
         public override void PunchHole(long offset, long length) => file.PunchHole(offset, length);
+
+        /// <summary>EFBIG past the largest B-CoW file (the engine's own limit, not the upper file system's), which the
+        /// engine reports as exceptions that carry no errno.</summary>
+        private void CheckWithinLargestSize(long offset, int count)
+        {
+            if (offset > Format.Layout.MaxVirtualSize - count) // not offset + count: that overflows near 2^63
+            {
+                throw new OverlayException(Mono.Unix.Native.Errno.EFBIG,
+                    $"{file.Name}: {offset} + {count} bytes would pass the largest size of a B-CoW file, {Format.Layout.MaxVirtualSize} bytes");
+            }
+        }
 
         public override IEnumerable<(long Offset, long Length)> DataRanges(long offset, long end) =>
             file.GetExtents()

@@ -5,9 +5,13 @@ namespace BAOverlay.FileSystem;
 /// <summary>
 /// An overlay file system operation failed with a POSIX error: a FUSE server replies <c>-Errno</c>, a .NET caller
 /// reads <see cref="Errno"/> and the message (which names the path concerned).
+/// <para><see cref="ErrnoOf"/> is the one mapping from any exception an overlay operation may raise to the POSIX
+/// error a caller of the file system sees; docs/baoverlayfs.md lists it.</para>
 /// </summary>
 public sealed class OverlayException : IOException
 {
+    private const int MaxErrno = 4095;
+
     /// <summary>Makes the exception for <paramref name="errno"/>, with a message naming the path and the problem.</summary>
     public OverlayException(Errno errno, string message)
         : base(message, (int)NativeConvert.FromErrno(errno))
@@ -17,6 +21,65 @@ public sealed class OverlayException : IOException
 
     /// <summary>The POSIX error.</summary>
     public Errno Errno { get; }
+
+    /// <summary>
+    /// The POSIX error to answer for <paramref name="exception"/>, raised by an overlay operation (the library, the
+    /// engine under it, or .NET's file APIs):
+    /// <list type="bullet">
+    /// <item><see cref="OverlayException"/>: its <see cref="Errno"/>.</item>
+    /// <item>An <see cref="IOException"/> whose <see cref="Exception.HResult"/> is an errno (on Linux .NET raises
+    /// those with the errno of the failed system call, for ENOSPC, EDQUOT, EFBIG, EIO, ...): that errno.</item>
+    /// <item><see cref="ArgumentOutOfRangeException"/> for a size or an offset (what .NET raises for EFBIG, and the
+    /// engine for a size past the largest B-CoW file): EFBIG, or EINVAL when the value is negative or zero.</item>
+    /// <item><see cref="FileNotFoundException"/>, <see cref="DirectoryNotFoundException"/>: ENOENT;
+    /// <see cref="UnauthorizedAccessException"/>: EACCES; <see cref="PathTooLongException"/>: ENAMETOOLONG.</item>
+    /// <item><see cref="BCowFormatException"/> (corruption): EIO; <see cref="ObjectDisposedException"/> (a handle used
+    /// after release): EBADF; <see cref="OutOfMemoryException"/>: ENOMEM; anything else, an <see cref="IOException"/>
+    /// without an errno included: EIO.</item>
+    /// </list>
+    /// </summary>
+    /// <param name="exception">What the operation threw.</param>
+    /// <param name="unexpected">True for the classes that are no POSIX condition of the request (corruption, a bug, an
+    /// I/O error): the caller should log the exception, since the errno alone does not say what went wrong.</param>
+    public static Errno ErrnoOf(Exception exception, out bool unexpected)
+    {
+        ArgumentNullException.ThrowIfNull(exception);
+        unexpected = false;
+        switch (exception)
+        {
+            case OverlayException overlay:
+                return overlay.Errno;
+            case BCowFormatException:
+                unexpected = true;
+                return Errno.EIO;
+            case FileNotFoundException or DirectoryNotFoundException:
+                return Errno.ENOENT;
+            case PathTooLongException:
+                return Errno.ENAMETOOLONG;
+            case IOException io when io.HResult is > 0 and <= MaxErrno:
+                Errno errno = NativeConvert.ToErrno(io.HResult);
+                unexpected = errno == Errno.EIO;
+                return errno;
+            case ArgumentOutOfRangeException range when IsSizeOrOffset(range.ParamName):
+                return range.ActualValue is long and <= 0 or int and <= 0 ? Errno.EINVAL : Errno.EFBIG;
+            case UnauthorizedAccessException:
+                return Errno.EACCES;
+            case ObjectDisposedException:
+                unexpected = true;
+                return Errno.EBADF;
+            case OutOfMemoryException:
+                unexpected = true;
+                return Errno.ENOMEM;
+            default:
+                unexpected = true;
+                return Errno.EIO;
+        }
+    }
+
+    /// <summary>The parameter names the engine and .NET's file APIs give a size or offset out of range (.NET's
+    /// SetLength/ftruncate EFBIG is <c>value</c>); an index out of range elsewhere is a bug, answered EIO.</summary>
+    private static bool IsSizeOrOffset(string? name) =>
+        name is "length" or "offset" or "size" or "value" or "fileOffset" or "position";
 
     internal static OverlayException FromLastError(string what, string path)
     {

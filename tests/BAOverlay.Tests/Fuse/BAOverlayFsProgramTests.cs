@@ -296,6 +296,101 @@ public sealed class BAOverlayFsProgramTests
     }
 
     [Test]
+    public void SigtermAfterALazyUnmountLeavesTheFileSystemMountedThereSinceAlone()
+    {
+        RequireFuse();
+        using var fixture = new OverlayFixture(lowers: 1);
+        OverlayFixture.WriteFile(Path.Combine(fixture.Lowers[0], "f"), "f");
+        string mnt = MountPoint(fixture);
+        ScratchFileSystem? tmpfs = null;
+        try
+        {
+            Assert.That(Run(["-o", Label(fixture), mnt]).ExitCode, Is.Zero);
+            int pid = ProgramPids(mnt).Single();
+            using (var held = new FileStream(Path.Combine(mnt, "f"), FileMode.Open, FileAccess.Read))
+            {
+                // held open: the detached mount stays in use, so the process lives on after umount -l
+                Assert.That(Exec("umount", ["-l", mnt]).ExitCode, Is.Zero);
+                tmpfs = ScratchFileSystem.Tmpfs(mnt, "1m");
+                File.WriteAllText(Path.Combine(mnt, "marker"), "someone else's");
+                Assert.That(Syscall.kill(pid, Signum.SIGTERM), Is.Zero);
+                Thread.Sleep(1000); // time to unmount the wrong file system, if it were going to
+                Assert.That(File.Exists(Path.Combine(mnt, "marker")), Is.True, "the tmpfs mounted since is still there after SIGTERM");
+            }
+            Assert.That(WaitFor(() => !Directory.Exists($"/proc/{pid}")), Is.True, "the process exits (at the latest once the detached mount's last user lets go)");
+            Assert.That(File.ReadAllText(Path.Combine(mnt, "marker")), Is.EqualTo("someone else's"), "and the tmpfs is still there");
+        }
+        finally
+        {
+            tmpfs?.Dispose();
+            Cleanup(mnt);
+        }
+    }
+
+    [Test]
+    public void ExitingAfterUmountLeavesTheFileSystemMountedThereSinceAlone()
+    {
+        RequireFuse();
+        using var fixture = new OverlayFixture(lowers: 1);
+        string mnt = MountPoint(fixture);
+        try
+        {
+            for (int round = 0; round < 10; round++)
+            {
+                Assert.That(Run(["-o", Label(fixture), mnt]).ExitCode, Is.Zero);
+                int pid = ProgramPids(mnt).Single();
+                Assert.That(ScratchFileSystem.UnmountNow(mnt), Is.Zero, "umount");
+                // at once, while the process is still on its way out
+                using ScratchFileSystem tmpfs = ScratchFileSystem.Tmpfs(mnt, "1m");
+                File.WriteAllText(Path.Combine(mnt, "marker"), "someone else's");
+                Assert.That(WaitFor(() => !Directory.Exists($"/proc/{pid}")), Is.True, "umount ends the process");
+                Assert.That(File.Exists(Path.Combine(mnt, "marker")), Is.True, $"round {round}: the exiting process left the tmpfs mounted since alone");
+            }
+        }
+        finally
+        {
+            Cleanup(mnt);
+        }
+    }
+
+    [Test]
+    public void TheAutoUnmountWatcherLeavesAnotherFuseMountAlone()
+    {
+        RequireFuse();
+        using var fixture = new OverlayFixture(lowers: 1);
+        OverlayFixture.WriteFile(Path.Combine(fixture.Lowers[0], "f"), "first");
+        string mnt = MountPoint(fixture);
+        using var second = new OverlayFixture(lowers: 1);
+        OverlayFixture.WriteFile(Path.Combine(second.Lowers[0], "f"), "second");
+        int watcher = 0;
+        try
+        {
+            Assert.That(Run(["-o", Label(fixture) + ",auto_unmount", mnt]).ExitCode, Is.Zero);
+            int[] pids = ProgramPids(mnt);
+            Assert.That(pids, Has.Length.EqualTo(2), "the mount process and its watcher");
+            watcher = pids.Single(p => File.ReadAllText($"/proc/{p}/environ").Contains(Program.WatchVariable + "=1", StringComparison.Ordinal));
+            int mount = pids.Single(p => p != watcher);
+            // The watcher is held still while the first mount goes and a second baoverlayfs mounts on the same path
+            // (the kernel may give it the first one's mount id and connection number again).
+            Assert.That(Syscall.kill(watcher, Signum.SIGSTOP), Is.Zero);
+            Assert.That(Exec("umount", [mnt]).ExitCode, Is.Zero);
+            Assert.That(WaitFor(() => !Directory.Exists($"/proc/{mount}")), Is.True);
+            Assert.That(Run(["-o", Label(second), mnt]).ExitCode, Is.Zero);
+            Assert.That(Syscall.kill(watcher, Signum.SIGCONT), Is.Zero);
+            Assert.That(WaitFor(() => !Directory.Exists($"/proc/{watcher}")), Is.True, "the watcher exits");
+            Assert.That(File.ReadAllText(Path.Combine(mnt, "f")), Is.EqualTo("second"), "the second mount is still there");
+        }
+        finally
+        {
+            if (watcher != 0)
+            {
+                Syscall.kill(watcher, Signum.SIGCONT);
+            }
+            Cleanup(mnt);
+        }
+    }
+
+    [Test]
     public void ContainersStorageArgvMountsTheLayersInOrder()
     {
         RequireFuse();
