@@ -104,6 +104,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
     /// <summary>Creates a B-CoW file at <paramref name="path"/> and opens it for writing.</summary>
     /// <exception cref="ArgumentException">Bad options (block size not a power of two in 4 KiB..1 MiB, no size without a lower file).</exception>
     /// <exception cref="IOException">The file exists (and <see cref="BCowCreateOptions.Overwrite"/> is false) or cannot be written, or the lower file cannot be read.</exception>
+    /// <exception cref="BCowFileInUseException">With <see cref="BCowCreateOptions.Overwrite"/>: the file to replace is open in another process (it is left as it is).</exception>
     public static BCowFile Create(string path, BCowCreateOptions? options = null) => CreateCore(path, options, open: true)!;
 
     /// <summary>Creates the file durably (one flush) without opening it: what an atomic copy-up needs before its rename.</summary>
@@ -132,7 +133,9 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         {
             // Validate before the file is created or truncated: bad options must not cost an existing file.
             ValidateCreateOptions(path, options, lower?.Length);
-            upper = new FileStorage(path, options.Overwrite ? FileMode.Create : FileMode.CreateNew, FileAccess.ReadWrite);
+            // OpenOrCreate, not Create: an existing file is emptied (by CreateCore) only once this open holds its lock,
+            // so replacing a file another process has open is refused instead of pulling it from under that process.
+            upper = new FileStorage(path, options.Overwrite ? FileMode.OpenOrCreate : FileMode.CreateNew, FileAccess.ReadWrite, FileLockMode.Exclusive);
         }
         catch (IOException e) when (File.Exists(path) && !options.Overwrite)
         {
@@ -245,11 +248,18 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
 
     /// <summary>Opens the B-CoW file at <paramref name="path"/> and the lower file its header names.</summary>
     /// <exception cref="BCowFormatException">Not a usable B-CoW file, or its lower file changed; the message says why.</exception>
+    /// <exception cref="BCowFileInUseException">Another process has the file open for writing, or (for a writable open) open at all;
+    /// see <see cref="BCowOpenOptions.ForceShare"/>. The lock taken here is held until the file is disposed.</exception>
     /// <exception cref="IOException">A file cannot be opened or read.</exception>
     public static BCowFile Open(string path, BCowOpenOptions? options = null)
     {
         options ??= new BCowOpenOptions();
-        var upper = new FileStorage(path, FileMode.Open, options.ReadOnly ? FileAccess.Read : FileAccess.ReadWrite);
+        if (options.ForceShare && !options.ReadOnly)
+        {
+            throw new ArgumentException($"{path}: {nameof(BCowOpenOptions.ForceShare)} is only for read-only opens: a writer must hold the lock");
+        }
+        var upper = new FileStorage(path, FileMode.Open, options.ReadOnly ? FileAccess.Read : FileAccess.ReadWrite,
+            options.ForceShare ? FileLockMode.None : options.ReadOnly ? FileLockMode.Shared : FileLockMode.Exclusive);
         FileStorage? lower = null;
         try
         {
@@ -1501,6 +1511,25 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
                 _upper.Dispose();
                 _lower?.Dispose();
             }
+        }
+    }
+
+    /// <summary>
+    /// What a killed process leaves, for crash tests in one process: the copier stopped, the files closed without a
+    /// commit. Closing the descriptors drops the lock as the kernel drops a killed process's, so a fresh open in the
+    /// same process is not refused as a second writer.
+    /// </summary>
+    internal void CloseWithoutCommit()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+        _copier?.StopAsync().GetAwaiter().GetResult();
+        if (_ownsStorage)
+        {
+            _upper.Dispose();
+            _lower?.Dispose();
         }
     }
 
