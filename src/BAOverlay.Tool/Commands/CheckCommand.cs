@@ -55,7 +55,7 @@ internal sealed class CheckCommand : ICommand
         if (result.Failure is not null)
         {
             // The checker reports the framework's wording for a missing file; say it the way every other verb does.
-            Exception problem = File.Exists(path) ? new IOException(result.Failure) : new FileNotFoundException($"Could not find file '{path}'.");
+            Exception problem = Path.Exists(path) ? new IOException(result.Failure) : new FileNotFoundException($"Could not find file '{path}'.");
             context.Error.WriteLine($"bcow: {ErrorMessages.Describe(problem, path)}");
             return result.ExitCode;
         }

@@ -39,7 +39,7 @@ public static class BCowChecker
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            return new BCowCheckResult { Failure = $"{path}: {e.Message}" };
+            return new BCowCheckResult { Failure = e.Message.StartsWith(path + ":", StringComparison.Ordinal) ? e.Message : $"{path}: {e.Message}" };
         }
         using (storage)
         {

@@ -34,7 +34,15 @@ public sealed class FileStorage : IBlockStorage
         }
         Name = path;
         CanWrite = (access & FileAccess.Write) != 0;
-        _handle = File.OpenHandle(path, mode, access, CanWrite ? FileShare.Read : FileShare.ReadWrite);
+        try
+        {
+            _handle = File.OpenHandle(path, mode, access, CanWrite ? FileShare.Read : FileShare.ReadWrite);
+        }
+        catch (Exception e) when (e is UnauthorizedAccessException or IOException && Directory.Exists(path))
+        {
+            // .NET reports EISDIR as "Access to the path is denied" (or, creating, "already exists"): say what it is.
+            throw new IOException($"{path}: Is a directory", e);
+        }
         _ownsHandle = true;
         try
         {
