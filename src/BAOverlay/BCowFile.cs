@@ -124,6 +124,15 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
                 throw new ArgumentException($"{path}: a B-CoW file cannot be its own lower file.");
             }
             lower = OpenLowerFile(lowerFull);
+            try
+            {
+                RefuseBCowLower(path, lower);
+            }
+            catch
+            {
+                lower.Dispose();
+                throw;
+            }
             storedLowerPath = Path.IsPathRooted(options.LowerPath)
                 ? lowerFull
                 : Path.GetRelativePath(Path.GetDirectoryName(fullPath)!, lowerFull);
@@ -181,6 +190,10 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         try
         {
             long virtualSize = ValidateCreateOptions(upper.Name, options, lower?.Length);
+            if (lower is not null)
+            {
+                RefuseBCowLower(upper.Name, lower);
+            }
             int log2 = BitOperations.Log2((uint)options.BlockSize);
             var map = new BlockMap(log2, Layout.RootEntryCount(virtualSize, log2));
             var allocator = new SpaceAllocator(options.BlockSize, Layout.DataStart);
@@ -305,6 +318,10 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
                 {
                     throw new BCowFormatException(upper.Name, $"needs its lower file ({(header.LowerPath.Length == 0 ? "no path recorded" : header.LowerPath)})");
                 }
+                if (lower is not null)
+                {
+                    RefuseBCowLower(upper.Name, lower);
+                }
                 if (lower is not null && !options.SkipLowerCheck)
                 {
                     CheckLowerIdentity(upper.Name, header, lower);
@@ -400,6 +417,24 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         catch (FileNotFoundException e)
         {
             throw new FileNotFoundException($"{path}: lower file not found", path, e);
+        }
+    }
+
+    /// <summary>
+    /// Refuses a lower file that is itself a B-CoW file: read as raw bytes it would merge its headers and map into the
+    /// virtual file. Backing chains (a B-CoW lower read through its own map) are a later format step. Detected by the
+    /// magic at the start of either header slot: a file just created has only slot 1 written (generation 1 goes to
+    /// slot 1 mod 2), slot 0 is still zeros.
+    /// </summary>
+    private static void RefuseBCowLower(string upperName, IBlockStorage lower)
+    {
+        Span<byte> magic = stackalloc byte[BCowHeader.Magic.Length];
+        for (int slot = 0; slot < Layout.HeaderSlotCount; slot++)
+        {
+            if (lower.ReadAt(magic, (long)slot * Layout.HeaderSlotSize) == magic.Length && magic.SequenceEqual(BCowHeader.Magic))
+            {
+                throw new BCowFormatException(upperName, $"the lower file {lower.Name} is itself a B-CoW file; backing chains are not supported");
+            }
         }
     }
 
