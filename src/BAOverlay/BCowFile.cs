@@ -471,6 +471,35 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Gives the free space at the end of the file back to the file system, after the closing durable commit: every
+    /// free range there is unreferenced by that header (the last one) and reads as zeros, so cutting it changes nothing
+    /// a reader of any header sees. Done at close, with no caller left: a concurrent reader could otherwise be reading
+    /// a block just freed there (it would retry, but a read past the end is reported as a truncated file). The next
+    /// writable open cuts after the last referenced byte as well.
+    /// </summary>
+    private void TrimTail()
+    {
+        try
+        {
+            lock (_extendLock)
+            {
+                _allocator.TrimTail(end =>
+                {
+                    if (_upper.Length > end)
+                    {
+                        _upper.SetLength(end);
+                    }
+                    Volatile.Write(ref _upperExtent, Math.Min(Volatile.Read(ref _upperExtent), end));
+                });
+            }
+        }
+        catch (IOException)
+        {
+            // Only space is lost; the next writable open cuts the tail again.
+        }
+    }
+
     private void PrepareForWriting(List<(long Offset, long Length)> gaps)
     {
         // Space no entry references is free, and free space must read as zeros: cut what a crash left after the
@@ -1052,7 +1081,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         catch when (allocated != 0)
         {
             // Never referenced; may hold part of the failed write, so it is punched before reuse.
-            _allocator.FreeAfterCommit(allocated, _blockSize);
+            FreeBlock(allocated);
             throw;
         }
         finally
@@ -1260,7 +1289,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
             // released by a commit whose snapshot still references it.
             if (entry.IsAllocated)
             {
-                _allocator.FreeAfterCommit(entry.Offset, _blockSize);
+                FreeBlock(entry.Offset);
             }
         }
         finally
@@ -1298,11 +1327,11 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
                 try
                 {
                     BlockEntry entry = _map.Get(block);
+                    _map.Set(block, BlockEntry.Lower);
                     if (entry.IsAllocated)
                     {
-                        _allocator.FreeAfterCommit(entry.Offset, _blockSize);
+                        FreeBlock(entry.Offset); // after the entry stops referencing it, as in PunchHole
                     }
-                    _map.Set(block, BlockEntry.Lower);
                 }
                 finally
                 {
@@ -1352,17 +1381,42 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
             await WriteUpperAsync(buffer.AsMemory(0, _blockSize), allocated, useAsync, cancellationToken).ConfigureAwait(false);
             _map.Set(block, new BlockEntry((entry.Descriptor & 0xFFF) | (ulong)allocated, entry.Bitmap));
             allocated = 0;
-            _allocator.FreeAfterCommit(entry.Offset, _blockSize);
+            FreeBlock(entry.Offset);
         }
         catch when (allocated != 0)
         {
-            _allocator.FreeAfterCommit(allocated, _blockSize);
+            FreeBlock(allocated);
             throw;
         }
         finally
         {
             ArrayPool<byte>.Shared.Return(buffer);
             stripe.Exit();
+        }
+    }
+
+    /// <summary>
+    /// Frees a data block the map has just stopped referencing (the caller holds its block's lock). A block allocated
+    /// since the last commit's snapshot is in no header, durable or not: it is punched (free space reads as zeros) and
+    /// reusable at once, so rewriting without flushes reuses the same space instead of growing the file by it every
+    /// time. Any other block may be referenced by the durable header: it waits in the pending list for the next
+    /// durable commit (free only what no durable header references).
+    /// </summary>
+    private void FreeBlock(long offset)
+    {
+        if (!_allocator.TakeFresh(offset))
+        {
+            _allocator.FreeAfterCommit(offset, _blockSize);
+            return;
+        }
+        try
+        {
+            _upper.PunchHole(offset, _blockSize);
+            _allocator.AddFree(offset, _blockSize);
+        }
+        catch (IOException)
+        {
+            // Left as a leak (never reused unpunched): reclaimed at the next writable open.
         }
     }
 
@@ -1537,6 +1591,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
                 // Durable: only a durable header lets the space its commit supersedes be freed, so the file is left
                 // clean (check finds no leak), not just consistent.
                 await CommitAsync(dirty: false, durable: true, useAsync, CancellationToken.None).ConfigureAwait(false);
+                TrimTail();
             }
         }
         finally
