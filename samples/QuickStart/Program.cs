@@ -35,6 +35,13 @@ if (size < 1 << 20)
 
 // Everything lives in one temp folder, removed at the end, on failure and on Ctrl+C.
 string dir = Path.Combine(parent ?? Path.GetTempPath(), $"baoverlay-quickstart-{Environment.ProcessId}");
+// The lower file and its whole-file copy take the size twice (2 GiB by default); the B-CoW file a few hundred KiB.
+long needed = 2 * size + (16L << 20);
+if (FreeSpace(parent ?? Path.GetTempPath()) is { } free && free < needed)
+{
+    Console.Error.WriteLine(NoSpace(parent ?? Path.GetTempPath(), needed, free));
+    return 1;
+}
 Directory.CreateDirectory(dir);
 using var cancel = new CancellationTokenSource();
 Console.CancelKeyPress += (_, e) =>
@@ -132,6 +139,12 @@ catch (OperationCanceledException)
     Console.Error.WriteLine("\nCancelled.");
     return 130;
 }
+catch (IOException e) when (IsNoSpace(e))
+{
+    // Something else filled the disk meanwhile (the check above passed): one line, not a stack trace.
+    Console.Error.WriteLine(NoSpace(parent ?? Path.GetTempPath(), needed, FreeSpace(parent ?? Path.GetTempPath())));
+    return 1;
+}
 finally
 {
     try
@@ -143,6 +156,18 @@ finally
         Console.Error.WriteLine($"could not remove {dir}: {e.Message}");
     }
 }
+
+static long? FreeSpace(string folder) =>
+    Syscall.statvfs(folder, out Statvfs st) == 0 ? (long)(st.f_bavail * st.f_frsize) : null;
+
+static string NoSpace(string folder, long needed, long? free) =>
+    $"QuickStart: not enough free space in {folder}: the demo needs about {FormatBytes(needed)}" +
+    (free is { } f ? $", {FormatBytes(f)} is free" : "") + " (use --dir FOLDER on a bigger disk, or a smaller --size)";
+
+// ENOSPC: .NET reports it with the errno as HResult, or (preallocating) as "the disk was full".
+static bool IsNoSpace(IOException e) =>
+    e.HResult == 28 || (e.HResult & 0xFFFF) == 0x70 || e.Message.Contains("disk was full", StringComparison.OrdinalIgnoreCase) ||
+    e.Message.Contains("No space left", StringComparison.OrdinalIgnoreCase);
 
 // Real data (a sparse file would make the whole-file copy unfairly cheap): one random MiB, stamped with its index so
 // no two MiB are equal, written over and over; then fsync, so its write-back does not land in our measurements.

@@ -104,6 +104,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
     /// <summary>Creates a B-CoW file at <paramref name="path"/> and opens it for writing.</summary>
     /// <exception cref="ArgumentException">Bad options (block size not a power of two in 4 KiB..1 MiB, no size without a lower file).</exception>
     /// <exception cref="IOException">The file exists (and <see cref="BCowCreateOptions.Overwrite"/> is false) or cannot be written, or the lower file cannot be read.</exception>
+    /// <exception cref="BCowFileInUseException">With <see cref="BCowCreateOptions.Overwrite"/>: the file to replace is open in another process (it is left as it is).</exception>
     public static BCowFile Create(string path, BCowCreateOptions? options = null) => CreateCore(path, options, open: true)!;
 
     /// <summary>Creates the file durably (one flush) without opening it: what an atomic copy-up needs before its rename.</summary>
@@ -128,6 +129,15 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
                 throw new ArgumentException($"{path}: a B-CoW file cannot be its own lower file.");
             }
             lower = OpenLowerFile(lowerFull);
+            try
+            {
+                RefuseBCowLower(path, lower);
+            }
+            catch
+            {
+                lower.Dispose();
+                throw;
+            }
             storedLowerPath = Path.IsPathRooted(options.LowerPath)
                 ? lowerFull
                 : Path.GetRelativePath(Path.GetDirectoryName(fullPath)!, lowerFull);
@@ -137,7 +147,9 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         {
             // Validate before the file is created or truncated: bad options must not cost an existing file.
             ValidateCreateOptions(path, options, lower?.Length);
-            upper = new FileStorage(path, options.Overwrite ? FileMode.Create : FileMode.CreateNew, FileAccess.ReadWrite);
+            // OpenOrCreate, not Create: an existing file is emptied (by CreateCore) only once this open holds its lock,
+            // so replacing a file another process has open is refused instead of pulling it from under that process.
+            upper = new FileStorage(path, options.Overwrite ? FileMode.OpenOrCreate : FileMode.CreateNew, FileAccess.ReadWrite, FileLockMode.Exclusive);
         }
         catch (IOException e) when (File.Exists(path) && !options.Overwrite)
         {
@@ -183,6 +195,10 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         try
         {
             long virtualSize = ValidateCreateOptions(upper.Name, options, lower?.Length);
+            if (lower is not null)
+            {
+                RefuseBCowLower(upper.Name, lower);
+            }
             int log2 = BitOperations.Log2((uint)options.BlockSize);
             var map = new BlockMap(log2, Layout.RootEntryCount(virtualSize, log2));
             var allocator = new SpaceAllocator(options.BlockSize, Layout.DataStart);
@@ -250,11 +266,18 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
 
     /// <summary>Opens the B-CoW file at <paramref name="path"/> and the lower file its header names.</summary>
     /// <exception cref="BCowFormatException">Not a usable B-CoW file, or its lower file changed; the message says why.</exception>
+    /// <exception cref="BCowFileInUseException">Another process has the file open for writing, or (for a writable open) open at all;
+    /// see <see cref="BCowOpenOptions.ForceShare"/>. The lock taken here is held until the file is disposed.</exception>
     /// <exception cref="IOException">A file cannot be opened or read.</exception>
     public static BCowFile Open(string path, BCowOpenOptions? options = null)
     {
         options ??= new BCowOpenOptions();
-        var upper = new FileStorage(path, FileMode.Open, options.ReadOnly ? FileAccess.Read : FileAccess.ReadWrite);
+        if (options.ForceShare && !options.ReadOnly)
+        {
+            throw new ArgumentException($"{path}: {nameof(BCowOpenOptions.ForceShare)} is only for read-only opens: a writer must hold the lock");
+        }
+        var upper = new FileStorage(path, FileMode.Open, options.ReadOnly ? FileAccess.Read : FileAccess.ReadWrite,
+            options.ForceShare ? FileLockMode.None : options.ReadOnly ? FileLockMode.Shared : FileLockMode.Exclusive);
         FileStorage? lower = null;
         try
         {
@@ -299,6 +322,10 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
                 if (lower is null && !options.WithoutLower)
                 {
                     throw new BCowFormatException(upper.Name, $"needs its lower file ({(header.LowerPath.Length == 0 ? "no path recorded" : header.LowerPath)})");
+                }
+                if (lower is not null)
+                {
+                    RefuseBCowLower(upper.Name, lower);
                 }
                 if (lower is not null && !options.SkipLowerCheck)
                 {
@@ -398,6 +425,24 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Refuses a lower file that is itself a B-CoW file: read as raw bytes it would merge its headers and map into the
+    /// virtual file. Backing chains (a B-CoW lower read through its own map) are a later format step. Detected by the
+    /// magic at the start of either header slot: a file just created has only slot 1 written (generation 1 goes to
+    /// slot 1 mod 2), slot 0 is still zeros.
+    /// </summary>
+    private static void RefuseBCowLower(string upperName, IBlockStorage lower)
+    {
+        Span<byte> magic = stackalloc byte[BCowHeader.Magic.Length];
+        for (int slot = 0; slot < Layout.HeaderSlotCount; slot++)
+        {
+            if (lower.ReadAt(magic, (long)slot * Layout.HeaderSlotSize) == magic.Length && magic.SequenceEqual(BCowHeader.Magic))
+            {
+                throw new BCowFormatException(upperName, $"the lower file {lower.Name} is itself a B-CoW file; backing chains are not supported");
+            }
+        }
+    }
+
     internal static LowerIdentity IdentityOf(IBlockStorage lower)
     {
         long size = lower.Length;
@@ -428,6 +473,35 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         if (change is not null)
         {
             throw new BCowFormatException(name, $"lower file {lower.Name} changed since this B-CoW file was made: {change}; refusing to merge a changed lower file");
+        }
+    }
+
+    /// <summary>
+    /// Gives the free space at the end of the file back to the file system, after the closing durable commit: every
+    /// free range there is unreferenced by that header (the last one) and reads as zeros, so cutting it changes nothing
+    /// a reader of any header sees. Done at close, with no caller left: a concurrent reader could otherwise be reading
+    /// a block just freed there (it would retry, but a read past the end is reported as a truncated file). The next
+    /// writable open cuts after the last referenced byte as well.
+    /// </summary>
+    private void TrimTail()
+    {
+        try
+        {
+            lock (_extendLock)
+            {
+                _allocator.TrimTail(end =>
+                {
+                    if (_upper.Length > end)
+                    {
+                        _upper.SetLength(end);
+                    }
+                    Volatile.Write(ref _upperExtent, Math.Min(Volatile.Read(ref _upperExtent), end));
+                });
+            }
+        }
+        catch (IOException)
+        {
+            // Only space is lost; the next writable open cuts the tail again.
         }
     }
 
@@ -1012,7 +1086,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         catch when (allocated != 0)
         {
             // Never referenced; may hold part of the failed write, so it is punched before reuse.
-            _allocator.FreeAfterCommit(allocated, _blockSize);
+            FreeBlock(allocated);
             throw;
         }
         finally
@@ -1220,7 +1294,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
             // released by a commit whose snapshot still references it.
             if (entry.IsAllocated)
             {
-                _allocator.FreeAfterCommit(entry.Offset, _blockSize);
+                FreeBlock(entry.Offset);
             }
         }
         finally
@@ -1258,11 +1332,11 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
                 try
                 {
                     BlockEntry entry = _map.Get(block);
+                    _map.Set(block, BlockEntry.Lower);
                     if (entry.IsAllocated)
                     {
-                        _allocator.FreeAfterCommit(entry.Offset, _blockSize);
+                        FreeBlock(entry.Offset); // after the entry stops referencing it, as in PunchHole
                     }
-                    _map.Set(block, BlockEntry.Lower);
                 }
                 finally
                 {
@@ -1312,17 +1386,42 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
             await WriteUpperAsync(buffer.AsMemory(0, _blockSize), allocated, useAsync, cancellationToken).ConfigureAwait(false);
             _map.Set(block, new BlockEntry((entry.Descriptor & 0xFFF) | (ulong)allocated, entry.Bitmap));
             allocated = 0;
-            _allocator.FreeAfterCommit(entry.Offset, _blockSize);
+            FreeBlock(entry.Offset);
         }
         catch when (allocated != 0)
         {
-            _allocator.FreeAfterCommit(allocated, _blockSize);
+            FreeBlock(allocated);
             throw;
         }
         finally
         {
             ArrayPool<byte>.Shared.Return(buffer);
             stripe.Exit();
+        }
+    }
+
+    /// <summary>
+    /// Frees a data block the map has just stopped referencing (the caller holds its block's lock). A block allocated
+    /// since the last commit's snapshot is in no header, durable or not: it is punched (free space reads as zeros) and
+    /// reusable at once, so rewriting without flushes reuses the same space instead of growing the file by it every
+    /// time. Any other block may be referenced by the durable header: it waits in the pending list for the next
+    /// durable commit (free only what no durable header references).
+    /// </summary>
+    private void FreeBlock(long offset)
+    {
+        if (!_allocator.TakeFresh(offset))
+        {
+            _allocator.FreeAfterCommit(offset, _blockSize);
+            return;
+        }
+        try
+        {
+            _upper.PunchHole(offset, _blockSize);
+            _allocator.AddFree(offset, _blockSize);
+        }
+        catch (IOException)
+        {
+            // Left as a leak (never reused unpunched): reclaimed at the next writable open.
         }
     }
 
@@ -1497,6 +1596,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
                 // Durable: only a durable header lets the space its commit supersedes be freed, so the file is left
                 // clean (check finds no leak), not just consistent.
                 await CommitAsync(dirty: false, durable: true, useAsync, CancellationToken.None).ConfigureAwait(false);
+                TrimTail();
             }
         }
         finally
@@ -1506,6 +1606,25 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
                 _upper.Dispose();
                 _lower?.Dispose();
             }
+        }
+    }
+
+    /// <summary>
+    /// What a killed process leaves, for crash tests in one process: the copier stopped, the files closed without a
+    /// commit. Closing the descriptors drops the lock as the kernel drops a killed process's, so a fresh open in the
+    /// same process is not refused as a second writer.
+    /// </summary>
+    internal void CloseWithoutCommit()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+        _copier?.StopAsync().GetAwaiter().GetResult();
+        if (_ownsStorage)
+        {
+            _upper.Dispose();
+            _lower?.Dispose();
         }
     }
 

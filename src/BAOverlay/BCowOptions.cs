@@ -66,4 +66,13 @@ public sealed record BCowOpenOptions
 
     /// <summary>Open without the lower file at all (blocks still in lower then fail to read). For inspection tools.</summary>
     public bool WithoutLower { get; init; }
+
+    /// <summary>
+    /// Open without taking the lock that keeps a file from being used by two processes at once (as qemu's
+    /// <c>force-share</c>): the file opens even while another process writes it. Only with <see cref="ReadOnly"/>, and
+    /// only for inspection: what is read then may be inconsistent (a map half-committed, data not yet written). Without
+    /// it, an open for reading takes a shared lock and an open for writing an exclusive one, and a conflicting open
+    /// raises <see cref="BCowFileInUseException"/>.
+    /// </summary>
+    public bool ForceShare { get; init; }
 }

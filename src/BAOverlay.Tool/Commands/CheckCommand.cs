@@ -11,17 +11,22 @@ internal sealed class CheckCommand : ICommand
 
     public string Summary => "check a B-CoW file for corruption and leaked space; --repair reclaims leaks";
 
-    public string Synopsis => "check [--repair] FILE";
+    public string Synopsis => "check [--repair | -U] FILE";
 
-    public string Help => """
+    public string Help => $$"""
         Checks FILE as qemu-img check checks an image: both header slots, the root table,
         every map page and entry (checksums, states, ranges, overlaps), and space that
         holds data but is referenced by nothing (leaks, left by a crash). The lower file
         is not needed.
 
+        A file another process has open for writing is not checked (its uncommitted
+        blocks would look like leaks): exit 1, "in use". --repair also needs FILE
+        not to be open anywhere else.
+
         Options:
           -r, --repair   reclaim leaked space and clear the dirty flag, then check again.
                          Only leaks are repaired; a corrupt file is left as it is.
+        {{ForceShare.HelpLine}}
 
         Exit status, as qemu-img check:
           0  no errors (or every leak was repaired)
@@ -30,13 +35,18 @@ internal sealed class CheckCommand : ICommand
           3  leaks found, no corruption
         """;
 
-    public IReadOnlyList<OptionSpec> Options { get; } = [OptionSpec.Flag("-r", "--repair")];
+    public IReadOnlyList<OptionSpec> Options { get; } = [OptionSpec.Flag("-r", "--repair"), ForceShare.Option];
 
     public int Run(ParsedArguments args, CommandContext context)
     {
         Operands.Expect(args, "FILE");
         string path = args.Operands[0];
-        BCowCheckResult result = BCowChecker.Check(path, repair: args.Has("-r"));
+        bool forceShare = ForceShare.Requested(args);
+        if (forceShare && args.Has("-r"))
+        {
+            throw new UsageException("--repair and -U cannot be combined: a repair needs the file to itself");
+        }
+        BCowCheckResult result = BCowChecker.Check(path, repair: args.Has("-r"), forceShare);
         if (result.Repaired)
         {
             ReportRepair(context.Out, result);
@@ -45,11 +55,15 @@ internal sealed class CheckCommand : ICommand
         if (result.Failure is not null)
         {
             // The checker reports the framework's wording for a missing file; say it the way every other verb does.
-            Exception problem = File.Exists(path) ? new IOException(result.Failure) : new FileNotFoundException($"Could not find file '{path}'.");
+            Exception problem = Path.Exists(path) ? new IOException(result.Failure) : new FileNotFoundException($"Could not find file '{path}'.");
             context.Error.WriteLine($"bcow: {ErrorMessages.Describe(problem, path)}");
             return result.ExitCode;
         }
         Report(context.Out, result);
+        if (forceShare)
+        {
+            context.Out.WriteLine(ForceShare.Warning(path));
+        }
         return result.ExitCode;
     }
 

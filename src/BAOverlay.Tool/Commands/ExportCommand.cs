@@ -57,6 +57,11 @@ internal sealed class ExportCommand : ICommand
         {
             throw new UsageException("DEST '-' (standard output) needs --tar");
         }
+        if (destination != "-" && !args.Has("--force") && Path.Exists(destination))
+        {
+            // The library refuses too (naming its Overwrite option); say it in the tool's terms, as create does.
+            throw new IOException($"{Path.GetFullPath(destination)}: already exists (--force replaces it)");
+        }
         ProgressBar? bar = null;
         var options = new UpperExportOptions
         {

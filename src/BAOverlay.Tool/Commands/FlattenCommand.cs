@@ -23,13 +23,15 @@ internal sealed class FlattenCommand : ICommand
         and any 4 KiB page that is all zeros, in lower data too) are not written, so
         OUT is sparse there.
 
-        The data goes to OUT.tmp, which is flushed to disk and then renamed to OUT: a
-        failure or Ctrl+C never leaves a half-written file under OUT (an existing OUT is
-        replaced only on success). OUT may not be FILE or its lower file.
+        The data goes to a new file named OUT.tmp-XXXXXXXX (a name no one else uses, in
+        OUT's folder), which is flushed to disk and then renamed to OUT: a failure or
+        Ctrl+C never leaves a half-written file under OUT (an existing OUT is replaced
+        only on success), and no file flatten did not make is touched. OUT may not be
+        FILE or its lower file.
 
         A progress bar is drawn on standard error when it is a terminal.
 
-        Exit status: 0 written, 1 error, 130 interrupted (Ctrl+C; OUT.tmp is removed).
+        Exit status: 0 written, 1 error, 130 interrupted (Ctrl+C; the temporary file is removed).
         """;
 
     public IReadOnlyList<OptionSpec> Options { get; } = [];
@@ -41,12 +43,20 @@ internal sealed class FlattenCommand : ICommand
         string output = args.Operands[1];
         using BCowFile source = BCowFile.Open(path, new BCowOpenOptions { ReadOnly = true });
         RefuseToOverwriteInputs(path, source.GetInfo().LowerPath, output);
-        string temporary = output + ".tmp";
+        if (Directory.Exists(output))
+        {
+            throw new IOException($"{Path.GetFullPath(output)}: Is a directory");
+        }
+        // A sibling (so the last step is a rename within one file system) under a name no one else uses, made with
+        // CreateNew: flatten removes on failure only the file it made, never an OUT.tmp someone else keeps.
+        string temporary = $"{output}.tmp-{Guid.NewGuid().ToString("N")[..8]}";
         ProgressBar? progress = context.ErrorIsTerminal ? new ProgressBar(context.Error, source.Length) : null;
+        bool created = false;
         try
         {
-            using (var stream = new FileStream(temporary, FileMode.Create, FileAccess.Write, FileShare.None))
+            using (FileStream stream = CreateTemporary(temporary, output))
             {
+                created = true;
                 Copy(source, stream, progress, context.Cancellation);
                 stream.SetLength(source.Length);
                 stream.Flush(flushToDisk: true);
@@ -58,7 +68,10 @@ internal sealed class FlattenCommand : ICommand
         catch
         {
             progress?.Abandon();
-            TryDelete(temporary);
+            if (created)
+            {
+                TryDelete(temporary);
+            }
             throw;
         }
     }
@@ -134,6 +147,27 @@ internal sealed class FlattenCommand : ICommand
         }
     }
 
+    /// <summary>Creates the temporary file; a failure names OUT, the file the user asked for, with the errno's words.</summary>
+    private static FileStream CreateTemporary(string temporary, string output)
+    {
+        try
+        {
+            return new FileStream(temporary, FileMode.CreateNew, FileAccess.Write, FileShare.None);
+        }
+        catch (FileNotFoundException e)
+        {
+            throw new FileNotFoundException($"Could not find file '{output}'.", output, e);
+        }
+        catch (DirectoryNotFoundException e)
+        {
+            throw new DirectoryNotFoundException($"Could not find a part of the path '{output}'.", e);
+        }
+        catch (UnauthorizedAccessException e)
+        {
+            throw new UnauthorizedAccessException($"Access to the path '{output}' is denied.", e);
+        }
+    }
+
     private static void TryDelete(string path)
     {
         try
@@ -142,7 +176,7 @@ internal sealed class FlattenCommand : ICommand
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            // The original error matters more; a stray OUT.tmp is visible and harmless.
+            // The original error matters more; a stray OUT.tmp-XXXXXXXX is visible and harmless.
         }
     }
 }

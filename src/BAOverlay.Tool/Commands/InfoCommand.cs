@@ -11,9 +11,9 @@ internal sealed class InfoCommand : ICommand
 
     public string Summary => "show sizes, block size, lower file, blocks by state and the dirty flag";
 
-    public string Synopsis => "info [--json] FILE";
+    public string Synopsis => "info [-U] [--json] FILE";
 
-    public string Help => """
+    public string Help => $$"""
         Shows what FILE holds. The file is opened read-only and without its lower file,
         so info works on a file whose lower file is missing, and never changes anything
         (not even the dirty flag).
@@ -28,33 +28,40 @@ internal sealed class InfoCommand : ICommand
                          until the background copy-up fills it)
           dirty          yes if FILE was not closed cleanly (or is open now)
 
+        A file another process has open for writing is refused ("in use"), unless -U.
+
         Options:
+        {{ForceShare.HelpLine}}
           --json   print a JSON object with kebab-case names, as qemu-img --output=json:
                    virtual-size, block-size, lower-file, lower-size, allocated-bytes,
                    data-bytes, file-length, blocks {lower, zero, present, partial},
-                   dirty, generation
+                   dirty, generation; with -U also "force-share": true
 
         Exit status: 0 shown, 1 error (not a B-CoW file, cannot be read).
         """;
 
-    public IReadOnlyList<OptionSpec> Options { get; } = [OptionSpec.Flag("--json")];
+    public IReadOnlyList<OptionSpec> Options { get; } = [OptionSpec.Flag("--json"), ForceShare.Option];
 
     public int Run(ParsedArguments args, CommandContext context)
     {
         Operands.Expect(args, "FILE");
         string path = args.Operands[0];
         BCowInfo info;
-        using (BCowFile file = BCowFile.Open(path, new BCowOpenOptions { ReadOnly = true, WithoutLower = true }))
+        using (BCowFile file = BCowFile.Open(path, ForceShare.InspectOptions(args)))
         {
             info = file.GetInfo();
         }
         if (args.Has("--json"))
         {
-            WriteJson(context.Out, path, info);
+            WriteJson(context.Out, path, info, ForceShare.Requested(args));
         }
         else
         {
             WriteText(context.Out, path, info);
+            if (ForceShare.Requested(args))
+            {
+                context.Out.WriteLine(ForceShare.Warning(path));
+            }
         }
         return 0;
     }
@@ -84,7 +91,7 @@ internal sealed class InfoCommand : ICommand
         output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"generation: {info.Generation}"));
     }
 
-    private static void WriteJson(TextWriter output, string path, BCowInfo info) =>
+    private static void WriteJson(TextWriter output, string path, BCowInfo info, bool forceShare) =>
         JsonOutput.Write(output, json =>
         {
             json.WriteStartObject();
@@ -113,6 +120,10 @@ internal sealed class InfoCommand : ICommand
             json.WriteEndObject();
             json.WriteBoolean("dirty", info.Dirty);
             json.WriteNumber("generation", info.Generation);
+            if (forceShare)
+            {
+                json.WriteBoolean("force-share", true); // read without the lock: may be inconsistent
+            }
             json.WriteEndObject();
         });
 }

@@ -108,6 +108,10 @@ internal sealed class IoCommand : ICommand
             case IoKind.Length:
                 output.WriteLine(SizeFormatter.IoStyle(file.Length));
                 return true;
+            case IoKind.Sleep:
+                output.Flush(); // whoever waits for this process to hold the file sees the reports before the pause
+                context.Cancellation.WaitHandle.WaitOne(TimeSpan.FromMilliseconds(operation.Length));
+                return true;
             default:
                 throw new UnreachableException(operation.Kind.ToString());
         }

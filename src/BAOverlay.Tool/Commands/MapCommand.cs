@@ -11,9 +11,9 @@ internal sealed class MapCommand : ICommand
 
     public string Summary => "list the extents of the merged file: read from lower, upper, or zeros";
 
-    public string Synopsis => "map [--json] FILE";
+    public string Synopsis => "map [-U] [--json] FILE";
 
-    public string Help => """
+    public string Help => $$"""
         Lists the merged file as extents, in order, covering it from 0 to its virtual
         size: where each range is read from. Adjacent ranges from the same place are
         merged. Like info, map opens FILE read-only and without its lower file.
@@ -24,14 +24,18 @@ internal sealed class MapCommand : ICommand
 
         Offsets and lengths are printed in hex, as qemu-img map prints them.
 
+        A file another process has open for writing is refused ("in use"), unless -U.
+
         Options:
+        {{ForceShare.HelpLine}}
           --json   print a JSON array of {"start", "length", "source", "offset"};
-                   source is "lower", "upper" or "zero"; offset (in FILE) only for upper
+                   source is "lower", "upper" or "zero"; offset (in FILE) only for upper.
+                   With -U the warning goes to standard error, keeping the JSON whole.
 
         Exit status: 0 shown, 1 error.
         """;
 
-    public IReadOnlyList<OptionSpec> Options { get; } = [OptionSpec.Flag("--json")];
+    public IReadOnlyList<OptionSpec> Options { get; } = [OptionSpec.Flag("--json"), ForceShare.Option];
 
     public int Run(ParsedArguments args, CommandContext context)
     {
@@ -39,13 +43,17 @@ internal sealed class MapCommand : ICommand
         string path = args.Operands[0];
         IReadOnlyList<BCowExtent> extents;
         string? lowerPath;
-        using (BCowFile file = BCowFile.Open(path, new BCowOpenOptions { ReadOnly = true, WithoutLower = true }))
+        using (BCowFile file = BCowFile.Open(path, ForceShare.InspectOptions(args)))
         {
             extents = file.GetExtents();
             lowerPath = file.GetInfo().LowerPath;
         }
         if (args.Has("--json"))
         {
+            if (ForceShare.Requested(args))
+            {
+                context.Error.WriteLine(ForceShare.Warning(path));
+            }
             JsonOutput.Write(context.Out, json =>
             {
                 json.WriteStartArray();
@@ -75,6 +83,10 @@ internal sealed class MapCommand : ICommand
                 _ => ("", ""),
             };
             context.Out.WriteLine($"{Hex(extent.Offset),-15} {Hex(extent.Length),-15} {SourceName(extent.Source),-7} {mapped,-15} {file}".TrimEnd());
+        }
+        if (ForceShare.Requested(args))
+        {
+            context.Out.WriteLine(ForceShare.Warning(path));
         }
         return 0;
     }

@@ -13,6 +13,7 @@ internal enum IoKind
     Flush,
     Wait,
     Length,
+    Sleep,
 }
 
 /// <summary>
@@ -26,7 +27,7 @@ internal sealed record IoOperation(IoKind Kind, string Text, long Offset = 0, lo
 
     /// <summary>Whether the file must be opened for writing. <c>wait</c> counts: on a read-only open there is no
     /// copier, and on a writable one it finishes the copy-ups an earlier session left.</summary>
-    public bool Writes => Kind is not (IoKind.Read or IoKind.Length);
+    public bool Writes => Kind is not (IoKind.Read or IoKind.Length or IoKind.Sleep);
 
     public static readonly string Commands = """
           read [-P PATTERN] [-q] [-v] OFFSET LENGTH
@@ -40,6 +41,8 @@ internal sealed record IoOperation(IoKind Kind, string Text, long Offset = 0, lo
           flush       commit: everything written so far becomes durable
           wait        wait until background copy-ups have filled their blocks
           length      print the virtual size
+          sleep MILLISECONDS
+                      pause, keeping FILE open (and locked), as qemu-io's sleep
         """;
 
     public static IoOperation Parse(string text)
@@ -98,8 +101,16 @@ internal sealed record IoOperation(IoKind Kind, string Text, long Offset = 0, lo
                 IoKind kind = name switch { "wait" => IoKind.Wait, "length" or "l" => IoKind.Length, _ => IoKind.Flush };
                 return new IoOperation(kind, text);
             }
+            case "sleep":
+            {
+                ParsedArguments args = ArgumentReader.Parse(rest, []);
+                Operands.Expect(args, "MILLISECONDS");
+                return long.TryParse(args.Operands[0], NumberStyles.None, CultureInfo.InvariantCulture, out long ms) && ms <= int.MaxValue
+                    ? new IoOperation(IoKind.Sleep, text, Length: ms)
+                    : throw new UsageException($"invalid time '{args.Operands[0]}': expected milliseconds");
+            }
             default:
-                throw new UsageException($"unknown command '{name}' (known: read, write, discard, truncate, flush, wait, length)");
+                throw new UsageException($"unknown command '{name}' (known: read, write, discard, truncate, flush, wait, length, sleep)");
         }
     }
 

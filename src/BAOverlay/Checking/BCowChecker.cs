@@ -14,22 +14,44 @@ public static class BCowChecker
 {
     /// <summary>Checks the file at <paramref name="path"/>; with <paramref name="repair"/>, reclaims leaks and clears
     /// the dirty flag when there is no corruption. Never throws for a bad file: see <see cref="BCowCheckResult.Failure"/>.</summary>
-    public static BCowCheckResult Check(string path, bool repair = false)
+    /// <remarks>
+    /// The file is locked as <see cref="BCowFile.Open(string, BCowOpenOptions?)"/> locks it: a check takes a shared
+    /// lock, a repair an exclusive one, so a file another process writes is not checked (its uncommitted blocks would
+    /// look like leaks, and a repair would free them under the writer): <see cref="BCowCheckResult.Failure"/> then says
+    /// the file is in use. With <paramref name="forceShare"/> a check (never a repair) reads it without a lock, and a
+    /// note says the result may be inconsistent.
+    /// </remarks>
+    public static BCowCheckResult Check(string path, bool repair = false, bool forceShare = false)
     {
+        if (repair && forceShare)
+        {
+            return new BCowCheckResult { Failure = $"{path}: a repair needs the file to itself: it cannot run without the lock (force-share)" };
+        }
         FileStorage storage;
         try
         {
-            storage = new FileStorage(path, FileMode.Open, repair ? FileAccess.ReadWrite : FileAccess.Read);
+            storage = new FileStorage(path, FileMode.Open, repair ? FileAccess.ReadWrite : FileAccess.Read,
+                forceShare ? FileLockMode.None : repair ? FileLockMode.Exclusive : FileLockMode.Shared);
+        }
+        catch (BCowFileInUseException e)
+        {
+            return new BCowCheckResult { Failure = e.Message };
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            return new BCowCheckResult { Failure = $"{path}: {e.Message}" };
+            return new BCowCheckResult { Failure = e.Message.StartsWith(path + ":", StringComparison.Ordinal) ? e.Message : $"{path}: {e.Message}" };
         }
         using (storage)
         {
-            return Check(storage, repair);
+            BCowCheckResult result = Check(storage, repair);
+            return forceShare
+                ? result with { Notes = [UnlockedNote, .. result.Notes] }
+                : result;
         }
     }
+
+    /// <summary>The note on a check made without the lock.</summary>
+    internal const string UnlockedNote = "checked without the lock (force-share): if another process is writing the file, what was found may be inconsistent";
 
     /// <summary>Checks a B-CoW file held in <paramref name="upper"/> (not disposed).</summary>
     public static BCowCheckResult Check(IBlockStorage upper, bool repair = false)

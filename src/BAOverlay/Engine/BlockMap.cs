@@ -165,6 +165,9 @@ internal sealed class BlockMap
         var image = new CommitImage();
         lock (_lock)
         {
+            // Under the map lock: a block freed after its entry changed is either referenced by this snapshot (then
+            // sealed here, so it waits for the commit) or not (then it was fresh, and reusing it at once is safe).
+            allocator.SealFresh();
             int rootEntries = rootEntriesNow();
             bool forceRoot = rootEntries != committedRootEntries;
             if (_dirtyPages.Count == 0 && _dirtyNodes.Count == 0 && !forceRoot && RootExtent.Offset != 0)

@@ -8,15 +8,23 @@ namespace BAOverlay.Engine;
 /// punched before it is handed out again), so a block allocated for a small write needs no zero-filling.
 /// </summary>
 /// <remarks>
-/// Crash order: space freed since the last commit is still referenced by the committed map, so it goes to a pending
-/// list and becomes reusable only after the commit that stops referencing it is durable (<see cref="TakePending"/>).
+/// <para>Crash order: space freed since the last commit is still referenced by the committed map, so it goes to a
+/// pending list and becomes reusable only after the commit that stops referencing it is durable
+/// (<see cref="TakePending"/>). Free only what no durable header references.</para>
+/// <para>One exception keeps a file that is rewritten without flushes (truncate and write again, discard and write
+/// again) from growing by its size at every round: a data block allocated since the last commit's map snapshot
+/// (<see cref="SealFresh"/>) is referenced by no header at all, durable or not, so when it is freed it can be punched
+/// and reused at once (<see cref="TakeFresh"/>).</para>
+/// <para>Free space is handed out lowest offset first, so data gathers at the start of the file and the tail empties;
+/// <see cref="TrimTail"/> gives the free tail back to the file system.</para>
 /// </remarks>
 internal sealed class SpaceAllocator
 {
     private readonly object _lock = new();
     private readonly int _blockSize;
-    private readonly Stack<long> _freeBlocks = new();
-    private readonly Stack<long> _freePages = new();
+    private readonly SortedSet<long> _freeBlocks = new();
+    private readonly SortedSet<long> _freePages = new();
+    private readonly HashSet<long> _fresh = new();
     private List<(long Offset, long Length)> _pending = new();
     private long _end;
 
@@ -59,17 +67,49 @@ internal sealed class SpaceAllocator
         return allocator;
     }
 
+    /// <summary>A data block; fresh (see <see cref="TakeFresh"/>) until the next map snapshot.</summary>
     public long AllocateBlock()
     {
         lock (_lock)
         {
-            if (_freeBlocks.TryPop(out long offset))
+            long offset;
+            if (_freeBlocks.Count > 0)
             {
-                return offset;
+                offset = _freeBlocks.Min;
+                _freeBlocks.Remove(offset);
             }
-            offset = _end;
-            _end += _blockSize;
+            else
+            {
+                offset = _end;
+                _end += _blockSize;
+            }
+            _fresh.Add(offset);
             return offset;
+        }
+    }
+
+    /// <summary>
+    /// Called by the map snapshot of every commit, under the map's lock: the blocks allocated so far may be referenced
+    /// by the header this commit writes, so from now on they are freed only through <see cref="FreeAfterCommit"/>.
+    /// </summary>
+    public void SealFresh()
+    {
+        lock (_lock)
+        {
+            _fresh.Clear();
+        }
+    }
+
+    /// <summary>
+    /// True when the block at <paramref name="offset"/> was allocated after the last snapshot: no header references it,
+    /// so the caller, which has just made the map stop referencing it, may punch it and <see cref="AddFree"/> it now.
+    /// False: it must wait for a durable commit (<see cref="FreeAfterCommit"/>).
+    /// </summary>
+    public bool TakeFresh(long offset)
+    {
+        lock (_lock)
+        {
+            return _fresh.Remove(offset);
         }
     }
 
@@ -77,16 +117,21 @@ internal sealed class SpaceAllocator
     {
         lock (_lock)
         {
-            if (_freePages.TryPop(out long offset))
+            long offset;
+            if (_freePages.Count > 0)
             {
+                offset = _freePages.Min;
+                _freePages.Remove(offset);
                 return offset;
             }
-            if (_freeBlocks.TryPop(out offset))
+            if (_freeBlocks.Count > 0)
             {
                 // Split a free block into pages rather than grow the file.
+                offset = _freeBlocks.Min;
+                _freeBlocks.Remove(offset);
                 for (long p = offset + Layout.PageSize; p < offset + _blockSize; p += Layout.PageSize)
                 {
-                    _freePages.Push(p);
+                    _freePages.Add(p);
                 }
                 return offset;
             }
@@ -139,12 +184,47 @@ internal sealed class SpaceAllocator
             long end = offset + length;
             while (end - offset >= _blockSize)
             {
-                _freeBlocks.Push(offset);
+                _freeBlocks.Add(offset);
                 offset += _blockSize;
             }
             for (; end - offset >= Layout.PageSize; offset += Layout.PageSize)
             {
-                _freePages.Push(offset);
+                _freePages.Add(offset);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Drops the free space at the end of the allocated area from the free lists and lowers <see cref="End"/> past it;
+    /// <paramref name="cut"/> (called under this allocator's lock, so nothing is allocated at the end meanwhile) then
+    /// shortens the file. Only free space is cut: it reads as zeros and no header references it.
+    /// </summary>
+    public void TrimTail(Action<long> cut)
+    {
+        lock (_lock)
+        {
+            long before = _end;
+            while (true)
+            {
+                if (_freeBlocks.Count > 0 && _freeBlocks.Max + _blockSize == _end)
+                {
+                    _end = _freeBlocks.Max;
+                    _freeBlocks.Remove(_end);
+                }
+                else if (_freePages.Count > 0 && _freePages.Max + Layout.PageSize == _end)
+                {
+                    _end = _freePages.Max;
+                    _freePages.Remove(_end);
+                }
+                else
+                {
+                    break;
+                }
+            }
+            _end = Math.Max(_end, Layout.DataStart);
+            if (_end < before)
+            {
+                cut(_end);
             }
         }
     }

@@ -47,4 +47,40 @@ internal static partial class LibC
     // off_t lseek(int fd, off_t offset, int whence);
     [LibraryImport(Library, EntryPoint = "lseek64", SetLastError = true)]
     public static partial long lseek(int fd, long offset, int whence);
+
+    // Open file description locks (<fcntl.h>, from <linux/fcntl.h> / <asm-generic/fcntl.h>; Linux 3.15+). Unlike
+    // process-associated POSIX locks they belong to the open file description: closing another descriptor of the
+    // same file does not drop them, and two opens in one process conflict. What qemu uses to keep images exclusive.
+    public const int F_OFD_GETLK = 36;
+    public const int F_OFD_SETLK = 37;
+    public const short F_RDLCK = 0;
+    public const short F_WRLCK = 1;
+    public const short F_UNLCK = 2;
+    public const short SEEK_SET = 0;
+
+    public const int EACCES = 13;
+    public const int EAGAIN = 11;
+    public const int EINVAL = 22;
+    public const int ENOLCK = 37;
+    public const int ENOSYS = 38;
+    public const int ENOSPC = 28;
+    public const int EISDIR = 21;
+
+    /// <summary><c>struct flock</c> of <c>&lt;bits/fcntl.h&gt;</c> (x86_64 and the other LP64 ABIs; off_t is 64-bit);
+    /// its layout is checked against the header by a test.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    public struct Flock
+    {
+        public short l_type;    // F_RDLCK, F_WRLCK, F_UNLCK
+        public short l_whence;  // SEEK_SET
+        public long l_start;
+        public long l_len;      // 0: to the end of the file, however far it grows
+        public int l_pid;       // 0 for OFD locks (the kernel sets -1 in F_OFD_GETLK answers)
+    }
+
+    // int fcntl(int fd, int cmd, ... /* struct flock *arg */);
+    // Variadic in C; declared with the one pointer argument the lock commands take (passed in a register as any
+    // pointer argument, so the variadic and fixed calling conventions agree on x86_64 and arm64 Linux).
+    [LibraryImport(Library, EntryPoint = "fcntl", SetLastError = true)]
+    public static unsafe partial int fcntl_lock(int fd, int cmd, Flock* arg);
 }

@@ -12,16 +12,47 @@ public sealed class FileStorage : IBlockStorage
 {
     private readonly SafeFileHandle _handle;
     private readonly bool _ownsHandle;
+    private readonly FileLocks.Holder? _lock;
     private int _disposed;
 
-    /// <summary>Opens <paramref name="path"/> with the given mode and access.</summary>
+    /// <summary>Opens <paramref name="path"/> with the given mode and access. Takes no lock: B-CoW files are opened
+    /// through <see cref="BCowFile"/> and the checker, which lock them.</summary>
     /// <exception cref="IOException">The file cannot be opened; the message names it.</exception>
     public FileStorage(string path, FileMode mode, FileAccess access)
+        : this(path, mode, access, FileLockMode.None)
     {
+    }
+
+    /// <summary>Opens <paramref name="path"/> and locks it as <paramref name="locking"/> says (<see cref="FileLocks"/>).
+    /// <paramref name="mode"/> must not truncate: the file is only ours once the lock is held.</summary>
+    /// <exception cref="BCowFileInUseException">The lock is held elsewhere; the file is closed again, untouched.</exception>
+    internal FileStorage(string path, FileMode mode, FileAccess access, FileLockMode locking)
+    {
+        if (locking != FileLockMode.None && mode is FileMode.Create or FileMode.Truncate)
+        {
+            throw new ArgumentException("a locked open may not truncate before it holds the lock", nameof(mode));
+        }
         Name = path;
         CanWrite = (access & FileAccess.Write) != 0;
-        _handle = File.OpenHandle(path, mode, access, CanWrite ? FileShare.Read : FileShare.ReadWrite);
+        try
+        {
+            _handle = File.OpenHandle(path, mode, access, CanWrite ? FileShare.Read : FileShare.ReadWrite);
+        }
+        catch (Exception e) when (e is UnauthorizedAccessException or IOException && Directory.Exists(path))
+        {
+            // .NET reports EISDIR as "Access to the path is denied" (or, creating, "already exists"): say what it is.
+            throw new IOException($"{path}: Is a directory", e);
+        }
         _ownsHandle = true;
+        try
+        {
+            _lock = FileLocks.Acquire(_handle, path, locking);
+        }
+        catch
+        {
+            _handle.Dispose();
+            throw;
+        }
     }
 
     /// <summary>Wraps an open handle. The storage disposes it only when <paramref name="ownsHandle"/> is true.</summary>
@@ -200,6 +231,10 @@ public sealed class FileStorage : IBlockStorage
     {
         if (Interlocked.Exchange(ref _disposed, 1) == 0 && _ownsHandle)
         {
+            if (_lock is not null)
+            {
+                FileLocks.Release(_lock); // before the close, which would drop the kernel lock another open may carry
+            }
             _handle.Dispose();
         }
     }

@@ -141,6 +141,10 @@ internal static class Workload
             new("punch half of block 0", StepKind.Punch, 0, b / 2),
             new("grow to an odd size", StepKind.SetLength, 0, (7 * b) + 123),
             new("write across the end", StepKind.Write, (7 * b) + 100, 0, Bytes(b / 4)),
+            // Space allocated since the last commit and freed before the next is reused at once (no header has it).
+            new("whole block 6, allocated since flush 3", StepKind.Write, 6 * b, 0, Bytes(b)),
+            new("punch block 6 before any commit", StepKind.Punch, 6 * b, b),
+            new("write into block 6 again, into the reused space", StepKind.Write, (6 * b) + 3, 0, Bytes(b / 3)),
             // With 4 KiB blocks one L2 page maps 1 MiB: this reaches the second (with 64 KiB blocks, 16 MiB away: skipped).
             new("write into a second L2 page", StepKind.Write, blockSize <= 4096 ? (257 * b) + 5 : (6 * b) + 5, 0, Bytes(b / 3)),
             new("flush 4", StepKind.Flush, 0, 0),

@@ -322,7 +322,8 @@ public partial class CopyUpCrashTests
     /// must show each file with its old or its new content (whatever reached the disk), never a mix inside one write,
     /// and the B-CoW files must pass the checker. Data made durable with Fsync before the "kill" must be there.
     /// The "kill" waits for the dropped instance's background copier to go idle: in one process its threads would
-    /// otherwise keep writing into the file the fresh overlay has opened, which no killed process can do. Kills at
+    /// otherwise keep writing into the file the fresh overlay has opened, which no killed process can do; then it
+    /// closes the dropped file's descriptors without a commit, which also drops its write lock. Kills at
     /// every write index, copier included, are the engine's power-cut tests.
     /// </summary>
     [Test]
@@ -334,7 +335,9 @@ public partial class CopyUpCrashTests
         byte[] synced = Random(2, 10_000);
         byte[] unsynced = Random(3, 3000);
         OverlayHandle abandoned = AbandonWithOpenHandles(f, synced, unsynced);
-        ((NodeData.BCow)abandoned.Node.Data!).File.WaitForCopyUps();
+        BCowFile dropped = ((NodeData.BCow)abandoned.Node.Data!).File;
+        dropped.WaitForCopyUps();
+        dropped.CloseWithoutCommit(); // the kernel closes a killed process's files, and with them its lock on the file
         using OverlayFileSystem fs = f.Open(Threshold);
         byte[] seen = ReadBytes(fs, "d/big");
         Assert.That(seen.Length, Is.EqualTo(lower.Length));

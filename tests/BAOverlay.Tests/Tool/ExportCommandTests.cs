@@ -38,7 +38,9 @@ public class ExportCommandTests
         Assert.That(big, Has.Length.EqualTo(2 << 20));
         Assert.That(Syscall.lstat(Path.Combine(dest, "gone"), out Stat st), Is.Zero);
         Assert.That((st.st_mode & FilePermissions.S_IFMT) == FilePermissions.S_IFCHR && st.st_rdev == 0, Is.True, "a 0/0 whiteout");
-        Assert.That(Bcow.Run("export", f.Upper!, dest).ExitCode, Is.EqualTo(1), "an existing DEST is refused");
+        BcowResult refused = Bcow.Run("export", f.Upper!, dest);
+        Assert.That(refused.ExitCode, Is.EqualTo(1), "an existing DEST is refused");
+        Assert.That(refused.Error, Is.EqualTo($"bcow: {dest}: already exists (--force replaces it)\n"), "the tool's option, not the library's property");
         Assert.That(Bcow.Run("export", "--force", f.Upper!, dest).ExitCode, Is.Zero);
     }
 

@@ -61,7 +61,48 @@ public class FlattenCommandTests
         Assert.That(exit, Is.EqualTo(BcowCli.Interrupted));
         Assert.That(File.Exists(flat), Is.False);
         Assert.That(File.Exists(flat + ".tmp"), Is.False);
+        Assert.That(Directory.GetFiles(dir.Path, "flat.tmp*"), Is.Empty, "no temporary file left");
         Checks.AssertClean(path);
+    }
+
+    /// <summary>flatten used to write to, and on failure delete, OUT.tmp: a file it did not make.</summary>
+    [Test]
+    public void AnUnrelatedOutTmpIsNeverTouchedOnSuccessOrFailure()
+    {
+        using var dir = new TempDir();
+        string path = ToolFiles.MakeStandalone(dir, size: "4M", blockSize: "64k");
+        Assert.That(Bcow.Run("io", path, "-c", "write -P 0x42 0 1M").ExitCode, Is.Zero);
+        string flat = dir.File("flat");
+        File.WriteAllText(flat + ".tmp", "someone else's");
+
+        using (var cancelled = new CancellationTokenSource())
+        {
+            cancelled.Cancel();
+            int exit = BcowCli.Run(["flatten", path, flat], new StringWriter(), new StringWriter(), errorIsTerminal: false, cancelled.Token);
+            Assert.That(exit, Is.EqualTo(BcowCli.Interrupted));
+        }
+        Assert.That(File.ReadAllText(flat + ".tmp"), Is.EqualTo("someone else's"), "after a failure");
+
+        BcowResult result = Bcow.Run("flatten", path, flat);
+        Assert.That(result.ExitCode, Is.Zero, result.ToString());
+        Assert.That(File.ReadAllText(flat + ".tmp"), Is.EqualTo("someone else's"), "after a success");
+        Assert.That(File.ReadAllBytes(flat).AsSpan(0, 1 << 20).IndexOfAnyExcept((byte)0x42), Is.EqualTo(-1));
+        Assert.That(Directory.GetFiles(dir.Path, "flat.tmp-*"), Is.Empty, "no temporary file of its own left");
+    }
+
+    [Test]
+    public void AnOutputThatCannotBeMadeIsNamedWithItsErrno()
+    {
+        using var dir = new TempDir();
+        string path = ToolFiles.MakeStandalone(dir);
+        Directory.CreateDirectory(dir.File("adir"));
+
+        BcowResult noFolder = Bcow.Run("flatten", path, dir.File("missing/out"));
+        Assert.That(noFolder.Error, Is.EqualTo($"bcow: {dir.File("missing/out")}: No such file or directory\n"));
+        BcowResult directory = Bcow.Run("flatten", path, dir.File("adir"));
+        Assert.That(directory.ExitCode, Is.EqualTo(1));
+        Assert.That(directory.Error, Is.EqualTo($"bcow: {dir.File("adir")}: Is a directory\n"));
+        Assert.That(Directory.GetFiles(dir.Path, "*.tmp-*"), Is.Empty);
     }
 
     [Test]
