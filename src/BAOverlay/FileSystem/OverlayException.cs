@@ -49,6 +49,8 @@ public sealed class OverlayException : IOException
         {
             case OverlayException overlay:
                 return overlay.Errno;
+            case BCowFileInUseException:
+                return Errno.EBUSY; // another process (bcow, another mount) has the B-CoW file open for writing
             case BCowFormatException:
                 unexpected = true;
                 return Errno.EIO;
@@ -62,6 +64,8 @@ public sealed class OverlayException : IOException
                 return errno;
             case ArgumentOutOfRangeException range when IsSizeOrOffset(range.ParamName):
                 return range.ActualValue is long and <= 0 or int and <= 0 ? Errno.EINVAL : Errno.EFBIG;
+            case UnauthorizedAccessException { InnerException: IOException { HResult: > 0 and <= MaxErrno } inner }:
+                return NativeConvert.ToErrno(inner.HResult); // .NET says "access denied" for EPERM too; the errno is within
             case UnauthorizedAccessException:
                 return Errno.EACCES;
             case ObjectDisposedException:

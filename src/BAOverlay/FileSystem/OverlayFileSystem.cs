@@ -762,9 +762,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             if (failure is not null)
             {
                 _log($"{Describe(node)}: closing failed: {failure.Message}");
-                int raw = failure.HResult;
-                throw new OverlayException(failure is IOException && raw is > 0 and < 4096 ? ToErrno(raw) : Errno.EIO,
-                    $"{Describe(node)}: closing failed: {failure.Message}");
+                throw new OverlayException(OverlayException.ErrnoOf(failure, out _), $"{Describe(node)}: closing failed: {failure.Message}");
             }
         }
         finally
@@ -1251,8 +1249,8 @@ public sealed partial class OverlayFileSystem : IDisposable
         }
         catch (IOException e)
         {
-            _log($"{path}: {e.Message}");
-            throw new OverlayException(Errno.EIO, e.Message);
+            _log($"{described}: {e.Message}");
+            throw new OverlayException(OverlayException.ErrnoOf(e, out _), e.Message);
         }
     }
 
@@ -1635,8 +1633,11 @@ public sealed partial class OverlayFileSystem : IDisposable
         {
             // From the .NET file APIs (B-CoW creation, whole copy): a FUSE reply needs the errno.
             RemoveTree(scratch);
-            int raw = (e as IOException ?? e.InnerException as IOException)?.HResult ?? 0;
-            Errno errno = raw is > 0 and < 4096 ? ToErrno(raw) : e is UnauthorizedAccessException ? Errno.EACCES : Errno.EIO;
+            Errno errno = OverlayException.ErrnoOf(e, out bool unexpected);
+            if (unexpected)
+            {
+                _log($"{described}: copy-up failed: {e.Message}");
+            }
             throw new OverlayException(errno, $"{described}: copy-up failed: {e.Message}");
         }
         catch
@@ -1788,6 +1789,11 @@ public sealed partial class OverlayFileSystem : IDisposable
                 return new NodeData.Plain(new FileStorage(path, FileMode.Open, FileAccess.Read));
             }
         }
+        catch (BCowFileInUseException e)
+        {
+            _log(e.Message);
+            throw new OverlayException(Errno.EBUSY, e.Message);
+        }
         catch (BCowFormatException e)
         {
             _log(e.Message);
@@ -1842,7 +1848,8 @@ public sealed partial class OverlayFileSystem : IDisposable
         {
             SafeFileHandle handle = File.OpenHandle(top.Path, FileMode.Open, readOnly ? FileAccess.Read : FileAccess.ReadWrite,
                 readOnly ? FileShare.ReadWrite : FileShare.Read);
-            upper = new FileStorage(handle, described, canWrite: !readOnly, ownsHandle: true);
+            // Locked as bcow and other processes expect (a reader shares, a writer excludes them).
+            upper = new FileStorage(handle, described, canWrite: !readOnly, readOnly ? FileLockMode.Shared : FileLockMode.Exclusive);
         }
         catch
         {

@@ -19,7 +19,6 @@ internal static partial class LibC
     /// <summary>RESOLVE_BENEATH: never leave the starting directory (no "..", no absolute path above it).</summary>
     public const ulong RESOLVE_BENEATH = 0x08;
 
-    public const int ENOSYS = 38;
 
     // int openat(int dirfd, const char *pathname, int flags, mode_t mode);
     [LibraryImport(Library, EntryPoint = "openat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]

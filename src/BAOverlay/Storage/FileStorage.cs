@@ -64,6 +64,22 @@ public sealed class FileStorage : IBlockStorage
         _ownsHandle = ownsHandle;
     }
 
+    /// <summary>Wraps an open handle that it then owns, and locks the file as <paramref name="locking"/> says.</summary>
+    /// <exception cref="BCowFileInUseException">The lock is held elsewhere; the handle is closed.</exception>
+    internal FileStorage(SafeFileHandle handle, string name, bool canWrite, FileLockMode locking)
+        : this(handle, name, canWrite, ownsHandle: true)
+    {
+        try
+        {
+            _lock = FileLocks.Acquire(_handle, name, locking);
+        }
+        catch
+        {
+            _handle.Dispose();
+            throw;
+        }
+    }
+
     /// <inheritdoc/>
     public string Name { get; }
 

@@ -144,4 +144,29 @@ public class LockingTests
         Assert.That(Bcow.RunProcess(dir.Path, "info", path).ExitCode, Is.Zero);
         AssertRefused(Bcow.RunProcess(dir.Path, "io", path, "-c", "write 0 4k"), path);
     }
+
+    /// <summary>The overlay (and so a mount) locks the B-CoW files it opens as bcow does: a repair is refused while the
+    /// overlay writes, and the overlay answers EBUSY for a file another process is writing.</summary>
+    [Test]
+    public void TheOverlayLocksTheBCowFilesItOpens()
+    {
+        using var fixture = new BAOverlay.Tests.FileSystem.OverlayFixture(lowers: 1);
+        BAOverlay.Tests.FileSystem.OverlayFixture.WriteFile(Path.Combine(fixture.Lowers[0], "big"), new byte[1 << 20]);
+        string upper = Path.Combine(fixture.Upper!, "big");
+        using (BAOverlay.FileSystem.OverlayFileSystem fs = fixture.Open())
+        {
+            ulong ino = BAOverlay.Tests.FileSystem.OverlayFixture.Resolve(fs, "big").Ino;
+            using (BAOverlay.FileSystem.OverlayHandle handle = fs.Open(ino, write: true, truncate: false))
+            {
+                handle.Write(new byte[] { 1 }, 0);
+                AssertRefused(Bcow.RunProcess(fixture.Root, "check", "--repair", upper), upper);
+            }
+            Assert.That(Bcow.RunProcess(fixture.Root, "check", upper).ExitCode, Is.Zero, "clean once the overlay closed it");
+
+            using var dir = new TempDir();
+            using BcowProcess writer = StartWriter(dir, upper);
+            var busy = Assert.Throws<BAOverlay.FileSystem.OverlayException>(() => fs.Open(ino, write: false, truncate: false).Dispose());
+            Assert.That(busy!.Errno, Is.EqualTo(Mono.Unix.Native.Errno.EBUSY));
+        }
+    }
 }
