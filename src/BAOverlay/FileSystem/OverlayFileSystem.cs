@@ -906,66 +906,8 @@ public sealed partial class OverlayFileSystem : IDisposable
         {
             return null;
         }
-        var layers = new List<(int Layer, string Path)>();
-        uint type = 0;
-        foreach (var (layer, directoryPath) in directory.Layers)
-        {
-            Errno errno = _layers.TryOpenDirectory(layer, directoryPath, out LayerDir dir);
-            if (errno != 0)
-            {
-                if (errno is Errno.ENOENT or Errno.ENOTDIR)
-                {
-                    continue;
-                }
-                _log($"{_layers.Describe(layer, directoryPath)}: {Stdlib.strerror(errno)}");
-                throw new OverlayException(errno, $"{_layers.Describe(layer, directoryPath)}: {Stdlib.strerror(errno)}");
-            }
-            using (dir)
-            {
-                string path = dir.At(name);
-                if (Syscall.lstat(path, out Stat st) != 0)
-                {
-                    errno = Stdlib.GetLastError();
-                    if (errno != Errno.ENOENT && errno != Errno.ENOTDIR)
-                    {
-                        string where = _layers.Describe(layer, LayerPaths.Child(directoryPath, name));
-                        _log($"{where}: {Stdlib.strerror(errno)}");
-                        throw new OverlayException(errno, $"{where}: {Stdlib.strerror(errno)}");
-                    }
-                    if (Syscall.lstat(dir.At(Whiteouts.Prefix + name), out _) == 0)
-                    {
-                        break; // whited out here: nothing below counts
-                    }
-                    continue;
-                }
-                if (Whiteouts.IsWhiteoutStat(st))
-                {
-                    break;
-                }
-                uint t = (uint)st.st_mode & S_IFMT;
-                if (layers.Count > 0 && t != S_IFDIR)
-                {
-                    break; // a non-directory below a directory is hidden
-                }
-                if (layers.Count == 0)
-                {
-                    type = t;
-                    top = st;
-                }
-                layers.Add((layer, LayerPaths.Child(directoryPath, name)));
-                if (t != S_IFDIR || Whiteouts.IsOpaque(path))
-                {
-                    break;
-                }
-                if (Redirects.Read(path, directoryPath, _layers.Describe(layer, LayerPaths.Child(directoryPath, name)), _log) is { } redirect)
-                {
-                    // A renamed directory: its parts in the layers below live at the recorded path, not under this
-                    // name. Read in every layer, so an upper layer stacked as a lower one keeps its renames.
-                    AddRedirectedLayers(layers, redirect, layer + 1);
-                    break;
-                }
-            }
-        }
+        List<(int Layer, string Path)> layers = MergeLayers(directory.Layers, name, out top);
+        uint type = (uint)top.st_mode & S_IFMT;
         if (layers.Count == 0)
         {
             return null;
@@ -1021,6 +963,76 @@ public sealed partial class OverlayFileSystem : IDisposable
         return node;
     }
 
+    /// <summary>
+    /// Where <paramref name="name"/> lives below a directory made of <paramref name="directoryLayers"/>, by the
+    /// overlay's rules (whiteouts, opaque directories, a non-directory hiding what is below it, redirects read in every
+    /// layer): its layers topmost first, empty when nothing is shown; <paramref name="top"/> is the lstat of the first.
+    /// Reads the layers only: no node is made or changed.
+    /// </summary>
+    private List<(int Layer, string Path)> MergeLayers(List<(int Layer, string Path)> directoryLayers, string name, out Stat top)
+    {
+        var layers = new List<(int Layer, string Path)>();
+        top = default;
+        foreach (var (layer, directoryPath) in directoryLayers)
+        {
+            Errno errno = _layers.TryOpenDirectory(layer, directoryPath, out LayerDir dir);
+            if (errno != 0)
+            {
+                if (errno is Errno.ENOENT or Errno.ENOTDIR)
+                {
+                    continue;
+                }
+                _log($"{_layers.Describe(layer, directoryPath)}: {Stdlib.strerror(errno)}");
+                throw new OverlayException(errno, $"{_layers.Describe(layer, directoryPath)}: {Stdlib.strerror(errno)}");
+            }
+            using (dir)
+            {
+                string path = dir.At(name);
+                if (Syscall.lstat(path, out Stat st) != 0)
+                {
+                    errno = Stdlib.GetLastError();
+                    if (errno != Errno.ENOENT && errno != Errno.ENOTDIR)
+                    {
+                        string where = _layers.Describe(layer, LayerPaths.Child(directoryPath, name));
+                        _log($"{where}: {Stdlib.strerror(errno)}");
+                        throw new OverlayException(errno, $"{where}: {Stdlib.strerror(errno)}");
+                    }
+                    if (Syscall.lstat(dir.At(Whiteouts.Prefix + name), out _) == 0)
+                    {
+                        break; // whited out here: nothing below counts
+                    }
+                    continue;
+                }
+                if (Whiteouts.IsWhiteoutStat(st))
+                {
+                    break;
+                }
+                uint t = (uint)st.st_mode & S_IFMT;
+                if (layers.Count > 0 && t != S_IFDIR)
+                {
+                    break; // a non-directory below a directory is hidden
+                }
+                if (layers.Count == 0)
+                {
+                    top = st;
+                }
+                layers.Add((layer, LayerPaths.Child(directoryPath, name)));
+                if (t != S_IFDIR || Whiteouts.IsOpaque(path))
+                {
+                    break;
+                }
+                if (Redirects.Read(path, directoryPath, _layers.Describe(layer, LayerPaths.Child(directoryPath, name)), _log) is { } redirect)
+                {
+                    // A renamed directory: its parts in the layers below live at the recorded path, not under this
+                    // name. Read in every layer, so an upper layer stacked as a lower one keeps its renames.
+                    AddRedirectedLayers(layers, redirect, layer + 1);
+                    break;
+                }
+            }
+        }
+        return layers;
+    }
+
     /// <summary>The parts of a renamed directory in the layers from <paramref name="below"/> down, at
     /// <paramref name="redirect"/> (a path checked by <see cref="Redirects"/>: relative, no <c>..</c>), each reached
     /// beneath its layer root.</summary>
@@ -1055,103 +1067,6 @@ public sealed partial class OverlayFileSystem : IDisposable
                 }
             }
         }
-    }
-
-    /// <summary>
-    /// xino-style numbers: the layer's tag in the top 16 bits, the real inode below. An object copied up keeps the
-    /// number it had (stored in an xattr of its upper copy), so numbers survive copy-up and remount.
-    /// </summary>
-    private ulong InoOf(int layer, in Stat st, string path, string relative) => InoOf(layer, st, path, relative, out _);
-
-    /// <param name="layer">The layer the object is in.</param>
-    /// <param name="st">Its lstat.</param>
-    /// <param name="path">A path that reaches it (under /proc/self/fd).</param>
-    /// <param name="relative">Its path in the layer.</param>
-    /// <param name="isBCow">For an upper object, whether it is a B-CoW file, learnt from the same listxattr; null when
-    /// not known.</param>
-    private ulong InoOf(int layer, in Stat st, string path, string relative, out bool? isBCow)
-    {
-        isBCow = null;
-        if (layer == _upper && UpperMarks(path, out isBCow) is ulong kept)
-        {
-            return kept;
-        }
-        if (layer != _upper && st.st_nlink > 1 && (st.st_mode & FilePermissions.S_IFMT) != FilePermissions.S_IFDIR)
-        {
-            // Hard links in a lower layer are separate objects here (a write copies up the one name, as with kernel
-            // overlayfs), so they need one number per name: a hash of the path in the layer, stable across remounts.
-            ulong hash = 14695981039346656037UL;
-            foreach (byte b in System.Text.Encoding.UTF8.GetBytes($"{layer}:/{relative}"))
-            {
-                hash = unchecked((hash ^ b) * 1099511628211UL);
-            }
-            return (0xFFFFUL << 48) | (hash & ((1UL << 48) - 1));
-        }
-        ulong tag = (ulong)(_upper < 0 ? layer + 1 : layer) + 1;
-        if (st.st_ino >= 1UL << 48)
-        {
-            throw new OverlayException(Errno.EOVERFLOW, $"{_layers.Describe(layer, relative)}: inode number {st.st_ino} does not fit in 48 bits");
-        }
-        return (tag << 48) | st.st_ino;
-    }
-
-    /// <summary>
-    /// The number an upper object kept across its copy-up (user xattr, or trusted for objects that cannot carry user
-    /// xattrs), or null; and whether it is a B-CoW file. One listxattr answers both for the common object that has
-    /// neither mark (made in upper), where three getxattr failed before. Should listxattr fail, getxattr decides.
-    /// </summary>
-    private static unsafe ulong? UpperMarks(string path, out bool? isBCow)
-    {
-        isBCow = null;
-        const int Small = 1024;
-        byte* small = stackalloc byte[Small];
-        byte[]? large = null;
-        nint length = LibC.llistxattr(path, small, Small);
-        if (length < 0 && Marshal.GetLastPInvokeError() == LibC.ERANGE)
-        {
-            large = new byte[64 * 1024]; // XATTR_LIST_MAX
-            fixed (byte* p = large)
-            {
-                length = LibC.llistxattr(path, p, (nuint)large.Length);
-            }
-        }
-        if (length < 0)
-        {
-            return Syscall.lgetxattr(path, LayerPaths.InoXattr, out byte[] value) == 8 || Syscall.lgetxattr(path, LayerPaths.TrustedInoXattr, out value) == 8
-                ? BinaryPrimitives.ReadUInt64LittleEndian(value)
-                : null;
-        }
-        ReadOnlySpan<byte> list = large is null ? new ReadOnlySpan<byte>(small, (int)length) : large.AsSpan(0, (int)length);
-        isBCow = HasXattr(list, BCowXattrName);
-        ulong ino = 0;
-        foreach (var (name, bytes) in (ReadOnlySpan<(string, byte[])>)[(LayerPaths.InoXattr, InoXattrName), (LayerPaths.TrustedInoXattr, TrustedInoXattrName)])
-        {
-            if (HasXattr(list, bytes) && LibC.lgetxattr(path, name, (byte*)&ino, sizeof(ulong)) == sizeof(ulong))
-            {
-                return BinaryPrimitives.ReadUInt64LittleEndian(new ReadOnlySpan<byte>(&ino, sizeof(ulong)));
-            }
-        }
-        return null;
-    }
-
-    private static readonly byte[] InoXattrName = System.Text.Encoding.UTF8.GetBytes(LayerPaths.InoXattr);
-    private static readonly byte[] TrustedInoXattrName = System.Text.Encoding.UTF8.GetBytes(LayerPaths.TrustedInoXattr);
-    private static readonly byte[] BCowXattrName = System.Text.Encoding.UTF8.GetBytes(LayerPaths.BCowXattr);
-
-    /// <summary>Whether a listxattr result (names, each ending in NUL) holds <paramref name="name"/>.</summary>
-    private static bool HasXattr(ReadOnlySpan<byte> list, ReadOnlySpan<byte> name)
-    {
-        while (!list.IsEmpty)
-        {
-            int end = list.IndexOf((byte)0);
-            ReadOnlySpan<byte> entry = end < 0 ? list : list[..end];
-            if (entry.SequenceEqual(name))
-            {
-                return true;
-            }
-            list = end < 0 ? default : list[(end + 1)..];
-        }
-        return false;
     }
 
     private OverlayStat StatOf(OverlayNode node)
@@ -1622,7 +1537,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                     }
                     break;
             }
-            keptIno = CopyMetadata(lower, scratch, st, type, node.Ino, Describe(node));
+            keptIno = CopyMetadata(lower, scratch, st, type, node.Ino, node.Layers[0].Path, Describe(node));
             using LayerPath upper = Upper(node);
             if (Syscall.rename(scratch, upper.Path) != 0)
             {
@@ -1670,7 +1585,7 @@ public sealed partial class OverlayFileSystem : IDisposable
     }
 
     /// <returns>False when the inode number could not be kept (logged).</returns>
-    private bool CopyMetadata(string from, string to, in Stat st, uint type, ulong ino, string described)
+    private bool CopyMetadata(string from, string to, in Stat st, uint type, ulong ino, string origin, string described)
     {
         if (Syscall.llistxattr(from, out string[] names) >= 0)
         {
@@ -1682,8 +1597,8 @@ public sealed partial class OverlayFileSystem : IDisposable
                 }
             }
         }
-        byte[] inoBytes = new byte[8];
-        BinaryPrimitives.WriteUInt64LittleEndian(inoBytes, ino);
+        // The number with the path it was made from: a later lookup honours it only while that origin still holds it.
+        byte[] inoBytes = KeptInoRecord(ino, origin);
         bool keptIno = true;
         if (Syscall.lsetxattr(to, LayerPaths.InoXattr, inoBytes, XattrFlags.XATTR_AUTO) != 0)
         {
