@@ -24,6 +24,17 @@ internal sealed class LayerStack : IDisposable
     private readonly string? _workName;
     private static int s_noOpenat2;
 
+    /// <summary>
+    /// Directories opened before, kept open by (layer, path) so that a lookup costs one <c>statx</c> rather than an
+    /// <c>openat2</c> and a <c>close</c> besides. Filled under the overlay's read or write lock (readers may race to
+    /// add one; the loser closes its own); emptied only under the write lock (<see cref="ForgetDirectories"/>), so a
+    /// borrowed handle is never closed while in use. Lower layers never change, so their entries stay valid.
+    /// </summary>
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<(int Layer, string Path), SafeFileHandle> _directories = new();
+
+    /// <summary>At most this many kept directory handles (file descriptors); past it, directories are opened per use.</summary>
+    private const int MaxKeptDirectories = 4096;
+
     /// <summary>The most bytes of path opened in one call (PATH_MAX is 4096 with its NUL).</summary>
     private const int MaxPart = 3800;
 
@@ -108,6 +119,45 @@ internal sealed class LayerStack : IDisposable
         {
             return 0;
         }
+        if (_directories.TryGetValue((layer, relative), out SafeFileHandle? kept))
+        {
+            directory = new LayerDir((int)kept.DangerousGetHandle(), owned: false);
+            return 0;
+        }
+        Errno errno = OpenUncached(layer, relative, out LayerDir opened);
+        if (errno != 0 || _directories.Count >= MaxKeptDirectories)
+        {
+            directory = opened;
+            return errno;
+        }
+        var handle = new SafeFileHandle(opened.Fd, ownsHandle: true);
+        SafeFileHandle winner = _directories.GetOrAdd((layer, relative), handle);
+        if (winner != handle)
+        {
+            handle.Dispose(); // another reader opened it at the same time
+        }
+        directory = new LayerDir((int)winner.DangerousGetHandle(), owned: false);
+        return 0;
+    }
+
+    /// <summary>
+    /// Drops the kept handles of <paramref name="layer"/>'s directories. Call it, under the overlay's write lock (no
+    /// reader holds a borrowed handle then), after a directory of that layer was renamed, removed or replaced: a kept
+    /// handle follows its directory, and the path it was kept under may now name another one, or none.
+    /// </summary>
+    public void ForgetDirectories(int layer)
+    {
+        foreach (var key in _directories.Keys)
+        {
+            if (key.Layer == layer && _directories.TryRemove(key, out SafeFileHandle? handle))
+            {
+                handle.Dispose();
+            }
+        }
+    }
+
+    private Errno OpenUncached(int layer, string relative, out LayerDir directory)
+    {
         int fd = RootFd(layer);
         bool owned = false;
         string rest = relative;
@@ -166,6 +216,45 @@ internal sealed class LayerStack : IDisposable
         return errno == 0 ? path : throw new OverlayException(errno, $"{Describe(layer, relative)}: {Stdlib.strerror(errno)}");
     }
 
+    /// <summary>
+    /// lstat of <paramref name="name"/> in <paramref name="directory"/> ("" for the directory itself) with one
+    /// <c>statx</c> relative to its handle: no path walk through <c>/proc</c>, which the lookups' hot path would pay.
+    /// </summary>
+    /// <returns>0, or -1 with the errno set (read it with <see cref="Stdlib.GetLastError"/>).</returns>
+    public static unsafe int Lstat(LayerDir directory, string name, out Stat st)
+    {
+        LibC.Statx x;
+        int flags = LibC.AT_SYMLINK_NOFOLLOW | (name.Length == 0 ? LibC.AT_EMPTY_PATH : 0);
+        if (LibC.statx(directory.Fd, name, flags, LibC.STATX_BASIC_STATS, &x) != 0)
+        {
+            st = default;
+            return -1;
+        }
+        st = new Stat
+        {
+            st_dev = LibC.MakeDev(x.stx_dev_major, x.stx_dev_minor),
+            st_ino = x.stx_ino,
+            st_mode = (FilePermissions)x.stx_mode,
+            st_nlink = x.stx_nlink,
+            st_uid = x.stx_uid,
+            st_gid = x.stx_gid,
+            st_rdev = LibC.MakeDev(x.stx_rdev_major, x.stx_rdev_minor),
+            st_size = (long)x.stx_size,
+            st_blksize = x.stx_blksize,
+            st_blocks = (long)x.stx_blocks,
+            st_atime = x.stx_atime.tv_sec,
+            st_atime_nsec = x.stx_atime.tv_nsec,
+            st_mtime = x.stx_mtime.tv_sec,
+            st_mtime_nsec = x.stx_mtime.tv_nsec,
+            st_ctime = x.stx_ctime.tv_sec,
+            st_ctime_nsec = x.stx_ctime.tv_nsec,
+        };
+        return 0;
+    }
+
+    /// <inheritdoc cref="Lstat(LayerDir, string, out Stat)"/>
+    public static int Lstat(LayerPath path, out Stat st) => Lstat(path.Directory, path.Name, out st);
+
     /// <summary>openat2 with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS; before Linux 5.6, one openat(O_NOFOLLOW) a
     /// component, which is as strict for the names the overlay builds (never "..").</summary>
     private static int OpenBeneath(int dirfd, string relative)
@@ -212,6 +301,11 @@ internal sealed class LayerStack : IDisposable
     /// <summary>Closes every handle. Paths handed out before stop working.</summary>
     public void Dispose()
     {
+        foreach (SafeFileHandle kept in _directories.Values)
+        {
+            kept.Dispose();
+        }
+        _directories.Clear();
         foreach (SafeFileHandle root in _roots)
         {
             root.Dispose();

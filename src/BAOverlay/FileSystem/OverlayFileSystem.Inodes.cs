@@ -146,7 +146,7 @@ public sealed partial class OverlayFileSystem
         }
         using (located)
         {
-            return Syscall.lstat(located.Path, out st) == 0;
+            return LayerStack.Lstat(located, out st) == 0;
         }
     }
 

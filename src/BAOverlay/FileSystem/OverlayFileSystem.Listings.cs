@@ -125,7 +125,7 @@ public sealed partial class OverlayFileSystem
                     continue;
                 }
                 string path = dir.At(name);
-                if (Syscall.lstat(path, out Stat st) != 0)
+                if (LayerStack.Lstat(dir, name, out Stat st) != 0)
                 {
                     continue;
                 }

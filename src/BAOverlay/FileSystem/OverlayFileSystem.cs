@@ -457,6 +457,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             }
             catch
             {
+                _layers.ForgetDirectories(_upper); // failed half way: a directory may have been swapped out
                 container.Listing = null; // failed half way: the listing may not say what the layers now hold
                 throw;
             }
@@ -611,6 +612,8 @@ public sealed partial class OverlayFileSystem : IDisposable
                     Whiteouts.Create(fromDirectory.Self, name);
                 }
             }
+            // Directories moved or replaced: handles kept by path may now name other ones.
+            _layers.ForgetDirectories(_upper);
             from.Children.Remove(name);
             to.Children.Remove(newName);
             if (target is not null && !exchange)
@@ -622,6 +625,7 @@ public sealed partial class OverlayFileSystem : IDisposable
         }
         catch when (changing is not null)
         {
+            _layers.ForgetDirectories(_upper); // failed half way: a directory may have moved
             foreach (OverlayNode directory in changing)
             {
                 directory.Listing = null; // failed half way: the listing may not say what the layers now hold
@@ -920,10 +924,14 @@ public sealed partial class OverlayFileSystem : IDisposable
         {
             ino = known.Ino; // the same upper object as last time: its number xattr has not changed
         }
-        else
+        else if (inUpper)
         {
             using LayerPath topPath = _layers.Locate(layers[0].Layer, layers[0].Path);
             ino = InoOf(layers[0].Layer, top, topPath.Path, layers[0].Path, out isBCow);
+        }
+        else
+        {
+            ino = InoOf(layers[0].Layer, top, path: "", layers[0].Path, out isBCow); // a lower object's number reads no xattr
         }
         if (!_nodes.TryGetValue(ino, out OverlayNode? node))
         {
@@ -988,7 +996,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             using (dir)
             {
                 string path = dir.At(name);
-                if (Syscall.lstat(path, out Stat st) != 0)
+                if (LayerStack.Lstat(dir, name, out Stat st) != 0)
                 {
                     errno = Stdlib.GetLastError();
                     if (errno != Errno.ENOENT && errno != Errno.ENOTDIR)
@@ -997,7 +1005,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                         _log($"{where}: {Stdlib.strerror(errno)}");
                         throw new OverlayException(errno, $"{where}: {Stdlib.strerror(errno)}");
                     }
-                    if (Syscall.lstat(dir.At(Whiteouts.Prefix + name), out _) == 0)
+                    if (LayerStack.Lstat(dir, Whiteouts.Prefix + name, out _) == 0)
                     {
                         break; // whited out here: nothing below counts
                     }
@@ -1017,11 +1025,17 @@ public sealed partial class OverlayFileSystem : IDisposable
                     top = st;
                 }
                 layers.Add((layer, LayerPaths.Child(directoryPath, name)));
-                if (t != S_IFDIR || Whiteouts.IsOpaque(path))
+                if (t != S_IFDIR)
                 {
                     break;
                 }
-                if (Redirects.Read(path, directoryPath, _layers.Describe(layer, LayerPaths.Child(directoryPath, name)), _log) is { } redirect)
+                // One listxattr says whether the directory is opaque or redirected (five names to ask about).
+                var (opaque, redirected) = Whiteouts.DirectoryXattrs(path);
+                if (opaque || LayerStack.Lstat(dir, name + "/" + Whiteouts.OpaqueMarker, out _) == 0)
+                {
+                    break;
+                }
+                if (redirected && Redirects.Read(path, directoryPath, _layers.Describe(layer, LayerPaths.Child(directoryPath, name)), _log) is { } redirect)
                 {
                     // A renamed directory: its parts in the layers below live at the recorded path, not under this
                     // name. Read in every layer, so an upper layer stacked as a lower one keeps its renames.
@@ -1046,7 +1060,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             }
             using (located)
             {
-                if (Syscall.lstat(located.Path, out Stat st) != 0)
+                if (LayerStack.Lstat(located, out Stat st) != 0)
                 {
                     continue;
                 }
@@ -1074,7 +1088,7 @@ public sealed partial class OverlayFileSystem : IDisposable
         if (node == _root && node.Layers.Count > 0)
         {
             int layer = node.Layers[0].Layer;
-            if (Syscall.lstat(_layers.Root(layer).Self, out Stat rootStat) != 0)
+            if (LayerStack.Lstat(_layers.Root(layer), "", out Stat rootStat) != 0)
             {
                 throw OverlayException.FromLastError("stat", _layers.NameOf(layer));
             }
@@ -1087,7 +1101,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                 : throw new OverlayException(Errno.ENOENT, $"{Describe(node)}: removed");
         }
         using LayerPath top = Top(node);
-        if (Syscall.lstat(top.Path, out Stat st) != 0)
+        if (LayerStack.Lstat(top, out Stat st) != 0)
         {
             throw OverlayException.FromLastError("stat", Describe(node));
         }
@@ -1376,6 +1390,10 @@ public sealed partial class OverlayFileSystem : IDisposable
             EnsureUpperDirectory(directory);
             using LayerDir upperDirectory = _layers.OpenDirectory(_upper, directory.Path);
             Whiteouts.Create(upperDirectory.Self, name);
+        }
+        if (node.IsDirectory)
+        {
+            _layers.ForgetDirectories(_upper); // it (and what it held) is gone: a new one may take its path
         }
         directory.Children.Remove(name);
         ListingChanged(directory, name, null);
@@ -1742,7 +1760,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             }
             using (located)
             {
-                if (Syscall.lstat(located.Path, out Stat st) != 0)
+                if (LayerStack.Lstat(located, out Stat st) != 0)
                 {
                     continue;
                 }

@@ -45,6 +45,55 @@ internal static class Whiteouts
 
     public static bool IsOpaque(string directory)
     {
+        return IsOpaqueByXattr(directory) || Syscall.lstat(LayerPaths.Join(directory, OpaqueMarker), out _) == 0;
+    }
+
+    private static readonly string[] RedirectXattrs = ["user.baoverlay.redirect", "trusted.overlay.redirect", "user.overlay.redirect"];
+    private static readonly byte[][] OpaqueNames = [.. OpaqueXattrs.Select(System.Text.Encoding.UTF8.GetBytes)];
+    private static readonly byte[][] RedirectNames = [.. RedirectXattrs.Select(System.Text.Encoding.UTF8.GetBytes)];
+
+    /// <summary>
+    /// What a directory's xattrs tell a lookup, from one listxattr: whether an opaque xattr says exactly <c>y</c>, and
+    /// whether a redirect xattr is there (read by <see cref="Redirects.Read"/>). The <c>.wh..wh..opq</c> entry is the
+    /// caller's to check.
+    /// </summary>
+    public static unsafe (bool Opaque, bool Redirected) DirectoryXattrs(string directory)
+    {
+        const int Small = 1024;
+        byte* small = stackalloc byte[Small];
+        nint length = BAOverlay.Interop.LibC.llistxattr(directory, small, Small);
+        if (length < 0)
+        {
+            // Too many to list in the small buffer, or no listing at all: ask for each name.
+            bool opaqueByName = IsOpaqueByXattr(directory);
+            bool redirected = false;
+            foreach (string name in RedirectXattrs)
+            {
+                redirected |= BAOverlay.Interop.LibC.lgetxattr(directory, name, null, 0) >= 0;
+            }
+            return (opaqueByName, redirected);
+        }
+        var list = new ReadOnlySpan<byte>(small, (int)length);
+        bool opaque = false, redirect = false;
+        while (!list.IsEmpty)
+        {
+            int end = list.IndexOf((byte)0);
+            ReadOnlySpan<byte> entry = end < 0 ? list : list[..end];
+            foreach (byte[] name in OpaqueNames)
+            {
+                opaque |= entry.SequenceEqual(name);
+            }
+            foreach (byte[] name in RedirectNames)
+            {
+                redirect |= entry.SequenceEqual(name);
+            }
+            list = end < 0 ? default : list[(end + 1)..];
+        }
+        return (opaque && IsOpaqueByXattr(directory), redirect);
+    }
+
+    private static bool IsOpaqueByXattr(string directory)
+    {
         foreach (string xattr in OpaqueXattrs)
         {
             if (Syscall.lgetxattr(directory, xattr, out byte[] value) == 1 && value[0] == (byte)'y') // exactly "y", as the kernel reads it
@@ -52,7 +101,7 @@ internal static class Whiteouts
                 return true;
             }
         }
-        return Syscall.lstat(LayerPaths.Join(directory, OpaqueMarker), out _) == 0;
+        return false;
     }
 
     /// <summary>Hides <paramref name="name"/> in the layers below <paramref name="directory"/> (an upper directory).</summary>

@@ -53,6 +53,55 @@ internal static partial class LibC
         }
     }
 
+    public const int AT_SYMLINK_NOFOLLOW = 0x100;
+    public const int AT_EMPTY_PATH = 0x1000;
+
+    /// <summary>STATX_BASIC_STATS: type, mode, nlink, uid, gid, times, ino, size, blocks.</summary>
+    public const uint STATX_BASIC_STATS = 0x7ff;
+
+    /// <summary>struct statx_timestamp (include/uapi/linux/stat.h).</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    public struct StatxTimestamp
+    {
+        public long tv_sec;      // __s64 tv_sec
+        public uint tv_nsec;     // __u32 tv_nsec
+        public int __reserved;   // __s32 __reserved
+    }
+
+    /// <summary>struct statx (include/uapi/linux/stat.h): the same layout on every architecture, 256 bytes.</summary>
+    [StructLayout(LayoutKind.Sequential, Size = 256)]
+    public struct Statx
+    {
+        public uint stx_mask;              // __u32
+        public uint stx_blksize;           // __u32
+        public ulong stx_attributes;       // __u64
+        public uint stx_nlink;             // __u32
+        public uint stx_uid;               // __u32
+        public uint stx_gid;               // __u32
+        public ushort stx_mode;            // __u16
+        public ushort __spare0;            // __u16 __spare0[1]
+        public ulong stx_ino;              // __u64
+        public ulong stx_size;             // __u64
+        public ulong stx_blocks;           // __u64
+        public ulong stx_attributes_mask;  // __u64
+        public StatxTimestamp stx_atime;
+        public StatxTimestamp stx_btime;
+        public StatxTimestamp stx_ctime;
+        public StatxTimestamp stx_mtime;
+        public uint stx_rdev_major;        // __u32
+        public uint stx_rdev_minor;        // __u32
+        public uint stx_dev_major;         // __u32
+        public uint stx_dev_minor;         // __u32
+    }
+
+    // int statx(int dirfd, const char *restrict pathname, int flags, unsigned int mask, struct statx *restrict statxbuf);
+    [LibraryImport(Library, EntryPoint = "statx", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static unsafe partial int statx(int dirfd, string pathname, int flags, uint mask, Statx* statxbuf);
+
+    /// <summary>glibc's makedev: a dev_t from a major and minor number.</summary>
+    public static ulong MakeDev(uint major, uint minor) =>
+        ((ulong)(major & 0xfffff000) << 32) | ((ulong)(major & 0xfff) << 8) | ((ulong)(minor & 0xffffff00) << 12) | (minor & 0xff);
+
     // int close(int fd);
     [LibraryImport(Library, EntryPoint = "close", SetLastError = true)]
     public static partial int close(int fd);
