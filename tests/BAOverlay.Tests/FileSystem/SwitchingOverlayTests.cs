@@ -269,6 +269,30 @@ public class SwitchingOverlayTests
         }
     }
 
+    [Test]
+    public void RootlessWhiteoutsAndOpaqueMarkersTakeTheKernelsForm()
+    {
+        RequireRoot();
+        using var f = new OverlayFixture();
+        WriteFile(Path.Combine(f.Lowers[0], "gone.txt"), "hidden");
+        WriteFile(Path.Combine(f.Lowers[0], "opaque", "below.txt"), "hidden");
+        WriteFile(Path.Combine(f.Upper!, ".wh.gone.txt"), "");
+        WriteFile(Path.Combine(f.Upper!, "opaque", ".wh..wh..opq"), "");
+        WriteFile(Path.Combine(f.Upper!, "opaque", "own.txt"), "own");
+        SortedDictionary<string, string> expected = UpperExportTests.VisibleTree(f, withTimes: true);
+
+        UpperExportResult result = UpperExport.ToPlainInPlace(f.Upper!, f.Lowers, f.Work!);
+
+        Assert.That((result.Whiteouts, result.OpaqueDirectories), Is.EqualTo((1, 1)));
+        Assert.That(Syscall.lstat(Path.Combine(f.Upper!, "gone.txt"), out Stat gone), Is.Zero);
+        Assert.That(Whiteouts.IsWhiteoutStat(gone), Is.True, "a 0/0 character device");
+        Assert.That(File.Exists(Path.Combine(f.Upper!, ".wh.gone.txt")), Is.False);
+        Assert.That(File.Exists(Path.Combine(f.Upper!, "opaque", ".wh..wh..opq")), Is.False);
+        Assert.That(Syscall.lgetxattr(Path.Combine(f.Upper!, "opaque"), "trusted.overlay.opaque", out byte[] y), Is.EqualTo(1));
+        Assert.That(y, Is.EqualTo("y"u8.ToArray()));
+        UpperExportTests.AssertKernelShows(f, f.Upper!, expected, null, "kernel overlayfs over the converted rootless forms");
+    }
+
     private sealed class Inline(Action<UpperExportProgress> report) : IProgress<UpperExportProgress>
     {
         public void Report(UpperExportProgress value) => report(value);

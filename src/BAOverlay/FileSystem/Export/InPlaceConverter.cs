@@ -118,8 +118,7 @@ internal static class InPlaceConverter
                         string link = staged + ".link";
                         Syscall.unlink(link);
                         Check(Syscall.link(staged, link), "cannot link the plain copy", staged);
-                        Check(Syscall.rename(link, path), "cannot rename the plain copy into place", path);
-                        FsyncDirectory(Path.GetDirectoryName(path)!);
+                        KeepingTimes(Path.GetDirectoryName(path)!, () => Check(Syscall.rename(link, path), "cannot rename the plain copy into place", path));
                     }
                     filesDone++;
                     options.Progress?.Report(new UpperExportProgress(bytesDone, scan.BytesTotal, filesDone, filesTotal, name));
@@ -201,7 +200,10 @@ internal static class InPlaceConverter
             uint type = (uint)st.st_mode & S_IFMT;
             if (Whiteouts.IsReservedName(name))
             {
-                scan.OciWhiteouts.Add((relative, name));
+                if (name != Whiteouts.OpaqueMarker) // handled with its directory (ToKernelOpaque)
+                {
+                    scan.OciWhiteouts.Add((relative, name));
+                }
                 continue;
             }
             if (type == S_IFDIR)
@@ -308,10 +310,6 @@ internal static class InPlaceConverter
     /// <c>.wh..wh..opq</c> is handled with its directory.</summary>
     private static bool ToKernelWhiteout(string directory, string name)
     {
-        if (name == Whiteouts.OpaqueMarker)
-        {
-            return false;
-        }
         string hidden = name[Whiteouts.Prefix.Length..];
         if (hidden.Length == 0)
         {
@@ -319,13 +317,16 @@ internal static class InPlaceConverter
         }
         string target = Join(directory, hidden);
         bool made = false;
-        if (Syscall.lstat(target, out _) != 0)
+        KeepingTimes(directory, () =>
         {
-            Check(Syscall.mknod(target, FilePermissions.S_IFCHR, 0), "cannot make a whiteout", target);
-            FsyncDirectory(directory);
-            made = true;
-        }
-        Check(Syscall.unlink(Join(directory, name)), "cannot remove", Join(directory, name));
+            if (Syscall.lstat(target, out _) != 0)
+            {
+                Check(Syscall.mknod(target, FilePermissions.S_IFCHR, 0), "cannot make a whiteout", target);
+                FsyncDirectory(directory);
+                made = true;
+            }
+            Check(Syscall.unlink(Join(directory, name)), "cannot remove", Join(directory, name));
+        });
         return made;
     }
 
@@ -359,7 +360,7 @@ internal static class InPlaceConverter
         string marker = Join(path, Whiteouts.OpaqueMarker);
         if (Syscall.lstat(marker, out _) == 0)
         {
-            Check(Syscall.unlink(marker), "cannot remove", marker);
+            KeepingTimes(path, () => Check(Syscall.unlink(marker), "cannot remove", marker));
         }
         return made;
     }
@@ -525,6 +526,21 @@ internal static class InPlaceConverter
     }
 
     private static IOException Failure(string what, string path) => UpperTree.Failure(what, path);
+
+    /// <summary>Runs <paramref name="change"/> in <paramref name="directory"/>, then gives the directory back the access and
+    /// modification times it had (the merged view shows them), and makes the change durable.</summary>
+    private static void KeepingTimes(string directory, Action change)
+    {
+        Stat st = Lstat(directory);
+        change();
+        var times = new Timespec[]
+        {
+            new() { tv_sec = st.st_atime, tv_nsec = st.st_atime_nsec },
+            new() { tv_sec = st.st_mtime, tv_nsec = st.st_mtime_nsec },
+        };
+        Check(Syscall.utimensat(Interop.LibC.AT_FDCWD, directory, times, AtFlags.AT_SYMLINK_NOFOLLOW), "cannot set the times", directory);
+        FsyncDirectory(directory);
+    }
 
     private static void FsyncDirectory(string path)
     {
