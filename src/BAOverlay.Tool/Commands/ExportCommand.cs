@@ -10,7 +10,7 @@ internal sealed class ExportCommand : ICommand
 
     public string Summary => "write an overlay's upper layer as a kernel overlayfs upper directory or an OCI layer tar";
 
-    public string Synopsis => "export [--tar] [--force] [--lowerdir DIR[:DIR...]] UPPER DEST";
+    public string Synopsis => "export [--tar] [--force] [--lowerdir DIR[:DIR...]] UPPER DEST | export --in-place --lowerdir DIR[:DIR...] --workdir WORK UPPER";
 
     public string Help => """
         Writes the upper directory UPPER of a BAOverlay overlay in a form other tools
@@ -35,7 +35,20 @@ internal sealed class ExportCommand : ICommand
         be carried (an attribute the destination refused, ownership without root) is
         listed as warnings after the summary.
 
+        With --in-place (switching to kernel overlayfs or fuse-overlayfs), UPPER itself
+        becomes a plain overlayfs upper directory: each B-CoW file is replaced by a
+        plain file with its merged content (read over the --lowerdir directories) and
+        the same owner, mode, times and extended attributes; renamed directories get
+        trusted.overlay.redirect, whiteouts and opaque directories the kernel's form
+        (as root); the overlay's own attributes are removed. Each file is built in
+        WORK (on UPPER's file system; the overlay's work directory) and renamed into
+        place once on disk: after a crash or Ctrl+C, run the same command again to
+        finish. Refused while UPPER is mounted or in use by another process.
+
         Options:
+          --in-place convert UPPER where it is (needs --lowerdir and --workdir)
+          --workdir WORK
+                     the staging directory for --in-place
           --tar      write an OCI layer tar instead of a directory
           --force    replace an existing DEST
           --lowerdir DIR[:DIR...]
@@ -45,10 +58,19 @@ internal sealed class ExportCommand : ICommand
         """;
 
     public IReadOnlyList<OptionSpec> Options { get; } =
-        [OptionSpec.Flag("--tar"), OptionSpec.Flag("--force", "-f"), OptionSpec.Valued("DIR[:DIR...]", "--lowerdir")];
+        [OptionSpec.Flag("--tar"), OptionSpec.Flag("--force", "-f"), OptionSpec.Valued("DIR[:DIR...]", "--lowerdir"),
+         OptionSpec.Flag("--in-place"), OptionSpec.Valued("WORK", "--workdir")];
 
     public int Run(ParsedArguments args, CommandContext context)
     {
+        if (args.Has("--in-place"))
+        {
+            return RunInPlace(args, context);
+        }
+        if (args.Value("--workdir") is not null)
+        {
+            throw new UsageException("--workdir goes with --in-place");
+        }
         Operands.Expect(args, "UPPER", "DEST");
         string upper = args.Operands[0];
         string destination = args.Operands[1];
@@ -97,6 +119,47 @@ internal sealed class ExportCommand : ICommand
         TextWriter summary = destination == "-" ? context.Error : context.Out;
         summary.WriteLine($"exported {result.Files} entries, {result.Bytes} bytes of file content " +
             $"({result.MaterializedBCowFiles} B-CoW files written out, {result.Whiteouts} whiteouts, {result.OpaqueDirectories} opaque directories) to {destination}");
+        foreach (string warning in result.Warnings)
+        {
+            context.Error.WriteLine($"bcow: warning: {warning}");
+        }
+        return 0;
+    }
+
+    private static int RunInPlace(ParsedArguments args, CommandContext context)
+    {
+        Operands.Expect(args, "UPPER");
+        if (args.Has("--tar") || args.Has("--force"))
+        {
+            throw new UsageException("--in-place takes neither --tar nor --force");
+        }
+        string[] lowers = args.Value("--lowerdir")?.Split(':', StringSplitOptions.RemoveEmptyEntries)
+            ?? throw new UsageException("--in-place needs --lowerdir: the B-CoW files' content is read over the lower directories");
+        string work = args.Value("--workdir") ?? throw new UsageException("--in-place needs --workdir: each file is built there, on UPPER's file system");
+        string upper = args.Operands[0];
+        ProgressBar? bar = null;
+        var options = new UpperExportOptions
+        {
+            CancellationToken = context.Cancellation,
+            Progress = context.ErrorIsTerminal ? new Progress(report =>
+            {
+                bar ??= new ProgressBar(context.Error, report.BytesTotal);
+                bar.Report(report.BytesDone);
+            }) : null,
+        };
+        UpperExportResult result;
+        try
+        {
+            result = UpperExport.ToPlainInPlace(upper, lowers, work, options);
+            bar?.Complete();
+        }
+        catch
+        {
+            bar?.Abandon();
+            throw;
+        }
+        context.Out.WriteLine($"converted {upper} in place: {result.MaterializedBCowFiles} B-CoW files ({result.Files} names, {result.Bytes} bytes) written out, " +
+            $"{result.Whiteouts} whiteouts and {result.OpaqueDirectories} opaque directories put in the kernel's form");
         foreach (string warning in result.Warnings)
         {
             context.Error.WriteLine($"bcow: warning: {warning}");

@@ -1524,6 +1524,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                     {
                         throw OverlayException.FromLastError("mark as B-CoW (user xattrs needed on the upper file system)", Describe(node));
                     }
+                    ForeignMarks.Write(scratch, Describe(node));
                     Redirects.WriteLowerPosition(scratch, node.Layers[0].Path, Describe(node));
                     break;
                 case S_IFREG:

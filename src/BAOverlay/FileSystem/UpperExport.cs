@@ -115,4 +115,47 @@ public static class UpperExport
         ArgumentException.ThrowIfNullOrEmpty(upperDirectory);
         return OciTarExporter.ExportToFile(upperDirectory, destination, options ?? new UpperExportOptions());
     }
+    /// <summary>
+    /// Turns <paramref name="upperDirectory"/> into a plain overlayfs upper directory where it is, for switching to
+    /// kernel overlayfs or fuse-overlayfs over the same lower directories: every B-CoW file is replaced by a plain
+    /// (sparse) file holding its merged content, read through the overlay over <paramref name="lowerDirectories"/>,
+    /// with its owner, mode, access and modification times and extended attributes other than the overlay's own.
+    /// </summary>
+    /// <remarks>
+    /// <para>Also, as root: a directory renamed out of a lower layer gets <c>trusted.overlay.redirect</c> (read by a
+    /// kernel overlayfs mounted with <c>redirect_dir=on</c>) where it has only <c>user.baoverlay.redirect</c>;
+    /// <c>.wh.NAME</c> whiteouts become 0/0 character devices and opaque directories get
+    /// <c>trusted.overlay.opaque=y</c> (without root they are left as they are, each with a warning). The overlay's
+    /// private attributes (<c>user.baoverlay.*</c>, <c>trusted.baoverlay.*</c>, the marks that stop other overlays from
+    /// reading B-CoW files) are removed everywhere. Hard links to a B-CoW file stay hard links.</para>
+    /// <para>Crash-safe and resumable: each plain file is built in <c>WORK/baoverlay/plain-upper/</c>, flushed to disk,
+    /// and renamed over its name, so after a kill every name is either the B-CoW file or the complete plain file; a
+    /// second call finishes the job (plain files are skipped). Progress is reported per B-CoW name.</para>
+    /// <para>Refused (IOException, nothing changed) while the upper directory is in use: named by a mounted kernel
+    /// overlayfs, held open by another process (a baoverlayfs or fuse-overlayfs mount keeps its layer roots open), or
+    /// with a B-CoW file locked by another process; and, without root, when a renamed directory needs the kernel's
+    /// redirect. Each B-CoW file is opened through the overlay, which checks its header, map and lower file; a bad
+    /// one stops the call there (the files before it stay converted).</para>
+    /// </remarks>
+    /// <param name="upperDirectory">The overlay's upper directory; the overlay must not be mounted.</param>
+    /// <param name="lowerDirectories">The overlay's lower directories, highest first, as when it was mounted.</param>
+    /// <param name="workDirectory">A directory on the upper directory's file system, not inside it (the overlay's work
+    /// directory is the natural choice).</param>
+    /// <param name="options">Progress and cancellation (<see cref="UpperExportOptions.Overwrite"/> and
+    /// <see cref="UpperExportOptions.LowerDirectories"/> do not apply).</param>
+    /// <returns><see cref="UpperExportResult.Files"/>: B-CoW names replaced; <see cref="UpperExportResult.Bytes"/>:
+    /// their logical content bytes; <see cref="UpperExportResult.MaterializedBCowFiles"/>: B-CoW inodes replaced;
+    /// <see cref="UpperExportResult.Whiteouts"/> and <see cref="UpperExportResult.OpaqueDirectories"/>: those turned
+    /// into the kernel's form; warnings for what could not be.</returns>
+    /// <exception cref="ArgumentException">The work directory is, holds, or lies inside the upper directory.</exception>
+    /// <exception cref="DirectoryNotFoundException">A directory given does not exist.</exception>
+    /// <exception cref="IOException">In use, not convertible without root, a B-CoW file or its lower file unusable, or
+    /// writing failed; the message names the path.</exception>
+    /// <exception cref="OperationCanceledException">Cancelled; a later call finishes the job.</exception>
+    public static UpperExportResult ToPlainInPlace(string upperDirectory, IReadOnlyList<string> lowerDirectories, string workDirectory, UpperExportOptions? options = null)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(upperDirectory);
+        ArgumentNullException.ThrowIfNull(lowerDirectories);
+        return InPlaceConverter.Convert(upperDirectory, lowerDirectories, workDirectory, options ?? new UpperExportOptions());
+    }
 }

@@ -110,6 +110,9 @@ internal sealed class PosixTree(string root) : ITreeOps
     /// <summary>The snapshot value of a name that readdir lists but lookup does not find.</summary>
     public const string ReaddirOnly = "listed by readdir, lookup ENOENT";
 
+    /// <summary>What kernel overlayfs shows for a B-CoW file the overlay wrote: listed, but lookup fails (ForeignMarks).</summary>
+    public const string LookupEio = "listed by readdir, lookup EIO";
+
     public string Root => root;
 
     private string P(string path) => path.Length == 0 ? root : root + "/" + path;
@@ -203,6 +206,11 @@ internal sealed class PosixTree(string root) : ITreeOps
                     // Kernel overlayfs lists the whiteouts of a directory that only one layer has, but looking
                     // them up fails: recorded as such, for the documented difference.
                     result["/" + child] = ReaddirOnly;
+                    continue;
+                }
+                if (error == Errno.EIO)
+                {
+                    result["/" + child] = LookupEio;
                     continue;
                 }
                 Assert.That(rc, Is.Zero, $"lstat {full}: {error}");

@@ -468,7 +468,7 @@ public class UpperExportTests
     /// links and a fifo, a setuid file with another owner; then a hard link and a user xattr added in upper directly.
     /// </summary>
     /// <returns>The merged content of big.bin.</returns>
-    private static byte[] MakeChanges(OverlayFixture f)
+    internal static byte[] MakeChanges(OverlayFixture f)
     {
         var random = new Random(7);
         string lower1 = f.Lowers[0], lower2 = f.Lowers[1];
@@ -533,7 +533,7 @@ public class UpperExportTests
 
     /// <summary>Mounts kernel overlayfs with <paramref name="upper"/> over the fixture's lower directories and asserts it
     /// shows <paramref name="expected"/>; always unmounts.</summary>
-    private static void AssertKernelShows(OverlayFixture f, string upper, SortedDictionary<string, string> expected, string? extraOptions, string because)
+    internal static void AssertKernelShows(OverlayFixture f, string upper, SortedDictionary<string, string> expected, string? extraOptions, string because, bool withTimes = true)
     {
         string mountPoint = Path.Combine(f.Root, "mnt");
         string work = Path.Combine(f.Root, "kernel-work");
@@ -543,7 +543,7 @@ public class UpperExportTests
         Mount($"-t overlay overlay -o {options}lowerdir={f.Lowers[0]}:{f.Lowers[1]},upperdir={upper},workdir={work} {mountPoint}");
         try
         {
-            AssertSameTree(TreeOf(mountPoint, withTimes: true), expected, because);
+            AssertSameTree(TreeOf(mountPoint, withTimes), expected, because);
         }
         finally
         {
@@ -554,7 +554,7 @@ public class UpperExportTests
     // ------------------------------------------------------------------ trees to compare
 
     /// <summary>The tree the overlay shows, without inode numbers: path → type, content hash or target, mode, owner, size.</summary>
-    private static SortedDictionary<string, string> VisibleTree(OverlayFixture f, bool withTimes)
+    internal static SortedDictionary<string, string> VisibleTree(OverlayFixture f, bool withTimes)
     {
         using OverlayFileSystem fs = f.Open();
         var result = new SortedDictionary<string, string>(StringComparer.Ordinal);
@@ -568,7 +568,7 @@ public class UpperExportTests
 
     /// <summary>The same description of a plain directory tree (a kernel mount or an applied layer), with .NET's
     /// file APIs for names, content and link targets and lstat for modes and owners.</summary>
-    private static SortedDictionary<string, string> TreeOf(string root, bool withTimes)
+    internal static SortedDictionary<string, string> TreeOf(string root, bool withTimes)
     {
         var result = new SortedDictionary<string, string>(StringComparer.Ordinal);
         void Walk(string directory, string path)
@@ -599,7 +599,7 @@ public class UpperExportTests
     }
 
     /// <summary>Compares two trees and names every path that differs.</summary>
-    private static void AssertSameTree(SortedDictionary<string, string> actual, SortedDictionary<string, string> expected, string what)
+    internal static void AssertSameTree(SortedDictionary<string, string> actual, SortedDictionary<string, string> expected, string what)
     {
         var differences = actual.Keys.Union(expected.Keys).Order(StringComparer.Ordinal)
             .Where(k => actual.GetValueOrDefault(k) != expected.GetValueOrDefault(k))
@@ -735,7 +735,7 @@ public class UpperExportTests
 
     /// <summary>Mounts; ignores the test where mounting overlayfs is not permitted or not available, and fails it
     /// where the kernel refuses the layers (which would be the export's fault).</summary>
-    private static void Mount(string arguments)
+    internal static void Mount(string arguments)
     {
         if (Run("mount", arguments, out string output) == 0)
         {
@@ -750,7 +750,7 @@ public class UpperExportTests
     }
 
     /// <summary>Unmounts, lazily if the mount is busy, so the temporary folder can go.</summary>
-    private static void Unmount(string mountPoint)
+    internal static void Unmount(string mountPoint)
     {
         if (Run("umount", mountPoint, out _) != 0)
         {

@@ -74,4 +74,42 @@ public class ExportCommandTests
         Assert.That(result.ExitCode, Is.EqualTo(1));
         Assert.That(result.Error, Does.Contain("--tar"));
     }
+    [Test]
+    public void InPlaceExportTurnsTheUpperIntoAPlainOneAndARerunHasNothingToDo()
+    {
+        if (Syscall.geteuid() != 0)
+        {
+            Assert.Ignore("needs root: the overlay writes 0/0 character-device whiteouts");
+        }
+        using OverlayFixture f = ChangedOverlay();
+        string lowers = string.Join(':', f.Lowers);
+        BcowResult result = Bcow.Run("export", "--in-place", "--lowerdir", lowers, "--workdir", f.Work!, f.Upper!);
+        Assert.That(result.ExitCode, Is.Zero, result.ToString());
+        Assert.That(result.Out, Does.Contain("1 B-CoW files"));
+        string big = Path.Combine(f.Upper!, "big");
+        Assert.That(Syscall.lgetxattr(big, "user.baoverlay.bcow", out byte[] _), Is.EqualTo(-1), "a plain file now");
+        Assert.That(System.Text.Encoding.UTF8.GetString(File.ReadAllBytes(big), 1000, 7), Is.EqualTo("changed"));
+        BcowResult again = Bcow.Run("export", "--in-place", "--lowerdir", lowers, "--workdir", f.Work!, f.Upper!);
+        Assert.That(again.Out, Does.Contain("0 B-CoW files"), again.ToString());
+    }
+
+    [TestCase("--lowerdir")]
+    [TestCase("--workdir")]
+    public void InPlaceExportNeedsTheLowerAndWorkDirectories(string missing)
+    {
+        using var dir = new TempDir();
+        var args = new List<string> { "export", "--in-place" };
+        if (missing != "--lowerdir")
+        {
+            args.AddRange(["--lowerdir", dir.Path]);
+        }
+        if (missing != "--workdir")
+        {
+            args.AddRange(["--workdir", dir.Path]);
+        }
+        args.Add(dir.Path);
+        BcowResult result = Bcow.Run([.. args]);
+        Assert.That(result.ExitCode, Is.EqualTo(1));
+        Assert.That(result.Error, Does.Contain(missing));
+    }
 }

@@ -418,11 +418,12 @@ internal static class UpperTree
             throw new IOException($"{path}: cannot list extended attributes: {Stdlib.strerror(errno)}");
         }
         var result = new List<(string, byte[])>();
+        isBCow = names.Contains(LayerPaths.BCowXattr);
         foreach (string name in names.Order(StringComparer.Ordinal))
         {
-            if (name == LayerPaths.BCowXattr)
+            if (isBCow && ForeignMarks.IsMetacopyXattr(name) && Syscall.lgetxattr(path, name, out byte[] mark) >= 0 && ForeignMarks.IsMark(mark ?? []))
             {
-                isBCow = true;
+                continue; // the overlay's own mark that stops other overlays from reading the B-CoW bytes (ForeignMarks)
             }
             if (UnsupportedXattrs.Contains(name))
             {
