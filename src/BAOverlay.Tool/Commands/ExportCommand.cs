@@ -84,37 +84,21 @@ internal sealed class ExportCommand : ICommand
             // The library refuses too (naming its Overwrite option); say it in the tool's terms, as create does.
             throw new IOException($"{Path.GetFullPath(destination)}: already exists (--force replaces it)");
         }
-        ProgressBar? bar = null;
         var options = new UpperExportOptions
         {
             Overwrite = args.Has("--force"),
             LowerDirectories = args.Value("--lowerdir")?.Split(':', StringSplitOptions.RemoveEmptyEntries),
             CancellationToken = context.Cancellation,
-            Progress = context.ErrorIsTerminal ? new Progress(report =>
-            {
-                bar ??= new ProgressBar(context.Error, report.BytesTotal);
-                bar.Report(report.BytesDone);
-            }) : null,
         };
-        UpperExportResult result;
-        try
+        UpperExportResult result = WithProgress(context, options, options =>
         {
             if (destination == "-")
             {
                 using Stream stdout = Console.OpenStandardOutput();
-                result = UpperExport.ToOciTar(upper, stdout, options);
+                return UpperExport.ToOciTar(upper, stdout, options);
             }
-            else
-            {
-                result = tar ? UpperExport.ToOciTarFile(upper, destination, options) : UpperExport.ToDirectory(upper, destination, options);
-            }
-            bar?.Complete();
-        }
-        catch
-        {
-            bar?.Abandon();
-            throw;
-        }
+            return tar ? UpperExport.ToOciTarFile(upper, destination, options) : UpperExport.ToDirectory(upper, destination, options);
+        });
         // With the tar on standard output, the summary goes to standard error.
         TextWriter summary = destination == "-" ? context.Error : context.Out;
         summary.WriteLine($"exported {result.Files} entries, {result.Bytes} bytes of file content " +
@@ -137,27 +121,8 @@ internal sealed class ExportCommand : ICommand
             ?? throw new UsageException("--in-place needs --lowerdir: the B-CoW files' content is read over the lower directories");
         string work = args.Value("--workdir") ?? throw new UsageException("--in-place needs --workdir: each file is built there, on UPPER's file system");
         string upper = args.Operands[0];
-        ProgressBar? bar = null;
-        var options = new UpperExportOptions
-        {
-            CancellationToken = context.Cancellation,
-            Progress = context.ErrorIsTerminal ? new Progress(report =>
-            {
-                bar ??= new ProgressBar(context.Error, report.BytesTotal);
-                bar.Report(report.BytesDone);
-            }) : null,
-        };
-        UpperExportResult result;
-        try
-        {
-            result = UpperExport.ToPlainInPlace(upper, lowers, work, options);
-            bar?.Complete();
-        }
-        catch
-        {
-            bar?.Abandon();
-            throw;
-        }
+        UpperExportResult result = WithProgress(context, new UpperExportOptions { CancellationToken = context.Cancellation },
+            options => UpperExport.ToPlainInPlace(upper, lowers, work, options));
         context.Out.WriteLine($"converted {upper} in place: {result.MaterializedBCowFiles} B-CoW files ({result.Files} names, {result.Bytes} bytes) written out, " +
             $"{result.Whiteouts} whiteouts and {result.OpaqueDirectories} opaque directories put in the kernel's form");
         foreach (string warning in result.Warnings)
@@ -165,6 +130,35 @@ internal sealed class ExportCommand : ICommand
             context.Error.WriteLine($"bcow: warning: {warning}");
         }
         return 0;
+    }
+
+    /// <summary>Runs an export with a progress bar on standard error when it is a terminal (made at the first report,
+    /// which knows the total), completed on success and abandoned on failure.</summary>
+    private static UpperExportResult WithProgress(CommandContext context, UpperExportOptions options, Func<UpperExportOptions, UpperExportResult> export)
+    {
+        ProgressBar? bar = null;
+        if (context.ErrorIsTerminal)
+        {
+            options = options with
+            {
+                Progress = new Progress(report =>
+                {
+                    bar ??= new ProgressBar(context.Error, report.BytesTotal);
+                    bar.Report(report.BytesDone);
+                }),
+            };
+        }
+        try
+        {
+            UpperExportResult result = export(options);
+            bar?.Complete();
+            return result;
+        }
+        catch
+        {
+            bar?.Abandon();
+            throw;
+        }
     }
 
     /// <summary>Reports on the calling thread: the export reports from the thread doing the work, and the bar is not thread-safe.</summary>
