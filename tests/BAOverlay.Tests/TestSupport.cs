@@ -30,6 +30,15 @@ internal sealed class TempDir : IDisposable
 
 internal static class Checks
 {
+    /// <summary>Runs a program (mount, umount, rm) and asserts it exits 0, its standard error in the message.</summary>
+    public static void Run(string program, string arguments)
+    {
+        using var process = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo(program, arguments) { RedirectStandardError = true })!;
+        string error = process.StandardError.ReadToEnd();
+        process.WaitForExit();
+        Assert.That(process.ExitCode, Is.Zero, $"{program} {arguments}: {error}");
+    }
+
     /// <summary>Runs the checker; every test that writes ends with it.</summary>
     public static void AssertClean(IBlockStorage upper)
     {

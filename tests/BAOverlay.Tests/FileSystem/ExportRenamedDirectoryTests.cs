@@ -57,7 +57,7 @@ public class ExportRenamedDirectoryTests
         string work = Path.Combine(f.Root, "kwork"), mountPoint = Path.Combine(f.Root, "kmnt");
         Directory.CreateDirectory(work);
         Directory.CreateDirectory(mountPoint);
-        Run("mount", $"-t overlay overlay -o lowerdir={f.Lowers[0]}:{f.Lowers[1]},upperdir={exported},workdir={work} {mountPoint}");
+        Checks.Run("mount", $"-t overlay overlay -o lowerdir={f.Lowers[0]}:{f.Lowers[1]},upperdir={exported},workdir={work} {mountPoint}");
         try
         {
             using OverlayFileSystem fs = f.Open();
@@ -65,7 +65,7 @@ public class ExportRenamedDirectoryTests
         }
         finally
         {
-            Run("umount", mountPoint);
+            Checks.Run("umount", mountPoint);
         }
     }
 
@@ -78,8 +78,8 @@ public class ExportRenamedDirectoryTests
         // The OCI way: the lower layers flattened (lowest first), then the layer applied.
         string tree = Path.Combine(f.Root, "applied");
         Directory.CreateDirectory(tree);
-        Run("cp", $"-a {f.Lowers[1]}/. {tree}");
-        Run("cp", $"-a {f.Lowers[0]}/. {tree}");
+        Checks.Run("cp", $"-a {f.Lowers[1]}/. {tree}");
+        Checks.Run("cp", $"-a {f.Lowers[0]}/. {tree}");
         using (var reader = new TarReader(File.OpenRead(tar)))
         {
             while (reader.GetNextEntry() is { } entry)
@@ -134,11 +134,4 @@ public class ExportRenamedDirectoryTests
         return result;
     }
 
-    private static void Run(string program, string arguments)
-    {
-        using var process = Process.Start(new ProcessStartInfo(program, arguments) { RedirectStandardError = true })!;
-        string error = process.StandardError.ReadToEnd();
-        process.WaitForExit();
-        Assert.That(process.ExitCode, Is.Zero, $"{program} {arguments}: {error}");
-    }
 }

@@ -26,7 +26,7 @@ public class OverlayRecoveryTests
         {
             lowerFile.SetLength(32L * Spread);
         }
-        Run("mount", $"-t tmpfs -o size=2m baoverlay-test-small {small}");
+        Checks.Run("mount", $"-t tmpfs -o size=2m baoverlay-test-small {small}");
         try
         {
             string upper = Directory.CreateDirectory(Path.Combine(small, "upper")).FullName;
@@ -81,7 +81,7 @@ public class OverlayRecoveryTests
         }
         finally
         {
-            Run("umount", $"-l {small}");
+            Checks.Run("umount", $"-l {small}");
         }
     }
 
@@ -129,11 +129,4 @@ public class OverlayRecoveryTests
         }
     }
 
-    private static void Run(string program, string arguments)
-    {
-        using Process process = Process.Start(new ProcessStartInfo(program, arguments) { RedirectStandardError = true })!;
-        string error = process.StandardError.ReadToEnd();
-        process.WaitForExit();
-        Assert.That(process.ExitCode, Is.Zero, $"{program} {arguments}: {error}");
-    }
 }

@@ -49,7 +49,7 @@ public sealed class LayerConfinementMountTests
         finally
         {
             // The upper now holds paths longer than PATH_MAX from its root: .NET cannot delete them, rm walks by handle.
-            Run("rm", $"-rf {temp.Path}/{LongName(1)}");
+            Checks.Run("rm", $"-rf {temp.Path}/{LongName(1)}");
         }
     }
 
@@ -78,7 +78,7 @@ public sealed class LayerConfinementMountTests
         using var fixture = new OverlayFixture(lowers: 1);
         string lower = fixture.Lowers[0];
         Mounted.RequireFuse();
-        Run("mount", $"-t tmpfs -o size=16m baoverlay-test-lower {lower}");
+        Checks.Run("mount", $"-t tmpfs -o size=16m baoverlay-test-lower {lower}");
         bool lowerMounted = true;
         try
         {
@@ -87,7 +87,7 @@ public sealed class LayerConfinementMountTests
             Assert.That(File.ReadAllText(Path.Combine(mnt, "etc", "os-release")), Is.EqualTo("ID=test"));
 
             // As Podman does with the temporary lower mounts it makes for --uidmap: detached once the overlay is up.
-            Run("umount", $"-l {lower}");
+            Checks.Run("umount", $"-l {lower}");
             lowerMounted = false;
             Assert.That(Directory.GetFileSystemEntries(lower), Is.Empty, "the lower path no longer shows the tmpfs");
 
@@ -100,7 +100,7 @@ public sealed class LayerConfinementMountTests
         {
             if (lowerMounted)
             {
-                Run("umount", $"-l {lower}");
+                Checks.Run("umount", $"-l {lower}");
             }
         }
     }
@@ -244,11 +244,4 @@ public sealed class LayerConfinementMountTests
         Assert.That(File.ReadAllBytes(Path.Combine(mnt, "big.bin")), Is.EqualTo(big), when);
     }
 
-    private static void Run(string program, string arguments)
-    {
-        using Process process = Process.Start(new ProcessStartInfo(program, arguments) { RedirectStandardError = true })!;
-        string error = process.StandardError.ReadToEnd();
-        process.WaitForExit();
-        Assert.That(process.ExitCode, Is.Zero, $"{program} {arguments}: {error}");
-    }
 }
