@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Metadata only, side by side, for comparing builds: probe.py's metadata workload (N small files in a new directory:
-# create, stat, one scandir, unlink) and its listing probe (a lower directory of N files on a fresh mount: first
-# scandir, second scandir, listdir + lstat), on each system in turn, rounds interleaved (the order rotates), medians.
+# Metadata and first writes, side by side, for comparing builds: probe.py's metadata workload (N small files in a new
+# directory: create, stat, one scandir, unlink), its listing probe (a lower directory of N files on a fresh mount:
+# first scandir, second scandir, listdir + lstat) and its first-write probe (the mount's first write, into a 4 MiB
+# lower file, then into a 64 MiB one: what run.sh reports as "cold" and "64M"), on each system in turn, rounds
+# interleaved (the order rotates), medians.
 # Usage (as root): bench/compare/meta.sh [--rounds R] [--files N] [SYSTEM...]
 #   SYSTEM: kernel | fuse-overlayfs | baoverlayfs (resolved as run.sh does) | NAME=PATH (another baoverlayfs build,
 #   e.g. main=/tmp/main/baoverlayfs). Default: kernel fuse-overlayfs baoverlayfs. 3 rounds of 10 000 files.
@@ -17,7 +19,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --rounds) ROUNDS="$2"; shift ;;
     --files) FILES="$2"; shift ;;
-    -h|--help) sed -n 2,8p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,10p "$0"; exit 0 ;;
     *) SYSTEMS+=("$1") ;;
   esac
   shift
@@ -49,6 +51,8 @@ import os, sys
 for i in range(int(sys.argv[2])):
     with open(os.path.join(sys.argv[1], f"f{i:05d}"), "w") as f:
         f.write("x")' "$DATA/lower/listing" "$FILES"
+head -c 4M /dev/urandom >"$DATA/lower/cold-4M"
+head -c 64M /dev/urandom >"$DATA/lower/big-64M"
 
 run() {  # $1 round, $2 system
   local name="${2%%=*}" opts="lowerdir=$DATA/lower,upperdir=$DATA/upper,workdir=$DATA/work" i
@@ -63,7 +67,9 @@ run() {  # $1 round, $2 system
   esac
   for ((i = 0; i < 300; i++)); do mountpoint -q "$MNT" && break; sleep 0.1; done
   mountpoint -q "$MNT" || die "$2 did not mount"
-  { python3 "$HERE/probe.py" listing "$MNT/listing"; python3 "$HERE/probe.py" metadata "$MNT/meta" "$FILES"; } |
+  # First writes first: the cold one must be the mount's first write, as in run.sh.
+  { python3 "$HERE/probe.py" first-write cold "$MNT/cold-4M"; python3 "$HERE/probe.py" first-write 64M "$MNT/big-64M"
+    python3 "$HERE/probe.py" listing "$MNT/listing"; python3 "$HERE/probe.py" metadata "$MNT/meta" "$FILES"; } |
     python3 -c 'import json, sys
 for line in sys.stdin:
     d = json.loads(line); d.update(round=int(sys.argv[1]), system=sys.argv[2]); print(json.dumps(d))' "$1" "$name" >>"$OUT/raw.jsonl"
