@@ -178,7 +178,6 @@ internal static class Program
         FuseSession session;
         try
         {
-            FuseSession.EnsureAvailable();
             fileSystem = OverlayFileSystem.Open(new OverlayOptions
             {
                 LowerDirectories = line.LowerDirectories,

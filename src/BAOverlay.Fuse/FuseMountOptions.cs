@@ -48,7 +48,14 @@ public sealed record FuseMountOptions
     /// buffer size, 1 MiB with 4 KiB pages on libfuse 3.14).</summary>
     public uint? MaxWrite { get; init; }
 
-    /// <summary>libfuse's request tracing on standard error (<c>-d</c>).</summary>
+    /// <summary>
+    /// Serve the mount through libfuse3 (<c>fuse_session_loop_mt</c>) instead of the session's own implementation of
+    /// the FUSE protocol on <c>/dev/fuse</c> (the default, which needs no libfuse). Kept for comparison and as a
+    /// fallback while the protocol layer is new.
+    /// </summary>
+    public bool UseLibFuse { get; init; }
+
+    /// <summary>Request tracing on standard error (libfuse's <c>-d</c>).</summary>
     public bool Debug { get; init; }
 
     /// <summary>The most worker threads the multi-threaded loop starts (libfuse 3.12+; ignored before).</summary>

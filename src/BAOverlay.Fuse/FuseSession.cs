@@ -5,13 +5,15 @@ using BAOverlay.Fuse.Interop;
 namespace BAOverlay.Fuse;
 
 /// <summary>
-/// A libfuse3 low-level session serving an <see cref="IFuseLowLevelHandler"/>: create it, <see cref="Mount"/> it on a
+/// A FUSE session serving an <see cref="IFuseLowLevelHandler"/>: create it, <see cref="Mount"/> it on a
 /// directory, then <see cref="Run"/> the multi-threaded request loop on a thread of your choice; <see cref="Unmount"/>
 /// (from another thread) ends the loop, and <see cref="Dispose"/> unmounts and frees the session.
 /// </summary>
 /// <remarks>
+/// <para>The session speaks the kernel's FUSE protocol on <c>/dev/fuse</c> itself (no libfuse needed); with
+/// <see cref="FuseMountOptions.UseLibFuse"/> it serves through libfuse3's low-level API instead.</para>
 /// <para>The mount is made with the <c>mount(2)</c> system call from this process, on a <c>/dev/fuse</c> descriptor
-/// that is then handed to libfuse as <c>/dev/fd/N</c>; unmounting is <c>umount2(2)</c> of this session's own mount,
+/// (handed to libfuse as <c>/dev/fd/N</c> when libfuse serves); unmounting is <c>umount2(2)</c> of this session's own mount,
 /// identified by its device number and mount id (<see cref="Identity"/>), never of whatever the mount point path names
 /// by then (see <see cref="Unmount"/>). So libfuse never runs
 /// <c>fusermount3</c> or <c>/bin/mount</c>, and nothing forks the .NET process. The cost: mounting needs
@@ -33,12 +35,14 @@ public sealed unsafe class FuseSession : IDisposable
     private GCHandle _self;
     private FuseLowLevelOps* _ops;
     private nint _session;
+    private FuseChannel? _channel;
     private string? _mountPoint;
     private bool _running;
     private bool _disposed;
 
-    /// <summary>Loads libfuse3 and creates the session (<c>fuse_session_new</c>) with the options as <c>-o</c> arguments.</summary>
-    /// <exception cref="FuseUnavailableException">libfuse3 is missing or too old (the message says what to install).</exception>
+    /// <summary>Creates the session; with <see cref="FuseMountOptions.UseLibFuse"/>, loads libfuse3 and creates its
+    /// session (<c>fuse_session_new</c>) with the options as <c>-o</c> arguments.</summary>
+    /// <exception cref="FuseUnavailableException">libfuse3 is asked for but missing or too old (the message says what to install).</exception>
     /// <exception cref="IOException">libfuse refused the options.</exception>
     public FuseSession(IFuseLowLevelHandler handler, FuseMountOptions? options = null)
     {
@@ -46,6 +50,10 @@ public sealed unsafe class FuseSession : IDisposable
         Handler = handler;
         Options = options ?? new FuseMountOptions();
         _log = Options.Log ?? (line => Console.Error.WriteLine("baoverlay-fuse: " + line));
+        if (!Options.UseLibFuse)
+        {
+            return; // the channel is made at mount, on the /dev/fuse descriptor
+        }
         LibFuse.EnsureLoaded();
 
         _self = GCHandle.Alloc(this);
@@ -176,6 +184,14 @@ public sealed unsafe class FuseSession : IDisposable
                 LibC.close(fd); // ends the connection: what is left on the path is a dead mount, which umount -l removes
                 throw new IOException($"mount {target}: the mount point changed while mounting (another mount on top of it?); not serving");
             }
+            if (!Options.UseLibFuse)
+            {
+                _channel = new FuseChannel(this, fd);
+                _fd = fd;
+                Identity = identity;
+                _mountPoint = target;
+                return;
+            }
             byte[] fdPath = Encoding.ASCII.GetBytes($"/dev/fd/{fd}\0");
             int rc;
             fixed (byte* p = fdPath)
@@ -195,8 +211,8 @@ public sealed unsafe class FuseSession : IDisposable
     }
 
     /// <summary>
-    /// Runs libfuse's multi-threaded loop (<c>fuse_session_loop_mt</c>) on the calling thread until the file system
-    /// is unmounted (<see cref="Unmount"/>, <c>umount</c>, <c>fusermount3 -u</c>) or <see cref="Exit"/> is called.
+    /// Runs the multi-threaded request loop (the session's own, or libfuse's <c>fuse_session_loop_mt</c>) on the
+    /// calling thread and the workers it starts until the file system is unmounted (<see cref="Unmount"/>, <c>umount</c>, <c>fusermount3 -u</c>) or <see cref="Exit"/> is called.
     /// </summary>
     /// <returns>The loop's result: 0 after a clean unmount, otherwise a negative errno or 1 (after a signal or exit).</returns>
     public int Run()
@@ -217,6 +233,10 @@ public sealed unsafe class FuseSession : IDisposable
         }
         try
         {
+            if (_channel is not null)
+            {
+                return _channel.Run();
+            }
             if (LibFuse.LoopConfig312)
             {
                 nint config = LibFuse.fuse_loop_cfg_create();
@@ -262,9 +282,13 @@ public sealed unsafe class FuseSession : IDisposable
     {
         lock (_gate)
         {
-            if (_disposed || _session == 0 || _mountPoint is null)
+            if (_disposed || (_session == 0 && _channel is null) || _mountPoint is null)
             {
                 return false;
+            }
+            if (_channel is not null)
+            {
+                return NotifyResult(-_channel.InvalidateInode(ino, offset, length), $"inode {ino}");
             }
             return NotifyResult(LibFuse.fuse_lowlevel_notify_inval_inode(_session, ino, offset, length), $"inode {ino}");
         }
@@ -282,9 +306,13 @@ public sealed unsafe class FuseSession : IDisposable
         byte[] bytes = Encoding.UTF8.GetBytes(name + "\0");
         lock (_gate)
         {
-            if (_disposed || _session == 0 || _mountPoint is null)
+            if (_disposed || (_session == 0 && _channel is null) || _mountPoint is null)
             {
                 return false;
+            }
+            if (_channel is not null)
+            {
+                return NotifyResult(-_channel.InvalidateEntry(parent, bytes), $"{parent}/{name}");
             }
             fixed (byte* p = bytes)
             {
@@ -296,7 +324,7 @@ public sealed unsafe class FuseSession : IDisposable
     private static bool NotifyResult(int rc, string what) => rc switch
     {
         0 => true,
-        -2 or -107 => false, // ENOENT: not cached; ENOTCONN: no init yet, or the connection is gone
+        -2 or -19 or -107 => false, // ENOENT: not cached; ENODEV, ENOTCONN: no init yet, or the connection is gone
         _ => throw new IOException($"FUSE invalidation of {what}: {Marshal.GetPInvokeErrorMessage(-rc)}"),
     };
 
@@ -314,6 +342,7 @@ public sealed unsafe class FuseSession : IDisposable
             {
                 LibFuse.fuse_session_exit(_session);
             }
+            _channel?.RequestExit();
         }
         Unmount();
     }
@@ -399,7 +428,14 @@ public sealed unsafe class FuseSession : IDisposable
         }
         lock (_unmountGate)
         {
-            LibFuse.fuse_session_destroy(_session); // closes the /dev/fuse descriptor
+            if (_session != 0)
+            {
+                LibFuse.fuse_session_destroy(_session); // closes the /dev/fuse descriptor
+            }
+            else if (_fd >= 0)
+            {
+                LibC.close(_fd);
+            }
             _session = 0;
             _fd = -1;
         }

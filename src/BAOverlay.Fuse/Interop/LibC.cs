@@ -39,7 +39,10 @@ internal static unsafe partial class LibC
     public const nuint NS_GET_USERNS = 0xb701;
 
     public const int EPERM = 1;
+    public const int ENOENT = 2;
     public const int EINTR = 4;
+    public const int EAGAIN = 11;
+    public const int ENODEV = 19;
     public const int EACCES = 13;
     public const int EINVAL = 22;
 
@@ -95,6 +98,14 @@ internal static unsafe partial class LibC
     [LibraryImport(Library, EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int open(string pathname, int flags);
 
+    // ssize_t read(int fd, void *buf, size_t count);
+    [LibraryImport(Library, EntryPoint = "read", SetLastError = true)]
+    public static partial nint read(int fd, byte* buf, nuint count);
+
+    // ssize_t writev(int fd, const struct iovec *iov, int iovcnt);
+    [LibraryImport(Library, EntryPoint = "writev", SetLastError = true)]
+    public static partial nint writev(int fd, IoVec* iov, int iovcnt);
+
     // int close(int fd);
     [LibraryImport(Library, EntryPoint = "close", SetLastError = true)]
     public static partial int close(int fd);
@@ -133,6 +144,14 @@ internal static class StatxLayout
     public const int stx_dev_major = 136;        // __u32
     public const int stx_dev_minor = 140;        // __u32
     public const int stx_mnt_id = 144;           // __u64
+}
+
+/// <summary><c>struct iovec</c>.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct IoVec
+{
+    public void* iov_base;
+    public nuint iov_len;
 }
 
 /// <summary><c>struct pollfd</c>.</summary>

@@ -222,6 +222,33 @@ public sealed class BAOverlayFsProgramTests
     }
 
     [Test]
+    public void TheDaemonSpeaksTheProtocolItselfWithoutLoadingLibfuse()
+    {
+        RequireFuse();
+        using var fixture = new OverlayFixture(lowers: 1);
+        OverlayFixture.WriteFile(Path.Combine(fixture.Lowers[0], "f"), "from the lower layer");
+        string mnt = MountPoint(fixture);
+        Process? process = null;
+        try
+        {
+            process = Start(["-f", "-o", Label(fixture), mnt]);
+            Assert.That(WaitFor(() => IsMounted(mnt)), Is.True, "mounted");
+            Assert.That(File.ReadAllText(Path.Combine(mnt, "f")), Is.EqualTo("from the lower layer"));
+            File.WriteAllText(Path.Combine(mnt, "new.txt"), "written");
+            string maps = File.ReadAllText($"/proc/{process.Id}/maps");
+            Assert.That(maps, Does.Not.Contain("libfuse"), "no libfuse in the serving process");
+            Assert.That(Syscall.kill(process.Id, Signum.SIGTERM), Is.Zero);
+            Assert.That(process.WaitForExit(Patience), Is.True, "SIGTERM ends the process");
+            Assert.That(process.ExitCode, Is.Zero, "a clean exit");
+            Assert.That(File.ReadAllText(Path.Combine(fixture.Upper!, "new.txt")), Is.EqualTo("written"));
+        }
+        finally
+        {
+            Cleanup(mnt, process);
+        }
+    }
+
+    [Test]
     public void SigintToTheBackgroundProcessUnmountsCleanly()
     {
         RequireFuse();

@@ -123,7 +123,7 @@ public sealed partial class FuseMountTests
     }
 
     [Test]
-    public void HandlerExceptionsBecomeErrnoRepliesAndNeverReachLibfuse()
+    public void HandlerExceptionsBecomeErrnoRepliesAndNeverEndTheLoop()
     {
         using var fixture = new OverlayFixture(lowers: 1);
         OverlayFixture.WriteFile(Path.Combine(fixture.Lowers[0], "f"), "still served");

@@ -15,13 +15,16 @@ namespace BAOverlay.Tests.Fuse;
 /// (<see cref="PosixTree"/>). What the kernel's FUSE layer adds (its caches of names, attributes and pages, umask and
 /// permission checks, how it splits a call into requests) is what these tests are for. Needs root, /dev/fuse and
 /// libfuse3; ignored, saying which is missing, otherwise (CI has all three). Everything runs twice: with the
-/// kernel's write-back cache (as baoverlayfs mounts) and without it (the library's default).
+/// kernel's write-back cache (as baoverlayfs mounts) and without it (the library's default), over the session's own
+/// FUSE protocol layer; and once more served through libfuse (<see cref="BAOverlay.Fuse.FuseMountOptions.UseLibFuse"/>),
+/// the fallback, which must mean the same.
 /// </summary>
-[TestFixture(true, TestName = "WithTheWritebackCache")]
-[TestFixture(false, TestName = "WithoutTheWritebackCache")]
+[TestFixture(true, false, TestName = "WithTheWritebackCache")]
+[TestFixture(false, false, TestName = "WithoutTheWritebackCache")]
+[TestFixture(true, true, TestName = "ThroughLibfuse")]
 [Platform("Linux")]
 [NonParallelizable]
-public sealed class FuseSemanticsTests(bool writeback)
+public sealed class FuseSemanticsTests(bool writeback, bool libfuse)
 {
     private int _mounts;
 
@@ -32,7 +35,7 @@ public sealed class FuseSemanticsTests(bool writeback)
     private T WithMount<T>(OverlayLayers layers, Func<PosixTree, T> use)
     {
         string mountPoint = layers.Make($"fuse-mnt{++_mounts}");
-        Mounted mounted = Mounted.Start(() => layers.OpenOverlay(), mountPoint, options: new BAOverlay.Fuse.FuseMountOptions { WritebackCache = writeback });
+        Mounted mounted = Mounted.Start(() => layers.OpenOverlay(), mountPoint, options: new BAOverlay.Fuse.FuseMountOptions { WritebackCache = writeback, UseLibFuse = libfuse });
         T result;
         try
         {

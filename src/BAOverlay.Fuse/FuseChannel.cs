@@ -1,0 +1,849 @@
+using System.Buffers;
+using System.Runtime.InteropServices;
+using System.Text;
+using BAOverlay.FileSystem;
+using BAOverlay.Fuse.Interop;
+using Mono.Unix.Native;
+using static BAOverlay.Fuse.Interop.FuseKernel;
+
+namespace BAOverlay.Fuse;
+
+/// <summary>
+/// The FUSE protocol spoken on a <c>/dev/fuse</c> descriptor without libfuse: worker threads read requests
+/// (<c>include/uapi/linux/fuse.h</c>), call the <see cref="IFuseLowLevelHandler"/> and write the replies.
+/// </summary>
+/// <remarks>
+/// <para>Threads: each worker blocks in <c>read(2)</c> on the descriptor (the kernel hands each request to one
+/// reader). A worker that takes a request while no other one is waiting starts another, up to
+/// <see cref="FuseMountOptions.MaxThreads"/>, so a slow request (a copy-up, an fsync) never holds back the others;
+/// a mount that is only ever asked one thing at a time keeps two threads.</para>
+/// <para>Memory: each worker owns a request buffer (the largest write plus headers) and a reply buffer (the largest
+/// read plus a header), allocated once; a read is answered from the reply buffer the handler filled, a write hands
+/// the handler the request buffer itself.</para>
+/// <para>Errors: every request is answered (but FORGET, BATCH_FORGET and INTERRUPT, which have no reply); an
+/// exception from the handler becomes the errno of <see cref="OverlayException.ErrnoOf"/>, with a log line for
+/// corruption, bugs and I/O errors. The loop ends when the kernel ends the connection (<c>ENODEV</c>: unmounted or
+/// aborted) or after <see cref="RequestExit"/>, at the next request.</para>
+/// </remarks>
+internal sealed unsafe class FuseChannel
+{
+    private const int EIO = 5;
+    private const int ENOSYS = 38;
+    private const int EPROTO = 71;
+    private const int ERANGE = 34;
+    private const int ENODATA = 61;
+    private const int HeaderRoom = 4096; // room for the request headers before a write's data, as libfuse's FUSE_BUFFER_HEADER_SIZE
+    private const uint DefaultMaxWrite = 1 << 20; // libfuse 3's: FUSE_MAX_MAX_PAGES (256) pages
+
+    private readonly FuseSession _session;
+    private readonly IFuseLowLevelHandler _handler;
+    private readonly FuseMountOptions _options;
+    private readonly int _fd;
+    private readonly int _maxThreads;
+    private readonly uint _maxWrite;
+    private readonly int _requestBufferSize;
+    private readonly int _replyBufferSize;
+    private readonly object _threadsGate = new();
+    private readonly List<Thread> _threads = [];
+    private int _idle;
+    private int _exit;
+    private int _result;
+    private volatile bool _initialized;
+
+    public FuseChannel(FuseSession session, int fd)
+    {
+        _session = session;
+        _handler = session.Handler;
+        _options = session.Options;
+        _fd = fd;
+        _maxThreads = Math.Max(1, _options.MaxThreads);
+        _maxWrite = Math.Max(4096u, Math.Min(_options.MaxWrite ?? DefaultMaxWrite, DefaultMaxWrite));
+        _requestBufferSize = (int)_maxWrite + HeaderRoom;
+        _replyBufferSize = (int)DefaultMaxWrite + sizeof(fuse_out_header);
+    }
+
+    /// <summary>Serves requests on the calling thread and the workers it starts until the connection ends or
+    /// <see cref="RequestExit"/>; returns 0 after a clean end, else a negative errno.</summary>
+    public int Run()
+    {
+        Worker();
+        Thread[] others;
+        lock (_threadsGate)
+        {
+            others = [.. _threads];
+        }
+        foreach (Thread t in others)
+        {
+            t.Join();
+        }
+        return _result;
+    }
+
+    /// <summary>Asks every worker to stop after the request it is reading (the workers blocked in <c>read(2)</c>
+    /// wake when the mount goes).</summary>
+    public void RequestExit() => Volatile.Write(ref _exit, 1);
+
+    private bool Exiting => Volatile.Read(ref _exit) != 0;
+
+    private void StartWorker()
+    {
+        lock (_threadsGate)
+        {
+            if (_threads.Count + 1 >= _maxThreads || Exiting)
+            {
+                return;
+            }
+            var thread = new Thread(Worker) { IsBackground = true, Name = $"fuse-{_threads.Count + 1}" };
+            _threads.Add(thread);
+            thread.Start();
+        }
+    }
+
+    private void Worker()
+    {
+        byte* request = (byte*)NativeMemory.AlignedAlloc((nuint)_requestBufferSize, 4096);
+        byte* reply = (byte*)NativeMemory.AlignedAlloc((nuint)_replyBufferSize, 4096);
+        try
+        {
+            while (!Exiting)
+            {
+                Interlocked.Increment(ref _idle);
+                nint n = LibC.read(_fd, request, (nuint)_requestBufferSize);
+                int errno = n < 0 ? Marshal.GetLastPInvokeError() : 0;
+                if (Interlocked.Decrement(ref _idle) == 0 && n > 0 && _initialized)
+                {
+                    StartWorker(); // nobody else is waiting for the next request
+                }
+                if (n < 0)
+                {
+                    if (errno is LibC.ENOENT or LibC.EINTR or LibC.EAGAIN)
+                    {
+                        continue; // the request was interrupted before we read it, or a signal: read again
+                    }
+                    if (errno != LibC.ENODEV)
+                    {
+                        _result = -errno;
+                        _session.LogLine($"reading /dev/fuse: {Marshal.GetPInvokeErrorMessage(errno)}; stopping");
+                    }
+                    RequestExit(); // ENODEV: the connection is gone (unmounted or aborted)
+                    return;
+                }
+                if (n < sizeof(fuse_in_header))
+                {
+                    _session.LogLine($"short request from the kernel ({n} bytes); ignored");
+                    continue;
+                }
+                Dispatch(request, (int)n, reply);
+            }
+        }
+        finally
+        {
+            NativeMemory.AlignedFree(request);
+            NativeMemory.AlignedFree(reply);
+        }
+    }
+
+    // ------------------------------------------------------------------ dispatch
+
+    private void Dispatch(byte* request, int length, byte* reply)
+    {
+        fuse_in_header* h = (fuse_in_header*)request;
+        int end = (int)Math.Min(h->len, (uint)length);
+        var args = new ReadOnlySpan<byte>(request + sizeof(fuse_in_header), Math.Max(0, end - sizeof(fuse_in_header)));
+        var op = (FuseOpcode)h->opcode;
+        if (_options.Debug)
+        {
+            _session.LogLine($"unique: {h->unique}, opcode: {op} ({h->opcode}), nodeid: {h->nodeid}, insize: {h->len}, pid: {h->pid}");
+        }
+        try
+        {
+            switch (op)
+            {
+                case FuseOpcode.FUSE_INIT: Init(h, args); break;
+                case FuseOpcode.FUSE_LOOKUP: ReplyEntry(h, _handler.Lookup(h->nodeid, Name(args), Context(h, 0))); break;
+                case FuseOpcode.FUSE_FORGET: Forget(h->nodeid, Read<fuse_forget_in>(args).nlookup); break;
+                case FuseOpcode.FUSE_BATCH_FORGET: BatchForget(args); break;
+                case FuseOpcode.FUSE_GETATTR: GetAttr(h, args); break;
+                case FuseOpcode.FUSE_SETATTR: SetAttr(h, args); break;
+                case FuseOpcode.FUSE_READLINK: ReadLink(h, reply); break;
+                case FuseOpcode.FUSE_SYMLINK: Symlink(h, args); break;
+                case FuseOpcode.FUSE_MKNOD: MkNod(h, args); break;
+                case FuseOpcode.FUSE_MKDIR: MkDir(h, args); break;
+                case FuseOpcode.FUSE_UNLINK: _handler.Unlink(h->nodeid, Name(args), Context(h, 0)); ReplyOk(h); break;
+                case FuseOpcode.FUSE_RMDIR: _handler.RemoveDirectory(h->nodeid, Name(args), Context(h, 0)); ReplyOk(h); break;
+                case FuseOpcode.FUSE_RENAME: Rename(h, args, sizeof(ulong), 0); break;
+                case FuseOpcode.FUSE_RENAME2: Rename(h, args, sizeof(fuse_rename2_in), Read<fuse_rename2_in>(args).flags); break;
+                case FuseOpcode.FUSE_LINK: Link(h, args); break;
+                case FuseOpcode.FUSE_OPEN: Open(h, args); break;
+                case FuseOpcode.FUSE_CREATE: Create(h, args); break;
+                case FuseOpcode.FUSE_READ: ReadData(h, args, reply); break;
+                case FuseOpcode.FUSE_WRITE: WriteData(h, args); break;
+                case FuseOpcode.FUSE_FLUSH: _handler.Flush(h->nodeid, Read<fuse_flush_in>(args).fh); ReplyOk(h); break;
+                case FuseOpcode.FUSE_RELEASE: _handler.Release(h->nodeid, Read<fuse_release_in>(args).fh); ReplyOk(h); break;
+                case FuseOpcode.FUSE_FSYNC: Fsync(h, args); break;
+                case FuseOpcode.FUSE_OPENDIR: OpenDir(h); break;
+                case FuseOpcode.FUSE_READDIR: ReadDir(h, args, reply); break;
+                case FuseOpcode.FUSE_RELEASEDIR: _handler.ReleaseDirectory(h->nodeid, Read<fuse_release_in>(args).fh); ReplyOk(h); break;
+                case FuseOpcode.FUSE_STATFS: StatFs(h); break;
+                case FuseOpcode.FUSE_SETXATTR: SetXattr(h, args); break;
+                case FuseOpcode.FUSE_GETXATTR: GetXattr(h, args, reply); break;
+                case FuseOpcode.FUSE_LISTXATTR: ListXattr(h, args, reply); break;
+                case FuseOpcode.FUSE_REMOVEXATTR: _handler.RemoveXattr(h->nodeid, Name(args), Context(h, 0)); ReplyOk(h); break;
+                case FuseOpcode.FUSE_FALLOCATE: Fallocate(h, args); break;
+                case FuseOpcode.FUSE_LSEEK: Lseek(h, args); break;
+                case FuseOpcode.FUSE_DESTROY: ReplyOk(h); break;
+                case FuseOpcode.FUSE_INTERRUPT: break; // allowed to be ignored: the interrupted request is answered when done
+                case FuseOpcode.FUSE_NOTIFY_REPLY: break;
+                default: ReplyError(h, ENOSYS); break; // the kernel remembers ENOSYS for the optional ones (access, locks, ...)
+            }
+        }
+        catch (Exception e)
+        {
+            Fail(h, e, op);
+        }
+    }
+
+    /// <summary>The request's name as log lines give it: "lookup" for FUSE_LOOKUP (as libfuse's operation names).</summary>
+    private static string OpName(FuseOpcode op) =>
+        Enum.IsDefined(op) ? op.ToString()["FUSE_".Length..].ToLowerInvariant() : $"opcode {(uint)op}";
+
+    private static T Read<T>(ReadOnlySpan<byte> args) where T : unmanaged
+    {
+        if (args.Length < sizeof(T))
+        {
+            throw new OverlayException(Errno.EINVAL, $"request argument shorter than {typeof(T).Name}");
+        }
+        return MemoryMarshal.Read<T>(args);
+    }
+
+    /// <summary>The NUL-terminated name at the start of <paramref name="bytes"/>.</summary>
+    private static string Name(ReadOnlySpan<byte> bytes)
+    {
+        int nul = bytes.IndexOf((byte)0);
+        return Encoding.UTF8.GetString(nul < 0 ? bytes : bytes[..nul]);
+    }
+
+    /// <summary>Two NUL-terminated names in a row.</summary>
+    private static (string First, string Second) TwoNames(ReadOnlySpan<byte> bytes)
+    {
+        int nul = bytes.IndexOf((byte)0);
+        if (nul < 0)
+        {
+            throw new OverlayException(Errno.EINVAL, "request without its second name");
+        }
+        return (Encoding.UTF8.GetString(bytes[..nul]), Name(bytes[(nul + 1)..]));
+    }
+
+    private FuseContext Context(fuse_in_header* h, uint umask)
+    {
+        var context = new FuseContext(h->uid, h->gid, (int)h->pid, umask);
+        return _handler.WantsGroups ? context with { Groups = ProcessGroups.Of(h->pid) } : context;
+    }
+
+    // ------------------------------------------------------------------ replies
+
+    /// <summary>Writes the reply header and <paramref name="payload"/>; false when the kernel no longer waits for
+    /// this request (it was interrupted: ENOENT), which matters for replies that hand out a handle.</summary>
+    private bool Send(fuse_in_header* h, int error, void* payload, int payloadLength)
+    {
+        fuse_out_header out_ = new() { len = (uint)(sizeof(fuse_out_header) + payloadLength), error = -error, unique = h->unique };
+        IoVec* iov = stackalloc IoVec[2];
+        iov[0] = new IoVec { iov_base = &out_, iov_len = (nuint)sizeof(fuse_out_header) };
+        iov[1] = new IoVec { iov_base = payload, iov_len = (nuint)payloadLength };
+        return Write(iov, payloadLength > 0 ? 2 : 1, h->unique);
+    }
+
+    private bool Write(IoVec* iov, int count, ulong unique)
+    {
+        while (true)
+        {
+            nint n = LibC.writev(_fd, iov, count);
+            if (n >= 0)
+            {
+                return true;
+            }
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno == LibC.EINTR)
+            {
+                continue;
+            }
+            if (errno == LibC.ENOENT)
+            {
+                return false;
+            }
+            if (errno != LibC.ENODEV)
+            {
+                _session.LogLine($"reply to request {unique}: {Marshal.GetPInvokeErrorMessage(errno)}");
+            }
+            return false;
+        }
+    }
+
+    private void ReplyOk(fuse_in_header* h) => Send(h, 0, null, 0);
+
+    private void ReplyError(fuse_in_header* h, int errno)
+    {
+        if (_options.Debug)
+        {
+            _session.LogLine($"   unique: {h->unique}, error: -{errno}");
+        }
+        Send(h, errno <= 0 ? EIO : errno, null, 0);
+    }
+
+    private bool Reply<T>(fuse_in_header* h, in T payload) where T : unmanaged
+    {
+        fixed (T* p = &payload)
+        {
+            return Send(h, 0, p, sizeof(T));
+        }
+    }
+
+    /// <summary>Answers a failed request with the errno <see cref="OverlayException.ErrnoOf"/> maps the exception to,
+    /// logging the classes that are no POSIX condition of the request; never throws.</summary>
+    private void Fail(fuse_in_header* h, Exception e, FuseOpcode op)
+    {
+        int errno = EIO;
+        try
+        {
+            Errno mapped = OverlayException.ErrnoOf(e, out bool unexpected);
+            errno = NativeConvert.FromErrno(mapped);
+            if (unexpected)
+            {
+                _session.LogLine($"{OpName(op)}: {e.GetType().Name}: {e.Message} (answered {mapped}){Environment.NewLine}{e.StackTrace}");
+            }
+        }
+        catch
+        {
+            // Logging must not fail a reply.
+        }
+        if (op is FuseOpcode.FUSE_FORGET or FuseOpcode.FUSE_BATCH_FORGET or FuseOpcode.FUSE_INTERRUPT or FuseOpcode.FUSE_NOTIFY_REPLY)
+        {
+            return; // no reply to these
+        }
+        ReplyError(h, errno);
+    }
+
+    private static void Fill(fuse_attr* a, in OverlayStat s)
+    {
+        *a = default;
+        a->ino = s.Ino;
+        a->size = (ulong)s.Size;
+        a->blocks = (ulong)s.Blocks;
+        (a->atime, a->atimensec) = Time(s.ATimeNs);
+        (a->mtime, a->mtimensec) = Time(s.MTimeNs);
+        (a->ctime, a->ctimensec) = Time(s.CTimeNs);
+        a->mode = s.Mode;
+        a->nlink = (uint)s.Nlink;
+        a->uid = s.Uid;
+        a->gid = s.Gid;
+        a->rdev = (uint)s.Rdev; // the kernel decodes the low 32 bits of glibc's dev_t (new_decode_dev), as libfuse sends them
+        a->blksize = 4096;
+    }
+
+    private static (ulong Seconds, uint Nanoseconds) Time(long ns)
+    {
+        long seconds = Math.DivRem(ns, 1_000_000_000L, out long rem);
+        if (rem < 0)
+        {
+            seconds--;
+            rem += 1_000_000_000L;
+        }
+        return ((ulong)seconds, (uint)rem);
+    }
+
+    /// <summary>A timeout in seconds as the kernel takes it: whole seconds and nanoseconds (libfuse's calc_timeout_*).</summary>
+    private static (ulong Seconds, uint Nanoseconds) Timeout(double t)
+    {
+        if (!(t > 0))
+        {
+            return (0, 0);
+        }
+        if (t >= ulong.MaxValue)
+        {
+            return (ulong.MaxValue, 999_999_999);
+        }
+        ulong seconds = (ulong)t;
+        return (seconds, (uint)((t - seconds) * 1e9));
+    }
+
+    private fuse_entry_out Entry(in OverlayStat stat)
+    {
+        fuse_entry_out e = default;
+        e.nodeid = stat.Ino;
+        (e.entry_valid, e.entry_valid_nsec) = Timeout(_handler.EntryTimeout);
+        (e.attr_valid, e.attr_valid_nsec) = Timeout(_handler.AttributeTimeout);
+        Fill(&e.attr, stat);
+        return e;
+    }
+
+    private void ReplyEntry(fuse_in_header* h, in OverlayStat stat) => Reply(h, Entry(stat));
+
+    private void ReplyAttr(fuse_in_header* h, in OverlayStat stat)
+    {
+        fuse_attr_out a = default;
+        (a.attr_valid, a.attr_valid_nsec) = Timeout(_handler.AttributeTimeout);
+        Fill(&a.attr, stat);
+        Reply(h, a);
+    }
+
+    /// <summary>Cleanup after a reply the kernel did not take (the request was interrupted): failures are logged.</summary>
+    private void AfterLostReply(FuseOpcode op, Action cleanup)
+    {
+        try
+        {
+            cleanup();
+        }
+        catch (Exception e)
+        {
+            _session.LogLine($"{OpName(op)}: cleanup after an interrupted request: {e.GetType().Name}: {e.Message}");
+        }
+    }
+
+    // ------------------------------------------------------------------ connection
+
+    private void Init(fuse_in_header* h, ReadOnlySpan<byte> args)
+    {
+        fuse_init_in init = Read<fuse_init_in>(args.Length >= sizeof(fuse_init_in) ? args : Padded<fuse_init_in>(args));
+        fuse_init_out out_ = default;
+        out_.major = FUSE_KERNEL_VERSION;
+        out_.minor = FUSE_KERNEL_MINOR_VERSION;
+        if (init.major > FUSE_KERNEL_VERSION)
+        {
+            Reply(h, out_); // the kernel asks again with our major
+            return;
+        }
+        if (init.major < FUSE_KERNEL_VERSION || init.minor < MinimumMinor)
+        {
+            _session.LogLine($"the kernel speaks FUSE {init.major}.{init.minor}; this needs {FUSE_KERNEL_VERSION}.{MinimumMinor} (Linux 5.4) or later");
+            ReplyError(h, EPROTO);
+            return;
+        }
+        ulong offered = init.flags | ((init.flags & FUSE_INIT_EXT) != 0 ? (ulong)init.flags2 << 32 : 0);
+        // What libfuse 3 asks for by default (so behaviour is unchanged), and what the options ask for.
+        ulong wanted = FUSE_ASYNC_READ | FUSE_PARALLEL_DIROPS | FUSE_AUTO_INVAL_DATA | FUSE_HANDLE_KILLPRIV | FUSE_ASYNC_DIO
+            | FUSE_ATOMIC_O_TRUNC | FUSE_BIG_WRITES | FUSE_MAX_PAGES | FUSE_INIT_EXT
+            | (_options.WritebackCache ? FUSE_WRITEBACK_CACHE : 0);
+        ulong want = wanted & offered;
+        out_.minor = Math.Min(init.minor, FUSE_KERNEL_MINOR_VERSION);
+        out_.flags = (uint)want;
+        out_.flags2 = (uint)(want >> 32);
+        out_.max_readahead = _options.MaxReadahead is uint readahead ? Math.Min(readahead, init.max_readahead) : init.max_readahead;
+        out_.max_write = _maxWrite;
+        out_.max_pages = (ushort)((_maxWrite - 1) / 4096 + 1);
+        out_.time_gran = 1;
+        _session.OnInit(new FuseConnection(FUSE_KERNEL_VERSION, out_.minor, (uint)offered, (uint)want, out_.max_write, out_.max_readahead));
+        _initialized = true;
+        Reply(h, out_);
+    }
+
+    private static ReadOnlySpan<byte> Padded<T>(ReadOnlySpan<byte> args) where T : unmanaged
+    {
+        byte[] padded = new byte[sizeof(T)];
+        args.CopyTo(padded);
+        return padded;
+    }
+
+    // ------------------------------------------------------------------ names and attributes
+
+    private void Forget(ulong ino, ulong nlookup)
+    {
+        try
+        {
+            _handler.Forget(ino, nlookup);
+        }
+        catch (Exception e)
+        {
+            _session.LogLine($"forget: {e.GetType().Name}: {e.Message}");
+        }
+    }
+
+    private void BatchForget(ReadOnlySpan<byte> args)
+    {
+        fuse_batch_forget_in batch = Read<fuse_batch_forget_in>(args);
+        ReadOnlySpan<fuse_forget_one> forgets = MemoryMarshal.Cast<byte, fuse_forget_one>(args[sizeof(fuse_batch_forget_in)..]);
+        int count = (int)Math.Min(batch.count, (uint)forgets.Length);
+        for (int i = 0; i < count; i++)
+        {
+            Forget(forgets[i].nodeid, forgets[i].nlookup);
+        }
+    }
+
+    private void GetAttr(fuse_in_header* h, ReadOnlySpan<byte> args)
+    {
+        fuse_getattr_in a = Read<fuse_getattr_in>(args);
+        ulong? fh = (a.getattr_flags & FUSE_GETATTR_FH) != 0 ? a.fh : null;
+        ReplyAttr(h, _handler.GetAttr(h->nodeid, fh, Context(h, 0)));
+    }
+
+    private void SetAttr(fuse_in_header* h, ReadOnlySpan<byte> args)
+    {
+        fuse_setattr_in a = Read<fuse_setattr_in>(args);
+        uint v = a.valid;
+        var change = new OverlaySetAttr
+        {
+            Mode = (v & FATTR_MODE) != 0 ? a.mode : null,
+            Uid = (v & FATTR_UID) != 0 ? a.uid : null,
+            Gid = (v & FATTR_GID) != 0 ? a.gid : null,
+            Size = (v & FATTR_SIZE) != 0 ? (long)a.size : null,
+            ATimeNs = (v & FATTR_ATIME_NOW) != 0 ? OverlaySetAttr.Now
+                : (v & FATTR_ATIME) != 0 ? (long)a.atime * 1_000_000_000L + a.atimensec : null,
+            MTimeNs = (v & FATTR_MTIME_NOW) != 0 ? OverlaySetAttr.Now
+                : (v & FATTR_MTIME) != 0 ? (long)a.mtime * 1_000_000_000L + a.mtimensec : null,
+        };
+        ulong? fh = (v & FATTR_FH) != 0 ? a.fh : null;
+        ReplyAttr(h, _handler.SetAttr(h->nodeid, change, fh, Context(h, 0)));
+    }
+
+    private void ReadLink(fuse_in_header* h, byte* reply)
+    {
+        string target = _handler.ReadLink(h->nodeid, Context(h, 0));
+        int count = Encoding.UTF8.GetByteCount(target);
+        if (count > _replyBufferSize)
+        {
+            throw new OverlayException(Errno.ENAMETOOLONG, "symbolic link target longer than a reply");
+        }
+        Encoding.UTF8.GetBytes(target, new Span<byte>(reply, _replyBufferSize));
+        Send(h, 0, reply, count); // no NUL: the reply's length is the target's
+    }
+
+    private void Symlink(fuse_in_header* h, ReadOnlySpan<byte> args)
+    {
+        (string name, string target) = TwoNames(args);
+        ReplyEntry(h, _handler.MakeSymbolicLink(target, h->nodeid, name, Context(h, 0)));
+    }
+
+    private void MkNod(fuse_in_header* h, ReadOnlySpan<byte> args)
+    {
+        fuse_mknod_in a = Read<fuse_mknod_in>(args);
+        ReplyEntry(h, _handler.MakeNode(h->nodeid, Name(args[sizeof(fuse_mknod_in)..]), a.mode, a.rdev, Context(h, a.umask)));
+    }
+
+    private void MkDir(fuse_in_header* h, ReadOnlySpan<byte> args)
+    {
+        fuse_mkdir_in a = Read<fuse_mkdir_in>(args);
+        ReplyEntry(h, _handler.MakeDirectory(h->nodeid, Name(args[sizeof(fuse_mkdir_in)..]), a.mode, Context(h, a.umask)));
+    }
+
+    private void Rename(fuse_in_header* h, ReadOnlySpan<byte> args, int fixedSize, uint flags)
+    {
+        ulong newDir = Read<ulong>(args);
+        (string name, string newName) = TwoNames(args[fixedSize..]);
+        _handler.Rename(h->nodeid, name, newDir, newName, flags, Context(h, 0));
+        ReplyOk(h);
+    }
+
+    private void Link(fuse_in_header* h, ReadOnlySpan<byte> args)
+    {
+        fuse_link_in a = Read<fuse_link_in>(args);
+        ReplyEntry(h, _handler.Link(a.oldnodeid, h->nodeid, Name(args[sizeof(fuse_link_in)..]), Context(h, 0)));
+    }
+
+    // ------------------------------------------------------------------ files
+
+    private static uint OpenFlags(FuseOpenResult result) =>
+        (result.DirectIo ? FOPEN_DIRECT_IO : 0) | (result.KeepCache ? FOPEN_KEEP_CACHE : 0);
+
+    private void Open(fuse_in_header* h, ReadOnlySpan<byte> args)
+    {
+        fuse_open_in a = Read<fuse_open_in>(args);
+        FuseOpenResult result = _handler.Open(h->nodeid, (int)a.flags, Context(h, 0));
+        ulong ino = h->nodeid;
+        if (!Reply(h, new fuse_open_out { fh = result.Handle, open_flags = OpenFlags(result) }))
+        {
+            // The open was interrupted: the kernel will never release this handle.
+            AfterLostReply(FuseOpcode.FUSE_OPEN, () => _handler.Release(ino, result.Handle));
+        }
+    }
+
+    private void Create(fuse_in_header* h, ReadOnlySpan<byte> args)
+    {
+        fuse_create_in a = Read<fuse_create_in>(args);
+        (OverlayStat stat, FuseOpenResult result) = _handler.Create(h->nodeid, Name(args[sizeof(fuse_create_in)..]), a.mode, (int)a.flags, Context(h, a.umask));
+        var pair = new CreateOut { entry = Entry(stat), open = new fuse_open_out { fh = result.Handle, open_flags = OpenFlags(result) } };
+        if (!Reply(h, pair))
+        {
+            AfterLostReply(FuseOpcode.FUSE_CREATE, () =>
+            {
+                _handler.Release(stat.Ino, result.Handle);
+                _handler.Forget(stat.Ino, 1);
+            });
+        }
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct CreateOut
+    {
+        public fuse_entry_out entry;
+        public fuse_open_out open;
+    }
+
+    private void ReadData(fuse_in_header* h, ReadOnlySpan<byte> args, byte* reply)
+    {
+        fuse_read_in a = Read<fuse_read_in>(args);
+        int capacity = _replyBufferSize - sizeof(fuse_out_header);
+        int length = (int)Math.Min(a.size, (uint)capacity);
+        byte* data = reply + sizeof(fuse_out_header);
+        int n = _handler.Read(h->nodeid, a.fh, new Span<byte>(data, length), (long)a.offset);
+        Send(h, 0, data, n);
+    }
+
+    private void WriteData(fuse_in_header* h, ReadOnlySpan<byte> args)
+    {
+        fuse_write_in a = Read<fuse_write_in>(args);
+        ReadOnlySpan<byte> data = args[sizeof(fuse_write_in)..];
+        if ((uint)data.Length < a.size)
+        {
+            throw new OverlayException(Errno.EINVAL, $"write of {a.size} bytes with {data.Length} in the request");
+        }
+        int n = _handler.Write(h->nodeid, a.fh, data[..(int)a.size], (long)a.offset);
+        Reply(h, new fuse_write_out { size = (uint)n });
+    }
+
+    private void Fsync(fuse_in_header* h, ReadOnlySpan<byte> args)
+    {
+        fuse_fsync_in a = Read<fuse_fsync_in>(args);
+        _handler.Fsync(h->nodeid, a.fh, (a.fsync_flags & 1) != 0); // FUSE_FSYNC_FDATASYNC
+        ReplyOk(h);
+    }
+
+    private void Fallocate(fuse_in_header* h, ReadOnlySpan<byte> args)
+    {
+        fuse_fallocate_in a = Read<fuse_fallocate_in>(args);
+        _handler.Allocate(h->nodeid, a.fh, (int)a.mode, (long)a.offset, (long)a.length);
+        ReplyOk(h);
+    }
+
+    private void Lseek(fuse_in_header* h, ReadOnlySpan<byte> args)
+    {
+        fuse_lseek_in a = Read<fuse_lseek_in>(args);
+        long result = _handler.Seek(h->nodeid, a.fh, (long)a.offset, (int)a.whence);
+        Reply(h, new fuse_lseek_out { offset = (ulong)result });
+    }
+
+    // ------------------------------------------------------------------ directories
+
+    private void OpenDir(fuse_in_header* h)
+    {
+        ulong handle = _handler.OpenDirectory(h->nodeid, Context(h, 0));
+        ulong ino = h->nodeid;
+        if (!Reply(h, new fuse_open_out { fh = handle }))
+        {
+            AfterLostReply(FuseOpcode.FUSE_OPENDIR, () => _handler.ReleaseDirectory(ino, handle));
+        }
+    }
+
+    private void ReadDir(fuse_in_header* h, ReadOnlySpan<byte> args, byte* reply)
+    {
+        fuse_read_in a = Read<fuse_read_in>(args);
+        IReadOnlyList<OverlayDirEntry> entries = _handler.ReadDirectory(h->nodeid, a.fh);
+        int capacity = (int)Math.Min(a.size, (uint)(_replyBufferSize - sizeof(fuse_out_header)));
+        byte* buffer = reply + sizeof(fuse_out_header);
+        int used = 0;
+        for (int i = FuseDirectoryOffsets.StartIndex(entries, (long)a.offset); i < entries.Count; i++)
+        {
+            OverlayDirEntry entry = entries[i];
+            int nameLength = Encoding.UTF8.GetByteCount(entry.Name);
+            int size = FUSE_DIRENT_ALIGN(FUSE_NAME_OFFSET + nameLength);
+            if (size > capacity - used)
+            {
+                break; // did not fit; the kernel asks again from its offset
+            }
+            fuse_dirent* d = (fuse_dirent*)(buffer + used);
+            d->ino = entry.Ino;
+            d->off = (ulong)entry.NextOffset;
+            d->namelen = (uint)nameLength;
+            d->type = (entry.Type & 0xF000) >> 12;
+            var name = new Span<byte>(buffer + used + FUSE_NAME_OFFSET, size - FUSE_NAME_OFFSET);
+            Encoding.UTF8.GetBytes(entry.Name, name);
+            name[nameLength..].Clear();
+            used += size;
+        }
+        Send(h, 0, buffer, used);
+    }
+
+    private void StatFs(fuse_in_header* h)
+    {
+        Statvfs v = _handler.StatFs(h->nodeid);
+        fuse_kstatfs k = default;
+        k.blocks = v.f_blocks;
+        k.bfree = v.f_bfree;
+        k.bavail = v.f_bavail;
+        k.files = v.f_files;
+        k.ffree = v.f_ffree;
+        k.bsize = (uint)v.f_bsize;
+        k.frsize = (uint)v.f_frsize;
+        k.namelen = (uint)v.f_namemax;
+        Reply(h, k);
+    }
+
+    // ------------------------------------------------------------------ extended attributes
+
+    private void SetXattr(fuse_in_header* h, ReadOnlySpan<byte> args)
+    {
+        // Without FUSE_SETXATTR_EXT (not asked for) the kernel sends the compat form: fuse_setxattr_in's first
+        // FUSE_COMPAT_SETXATTR_IN_SIZE bytes, size and flags.
+        if (args.Length < FUSE_COMPAT_SETXATTR_IN_SIZE)
+        {
+            throw new OverlayException(Errno.EINVAL, "setxattr request shorter than its header");
+        }
+        uint size = MemoryMarshal.Read<uint>(args);
+        uint flags = MemoryMarshal.Read<uint>(args[sizeof(uint)..]);
+        ReadOnlySpan<byte> rest = args[FUSE_COMPAT_SETXATTR_IN_SIZE..];
+        int nul = rest.IndexOf((byte)0);
+        if (nul < 0 || rest.Length - nul - 1 < size)
+        {
+            throw new OverlayException(Errno.EINVAL, "setxattr request shorter than its value");
+        }
+        string name = Encoding.UTF8.GetString(rest[..nul]);
+        _handler.SetXattr(h->nodeid, name, rest.Slice(nul + 1, (int)size), (int)flags, Context(h, 0));
+        ReplyOk(h);
+    }
+
+    private void GetXattr(fuse_in_header* h, ReadOnlySpan<byte> args, byte* reply)
+    {
+        fuse_getxattr_in a = Read<fuse_getxattr_in>(args);
+        byte[]? value = _handler.GetXattr(h->nodeid, Name(args[sizeof(fuse_getxattr_in)..]), Context(h, 0));
+        if (value is null)
+        {
+            ReplyError(h, ENODATA);
+        }
+        else if (a.size == 0)
+        {
+            Reply(h, new fuse_getxattr_out { size = (uint)value.Length });
+        }
+        else if ((uint)value.Length > a.size)
+        {
+            ReplyError(h, ERANGE);
+        }
+        else
+        {
+            fixed (byte* p = value)
+            {
+                Send(h, 0, p, value.Length);
+            }
+        }
+    }
+
+    private void ListXattr(fuse_in_header* h, ReadOnlySpan<byte> args, byte* reply)
+    {
+        fuse_getxattr_in a = Read<fuse_getxattr_in>(args);
+        IReadOnlyList<string> names = _handler.ListXattrs(h->nodeid, Context(h, 0));
+        int total = 0;
+        foreach (string n in names)
+        {
+            total += Encoding.UTF8.GetByteCount(n) + 1;
+        }
+        if (a.size == 0)
+        {
+            Reply(h, new fuse_getxattr_out { size = (uint)total });
+            return;
+        }
+        if ((uint)total > a.size || total > _replyBufferSize)
+        {
+            ReplyError(h, ERANGE);
+            return;
+        }
+        var buffer = new Span<byte>(reply, _replyBufferSize);
+        int at = 0;
+        foreach (string n in names)
+        {
+            at += Encoding.UTF8.GetBytes(n, buffer[at..]);
+            buffer[at++] = 0;
+        }
+        Send(h, 0, reply, total);
+    }
+
+    // ------------------------------------------------------------------ notifications
+
+    /// <summary>FUSE_NOTIFY_INVAL_INODE: 0 when done, else the errno (ENOENT: not cached).</summary>
+    public int InvalidateInode(ulong ino, long offset, long length)
+    {
+        var body = new fuse_notify_inval_inode_out { ino = ino, off = offset, len = length };
+        return Notify(FUSE_NOTIFY_INVAL_INODE, &body, sizeof(fuse_notify_inval_inode_out), default);
+    }
+
+    /// <summary>FUSE_NOTIFY_INVAL_ENTRY: 0 when done, else the errno (ENOENT: not cached).</summary>
+    public int InvalidateEntry(ulong parent, ReadOnlySpan<byte> nameWithNul)
+    {
+        var body = new fuse_notify_inval_entry_out { parent = parent, namelen = (uint)(nameWithNul.Length - 1) };
+        return Notify(FUSE_NOTIFY_INVAL_ENTRY, &body, sizeof(fuse_notify_inval_entry_out), nameWithNul);
+    }
+
+    private int Notify(int code, void* body, int bodyLength, ReadOnlySpan<byte> tail)
+    {
+        fuse_out_header out_ = new() { len = (uint)(sizeof(fuse_out_header) + bodyLength + tail.Length), error = code, unique = 0 };
+        fixed (byte* t = tail)
+        {
+            IoVec* iov = stackalloc IoVec[3];
+            iov[0] = new IoVec { iov_base = &out_, iov_len = (nuint)sizeof(fuse_out_header) };
+            iov[1] = new IoVec { iov_base = body, iov_len = (nuint)bodyLength };
+            iov[2] = new IoVec { iov_base = t, iov_len = (nuint)tail.Length };
+            while (true)
+            {
+                if (LibC.writev(_fd, iov, tail.Length > 0 ? 3 : 2) >= 0)
+                {
+                    return 0;
+                }
+                int errno = Marshal.GetLastPInvokeError();
+                if (errno != LibC.EINTR)
+                {
+                    return errno;
+                }
+            }
+        }
+    }
+}
+
+/// <summary>Which directory entry answers a readdir at a given offset (shared by both transports).</summary>
+internal static class FuseDirectoryOffsets
+{
+    /// <summary>The first entry to send for the kernel's offset: the first whose NextOffset is beyond it.</summary>
+    public static int StartIndex(IReadOnlyList<OverlayDirEntry> entries, long off)
+    {
+        int i = (int)Math.Clamp(off, 0, entries.Count);
+        while (i > 0 && entries[i - 1].NextOffset > off)
+        {
+            i--;
+        }
+        while (i < entries.Count && entries[i].NextOffset <= off)
+        {
+            i++;
+        }
+        return i;
+    }
+}
+
+/// <summary>A process's supplementary groups, from <c>/proc/PID/task/PID/status</c> as libfuse's fuse_req_getgroups reads them.</summary>
+internal static class ProcessGroups
+{
+    public static IReadOnlyList<uint> Of(uint pid)
+    {
+        try
+        {
+            foreach (string line in File.ReadLines($"/proc/{pid}/task/{pid}/status"))
+            {
+                if (!line.StartsWith("Groups:", StringComparison.Ordinal))
+                {
+                    continue;
+                }
+                var groups = new List<uint>();
+                foreach (string part in line[7..].Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries))
+                {
+                    if (uint.TryParse(part, out uint g))
+                    {
+                        groups.Add(g);
+                    }
+                }
+                return groups;
+            }
+        }
+        catch (IOException)
+        {
+            // The caller is gone: no groups, as libfuse answers then.
+        }
+        catch (UnauthorizedAccessException)
+        {
+        }
+        return [];
+    }
+}
