@@ -26,9 +26,9 @@ internal sealed class CommandLine
     /// <summary>NAME=VALUE options accepted and ignored without a warning.</summary>
     private static readonly HashSet<string> QuietValues = new(StringComparer.Ordinal)
     {
-        "fsync", "context", "fscontext", "defcontext", "rootcontext", "xattr_permissions", "timeout", "threaded",
+        "fsync", "context", "fscontext", "defcontext", "rootcontext", "xattr_permissions", "threaded",
         "redirect_dir", "index", "metacopy", "plugins", "max_idle_threads", "uid", "gid", "umask", "max_read",
-        "blksize", "attr_timeout", "entry_timeout", "negative_timeout",
+        "blksize",
     };
 
     public bool Help { get; private set; }
@@ -58,6 +58,15 @@ internal sealed class CommandLine
     public bool DefaultPermissions { get; private set; } = true;
     public bool Writeback { get; private set; } = true;
     public bool KeepCache { get; private set; } = true;
+
+    /// <summary>entry_timeout / timeout: how long the kernel keeps a name, in seconds.</summary>
+    public double EntryTimeout { get; private set; } = BAOverlay.Fuse.OverlayFuseAdapter.DefaultTimeout;
+
+    /// <summary>attr_timeout / timeout: how long the kernel keeps attributes, in seconds.</summary>
+    public double AttributeTimeout { get; private set; } = BAOverlay.Fuse.OverlayFuseAdapter.DefaultTimeout;
+
+    /// <summary>negative_timeout / timeout: how long the kernel remembers that a name does not exist, in seconds.</summary>
+    public double NegativeTimeout { get; private set; } = BAOverlay.Fuse.OverlayFuseAdapter.DefaultTimeout;
     /// <summary>128 KiB by default: measured twice as fast as libfuse's 1 MiB for sequential writes through the
     /// write-back cache (docs/benchmarks.md, "The FUSE options, measured").</summary>
     public uint? MaxWrite { get; private set; } = 128 * 1024;
@@ -369,6 +378,18 @@ internal sealed class CommandLine
             case ("keep_cache", "1" or "0"):
                 KeepCache = value == "1";
                 return;
+            case ("timeout", not null):
+                EntryTimeout = AttributeTimeout = NegativeTimeout = ParseSeconds(option, value);
+                return;
+            case ("entry_timeout", not null):
+                EntryTimeout = ParseSeconds(option, value);
+                return;
+            case ("attr_timeout", not null):
+                AttributeTimeout = ParseSeconds(option, value);
+                return;
+            case ("negative_timeout", not null):
+                NegativeTimeout = ParseSeconds(option, value);
+                return;
             case ("max_threads", not null):
                 MaxThreads = (int)Math.Clamp(ParseId(option, value), 1, 1000);
                 return;
@@ -385,6 +406,11 @@ internal sealed class CommandLine
         }
         Warnings.Add($"unknown option '{option}' ignored");
     }
+
+    private static double ParseSeconds(string option, string value) =>
+        double.TryParse(value, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out double seconds) && double.IsFinite(seconds)
+            ? seconds
+            : throw new UsageException($"{option}: not a number of seconds");
 
     private static uint ParseId(string option, string value) =>
         uint.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out uint id)

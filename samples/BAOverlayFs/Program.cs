@@ -31,7 +31,7 @@ internal static class Program
             -h, --help             print this help and exit
             -V, --version          print the version and exit
             -f                     stay in the foreground
-            -d, --debug, -o debug  libfuse request tracing on standard error (implies -f)
+            -d, --debug, -o debug  request tracing on standard error (implies -f)
             -s                     serve requests on one thread (default: multi-threaded)
             -o OPT[,OPT...]        mount options (repeatable)
 
@@ -55,6 +55,9 @@ internal static class Program
             max_write=N            largest write request in bytes (default 131072; libfuse's own is 1 MiB)
             max_readahead=N        most bytes the kernel reads ahead (default: the kernel's, 128 KiB)
             max_threads=N          most worker threads (default 10)
+            timeout=S              how long the kernel keeps names, attributes and absent names, in
+                                   seconds (default 86400: the kernel sees every change made through the mount)
+            entry_timeout=S, attr_timeout=S, negative_timeout=S   the same, one at a time
             fsname=NAME            the mount's source as /proc/mounts shows it (default: SOURCE or baoverlayfs)
             subtype=NAME           the mount's type is fuse.NAME (default baoverlayfs)
 
@@ -212,7 +215,13 @@ internal static class Program
         };
         try
         {
-            var adapter = new OverlayFuseAdapter(fileSystem, options.DefaultPermissions) { KeepCache = line.KeepCache };
+            var adapter = new OverlayFuseAdapter(fileSystem, options.DefaultPermissions)
+            {
+                KeepCache = line.KeepCache,
+                EntryTimeout = line.EntryTimeout,
+                AttributeTimeout = line.AttributeTimeout,
+                NegativeTimeout = line.NegativeTimeout,
+            };
             IFuseLowLevelHandler handler = adapter;
             // as fuse-overlayfs: an explicit squash_to_uid/gid wins over squash_to_root
             uint? squashUid = line.SquashToUid ?? (line.SquashToRoot ? 0u : null);

@@ -20,6 +20,9 @@ public abstract class DelegatingFuseHandler(IFuseLowLevelHandler inner) : IFuseL
     public virtual double AttributeTimeout => Inner.AttributeTimeout;
 
     /// <inheritdoc/>
+    public virtual double NegativeTimeout => Inner.NegativeTimeout;
+
+    /// <inheritdoc/>
     public virtual bool WantsGroups => Inner.WantsGroups;
 
     /// <inheritdoc/>

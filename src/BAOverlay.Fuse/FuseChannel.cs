@@ -160,7 +160,7 @@ internal sealed unsafe class FuseChannel
             switch (op)
             {
                 case FuseOpcode.FUSE_INIT: Init(h, args); break;
-                case FuseOpcode.FUSE_LOOKUP: ReplyEntry(h, _handler.Lookup(h->nodeid, Name(args), Context(h, 0))); break;
+                case FuseOpcode.FUSE_LOOKUP: Lookup(h, args); break;
                 case FuseOpcode.FUSE_FORGET: Forget(h->nodeid, Read<fuse_forget_in>(args).nlookup); break;
                 case FuseOpcode.FUSE_BATCH_FORGET: BatchForget(args); break;
                 case FuseOpcode.FUSE_GETATTR: GetAttr(h, args); break;
@@ -444,6 +444,32 @@ internal sealed unsafe class FuseChannel
     }
 
     // ------------------------------------------------------------------ names and attributes
+
+    private void Lookup(fuse_in_header* h, ReadOnlySpan<byte> args)
+    {
+        OverlayStat stat;
+        try
+        {
+            stat = _handler.Lookup(h->nodeid, Name(args), Context(h, 0));
+        }
+        catch (Exception e) when (_handler.NegativeTimeout > 0 && IsNoEntry(e))
+        {
+            // A negative entry: node 0, kept by the kernel for the negative timeout (a name made through the mount
+            // replaces it; one made otherwise is invalidated by the handler).
+            fuse_entry_out negative = default;
+            (negative.entry_valid, negative.entry_valid_nsec) = Timeout(_handler.NegativeTimeout);
+            Reply(h, negative);
+            return;
+        }
+        ReplyEntry(h, stat);
+    }
+
+    /// <summary>True for what answers ENOENT without a log line.</summary>
+    internal static bool IsNoEntry(Exception e)
+    {
+        Errno errno = OverlayException.ErrnoOf(e, out bool unexpected);
+        return errno == Errno.ENOENT && !unexpected;
+    }
 
     private void Forget(ulong ino, ulong nlookup)
     {

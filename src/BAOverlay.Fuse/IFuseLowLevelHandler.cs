@@ -18,6 +18,10 @@ public interface IFuseLowLevelHandler
     /// <summary>How long the kernel may cache attributes, in seconds.</summary>
     double AttributeTimeout { get; }
 
+    /// <summary>How long the kernel may remember that a name does not exist (a lookup that failed with ENOENT), in
+    /// seconds; 0 (the default) to ask again every time.</summary>
+    double NegativeTimeout => 0;
+
     /// <summary>True when the requests' <see cref="FuseContext.Groups"/> are needed (they cost a read of
     /// <c>/proc/PID/status</c> per request, so only permission-checking handlers should ask).</summary>
     bool WantsGroups { get; }

@@ -53,11 +53,21 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
         _checkPermissions = !defaultPermissions;
     }
 
-    /// <inheritdoc/>
-    public double EntryTimeout { get; init; } = 1.0;
+    /// <summary>The default of <see cref="EntryTimeout"/>, <see cref="AttributeTimeout"/> and
+    /// <see cref="NegativeTimeout"/>: a day. The kernel sees every change made through the mount, and
+    /// <see cref="Attach"/> forwards the changes made through the library, so what it caches stays right for as long
+    /// as it keeps it; only edits of the layer directories behind the mount's back (unsupported, as with kernel
+    /// overlayfs) go unseen.</summary>
+    public const double DefaultTimeout = 86400;
 
     /// <inheritdoc/>
-    public double AttributeTimeout { get; init; } = 1.0;
+    public double EntryTimeout { get; init; } = DefaultTimeout;
+
+    /// <inheritdoc/>
+    public double AttributeTimeout { get; init; } = DefaultTimeout;
+
+    /// <inheritdoc/>
+    public double NegativeTimeout { get; init; } = DefaultTimeout;
 
     /// <inheritdoc/>
     public bool WantsGroups => _checkPermissions;
@@ -83,6 +93,30 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
             throw new InvalidOperationException("the adapter is attached to a session already");
         }
         _fileSystem.Changed += OnOverlayChanged;
+        _fileSystem.NameChanged += OnOverlayNameChanged;
+    }
+
+    private void OnOverlayNameChanged(ulong parent, string name)
+    {
+        if (t_serving == this)
+        {
+            return;
+        }
+        ThreadPool.UnsafeQueueUserWorkItem(static state => state.Adapter.InvalidateName(state.Parent, state.Name),
+            (Adapter: this, Parent: parent, Name: name), preferLocal: false);
+    }
+
+    private void InvalidateName(ulong parent, string name)
+    {
+        try
+        {
+            _session?.InvalidateEntry(parent, name);
+            _session?.InvalidateInode(parent, -1, 0); // the directory's times and link count moved too
+        }
+        catch (IOException e)
+        {
+            _session?.LogLine(e.Message);
+        }
     }
 
     private void OnOverlayChanged(ulong ino, long offset, long length)

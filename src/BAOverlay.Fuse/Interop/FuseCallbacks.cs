@@ -219,6 +219,12 @@ internal static unsafe class FuseCallbacks
             OverlayStat stat = s.Handler.Lookup(parent, Str(name), ContextOf(req, s.Handler));
             ReplyEntry(req, s, stat);
         }
+        catch (Exception e) when (SessionOf(req).Handler.NegativeTimeout > 0 && FuseChannel.IsNoEntry(e))
+        {
+            FuseEntryParam negative = default; // ino 0: a negative entry, kept for the negative timeout
+            negative.entry_timeout = SessionOf(req).Handler.NegativeTimeout;
+            LibFuse.fuse_reply_entry(req, &negative);
+        }
         catch (Exception e)
         {
             Fail(req, e, "lookup");

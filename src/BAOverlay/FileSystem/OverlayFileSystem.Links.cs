@@ -55,6 +55,7 @@ public sealed partial class OverlayFileSystem
             Syscall.unlink(upperDirectory.At(Whiteouts.Prefix + newName));
             OverlayNode linked = LookupLocked(directory, newName, out Stat top) ?? throw NoEntry(directory, newName);
             ListingChanged(directory, newName, linked);
+            OnNameChanged(newParent, newName);
             linked.Lookups++;
             using LayerPath linkedPath = Top(linked);
             return StatOf(linked, linkedPath.Path, top);

@@ -72,6 +72,19 @@ public sealed partial class OverlayFileSystem : IDisposable
     /// <summary>Tells the <see cref="Changed"/> handlers; <paramref name="offset"/> -1 for attributes only.</summary>
     internal void OnChanged(ulong ino, long offset, long length) => Changed?.Invoke(ino, offset, length);
 
+    /// <summary>
+    /// Raised after a name in a directory was made, removed or now names another object through this overlay:
+    /// <see cref="Create"/>, <see cref="MakeDirectory"/>, <see cref="MakeNode"/>, <see cref="MakeSymbolicLink"/>,
+    /// <see cref="Link"/>, <see cref="Unlink"/>, <see cref="RemoveDirectory"/> and both names of a
+    /// <see cref="Rename"/>. A cache of names kept by someone else (the kernel's dentries behind a FUSE mount, which
+    /// may keep them for long) uses it to drop what went stale. Same rules as <see cref="Changed"/>: quick, never
+    /// throwing, never calling back into the overlay; it may be raised with the overlay's lock held.
+    /// </summary>
+    public event OverlayNameChangedHandler? NameChanged;
+
+    /// <summary>Tells the <see cref="NameChanged"/> handlers.</summary>
+    private void OnNameChanged(ulong parent, string name) => NameChanged?.Invoke(parent, name);
+
     /// <summary>True when someone listens to <see cref="Changed"/> (lets the async write path skip its continuation).</summary>
     internal bool HasChangedHandlers => Changed is not null;
 
@@ -461,6 +474,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                 container.Listing = null; // failed half way: the listing may not say what the layers now hold
                 throw;
             }
+            OnNameChanged(parent, name);
         }
         finally
         {
@@ -622,6 +636,8 @@ public sealed partial class OverlayFileSystem : IDisposable
             }
             Refresh(to, newName);
             Refresh(from, name);
+            OnNameChanged(parent, name);
+            OnNameChanged(newParent, newName);
         }
         catch when (changing is not null)
         {
@@ -1296,6 +1312,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             Syscall.unlink(upperDirectory.At(Whiteouts.Prefix + name));
             OverlayNode node = LookupLocked(directory, name, out Stat top) ?? throw NoEntry(directory, name);
             ListingChanged(directory, name, node);
+            OnNameChanged(parent, name);
             if (isDirectory && node.Layers.Count == 1)
             {
                 // Made empty in the work directory, and nothing below shows through (opaque, or nothing there).

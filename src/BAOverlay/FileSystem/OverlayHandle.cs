@@ -179,3 +179,8 @@ public enum OverlayAllocateMode
 /// truncate it is the new size.</param>
 /// <param name="length">How many bytes changed from <paramref name="offset"/>; 0 for everything from there to the end.</param>
 public delegate void OverlayChangedHandler(ulong ino, long offset, long length);
+
+/// <summary>The handler of <see cref="OverlayFileSystem.NameChanged"/>.</summary>
+/// <param name="parent">The directory whose entry changed.</param>
+/// <param name="name">The name that was made, removed or now names another object.</param>
+public delegate void OverlayNameChangedHandler(ulong parent, string name);

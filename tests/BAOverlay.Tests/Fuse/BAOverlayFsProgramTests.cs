@@ -62,6 +62,22 @@ public sealed class BAOverlayFsProgramTests
     }
 
     [Test]
+    public void TimeoutOptionsSetHowLongTheKernelKeepsNamesAndAttributes()
+    {
+        CommandLine defaults = CommandLine.Parse(["-o", "lowerdir=/l", "/m"]);
+        Assert.That((defaults.EntryTimeout, defaults.AttributeTimeout, defaults.NegativeTimeout),
+            Is.EqualTo((OverlayFuseAdapter.DefaultTimeout, OverlayFuseAdapter.DefaultTimeout, OverlayFuseAdapter.DefaultTimeout)));
+        CommandLine all = CommandLine.Parse(["-o", "lowerdir=/l,timeout=2.5", "/m"]);
+        Assert.That((all.EntryTimeout, all.AttributeTimeout, all.NegativeTimeout), Is.EqualTo((2.5, 2.5, 2.5)));
+        CommandLine each = CommandLine.Parse(["-o", "lowerdir=/l,timeout=9,entry_timeout=1,attr_timeout=0,negative_timeout=3", "/m"]);
+        Assert.That((each.EntryTimeout, each.AttributeTimeout, each.NegativeTimeout), Is.EqualTo((1.0, 0.0, 3.0)));
+        Assert.That(each.Warnings, Is.Empty);
+        Assert.That(() => CommandLine.Parse(["-o", "lowerdir=/l,timeout=soon", "/m"]),
+            Throws.InstanceOf<UsageException>().With.Message.Contains("timeout=soon"));
+        Assert.That(() => CommandLine.Parse(["-o", "lowerdir=/l,attr_timeout=-1", "/m"]), Throws.InstanceOf<UsageException>());
+    }
+
+    [Test]
     public void UnknownOptionsAreWarnedAboutAndIgnored()
     {
         CommandLine line = CommandLine.Parse(["-o", "lowerdir=/l,frobnicate,colour=blue", "/m"]);

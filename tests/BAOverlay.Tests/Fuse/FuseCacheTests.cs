@@ -86,6 +86,65 @@ public sealed partial class FuseMountTests
         Assert.That(mounted.Log, Is.Empty);
     }
 
+    /// <summary>
+    /// Names made, removed and renamed through the library while the kernel keeps names, attributes and absent names
+    /// for a day (the adapter's defaults): each is seen through the mount at once, which only the adapter's entry
+    /// invalidations can explain. The names are looked up through the mount first, so the kernel holds a positive or
+    /// a negative entry for each.
+    /// </summary>
+    [Test]
+    public void NamesChangedThroughTheLibraryWhileMountedAreSeenThroughTheMountAtOnce()
+    {
+        using var fixture = new OverlayFixture(lowers: 1);
+        OverlayFixture.WriteFile(Path.Combine(fixture.Lowers[0], "old"), "lower file");
+        Directory.CreateDirectory(Path.Combine(fixture.Lowers[0], "dir"));
+        using Mounted mounted = Mounted.Start(fixture, out string mnt);
+        Assert.That(mounted.Session.Handler.EntryTimeout, Is.GreaterThanOrEqualTo(3600), "the test is about long-kept names");
+        OverlayFileSystem fs = mounted.FileSystem;
+        string old = Path.Combine(mnt, "old");
+        string made = Path.Combine(mnt, "made");
+        string moved = Path.Combine(mnt, "dir", "moved");
+        Assert.That(File.Exists(old), Is.True);
+        Assert.That(File.Exists(made), Is.False, "looked up through the mount: now a negative entry in the kernel");
+        Assert.That(File.Exists(moved), Is.False);
+
+        (OverlayStat _, OverlayHandle handle) = fs.Create(OverlayFileSystem.RootIno, "made", 0x1A4, OverlayCaller.Root);
+        handle.Dispose();
+        AssertEventually(() => File.Exists(made), true, "a file created through the library");
+
+        ulong dir = fs.Lookup(OverlayFileSystem.RootIno, "dir").Ino;
+        fs.Rename(OverlayFileSystem.RootIno, "old", dir, "moved");
+        AssertEventually(() => (File.Exists(old), File.Exists(moved)), (false, true), "a rename through the library");
+        Assert.That(File.ReadAllText(moved), Is.EqualTo("lower file"));
+
+        fs.Unlink(OverlayFileSystem.RootIno, "made");
+        AssertEventually(() => File.Exists(made), false, "an unlink through the library");
+        fs.MakeDirectory(OverlayFileSystem.RootIno, "made", 0x1ED, OverlayCaller.Root);
+        AssertEventually(() => Directory.Exists(made), true, "a directory made through the library where a name was removed");
+        Assert.That(mounted.Log, Is.Empty);
+    }
+
+    [Test]
+    public void AbsentNamesAreRememberedByTheKernelAndNamesMadeThroughTheMountReplaceThem()
+    {
+        using var fixture = new OverlayFixture(lowers: 1);
+        CountingLookups? counting = null;
+        using Mounted mounted = Mounted.Start(fixture, out string mnt, fs => counting = new CountingLookups(new OverlayFuseAdapter(fs)));
+        string missing = Path.Combine(mnt, "missing");
+        Assert.That(File.Exists(missing), Is.False);
+        long asked = counting!.Lookups("missing");
+        Assert.That(asked, Is.GreaterThan(0), "the first lookup reached the daemon");
+        for (int i = 0; i < 5; i++)
+        {
+            Assert.That(File.Exists(missing), Is.False);
+        }
+        Assert.That(counting.Lookups("missing"), Is.EqualTo(asked), "later lookups were answered by the kernel's negative entry");
+
+        File.WriteAllText(missing, "made through the mount");
+        Assert.That(File.ReadAllText(missing), Is.EqualTo("made through the mount"), "the negative entry did not hide the new file");
+        Assert.That(Directory.GetFileSystemEntries(mnt).Select(Path.GetFileName), Does.Contain("missing"));
+    }
+
     [Test]
     public void TheWritebackCacheKeepsDataSizesAndCopyUpRight()
     {
@@ -220,14 +279,20 @@ public sealed partial class FuseMountTests
     }
 
     /// <summary>The invalidation runs on a thread-pool thread: allow it a moment.</summary>
-    private static void AssertEventually(Func<byte[]> read, byte[] expected, string what)
+    private static void AssertEventually(Func<byte[]> read, byte[] expected, string what) =>
+        AssertEventually(read, expected, what, (a, b) => a.AsSpan().SequenceEqual(b));
+
+    private static void AssertEventually<T>(Func<T> read, T expected, string what) =>
+        AssertEventually(read, expected, what, EqualityComparer<T>.Default.Equals);
+
+    private static void AssertEventually<T>(Func<T> read, T expected, string what, Func<T, T, bool> same)
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        byte[] seen;
+        T seen;
         do
         {
             seen = read();
-            if (seen.AsSpan().SequenceEqual(expected))
+            if (same(seen, expected))
             {
                 return;
             }
@@ -235,6 +300,19 @@ public sealed partial class FuseMountTests
         }
         while (clock.ElapsedMilliseconds < 300);
         Assert.That(seen, Is.EqualTo(expected), $"{what}: seen through the mount within 300 ms");
+    }
+
+    private sealed class CountingLookups(IFuseLowLevelHandler inner) : DelegatingFuseHandler(inner)
+    {
+        private readonly System.Collections.Concurrent.ConcurrentDictionary<string, long> _lookups = new();
+
+        public long Lookups(string name) => _lookups.GetValueOrDefault(name);
+
+        public override OverlayStat Lookup(ulong parent, string name, FuseContext context)
+        {
+            _lookups.AddOrUpdate(name, 1, (_, n) => n + 1);
+            return Inner.Lookup(parent, name, context);
+        }
     }
 
     private sealed class CountingReads(IFuseLowLevelHandler inner) : DelegatingFuseHandler(inner)
