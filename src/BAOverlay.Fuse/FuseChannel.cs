@@ -182,7 +182,8 @@ internal sealed unsafe class FuseChannel
                 case FuseOpcode.FUSE_RELEASE: _handler.Release(h->nodeid, Read<fuse_release_in>(args).fh); ReplyOk(h); break;
                 case FuseOpcode.FUSE_FSYNC: Fsync(h, args); break;
                 case FuseOpcode.FUSE_OPENDIR: OpenDir(h); break;
-                case FuseOpcode.FUSE_READDIR: ReadDir(h, args, reply); break;
+                case FuseOpcode.FUSE_READDIR: ReadDir(h, args, reply, plus: false); break;
+                case FuseOpcode.FUSE_READDIRPLUS: ReadDir(h, args, reply, plus: true); break;
                 case FuseOpcode.FUSE_RELEASEDIR: _handler.ReleaseDirectory(h->nodeid, Read<fuse_release_in>(args).fh); ReplyOk(h); break;
                 case FuseOpcode.FUSE_STATFS: StatFs(h); break;
                 case FuseOpcode.FUSE_SETXATTR: SetXattr(h, args); break;
@@ -420,9 +421,14 @@ internal sealed unsafe class FuseChannel
         }
         ulong offered = init.flags | ((init.flags & FUSE_INIT_EXT) != 0 ? (ulong)init.flags2 << 32 : 0);
         // What libfuse 3 asks for by default (so behaviour is unchanged), and what the options ask for.
+        // READDIRPLUS, always (not READDIRPLUS_AUTO, with which the kernel uses it for a directory's first chunk
+        // only, unless lookups came in between): a listing brings each entry's attributes, so `ls -l`, `find` and
+        // `tar c` need no LOOKUP per name. The cost, a lookup per listed name even for a plain `ls`, is what the
+        // listing's caller nearly always pays next anyway.
         ulong wanted = FUSE_ASYNC_READ | FUSE_PARALLEL_DIROPS | FUSE_AUTO_INVAL_DATA | FUSE_HANDLE_KILLPRIV | FUSE_ASYNC_DIO
             | FUSE_ATOMIC_O_TRUNC | FUSE_BIG_WRITES | FUSE_MAX_PAGES | FUSE_INIT_EXT
-            | (_options.WritebackCache ? FUSE_WRITEBACK_CACHE : 0);
+            | (_options.WritebackCache ? FUSE_WRITEBACK_CACHE : 0)
+            | (_options.ReaddirPlus ? FUSE_DO_READDIRPLUS : 0);
         ulong want = wanted & offered;
         out_.minor = Math.Min(init.minor, FUSE_KERNEL_MINOR_VERSION);
         out_.flags = (uint)want;
@@ -658,33 +664,72 @@ internal sealed unsafe class FuseChannel
         }
     }
 
-    private void ReadDir(fuse_in_header* h, ReadOnlySpan<byte> args, byte* reply)
+    /// <summary>READDIR, or READDIRPLUS with <paramref name="plus"/>: then each entry (but "." and "..") also carries
+    /// its lookup, which the kernel counts as one reference, as a LOOKUP reply; an entry that vanished since the
+    /// listing was taken is sent without (node 0), which the kernel takes as "no attributes", not as ENOENT.</summary>
+    private void ReadDir(fuse_in_header* h, ReadOnlySpan<byte> args, byte* reply, bool plus)
     {
         fuse_read_in a = Read<fuse_read_in>(args);
         IReadOnlyList<OverlayDirEntry> entries = _handler.ReadDirectory(h->nodeid, a.fh);
         int capacity = (int)Math.Min(a.size, (uint)(_replyBufferSize - sizeof(fuse_out_header)));
         byte* buffer = reply + sizeof(fuse_out_header);
+        int nameOffset = plus ? FUSE_NAME_OFFSET_DIRENTPLUS : FUSE_NAME_OFFSET;
+        FuseContext context = plus ? Context(h, 0) : default;
         int used = 0;
         for (int i = FuseDirectoryOffsets.StartIndex(entries, (long)a.offset); i < entries.Count; i++)
         {
             OverlayDirEntry entry = entries[i];
             int nameLength = Encoding.UTF8.GetByteCount(entry.Name);
-            int size = FUSE_DIRENT_ALIGN(FUSE_NAME_OFFSET + nameLength);
+            int size = FUSE_DIRENT_ALIGN(nameOffset + nameLength);
             if (size > capacity - used)
             {
-                break; // did not fit; the kernel asks again from its offset
+                break; // did not fit; the kernel asks again from its offset (checked before the lookup it would count)
             }
-            fuse_dirent* d = (fuse_dirent*)(buffer + used);
+            fuse_dirent* d;
+            if (plus)
+            {
+                fuse_direntplus* p = (fuse_direntplus*)(buffer + used);
+                p->entry_out = entry.Name is "." or ".." ? default : LookupForListing(h->nodeid, entry.Name, context);
+                d = &p->dirent;
+            }
+            else
+            {
+                d = (fuse_dirent*)(buffer + used);
+            }
             d->ino = entry.Ino;
             d->off = (ulong)entry.NextOffset;
             d->namelen = (uint)nameLength;
             d->type = (entry.Type & 0xF000) >> 12;
-            var name = new Span<byte>(buffer + used + FUSE_NAME_OFFSET, size - FUSE_NAME_OFFSET);
+            var name = new Span<byte>(buffer + used + nameOffset, size - nameOffset);
             Encoding.UTF8.GetBytes(entry.Name, name);
             name[nameLength..].Clear();
             used += size;
         }
-        Send(h, 0, buffer, used);
+        if (!Send(h, 0, buffer, used) && plus)
+        {
+            // Interrupted: the kernel took none of the lookups this reply carried.
+            for (int at = 0; at < used;)
+            {
+                fuse_direntplus* p = (fuse_direntplus*)(buffer + at);
+                if (p->entry_out.nodeid != 0)
+                {
+                    Forget(p->entry_out.nodeid, 1);
+                }
+                at += FUSE_DIRENT_ALIGN(nameOffset + (int)p->dirent.namelen);
+            }
+        }
+    }
+
+    private fuse_entry_out LookupForListing(ulong parent, string name, FuseContext context)
+    {
+        try
+        {
+            return Entry(_handler.Lookup(parent, name, context));
+        }
+        catch (Exception e) when (IsNoEntry(e) || e is OverlayException)
+        {
+            return default; // gone since the listing, or not to be shown: the kernel looks it up itself if asked
+        }
     }
 
     private void StatFs(fuse_in_header* h)

@@ -55,6 +55,12 @@ public sealed record FuseMountOptions
     /// </summary>
     public bool UseLibFuse { get; init; }
 
+    /// <summary>
+    /// Offer READDIRPLUS (default on; the session's own protocol layer only): directory listings carry each entry's
+    /// attributes, so listing with attributes (<c>ls -l</c>, <c>find</c>) needs no lookup request per name.
+    /// </summary>
+    public bool ReaddirPlus { get; init; } = true;
+
     /// <summary>Request tracing on standard error (libfuse's <c>-d</c>).</summary>
     public bool Debug { get; init; }
 

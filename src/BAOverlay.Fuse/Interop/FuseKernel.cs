@@ -150,6 +150,9 @@ internal static class FuseKernel
     /// <summary>FUSE_NAME_OFFSET: offsetof(struct fuse_dirent, name).</summary>
     public const int FUSE_NAME_OFFSET = 24;
 
+    /// <summary>FUSE_NAME_OFFSET_DIRENTPLUS: offsetof(struct fuse_direntplus, dirent.name).</summary>
+    public const int FUSE_NAME_OFFSET_DIRENTPLUS = 152;
+
     /// <summary>FUSE_DIRENT_ALIGN: a dirent's size rounded up to 8 bytes.</summary>
     public static int FUSE_DIRENT_ALIGN(int x) => (x + 7) & ~7;
 }
@@ -509,6 +512,14 @@ internal struct fuse_dirent
     public ulong off;
     public uint namelen;
     public uint type;
+}
+
+/// <summary>struct fuse_direntplus (followed by the name, the whole padded to 8 bytes): an entry of READDIRPLUS.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct fuse_direntplus
+{
+    public fuse_entry_out entry_out;
+    public fuse_dirent dirent;
 }
 
 /// <summary>struct fuse_notify_inval_inode_out.</summary>

@@ -145,6 +145,46 @@ public sealed partial class FuseMountTests
         Assert.That(Directory.GetFileSystemEntries(mnt).Select(Path.GetFileName), Does.Contain("missing"));
     }
 
+    /// <summary>
+    /// READDIRPLUS: a listing brings the attributes of its entries, so the lstat of each listed name (what
+    /// <c>ls -l</c> and <c>find</c> do) is answered by the kernel. The handler's lookups all happen while listing, none
+    /// after; without READDIRPLUS (the libfuse path, which does not offer it) every lstat is a lookup request.
+    /// </summary>
+    [TestCase(false, TestName = "ListingWithAttributesNeedsNoLookupPerName")]
+    [TestCase(true, TestName = "ListingWithAttributesThroughLibfuseLooksUpEachName")]
+    public void ListingWithAttributes(bool libfuse)
+    {
+        using var fixture = new OverlayFixture(lowers: 1);
+        string dir = Path.Combine(fixture.Lowers[0], "many");
+        Directory.CreateDirectory(dir);
+        for (int i = 0; i < 300; i++)
+        {
+            OverlayFixture.WriteFile(Path.Combine(dir, $"file-with-a-longer-name-{i:D4}"), $"{i}");
+        }
+        CountingLookups? counting = null;
+        using Mounted mounted = Mounted.Start(fixture, out string mnt, fs => counting = new CountingLookups(new OverlayFuseAdapter(fs)),
+            new FuseMountOptions { UseLibFuse = libfuse });
+        string[] names = Directory.GetFileSystemEntries(Path.Combine(mnt, "many"));
+        long whileListing = counting!.Total;
+        foreach (string name in names)
+        {
+            Assert.That(Mono.Unix.Native.Syscall.lstat(name, out Mono.Unix.Native.Stat st), Is.Zero);
+            Assert.That(st.st_size, Is.EqualTo(Path.GetFileName(name)[^4..].TrimStart('0').Length is 0 ? 1 : Path.GetFileName(name)[^4..].TrimStart('0').Length));
+        }
+        long afterStats = counting.Total - whileListing;
+        Assert.That(names, Has.Length.EqualTo(300));
+        if (libfuse)
+        {
+            Assert.That(afterStats, Is.EqualTo(300), "each lstat was a lookup request");
+        }
+        else
+        {
+            Assert.That(whileListing, Is.GreaterThanOrEqualTo(300), "the listing looked the entries up");
+            Assert.That(afterStats, Is.Zero, "the kernel answered every lstat from what the listing brought");
+        }
+        Assert.That(mounted.Log, Is.Empty);
+    }
+
     [Test]
     public void TheWritebackCacheKeepsDataSizesAndCopyUpRight()
     {
@@ -307,6 +347,8 @@ public sealed partial class FuseMountTests
         private readonly System.Collections.Concurrent.ConcurrentDictionary<string, long> _lookups = new();
 
         public long Lookups(string name) => _lookups.GetValueOrDefault(name);
+
+        public long Total => _lookups.Values.Sum();
 
         public override OverlayStat Lookup(ulong parent, string name, FuseContext context)
         {

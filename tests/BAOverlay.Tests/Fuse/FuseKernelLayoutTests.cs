@@ -27,7 +27,8 @@ public sealed class FuseKernelLayoutTests
         typeof(fuse_write_in), typeof(fuse_write_out), typeof(fuse_fsync_in), typeof(fuse_kstatfs),
         typeof(fuse_setxattr_in), typeof(fuse_getxattr_in), typeof(fuse_getxattr_out), typeof(fuse_forget_in),
         typeof(fuse_batch_forget_in), typeof(fuse_forget_one), typeof(fuse_fallocate_in), typeof(fuse_lseek_in),
-        typeof(fuse_lseek_out), typeof(fuse_dirent), typeof(fuse_notify_inval_inode_out), typeof(fuse_notify_inval_entry_out),
+        typeof(fuse_lseek_out), typeof(fuse_dirent), typeof(fuse_direntplus), typeof(fuse_notify_inval_inode_out),
+        typeof(fuse_notify_inval_entry_out),
     ];
 
     /// <summary>Constants and opcodes the installed header may predate: compared only from that protocol minor on.</summary>
