@@ -26,6 +26,8 @@ internal static class BcowCli
         new FlattenCommand(),
         new IoCommand(),
         new ExportCommand(),
+        new ConvertCommand(),
+        new CompareCommand(),
     ];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr) =>
@@ -89,7 +91,8 @@ internal static class BcowCli
         }
         catch (UsageException e)
         {
-            return UsageError(stderr, command, e.Message);
+            UsageError(stderr, command, e.Message);
+            return command.ErrorExitCode;
         }
         catch (OperationCanceledException) when (cancellation.IsCancellationRequested)
         {
@@ -98,11 +101,13 @@ internal static class BcowCli
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
         {
-            return Fail(stderr, e, parsed is null ? null : command.Subject(parsed), debug, internalError: false);
+            Fail(stderr, e, parsed is null ? null : command.Subject(parsed), debug, internalError: false);
+            return command.ErrorExitCode;
         }
         catch (Exception e)
         {
-            return Fail(stderr, e, parsed is null ? null : command.Subject(parsed), debug, internalError: true);
+            Fail(stderr, e, parsed is null ? null : command.Subject(parsed), debug, internalError: true);
+            return command.ErrorExitCode;
         }
         finally
         {
