@@ -28,6 +28,7 @@ internal static class BcowCli
         new ExportCommand(),
         new ConvertCommand(),
         new CompareCommand(),
+        new ResizeCommand(),
     ];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr) =>

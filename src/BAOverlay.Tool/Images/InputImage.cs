@@ -64,7 +64,8 @@ internal sealed class InputImage : IDisposable
         return new InputImage(path, BCowFile.Open(path, new BCowOpenOptions { ReadOnly = true }), null);
     }
 
-    private static bool IsBCow(FileStorage file)
+    /// <summary>True when <paramref name="file"/> starts as a B-CoW file does: what the verbs that write (resize) ask first.</summary>
+    public static bool IsBCow(FileStorage file)
     {
         Span<byte> magic = stackalloc byte[Magic.Length];
         for (long slot = 0; slot < 2; slot++)
