@@ -29,6 +29,7 @@ internal static class BcowCli
         new ConvertCommand(),
         new CompareCommand(),
         new ResizeCommand(),
+        new MeasureCommand(),
     ];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr) =>

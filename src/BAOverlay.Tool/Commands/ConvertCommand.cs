@@ -115,7 +115,7 @@ internal sealed class ConvertCommand : ICommand
     };
 
     /// <summary>The block size a B-CoW OUT gets: IN's, when IN has one.</summary>
-    internal static int OutputBlockSize(InputImage input) => input.BCow?.BlockSize ?? DefaultBlockSize;
+    internal static int OutputBlockSize(InputImage? input) => input?.BCow?.BlockSize ?? DefaultBlockSize;
 
     private static void RefuseOutput(string output, string input, string what)
     {
