@@ -173,7 +173,7 @@ internal static class BcowCli
         stdout.WriteLine();
         stdout.WriteLine("Sizes and offsets: bytes, 0x hex, or a number with k, M, G, T, P or E (powers of 1024).");
         stdout.WriteLine("Errors are one line on standard error, 'bcow: FILE: problem', with exit status 1");
-        stdout.WriteLine("(check has its own exit statuses, as qemu-img check).");
+        stdout.WriteLine("(check and compare have their own exit statuses, as qemu-img check and compare).");
     }
 
     private static void WriteHelp(TextWriter stdout, ICommand command)

@@ -221,7 +221,7 @@ internal sealed class ConvertCommand : ICommand
             }
             progress?.Report(position + want);
         }
-        output.Flush();
+        // Disposing commits durably (data, map, header, each fsynced) before the caller renames the file into place.
     }
 
     /// <summary>The lower file's bytes at <paramref name="position"/>; zeros past its end, as a B-CoW file reads them.</summary>
