@@ -31,9 +31,10 @@ internal sealed class MeasureCommand : ICommand
         For -O raw both are the virtual size, as qemu-img says for raw (convert's raw
         output is sparse, so it takes less until its holes are written). For -O bcow,
         required counts the header, the root table, the map pages and a block for
-        every block of IN that holds data (B-CoW blocks, and plain-file ranges that are
-        not holes; a block of zeros that is allocated is counted, though convert would
-        not write it: an upper bound, found without reading the data). The block size
+        every block of IN that holds data (a B-CoW file's blocks and the ranges of its
+        lower file that are not holes; a plain file's ranges that are not holes). A
+        block of zeros that is allocated is counted, though convert would not write
+        it: an upper bound, found without reading the data. The block size
         is IN's when IN is a B-CoW file, else 64 KiB, as convert chooses. With --size
         instead of IN, an empty image of that size is measured.
 

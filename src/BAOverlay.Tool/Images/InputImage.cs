@@ -92,13 +92,81 @@ internal sealed class InputImage : IDisposable
     }
 
     /// <summary>
-    /// The ranges that may hold a non-zero byte, in order; everything else reads as zeros for certain. For a B-CoW file
-    /// that is every extent but zero ones (lower extents include the lower file's own holes: a bound, not exact); for a
-    /// plain file, its data as SEEK_DATA/SEEK_HOLE report it (a file system that cannot tell reports all of it).
+    /// The ranges that may hold a non-zero byte, in order; everything else reads as zeros for certain. For a plain file,
+    /// its data as SEEK_DATA/SEEK_HOLE report it (a file system that cannot tell reports all of it). For a B-CoW file,
+    /// its upper extents, and its lower extents where the lower file holds data: a big sparse lower file (a disk image)
+    /// then costs no reads of its holes, and measure does not count them.
     /// </summary>
-    public DataCursor Data() => new(_bcow is not null
-        ? _bcow.GetExtents().Where(e => e.Source != ExtentSource.Zero).Select(e => (e.Offset, e.Length)).ToList()
-        : _raw!.GetDataRanges(0, Length).ToList());
+    public DataCursor Data()
+    {
+        if (_bcow is null)
+        {
+            return new DataCursor(_raw!.GetDataRanges(0, Length).ToList());
+        }
+        IReadOnlyList<BCowExtent> extents = _bcow.GetExtents();
+        List<(long Offset, long Length)>? lowerData = extents.Any(e => e.Source == ExtentSource.Lower) ? LowerDataRanges(_bcow) : null;
+        var ranges = new List<(long Offset, long Length)>();
+        int next = 0;
+        foreach (BCowExtent extent in extents)
+        {
+            if (extent.Source == ExtentSource.Upper || (extent.Source == ExtentSource.Lower && lowerData is null))
+            {
+                Add(ranges, extent.Offset, extent.Offset + extent.Length);
+            }
+            else if (extent.Source == ExtentSource.Lower)
+            {
+                // Both lists are in order: the lower ranges wholly before this extent are never needed again.
+                long end = extent.Offset + extent.Length;
+                while (next < lowerData!.Count && lowerData[next].Offset + lowerData[next].Length <= extent.Offset)
+                {
+                    next++;
+                }
+                for (int i = next; i < lowerData.Count && lowerData[i].Offset < end; i++)
+                {
+                    Add(ranges, Math.Max(extent.Offset, lowerData[i].Offset), Math.Min(end, lowerData[i].Offset + lowerData[i].Length));
+                }
+            }
+        }
+        return new DataCursor(ranges);
+    }
+
+    /// <summary>Appends [start, end), merged with the last range when they touch.</summary>
+    private static void Add(List<(long Offset, long Length)> ranges, long start, long end)
+    {
+        if (ranges.Count > 0 && ranges[^1].Offset + ranges[^1].Length == start)
+        {
+            ranges[^1] = (ranges[^1].Offset, end - ranges[^1].Offset);
+        }
+        else
+        {
+            ranges.Add((start, end - start));
+        }
+    }
+
+    /// <summary>
+    /// Where the lower file of <paramref name="file"/> holds data, or null when that cannot be asked (then every lower
+    /// extent counts as data, which is only slower). The file was opened through its lower file a moment ago, with the
+    /// lower identity checked, so this is the same file.
+    /// </summary>
+    private List<(long Offset, long Length)>? LowerDataRanges(BCowFile file)
+    {
+        string? recorded = file.GetInfo().LowerPath;
+        if (recorded is not { Length: > 0 })
+        {
+            return null;
+        }
+        // Relative lower paths are recorded relative to the B-CoW file's folder.
+        string lower = System.IO.Path.GetFullPath(recorded, System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(Path))!);
+        try
+        {
+            using var storage = new FileStorage(lower, FileMode.Open, FileAccess.Read);
+            return storage.GetDataRanges(0, storage.Length).ToList();
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
+    }
 
     public void Dispose()
     {

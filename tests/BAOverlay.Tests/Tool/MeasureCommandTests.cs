@@ -35,6 +35,21 @@ public class MeasureCommandTests
         Assert.That(used, Is.LessThanOrEqualTo(required), "convert needs no more than measure said");
     }
 
+    [Test]
+    public void TheHolesOfABCowFilesLowerFileAreNotCounted()
+    {
+        using var dir = new TempDir();
+        string lower = dir.File("big.img");
+        string path = dir.File("x.bcow");
+        ToolFiles.MakeLower(lower); // sparse: data in [0, 64k) and [900000, 1200000) only
+        Assert.That(Bcow.Run("create", "--lower", lower, path).ExitCode, Is.Zero);
+        Assert.That(Bcow.Run("io", path, "-c", "write -P 1 40M 4k").ExitCode, Is.Zero);
+        BcowResult result = Bcow.Run("measure", "-O", "bcow", "--json", path);
+        Assert.That(result.ExitCode, Is.Zero, result.ToString());
+        Assert.That(result.Json.GetProperty("required").GetInt64(), Is.EqualTo(8192 + 4096 + 4096 + (2 * 4096) + (8 * 65536)),
+            "the 7 blocks of lower data and the one written (in another L2 page), not 64 MiB");
+    }
+
     [TestCase("--json")]
     [TestCase("--output=json")]
     [TestCase("--output", "json")]
