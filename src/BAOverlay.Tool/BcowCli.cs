@@ -26,6 +26,10 @@ internal static class BcowCli
         new FlattenCommand(),
         new IoCommand(),
         new ExportCommand(),
+        new ConvertCommand(),
+        new CompareCommand(),
+        new ResizeCommand(),
+        new MeasureCommand(),
     ];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr) =>
@@ -89,7 +93,8 @@ internal static class BcowCli
         }
         catch (UsageException e)
         {
-            return UsageError(stderr, command, e.Message);
+            UsageError(stderr, command, e.Message);
+            return command.ErrorExitCode;
         }
         catch (OperationCanceledException) when (cancellation.IsCancellationRequested)
         {
@@ -98,11 +103,13 @@ internal static class BcowCli
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
         {
-            return Fail(stderr, e, parsed is null ? null : command.Subject(parsed), debug, internalError: false);
+            Fail(stderr, e, parsed is null ? null : command.Subject(parsed), debug, internalError: false);
+            return command.ErrorExitCode;
         }
         catch (Exception e)
         {
-            return Fail(stderr, e, parsed is null ? null : command.Subject(parsed), debug, internalError: true);
+            Fail(stderr, e, parsed is null ? null : command.Subject(parsed), debug, internalError: true);
+            return command.ErrorExitCode;
         }
         finally
         {
@@ -166,7 +173,7 @@ internal static class BcowCli
         stdout.WriteLine();
         stdout.WriteLine("Sizes and offsets: bytes, 0x hex, or a number with k, M, G, T, P or E (powers of 1024).");
         stdout.WriteLine("Errors are one line on standard error, 'bcow: FILE: problem', with exit status 1");
-        stdout.WriteLine("(check has its own exit statuses, as qemu-img check).");
+        stdout.WriteLine("(check and compare have their own exit statuses, as qemu-img check and compare).");
     }
 
     private static void WriteHelp(TextWriter stdout, ICommand command)

@@ -43,18 +43,13 @@ internal sealed class FlattenCommand : ICommand
         string output = args.Operands[1];
         using BCowFile source = BCowFile.Open(path, new BCowOpenOptions { ReadOnly = true });
         RefuseToOverwriteInputs(path, source.GetInfo().LowerPath, output);
-        if (Directory.Exists(output))
-        {
-            throw new IOException($"{Path.GetFullPath(output)}: Is a directory");
-        }
-        // A sibling (so the last step is a rename within one file system) under a name no one else uses, made with
-        // CreateNew: flatten removes on failure only the file it made, never an OUT.tmp someone else keeps.
-        string temporary = $"{output}.tmp-{Guid.NewGuid().ToString("N")[..8]}";
+        TemporaryOutput.RefuseDirectory(output);
+        string temporary = TemporaryOutput.NameFor(output);
         ProgressBar? progress = context.ErrorIsTerminal ? new ProgressBar(context.Error, source.Length) : null;
         bool created = false;
         try
         {
-            using (FileStream stream = CreateTemporary(temporary, output))
+            using (FileStream stream = TemporaryOutput.Create(temporary, output))
             {
                 created = true;
                 Copy(source, stream, progress, context.Cancellation);
@@ -70,7 +65,7 @@ internal sealed class FlattenCommand : ICommand
             progress?.Abandon();
             if (created)
             {
-                TryDelete(temporary);
+                TemporaryOutput.TryDelete(temporary);
             }
             throw;
         }
@@ -144,39 +139,6 @@ internal sealed class FlattenCommand : ICommand
             {
                 throw new UsageException($"OUT '{output}' is FILE's lower file; flatten to another path");
             }
-        }
-    }
-
-    /// <summary>Creates the temporary file; a failure names OUT, the file the user asked for, with the errno's words.</summary>
-    private static FileStream CreateTemporary(string temporary, string output)
-    {
-        try
-        {
-            return new FileStream(temporary, FileMode.CreateNew, FileAccess.Write, FileShare.None);
-        }
-        catch (FileNotFoundException e)
-        {
-            throw new FileNotFoundException($"Could not find file '{output}'.", output, e);
-        }
-        catch (DirectoryNotFoundException e)
-        {
-            throw new DirectoryNotFoundException($"Could not find a part of the path '{output}'.", e);
-        }
-        catch (UnauthorizedAccessException e)
-        {
-            throw new UnauthorizedAccessException($"Access to the path '{output}' is denied.", e);
-        }
-    }
-
-    private static void TryDelete(string path)
-    {
-        try
-        {
-            File.Delete(path);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            // The original error matters more; a stray OUT.tmp-XXXXXXXX is visible and harmless.
         }
     }
 }

@@ -22,6 +22,12 @@ internal interface ICommand
     /// <summary>The file error messages name when an exception does not say which file it concerns.</summary>
     string? Subject(ParsedArguments args) => args.Operands.Count > 0 ? args.Operands[0] : null;
 
+    /// <summary>
+    /// The exit status of an error or a wrong command line: 1, except for a verb whose 1 already means an answer
+    /// (<c>compare</c>: 1 is "different", so its errors are 2, as qemu-img compare's).
+    /// </summary>
+    int ErrorExitCode => BcowCli.Failure;
+
     /// <summary>Runs the verb; returns the exit code. Throws <see cref="UsageException"/> for a wrong command line.</summary>
     int Run(ParsedArguments args, CommandContext context);
 }

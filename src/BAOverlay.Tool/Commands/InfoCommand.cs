@@ -32,7 +32,8 @@ internal sealed class InfoCommand : ICommand
 
         Options:
         {{ForceShare.HelpLine}}
-          --json   print a JSON object with kebab-case names, as qemu-img --output=json:
+          --json, --output=json (qemu-img's spelling; --output=human is the default)
+                   print a JSON object with kebab-case names, as qemu-img --output=json:
                    virtual-size, block-size, lower-file, lower-size, allocated-bytes,
                    data-bytes, file-length, blocks {lower, zero, present, partial},
                    dirty, generation; with -U also "force-share": true
@@ -40,18 +41,19 @@ internal sealed class InfoCommand : ICommand
         Exit status: 0 shown, 1 error (not a B-CoW file, cannot be read).
         """;
 
-    public IReadOnlyList<OptionSpec> Options { get; } = [OptionSpec.Flag("--json"), ForceShare.Option];
+    public IReadOnlyList<OptionSpec> Options { get; } = [OutputFormat.Json, OutputFormat.Output, ForceShare.Option];
 
     public int Run(ParsedArguments args, CommandContext context)
     {
         Operands.Expect(args, "FILE");
         string path = args.Operands[0];
+        bool json = OutputFormat.IsJson(args);
         BCowInfo info;
         using (BCowFile file = BCowFile.Open(path, ForceShare.InspectOptions(args)))
         {
             info = file.GetInfo();
         }
-        if (args.Has("--json"))
+        if (json)
         {
             WriteJson(context.Out, path, info, ForceShare.Requested(args));
         }

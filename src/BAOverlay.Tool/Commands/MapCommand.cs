@@ -28,19 +28,21 @@ internal sealed class MapCommand : ICommand
 
         Options:
         {{ForceShare.HelpLine}}
-          --json   print a JSON array of {"start", "length", "source", "offset"};
+          --json, --output=json (qemu-img's spelling; --output=human is the default)
+                   print a JSON array of {"start", "length", "source", "offset"};
                    source is "lower", "upper" or "zero"; offset (in FILE) only for upper.
                    With -U the warning goes to standard error, keeping the JSON whole.
 
         Exit status: 0 shown, 1 error.
         """;
 
-    public IReadOnlyList<OptionSpec> Options { get; } = [OptionSpec.Flag("--json"), ForceShare.Option];
+    public IReadOnlyList<OptionSpec> Options { get; } = [OutputFormat.Json, OutputFormat.Output, ForceShare.Option];
 
     public int Run(ParsedArguments args, CommandContext context)
     {
         Operands.Expect(args, "FILE");
         string path = args.Operands[0];
+        bool json = OutputFormat.IsJson(args);
         IReadOnlyList<BCowExtent> extents;
         string? lowerPath;
         using (BCowFile file = BCowFile.Open(path, ForceShare.InspectOptions(args)))
@@ -48,7 +50,7 @@ internal sealed class MapCommand : ICommand
             extents = file.GetExtents();
             lowerPath = file.GetInfo().LowerPath;
         }
-        if (args.Has("--json"))
+        if (json)
         {
             if (ForceShare.Requested(args))
             {

@@ -117,6 +117,76 @@ public class CheckCommandTests
         Assert.That(result.Error, Is.EqualTo($"bcow: {path}: No such file or directory\n"));
     }
 
+    [TestCase("--json")]
+    [TestCase("--output=json")]
+    [TestCase("--output", "json")]
+    public void JsonOfACleanFileHasQemuImgChecksFieldsAndExitsZero(params string[] json)
+    {
+        using var dir = new TempDir();
+        string path = ToolFiles.MakeStandalone(dir);
+        Assert.That(Bcow.Run("io", path, "-c", "write 0 64k").ExitCode, Is.Zero);
+        BcowResult result = Bcow.Run(["check", .. json, path]);
+        Assert.That(result.ExitCode, Is.Zero, result.ToString());
+        var root = result.Json;
+        Assert.That(root.GetProperty("filename").GetString(), Is.EqualTo(path));
+        Assert.That(root.GetProperty("format").GetString(), Is.EqualTo("bcow"));
+        Assert.That(root.GetProperty("check-errors").GetInt32(), Is.Zero);
+        Assert.That(root.GetProperty("corruptions").GetInt32(), Is.Zero);
+        Assert.That(root.GetProperty("leaks").GetInt32(), Is.Zero);
+        Assert.That(root.GetProperty("leaked-bytes").GetInt64(), Is.Zero);
+        Assert.That(root.GetProperty("errors").GetArrayLength(), Is.Zero);
+        Assert.That(root.GetProperty("leaked-ranges").GetArrayLength(), Is.Zero);
+        Assert.That(root.GetProperty("notes").GetArrayLength(), Is.Zero);
+        Assert.That(root.TryGetProperty("leaks-fixed", out _), Is.False, "only after a repair");
+    }
+
+    [Test]
+    public void JsonListsLeaksAndCorruptionsWithTheSameExitCodes()
+    {
+        using var dir = new TempDir();
+        string path = ToolFiles.MakeStandalone(dir);
+        Assert.That(Bcow.Run("io", path, "-c", "write -P 0x42 4k 8k").ExitCode, Is.Zero);
+        long cleanLength = new FileInfo(path).Length;
+        using (var stream = new FileStream(path, FileMode.Append, FileAccess.Write))
+        {
+            stream.Write(Enumerable.Repeat((byte)0x99, 8192).ToArray());
+        }
+        BcowResult leaky = Bcow.Run("check", "--output=json", path);
+        Assert.That(leaky.ExitCode, Is.EqualTo(3), leaky.ToString());
+        Assert.That(leaky.Json.GetProperty("leaks").GetInt32(), Is.EqualTo(1));
+        Assert.That(leaky.Json.GetProperty("leaked-bytes").GetInt64(), Is.EqualTo(8192));
+        var range = leaky.Json.GetProperty("leaked-ranges")[0];
+        Assert.That(range.GetProperty("offset").GetInt64(), Is.EqualTo(cleanLength));
+        Assert.That(range.GetProperty("length").GetInt64(), Is.EqualTo(8192));
+
+        BcowResult repaired = Bcow.Run("check", "--json", "-r", path);
+        Assert.That(repaired.ExitCode, Is.Zero, repaired.ToString());
+        Assert.That(repaired.Json.GetProperty("leaks-fixed").GetInt32(), Is.EqualTo(1), "as qemu-img check -r --output=json");
+        Assert.That(repaired.Json.GetProperty("corruptions-fixed").GetInt32(), Is.Zero);
+        Assert.That(repaired.Json.GetProperty("leaks").GetInt32(), Is.Zero, "the second check's findings");
+
+        FlipByte(path, Layout.HeaderSlotSize + 20);
+        FlipByte(path, 20);
+        BcowResult corrupt = Bcow.Run("check", "--json", path);
+        Assert.That(corrupt.ExitCode, Is.EqualTo(2), corrupt.ToString());
+        Assert.That(corrupt.Json.GetProperty("corruptions").GetInt32(), Is.GreaterThan(0));
+        Assert.That(corrupt.Json.GetProperty("errors")[0].GetString(), Does.StartWith("header: "));
+    }
+
+    [Test]
+    public void JsonOfAFileThatCannotBeCheckedIsAnErrorLineNotJson()
+    {
+        using var dir = new TempDir();
+        string path = dir.File("missing.bcow");
+        BcowResult result = Bcow.Run("check", "--json", path);
+        Assert.That(result.ExitCode, Is.EqualTo(1));
+        Assert.That(result.Out, Is.Empty, "as qemu-img: no JSON for an image it could not open");
+        Assert.That(result.Error, Is.EqualTo($"bcow: {path}: No such file or directory\n"));
+        BcowResult usage = Bcow.Run("check", "--output=xml", path);
+        Assert.That(usage.ExitCode, Is.EqualTo(1));
+        Assert.That(usage.Error, Does.StartWith("bcow: check: --output must be 'json' or 'human'"));
+    }
+
     private static void FlipByte(string path, long offset)
     {
         using var stream = new FileStream(path, FileMode.Open, FileAccess.ReadWrite);

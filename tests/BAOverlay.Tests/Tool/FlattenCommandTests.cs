@@ -16,7 +16,7 @@ public class FlattenCommandTests
         Assert.That(result.ExitCode, Is.Zero, result.ToString());
         var file = new FileInfo(flat);
         Assert.That(file.Length, Is.EqualTo(256L << 20));
-        Assert.That(AllocatedBytes(flat), Is.LessThan(4L << 20), "only the written block is allocated");
+        Assert.That(ToolFiles.AllocatedBytes(flat), Is.LessThan(4L << 20), "only the written block is allocated");
         using var stream = file.OpenRead();
         byte[] block = new byte[65536];
         stream.Position = 100L << 20;
@@ -132,15 +132,5 @@ public class FlattenCommandTests
         Assert.That(onLower.Error, Does.Contain("lower file"));
         Assert.That(new FileInfo(lower).Length, Is.EqualTo(ToolFiles.LowerSize));
         Checks.AssertClean(path);
-    }
-
-    /// <summary>Allocated bytes of a file, from <c>stat</c> (no API for st_blocks in .NET).</summary>
-    private static long AllocatedBytes(string path)
-    {
-        var start = new System.Diagnostics.ProcessStartInfo("stat", ["-c", "%b %B", path]) { RedirectStandardOutput = true };
-        using var process = System.Diagnostics.Process.Start(start)!;
-        string[] parts = process.StandardOutput.ReadToEnd().Trim().Split(' ');
-        process.WaitForExit();
-        return long.Parse(parts[0], System.Globalization.CultureInfo.InvariantCulture) * long.Parse(parts[1], System.Globalization.CultureInfo.InvariantCulture);
     }
 }

@@ -94,4 +94,18 @@ public class InfoAndMapTests
         Assert.That(lines[4], Does.Match(@"^0x40000 +0x10000 +zero$"));
         Checks.AssertClean(path);
     }
+
+    /// <summary>qemu-img users type --output=json; info and map take it as they take --json.</summary>
+    [TestCase("info")]
+    [TestCase("map")]
+    public void OutputJsonAsQemuImgSpellsItIsTheSameAsJson(string verb)
+    {
+        using var dir = new TempDir();
+        string path = ToolFiles.MakeStandalone(dir);
+        Assert.That(Bcow.Run("io", path, "-c", "write 0 8k").ExitCode, Is.Zero);
+        string json = Bcow.Run(verb, "--json", path).Out;
+        Assert.That(Bcow.Run(verb, "--output=json", path).Out, Is.EqualTo(json));
+        Assert.That(Bcow.Run(verb, "--output", "json", path).Out, Is.EqualTo(json));
+        Assert.That(Bcow.Run(verb, "--output=human", path).Out, Is.EqualTo(Bcow.Run(verb, path).Out));
+    }
 }

@@ -33,4 +33,23 @@ internal static class ToolFiles
         Assert.That(created.ExitCode, Is.Zero, created.ToString());
         return path;
     }
+
+    /// <summary>Allocated bytes of a file, from <c>stat</c> (st_blocks; no API for it in .NET).</summary>
+    public static long AllocatedBytes(string path)
+    {
+        var start = new System.Diagnostics.ProcessStartInfo("stat", ["-c", "%b %B", path]) { RedirectStandardOutput = true };
+        using var process = System.Diagnostics.Process.Start(start)!;
+        string[] parts = process.StandardOutput.ReadToEnd().Trim().Split(' ');
+        process.WaitForExit();
+        return long.Parse(parts[0], System.Globalization.CultureInfo.InvariantCulture) * long.Parse(parts[1], System.Globalization.CultureInfo.InvariantCulture);
+    }
+
+    /// <summary>The merged content of a B-CoW file, read through the library.</summary>
+    public static byte[] MergedContent(string path)
+    {
+        using BCowFile file = BCowFile.Open(path, new BCowOpenOptions { ReadOnly = true });
+        byte[] content = new byte[file.Length];
+        Assert.That(file.ReadAt(content, 0), Is.EqualTo(content.Length));
+        return content;
+    }
 }

@@ -3,7 +3,7 @@ namespace BAOverlay.Tests.Tool;
 /// <summary>Help, version and the answers to a wrong command line.</summary>
 public class UsageTests
 {
-    private static readonly string[] s_verbs = ["create", "info", "map", "check", "flatten", "io"];
+    private static readonly string[] s_verbs = ["create", "info", "map", "check", "flatten", "io", "convert", "compare", "resize", "measure"];
 
     [TestCase("--help")]
     [TestCase("-h")]
