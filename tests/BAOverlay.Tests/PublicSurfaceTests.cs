@@ -1,4 +1,5 @@
 using System.Reflection;
+using System.Runtime.Versioning;
 
 namespace BAOverlay.Tests;
 
@@ -89,6 +90,14 @@ public class PublicSurfaceTests
                 foreign.Add($"{where}: {type.FullName} ({type.Assembly.GetName().Name})");
             }
         }
+    }
+
+    [Test]
+    public void LibrarySaysItSupportsLinuxOnly()
+    {
+        // The platform analyzer (CA1416) of a user's project reads this to warn a call from code built for other systems.
+        string[] platforms = typeof(BCowFile).Assembly.GetCustomAttributes<SupportedOSPlatformAttribute>().Select(a => a.PlatformName).ToArray();
+        Assert.That(platforms, Is.EqualTo(new[] { "linux" }));
     }
 
     /// <summary>Public, or protected in a type a user can derive from.</summary>
