@@ -1,5 +1,4 @@
 using BAOverlay.FileSystem;
-using Mono.Unix.Native;
 
 namespace BAOverlay.Fuse;
 
@@ -89,7 +88,7 @@ public abstract class DelegatingFuseHandler(IFuseLowLevelHandler inner) : IFuseL
     public virtual void ReleaseDirectory(ulong ino, ulong handle) => Inner.ReleaseDirectory(ino, handle);
 
     /// <inheritdoc/>
-    public virtual Statvfs StatFs(ulong ino) => Inner.StatFs(ino);
+    public virtual OverlayStatFs StatFs(ulong ino) => Inner.StatFs(ino);
 
     /// <inheritdoc/>
     public virtual void SetXattr(ulong ino, string name, ReadOnlySpan<byte> value, int flags, FuseContext context) => Inner.SetXattr(ino, name, value, flags, context);

@@ -3,7 +3,6 @@ using System.Runtime.InteropServices;
 using System.Text;
 using BAOverlay.FileSystem;
 using BAOverlay.Fuse.Interop;
-using Mono.Unix.Native;
 using static BAOverlay.Fuse.Interop.FuseKernel;
 
 namespace BAOverlay.Fuse;
@@ -212,7 +211,7 @@ internal sealed unsafe class FuseChannel
     {
         if (args.Length < sizeof(T))
         {
-            throw new OverlayException(Errno.EINVAL, $"request argument shorter than {typeof(T).Name}");
+            throw new OverlayException(OverlayErrno.EINVAL, $"request argument shorter than {typeof(T).Name}");
         }
         return MemoryMarshal.Read<T>(args);
     }
@@ -230,7 +229,7 @@ internal sealed unsafe class FuseChannel
         int nul = bytes.IndexOf((byte)0);
         if (nul < 0)
         {
-            throw new OverlayException(Errno.EINVAL, "request without its second name");
+            throw new OverlayException(OverlayErrno.EINVAL, "request without its second name");
         }
         return (Encoding.UTF8.GetString(bytes[..nul]), Name(bytes[(nul + 1)..]));
     }
@@ -306,8 +305,8 @@ internal sealed unsafe class FuseChannel
         int errno = EIO;
         try
         {
-            Errno mapped = OverlayException.ErrnoOf(e, out bool unexpected);
-            errno = NativeConvert.FromErrno(mapped);
+            OverlayErrno mapped = OverlayException.ErrnoOf(e, out bool unexpected);
+            errno = (int)mapped;
             if (unexpected)
             {
                 _session.LogLine($"{OpName(op)}: {e.GetType().Name}: {e.Message} (answered {mapped}){Environment.NewLine}{e.StackTrace}");
@@ -473,8 +472,8 @@ internal sealed unsafe class FuseChannel
     /// <summary>True for what answers ENOENT without a log line.</summary>
     internal static bool IsNoEntry(Exception e)
     {
-        Errno errno = OverlayException.ErrnoOf(e, out bool unexpected);
-        return errno == Errno.ENOENT && !unexpected;
+        OverlayErrno errno = OverlayException.ErrnoOf(e, out bool unexpected);
+        return errno == OverlayErrno.ENOENT && !unexpected;
     }
 
     private void Forget(ulong ino, ulong nlookup)
@@ -532,7 +531,7 @@ internal sealed unsafe class FuseChannel
         int count = Encoding.UTF8.GetByteCount(target);
         if (count > _replyBufferSize)
         {
-            throw new OverlayException(Errno.ENAMETOOLONG, "symbolic link target longer than a reply");
+            throw new OverlayException(OverlayErrno.ENAMETOOLONG, "symbolic link target longer than a reply");
         }
         Encoding.UTF8.GetBytes(target, new Span<byte>(reply, _replyBufferSize));
         Send(h, 0, reply, count); // no NUL: the reply's length is the target's
@@ -625,7 +624,7 @@ internal sealed unsafe class FuseChannel
         ReadOnlySpan<byte> data = args[sizeof(fuse_write_in)..];
         if ((uint)data.Length < a.size)
         {
-            throw new OverlayException(Errno.EINVAL, $"write of {a.size} bytes with {data.Length} in the request");
+            throw new OverlayException(OverlayErrno.EINVAL, $"write of {a.size} bytes with {data.Length} in the request");
         }
         int n = _handler.Write(h->nodeid, a.fh, data[..(int)a.size], (long)a.offset);
         Reply(h, new fuse_write_out { size = (uint)n });
@@ -734,16 +733,16 @@ internal sealed unsafe class FuseChannel
 
     private void StatFs(fuse_in_header* h)
     {
-        Statvfs v = _handler.StatFs(h->nodeid);
+        OverlayStatFs v = _handler.StatFs(h->nodeid);
         fuse_kstatfs k = default;
-        k.blocks = v.f_blocks;
-        k.bfree = v.f_bfree;
-        k.bavail = v.f_bavail;
-        k.files = v.f_files;
-        k.ffree = v.f_ffree;
-        k.bsize = (uint)v.f_bsize;
-        k.frsize = (uint)v.f_frsize;
-        k.namelen = (uint)v.f_namemax;
+        k.blocks = v.Blocks;
+        k.bfree = v.BlocksFree;
+        k.bavail = v.BlocksAvailable;
+        k.files = v.Files;
+        k.ffree = v.FilesFree;
+        k.bsize = (uint)v.BlockSize;
+        k.frsize = (uint)v.FragmentSize;
+        k.namelen = (uint)v.MaxNameLength;
         Reply(h, k);
     }
 
@@ -755,7 +754,7 @@ internal sealed unsafe class FuseChannel
         // FUSE_COMPAT_SETXATTR_IN_SIZE bytes, size and flags.
         if (args.Length < FUSE_COMPAT_SETXATTR_IN_SIZE)
         {
-            throw new OverlayException(Errno.EINVAL, "setxattr request shorter than its header");
+            throw new OverlayException(OverlayErrno.EINVAL, "setxattr request shorter than its header");
         }
         uint size = MemoryMarshal.Read<uint>(args);
         uint flags = MemoryMarshal.Read<uint>(args[sizeof(uint)..]);
@@ -763,7 +762,7 @@ internal sealed unsafe class FuseChannel
         int nul = rest.IndexOf((byte)0);
         if (nul < 0 || rest.Length - nul - 1 < size)
         {
-            throw new OverlayException(Errno.EINVAL, "setxattr request shorter than its value");
+            throw new OverlayException(OverlayErrno.EINVAL, "setxattr request shorter than its value");
         }
         string name = Encoding.UTF8.GetString(rest[..nul]);
         _handler.SetXattr(h->nodeid, name, rest.Slice(nul + 1, (int)size), (int)flags, Context(h, 0));

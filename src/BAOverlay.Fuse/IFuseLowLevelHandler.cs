@@ -1,5 +1,4 @@
 using BAOverlay.FileSystem;
-using Mono.Unix.Native;
 
 namespace BAOverlay.Fuse;
 
@@ -91,7 +90,7 @@ public interface IFuseLowLevelHandler
     void ReleaseDirectory(ulong ino, ulong handle);
 
     /// <summary>statfs.</summary>
-    Statvfs StatFs(ulong ino);
+    OverlayStatFs StatFs(ulong ino);
 
     /// <summary>setxattr (flags: XATTR_CREATE = 1, XATTR_REPLACE = 2).</summary>
     void SetXattr(ulong ino, string name, ReadOnlySpan<byte> value, int flags, FuseContext context);

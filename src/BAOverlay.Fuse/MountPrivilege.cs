@@ -26,10 +26,7 @@ internal static class MountPrivilege
         string mode = "unknown";
         try
         {
-            if (!OperatingSystem.IsWindows())
-            {
-                mode = "0" + Convert.ToString((int)File.GetUnixFileMode("/dev/fuse"), 8);
-            }
+            mode = "0" + Convert.ToString((int)File.GetUnixFileMode("/dev/fuse"), 8);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {

@@ -1,6 +1,5 @@
 using System.Collections.Concurrent;
 using BAOverlay.FileSystem;
-using Mono.Unix.Native;
 
 namespace BAOverlay.Fuse;
 
@@ -220,7 +219,7 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
     {
         if ((flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) != 0)
         {
-            throw new OverlayException(Errno.EINVAL, $"rename flags {flags:x} are not supported (RENAME_WHITEOUT is the overlay's own)");
+            throw new OverlayException(OverlayErrno.EINVAL, $"rename flags {flags:x} are not supported (RENAME_WHITEOUT is the overlay's own)");
         }
         var overlayFlags = OverlayRenameFlags.None;
         if ((flags & RENAME_NOREPLACE) != 0)
@@ -295,13 +294,13 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
     public IReadOnlyList<OverlayDirEntry> ReadDirectory(ulong ino, ulong handle) =>
         _directories.TryGetValue(handle, out IReadOnlyList<OverlayDirEntry>? entries)
             ? entries
-            : throw new OverlayException(Errno.EBADF, $"directory handle {handle} is not open");
+            : throw new OverlayException(OverlayErrno.EBADF, $"directory handle {handle} is not open");
 
     /// <inheritdoc/>
     public void ReleaseDirectory(ulong ino, ulong handle) => _directories.TryRemove(handle, out _);
 
     /// <inheritdoc/>
-    public Statvfs StatFs(ulong ino) => _fileSystem.StatFs();
+    public OverlayStatFs StatFs(ulong ino) => _fileSystem.StatFs();
 
     /// <inheritdoc/>
     public void SetXattr(ulong ino, string name, ReadOnlySpan<byte> value, int flags, FuseContext context)
@@ -311,7 +310,7 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
             0 => OverlayXattrFlags.None,
             XATTR_CREATE => OverlayXattrFlags.Create,
             XATTR_REPLACE => OverlayXattrFlags.Replace,
-            _ => throw new OverlayException(Errno.EINVAL, $"setxattr flags {flags} are not supported"),
+            _ => throw new OverlayException(OverlayErrno.EINVAL, $"setxattr flags {flags} are not supported"),
         };
         _fileSystem.SetXattr(ino, name, value, overlayFlags, Checked(context));
     }
@@ -334,7 +333,7 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
             0 => OverlayAllocateMode.Allocate,
             FALLOC_FL_PUNCH_HOLE => OverlayAllocateMode.PunchHole,
             FALLOC_FL_ZERO_RANGE => OverlayAllocateMode.ZeroRange,
-            _ => throw new OverlayException(Errno.EOPNOTSUPP, $"fallocate mode {mode:x} is not supported"),
+            _ => throw new OverlayException(OverlayErrno.EOPNOTSUPP, $"fallocate mode {mode:x} is not supported"),
         };
         using Serving serving = Serve();
         File(handle).Allocate(offset, length, overlayMode, keepSize);
@@ -345,7 +344,7 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
     {
         SEEK_DATA => File(handle).Seek(offset, data: true),
         SEEK_HOLE => File(handle).Seek(offset, data: false),
-        _ => throw new OverlayException(Errno.EINVAL, $"lseek whence {whence} is handled by the kernel"),
+        _ => throw new OverlayException(OverlayErrno.EINVAL, $"lseek whence {whence} is handled by the kernel"),
     };
 
     private ulong Register(OverlayHandle handle)
@@ -356,5 +355,5 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
     }
 
     private OverlayHandle File(ulong handle) =>
-        _files.TryGetValue(handle, out OverlayHandle? file) ? file : throw new OverlayException(Errno.EBADF, $"file handle {handle} is not open");
+        _files.TryGetValue(handle, out OverlayHandle? file) ? file : throw new OverlayException(OverlayErrno.EBADF, $"file handle {handle} is not open");
 }

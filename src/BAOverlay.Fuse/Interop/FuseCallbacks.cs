@@ -108,8 +108,8 @@ internal static unsafe class FuseCallbacks
         int errno = EIO;
         try
         {
-            Errno mapped = OverlayException.ErrnoOf(e, out bool unexpected);
-            errno = NativeConvert.FromErrno(mapped);
+            OverlayErrno mapped = OverlayException.ErrnoOf(e, out bool unexpected);
+            errno = (int)mapped;
             if (unexpected)
             {
                 SessionOf(req).LogLine($"{operation}: {e.GetType().Name}: {e.Message} (answered {mapped}){Environment.NewLine}{e.StackTrace}");
@@ -727,19 +727,19 @@ internal static unsafe class FuseCallbacks
     {
         try
         {
-            Statvfs v = SessionOf(req).Handler.StatFs(ino);
+            OverlayStatFs v = SessionOf(req).Handler.StatFs(ino);
             NativeStatvfs n = default;
-            n.f_bsize = v.f_bsize;
-            n.f_frsize = v.f_frsize;
-            n.f_blocks = v.f_blocks;
-            n.f_bfree = v.f_bfree;
-            n.f_bavail = v.f_bavail;
-            n.f_files = v.f_files;
-            n.f_ffree = v.f_ffree;
-            n.f_favail = v.f_favail;
-            n.f_fsid = v.f_fsid;
-            n.f_flag = (ulong)v.f_flag;
-            n.f_namemax = v.f_namemax;
+            n.f_bsize = v.BlockSize;
+            n.f_frsize = v.FragmentSize;
+            n.f_blocks = v.Blocks;
+            n.f_bfree = v.BlocksFree;
+            n.f_bavail = v.BlocksAvailable;
+            n.f_files = v.Files;
+            n.f_ffree = v.FilesFree;
+            n.f_favail = v.FilesAvailable;
+            n.f_fsid = v.FileSystemId;
+            n.f_flag = v.Flags;
+            n.f_namemax = v.MaxNameLength;
             LibFuse.fuse_reply_statfs(req, &n);
         }
         catch (Exception e)

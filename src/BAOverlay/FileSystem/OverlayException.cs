@@ -1,10 +1,12 @@
 using Mono.Unix.Native;
+using NativeErrno = Mono.Unix.Native.Errno;
 
 namespace BAOverlay.FileSystem;
 
 /// <summary>
 /// An overlay file system operation failed with a POSIX error: a FUSE server replies <c>-Errno</c>, a .NET caller
-/// reads <see cref="Errno"/> and the message (which names the path concerned).
+/// reads <see cref="Errno"/> and the message (which names the path concerned). <see cref="Exception.HResult"/> is the
+/// errno too, as in the <see cref="IOException"/>s .NET raises for a failed system call.
 /// <para><see cref="ErrnoOf"/> is the one mapping from any exception an overlay operation may raise to the POSIX
 /// error a caller of the file system sees; docs/baoverlayfs.md lists it.</para>
 /// </summary>
@@ -13,14 +15,21 @@ public sealed class OverlayException : IOException
     private const int MaxErrno = 4095;
 
     /// <summary>Makes the exception for <paramref name="errno"/>, with a message naming the path and the problem.</summary>
-    public OverlayException(Errno errno, string message)
-        : base(message, (int)NativeConvert.FromErrno(errno))
+    public OverlayException(OverlayErrno errno, string message)
+        : base(message, (int)errno)
     {
         Errno = errno;
     }
 
+    /// <summary>The library's own throws, with the errno as Mono.Posix (which it calls the system through) reports it;
+    /// internal so that no Mono.Posix type is part of the public API.</summary>
+    internal OverlayException(NativeErrno errno, string message)
+        : this(FromNative(errno), message)
+    {
+    }
+
     /// <summary>The POSIX error.</summary>
-    public Errno Errno { get; }
+    public OverlayErrno Errno { get; }
 
     /// <summary>
     /// The POSIX error to answer for <paramref name="exception"/>, raised by an overlay operation (the library, the
@@ -41,7 +50,7 @@ public sealed class OverlayException : IOException
     /// <param name="exception">What the operation threw.</param>
     /// <param name="unexpected">True for the classes that are no POSIX condition of the request (corruption, a bug, an
     /// I/O error): the caller should log the exception, since the errno alone does not say what went wrong.</param>
-    public static Errno ErrnoOf(Exception exception, out bool unexpected)
+    public static OverlayErrno ErrnoOf(Exception exception, out bool unexpected)
     {
         ArgumentNullException.ThrowIfNull(exception);
         unexpected = false;
@@ -50,33 +59,34 @@ public sealed class OverlayException : IOException
             case OverlayException overlay:
                 return overlay.Errno;
             case BCowFileInUseException:
-                return Errno.EBUSY; // another process (bcow, another mount) has the B-CoW file open for writing
+                return OverlayErrno.EBUSY; // another process (bcow, another mount) has the B-CoW file open for writing
             case BCowFormatException:
                 unexpected = true;
-                return Errno.EIO;
+                return OverlayErrno.EIO;
             case FileNotFoundException or DirectoryNotFoundException:
-                return Errno.ENOENT;
+                return OverlayErrno.ENOENT;
             case PathTooLongException:
-                return Errno.ENAMETOOLONG;
+                return OverlayErrno.ENAMETOOLONG;
             case IOException io when io.HResult is > 0 and <= MaxErrno:
-                Errno errno = NativeConvert.ToErrno(io.HResult);
-                unexpected = errno == Errno.EIO;
+                // .NET's HResult is the native errno, which on Linux is the value the enum carries.
+                OverlayErrno errno = (OverlayErrno)io.HResult;
+                unexpected = errno == OverlayErrno.EIO;
                 return errno;
             case ArgumentOutOfRangeException range when IsSizeOrOffset(range.ParamName):
-                return range.ActualValue is long and <= 0 or int and <= 0 ? Errno.EINVAL : Errno.EFBIG;
+                return range.ActualValue is long and <= 0 or int and <= 0 ? OverlayErrno.EINVAL : OverlayErrno.EFBIG;
             case UnauthorizedAccessException { InnerException: IOException { HResult: > 0 and <= MaxErrno } inner }:
-                return NativeConvert.ToErrno(inner.HResult); // .NET says "access denied" for EPERM too; the errno is within
+                return (OverlayErrno)inner.HResult; // .NET says "access denied" for EPERM too; the errno is within
             case UnauthorizedAccessException:
-                return Errno.EACCES;
+                return OverlayErrno.EACCES;
             case ObjectDisposedException:
                 unexpected = true;
-                return Errno.EBADF;
+                return OverlayErrno.EBADF;
             case OutOfMemoryException:
                 unexpected = true;
-                return Errno.ENOMEM;
+                return OverlayErrno.ENOMEM;
             default:
                 unexpected = true;
-                return Errno.EIO;
+                return OverlayErrno.EIO;
         }
     }
 
@@ -87,7 +97,11 @@ public sealed class OverlayException : IOException
 
     internal static OverlayException FromLastError(string what, string path)
     {
-        Errno errno = Stdlib.GetLastError();
+        NativeErrno errno = Stdlib.GetLastError();
         return new OverlayException(errno, $"{path}: {what}: {Stdlib.strerror(errno)}");
     }
+
+    /// <summary>Mono.Posix numbers its <see cref="NativeErrno"/> as Linux does; <see cref="NativeConvert"/> gives the
+    /// platform's number, which is <see cref="OverlayErrno"/>'s.</summary>
+    internal static OverlayErrno FromNative(NativeErrno errno) => (OverlayErrno)NativeConvert.FromErrno(errno);
 }

@@ -324,13 +324,14 @@ public sealed partial class OverlayFileSystem : IDisposable
     }
 
     /// <summary>File system statistics of the upper directory (of the top lower one when read-only).</summary>
-    public Statvfs StatFs()
+    public OverlayStatFs StatFs()
     {
-        if (Syscall.statvfs(_layers.Root(0).Self, out Statvfs stat) != 0)
+        if (Syscall.statvfs(_layers.Root(0).Self, out Statvfs s) != 0)
         {
             throw OverlayException.FromLastError("statvfs", _layers.NameOf(0));
         }
-        return stat;
+        return new OverlayStatFs(s.f_bsize, s.f_frsize, s.f_blocks, s.f_bfree, s.f_bavail, s.f_files, s.f_ffree, s.f_favail,
+            s.f_fsid, (ulong)s.f_flag, s.f_namemax);
     }
 
     // ------------------------------------------------------------------ directories
@@ -1584,7 +1585,7 @@ public sealed partial class OverlayFileSystem : IDisposable
         {
             // From the .NET file APIs (B-CoW creation, whole copy): a FUSE reply needs the errno.
             RemoveTree(scratch);
-            Errno errno = OverlayException.ErrnoOf(e, out bool unexpected);
+            OverlayErrno errno = OverlayException.ErrnoOf(e, out bool unexpected);
             if (unexpected)
             {
                 _log($"{described}: copy-up failed: {e.Message}");

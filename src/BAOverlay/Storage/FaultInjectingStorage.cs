@@ -4,6 +4,8 @@ namespace BAOverlay.Storage;
 /// An <see cref="IBlockStorage"/> for tests that fails on schedule (EIO, ENOSPC, torn writes) and models power cuts:
 /// it keeps the durable image (as of the last completed <see cref="Flush"/>) apart from the writes since, so a test
 /// can take the image a crash would leave behind. FASTER's simulated flaky device is the idea.
+/// <para>Public API for the tests of code built on <see cref="BCowFile"/>: does it survive a power cut between its
+/// write and its flush, does it report a full disk? docs/testing-with-fake-storage.md has examples. Thread-safe.</para>
 /// </summary>
 public sealed class FaultInjectingStorage : IBlockStorage
 {

@@ -1,8 +1,9 @@
 namespace BAOverlay.Storage;
 
 /// <summary>
-/// Sparse in-memory <see cref="IBlockStorage"/> in 4 KiB pages: for tests, tools and fault injection. Thread-safe.
-/// Pages never written, or punched whole, are holes and are reported as such by <see cref="GetDataRanges"/>.
+/// Sparse in-memory <see cref="IBlockStorage"/> in 4 KiB pages: for tests (the library's and its users', see
+/// docs/testing-with-fake-storage.md), tools and fault injection. Thread-safe. Pages never written, or punched whole,
+/// are holes and are reported as such by <see cref="GetDataRanges"/>.
 /// </summary>
 public sealed class MemoryStorage : IBlockStorage
 {

@@ -28,7 +28,7 @@ public class BrokenLayerTests
         using (OverlayFileSystem fs = f.Open())
         {
             var e = Assert.Throws<OverlayException>(() => ReadBytes(fs, "big"));
-            Assert.That(e!.Errno, Is.EqualTo(Errno.EIO));
+            Assert.That(e!.Errno, Is.EqualTo(OverlayErrno.EIO));
             Assert.That(e.Message, Does.Contain(upper));
             Assert.That(f.Log, Has.Some.Contains(upper), "a log line names the file");
             Assert.That(ReadText(fs, "fine"), Is.EqualTo("fine"));
@@ -46,8 +46,8 @@ public class BrokenLayerTests
         ulong d = Resolve(fs, "d").Ino;
         Directory.Delete(Path.Combine(f.Lowers[1], "d"), recursive: true);
         var e = Assert.Throws<OverlayException>(() => fs.ReadDirectory(d));
-        Assert.That(e!.Errno, Is.AnyOf(Errno.EIO, Errno.ENOENT));
-        Assert.That(Assert.Throws<OverlayException>(() => fs.Lookup(d, "x"))!.Errno, Is.EqualTo(Errno.ENOENT));
+        Assert.That(e!.Errno, Is.AnyOf(OverlayErrno.EIO, OverlayErrno.ENOENT));
+        Assert.That(Assert.Throws<OverlayException>(() => fs.Lookup(d, "x"))!.Errno, Is.EqualTo(OverlayErrno.ENOENT));
         Assert.That(ReadText(fs, "other"), Is.EqualTo("other"));
     }
 
@@ -57,7 +57,7 @@ public class BrokenLayerTests
         using var f = new OverlayFixture();
         string missing = Path.Combine(f.Root, "nope");
         var e = Assert.Throws<OverlayException>(() => OverlayFileSystem.Open(new OverlayOptions { LowerDirectories = [missing] }));
-        Assert.That(e!.Errno, Is.EqualTo(Errno.ENOENT));
+        Assert.That(e!.Errno, Is.EqualTo(OverlayErrno.ENOENT));
         Assert.That(e.Message, Does.Contain(missing));
     }
 
@@ -66,7 +66,7 @@ public class BrokenLayerTests
     {
         using var f = new OverlayFixture();
         var e = Assert.Throws<OverlayException>(() => OverlayFileSystem.Open(new OverlayOptions { LowerDirectories = f.Lowers, UpperDirectory = f.Upper }));
-        Assert.That(e!.Errno, Is.EqualTo(Errno.EINVAL));
+        Assert.That(e!.Errno, Is.EqualTo(OverlayErrno.EINVAL));
     }
 
     [Test]
@@ -74,7 +74,7 @@ public class BrokenLayerTests
     {
         using var f = new OverlayFixture();
         using OverlayFileSystem fs = f.Open();
-        Assert.That(Assert.Throws<OverlayException>(() => fs.GetAttr(123456789))!.Errno, Is.EqualTo(Errno.ESTALE));
+        Assert.That(Assert.Throws<OverlayException>(() => fs.GetAttr(123456789))!.Errno, Is.EqualTo(OverlayErrno.ESTALE));
     }
 
     [Test]
@@ -110,7 +110,7 @@ public class BrokenLayerTests
         thread.Start();
         thread.Join();
         Assert.That(failure, Is.InstanceOf<OverlayException>());
-        Assert.That(((OverlayException)failure!).Errno, Is.EqualTo(Errno.EACCES));
+        Assert.That(((OverlayException)failure!).Errno, Is.EqualTo(OverlayErrno.EACCES));
         Assert.That(f.Log, Has.Some.Contains("locked"), "a log line names the directory");
         Assert.That(fine, Is.EqualTo("fine"));
     }

@@ -234,7 +234,7 @@ public partial class CopyUpCrashTests
             using (new Immutable(blocked(f)))
             {
                 var e = Assert.Throws<OverlayException>(() => operation(fs), "the blocked step fails the operation");
-                Assert.That(e!.Errno, Is.EqualTo(Errno.EPERM), e.Message);
+                Assert.That(e!.Errno, Is.EqualTo(OverlayErrno.EPERM), e.Message);
             }
             Assert.That(Snapshot(fs), Is.EqualTo(old), "the old tree, in the open file system");
             AssertWorkDirectoryEmpty(f, "after the failure");
@@ -270,7 +270,7 @@ public partial class CopyUpCrashTests
             using (new Immutable(f.Upper!))
             {
                 var e = Assert.Throws<OverlayException>(() => fs.RemoveDirectory(OverlayFileSystem.RootIno, "m"));
-                Assert.That(e!.Errno, Is.EqualTo(Errno.EPERM), e.Message);
+                Assert.That(e!.Errno, Is.EqualTo(OverlayErrno.EPERM), e.Message);
             }
             Assert.That(List(fs, "m"), Is.Empty, "m is still there and still empty");
             Assert.That(Snapshot(fs), Is.EqualTo(old));
@@ -304,7 +304,7 @@ public partial class CopyUpCrashTests
             using (new Immutable(f.Upper!))
             {
                 var e = Assert.Throws<OverlayException>(() => fs.Rename(OverlayFileSystem.RootIno, "n", OverlayFileSystem.RootIno, "m"));
-                Assert.That(e!.Errno, Is.EqualTo(Errno.EPERM), e.Message);
+                Assert.That(e!.Errno, Is.EqualTo(OverlayErrno.EPERM), e.Message);
             }
             Assert.That(List(fs, "m"), Is.Empty, "m is still there and still empty");
         }

@@ -64,7 +64,7 @@ public class DirectoryCacheTests
         fs.Rename(parent, name, newParent, newName, flags);
     }
 
-    private static void Fails(Errno errno, Action action) =>
+    private static void Fails(OverlayErrno errno, Action action) =>
         Assert.That(Assert.Throws<OverlayException>(() => action())!.Errno, Is.EqualTo(errno));
 
     /// <summary>
@@ -159,8 +159,8 @@ public class DirectoryCacheTests
             List(fs, "d");
             Mkdir(fs, "d/ld2");
         });
-        yield return new("rmdir of a directory that is not empty fails", fs => Fails(Errno.ENOTEMPTY, () => Rmdir(fs, "d/sub")));
-        yield return new("create of an existing name fails", fs => Fails(Errno.EEXIST, () => Create(fs, "d/a")));
+        yield return new("rmdir of a directory that is not empty fails", fs => Fails(OverlayErrno.ENOTEMPTY, () => Rmdir(fs, "d/sub")));
+        yield return new("create of an existing name fails", fs => Fails(OverlayErrno.EEXIST, () => Create(fs, "d/a")));
         yield return new("rename a lower file in its directory", fs => Rename(fs, "d/a", "d/a2"));
         yield return new("rename an upper file over a lower file", fs => Rename(fs, "d/u", "d/c"));
         yield return new("rename a lower file over an upper file", fs => Rename(fs, "d/c", "d/u"));
@@ -184,7 +184,7 @@ public class DirectoryCacheTests
         });
         yield return new("rename a lower file from another directory", fs => Rename(fs, "e/q", "d/q"));
         yield return new("rename with noreplace onto an existing name fails", fs =>
-            Fails(Errno.EEXIST, () => Rename(fs, "d/a", "d/c", OverlayRenameFlags.NoReplace)));
+            Fails(OverlayErrno.EEXIST, () => Rename(fs, "d/a", "d/c", OverlayRenameFlags.NoReplace)));
         yield return new("exchange a lower file and an upper file", fs => Rename(fs, "d/a", "d/u", OverlayRenameFlags.Exchange));
         yield return new("exchange a file and a directory across directories", fs =>
             Rename(fs, "e/q", "d/ud", OverlayRenameFlags.Exchange));
@@ -268,7 +268,7 @@ public class DirectoryCacheTests
         using OverlayFileSystem fs = f.Open();
         ulong ino = Resolve(fs, "private").Ino;
         Assert.That(Names(fs.ReadDirectory(ino, Root)), Is.EquivalentTo(new[] { "secret" }));
-        Fails(Errno.EACCES, () => fs.ReadDirectory(ino, new OverlayCaller(1000, 1000)));
+        Fails(OverlayErrno.EACCES, () => fs.ReadDirectory(ino, new OverlayCaller(1000, 1000)));
     }
 
     [Test]

@@ -74,7 +74,7 @@ internal sealed class OverlayFixture : IDisposable
             Resolve(fs, path);
             return true;
         }
-        catch (OverlayException e) when (e.Errno == Errno.ENOENT)
+        catch (OverlayException e) when (e.Errno == OverlayErrno.ENOENT)
         {
             return false;
         }

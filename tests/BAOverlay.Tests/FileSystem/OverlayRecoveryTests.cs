@@ -75,7 +75,7 @@ public class OverlayRecoveryTests
             }
             WriteAt(fs, "big", 500, [7]);
             Assert.That(ReadBytes(fs, "big")[500], Is.EqualTo(7), "and can be written again");
-            Assert.That(closing, Is.InstanceOf<OverlayException>().With.Property(nameof(OverlayException.Errno)).EqualTo(Errno.ENOSPC),
+            Assert.That(closing, Is.InstanceOf<OverlayException>().With.Property(nameof(OverlayException.Errno)).EqualTo(OverlayErrno.ENOSPC),
                 "the failed close says why, as an errno");
             Assert.That(log, Has.Some.Contains("closing failed"));
         }
@@ -107,7 +107,7 @@ public class OverlayRecoveryTests
         string file = Path.Combine(f.Root, "file");
         File.WriteAllText(file, "x");
         var e = Assert.Throws<OverlayException>(() => OverlayFileSystem.Open(new OverlayOptions { LowerDirectories = [file] }));
-        Assert.That(e!.Errno, Is.EqualTo(Errno.ENOTDIR));
+        Assert.That(e!.Errno, Is.EqualTo(OverlayErrno.ENOTDIR));
         Assert.That(e.Message, Does.Contain(file).And.Contain("not a directory"));
     }
 

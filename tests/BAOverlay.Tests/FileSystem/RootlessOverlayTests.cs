@@ -128,10 +128,10 @@ public partial class RootlessOverlayTests
             using OverlayFileSystem fs = f.Open();
             ulong a = Resolve(fs, "a").Ino;
             var e = Assert.Throws<OverlayException>(() => fs.SetAttr(a, new OverlaySetAttr { Size = 0 }, new OverlayCaller(User, User)));
-            Assert.That(e!.Errno, Is.EqualTo(Errno.EACCES));
+            Assert.That(e!.Errno, Is.EqualTo(OverlayErrno.EACCES));
             Assert.That(ReadText(fs, "a"), Is.EqualTo("lower a"), "after a failed truncate");
             e = Assert.Throws<OverlayException>(() => fs.Open(a, write: true, truncate: true));
-            Assert.That(e!.Errno, Is.EqualTo(Errno.EACCES));
+            Assert.That(e!.Errno, Is.EqualTo(OverlayErrno.EACCES));
             Assert.That(ReadText(fs, "a"), Is.EqualTo("lower a"), "after a failed open with O_TRUNC");
         });
     }

@@ -27,7 +27,7 @@ public class XattrReadTests
         Assert.That(fs.TryGetXattr(ino, "user.small"), Is.EqualTo("s"u8.ToArray()));
         Assert.That(fs.TryGetXattr(ino, "user.large"), Is.EqualTo(large), "a value larger than the first read's buffer");
         Assert.That(fs.TryGetXattr(ino, "user.overlay.hidden"), Is.Null, "the overlay's own names read as absent");
-        Assert.That(Assert.Throws<OverlayException>(() => fs.GetXattr(ino, "user.missing"))!.Errno, Is.EqualTo(Errno.ENODATA),
+        Assert.That(Assert.Throws<OverlayException>(() => fs.GetXattr(ino, "user.missing"))!.Errno, Is.EqualTo(OverlayErrno.ENODATA),
             "GetXattr still throws ENODATA");
         Assert.That(Assert.Throws<OverlayException>(() => fs.GetXattr(ino, "user.missing"))!.Message, Does.Contain("/x"), "naming the object");
 
@@ -37,7 +37,7 @@ public class XattrReadTests
         Assert.That(fs.TryGetXattr(ino, "user.large"), Is.EqualTo(larger));
         fs.RemoveXattr(ino, "user.small");
         Assert.That(fs.TryGetXattr(ino, "user.small"), Is.Null);
-        Assert.That(Assert.Throws<OverlayException>(() => fs.TryGetXattr(999_999, "user.small"))!.Errno, Is.EqualTo(Errno.ENOENT).Or.EqualTo(Errno.ESTALE),
+        Assert.That(Assert.Throws<OverlayException>(() => fs.TryGetXattr(999_999, "user.small"))!.Errno, Is.EqualTo(OverlayErrno.ENOENT).Or.EqualTo(OverlayErrno.ESTALE),
             "an unknown inode is an error, not absent");
     }
 

@@ -237,7 +237,6 @@ public sealed partial class FuseMountTests
     /// record a write-back error, and syncfs of the whole mount failed with it.
     /// </summary>
     [Test]
-    [System.Runtime.Versioning.SupportedOSPlatform("linux")]
     public void FilesWrittenThenUnlinkedLeaveNoWritebackErrorBehind()
     {
         using var fixture = new OverlayFixture(lowers: 1);

@@ -443,7 +443,7 @@ public sealed partial class FuseMountTests
         public override OverlayStat Lookup(ulong parent, string name, FuseContext context) => name switch
         {
             "boom" => throw new InvalidOperationException("boom: a bug in the handler"),
-            "denied" => throw new OverlayException(Errno.EACCES, "denied"),
+            "denied" => throw new OverlayException(OverlayErrno.EACCES, "denied"),
             _ => Inner.Lookup(parent, name, context),
         };
     }

@@ -166,7 +166,7 @@ public class LockingTests
             using var dir = new TempDir();
             using BcowProcess writer = StartWriter(dir, upper);
             var busy = Assert.Throws<BAOverlay.FileSystem.OverlayException>(() => fs.Open(ino, write: false, truncate: false).Dispose());
-            Assert.That(busy!.Errno, Is.EqualTo(Mono.Unix.Native.Errno.EBUSY));
+            Assert.That(busy!.Errno, Is.EqualTo(BAOverlay.FileSystem.OverlayErrno.EBUSY));
         }
     }
 }
