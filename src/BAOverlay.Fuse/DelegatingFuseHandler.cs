@@ -25,6 +25,9 @@ public abstract class DelegatingFuseHandler(IFuseLowLevelHandler inner) : IFuseL
     public virtual bool WantsGroups => Inner.WantsGroups;
 
     /// <inheritdoc/>
+    public virtual OverlayStat? LookupForListing(ulong parent, string name, FuseContext context) => Inner.LookupForListing(parent, name, context);
+
+    /// <inheritdoc/>
     public virtual OverlayStat Lookup(ulong parent, string name, FuseContext context) => Inner.Lookup(parent, name, context);
 
     /// <inheritdoc/>

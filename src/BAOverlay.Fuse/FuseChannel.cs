@@ -723,7 +723,7 @@ internal sealed unsafe class FuseChannel
     {
         try
         {
-            return Entry(_handler.Lookup(parent, name, context));
+            return _handler.LookupForListing(parent, name, context) is OverlayStat stat ? Entry(stat) : default;
         }
         catch (Exception e) when (IsNoEntry(e) || e is OverlayException)
         {

@@ -28,6 +28,11 @@ public interface IFuseLowLevelHandler
     /// <summary>lookup: the attributes of <paramref name="name"/> in <paramref name="parent"/>; counts one reference.</summary>
     OverlayStat Lookup(ulong parent, string name, FuseContext context);
 
+    /// <summary>The lookup a READDIRPLUS entry carries: as <see cref="Lookup"/>, or null to send the entry without
+    /// attributes (the kernel then looks the name up itself when it needs it), which a handler may answer for names the
+    /// kernel already knows. Default: <see cref="Lookup"/>.</summary>
+    OverlayStat? LookupForListing(ulong parent, string name, FuseContext context) => Lookup(parent, name, context);
+
     /// <summary>forget: drops <paramref name="count"/> references.</summary>
     void Forget(ulong ino, ulong count);
 

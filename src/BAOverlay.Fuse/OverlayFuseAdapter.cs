@@ -173,6 +173,14 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
     /// <inheritdoc/>
     public OverlayStat Lookup(ulong parent, string name, FuseContext context) => _fileSystem.Lookup(parent, name, Checked(context));
 
+    /// <summary>
+    /// A READDIRPLUS entry's lookup, skipped (null) for a name whose object the kernel already holds references to
+    /// (<see cref="OverlayFileSystem.IsReferenced"/>): a second listing of a directory, or a listing of files just
+    /// made through the mount, then costs no lookups, and the kernel's entries for those names stay as they are.
+    /// </summary>
+    public OverlayStat? LookupForListing(ulong parent, string name, FuseContext context) =>
+        _fileSystem.IsReferenced(parent, name) ? null : Lookup(parent, name, context);
+
     /// <inheritdoc/>
     public void Forget(ulong ino, ulong count) => _fileSystem.Forget(ino, count);
 
@@ -197,22 +205,39 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
     public string ReadLink(ulong ino, FuseContext context) => _fileSystem.ReadLink(ino);
 
     /// <inheritdoc/>
-    public OverlayStat MakeNode(ulong parent, string name, uint mode, ulong rdev, FuseContext context) =>
-        _fileSystem.MakeNode(parent, name, mode, rdev, Caller(context));
+    public OverlayStat MakeNode(ulong parent, string name, uint mode, ulong rdev, FuseContext context)
+    {
+        using Serving serving = Serve();
+        return _fileSystem.MakeNode(parent, name, mode, rdev, Caller(context));
+    }
 
     /// <inheritdoc/>
-    public OverlayStat MakeDirectory(ulong parent, string name, uint mode, FuseContext context) =>
-        _fileSystem.MakeDirectory(parent, name, mode, Caller(context));
+    public OverlayStat MakeDirectory(ulong parent, string name, uint mode, FuseContext context)
+    {
+        using Serving serving = Serve();
+        return _fileSystem.MakeDirectory(parent, name, mode, Caller(context));
+    }
 
     /// <inheritdoc/>
-    public void Unlink(ulong parent, string name, FuseContext context) => _fileSystem.Unlink(parent, name, Checked(context));
+    public void Unlink(ulong parent, string name, FuseContext context)
+    {
+        using Serving serving = Serve();
+        _fileSystem.Unlink(parent, name, Checked(context));
+    }
 
     /// <inheritdoc/>
-    public void RemoveDirectory(ulong parent, string name, FuseContext context) => _fileSystem.RemoveDirectory(parent, name, Checked(context));
+    public void RemoveDirectory(ulong parent, string name, FuseContext context)
+    {
+        using Serving serving = Serve();
+        _fileSystem.RemoveDirectory(parent, name, Checked(context));
+    }
 
     /// <inheritdoc/>
-    public OverlayStat MakeSymbolicLink(string target, ulong parent, string name, FuseContext context) =>
-        _fileSystem.MakeSymbolicLink(parent, name, target, Caller(context));
+    public OverlayStat MakeSymbolicLink(string target, ulong parent, string name, FuseContext context)
+    {
+        using Serving serving = Serve();
+        return _fileSystem.MakeSymbolicLink(parent, name, target, Caller(context));
+    }
 
     /// <inheritdoc/>
     public void Rename(ulong parent, string name, ulong newParent, string newName, uint flags, FuseContext context)
@@ -230,12 +255,16 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
         {
             overlayFlags |= OverlayRenameFlags.Exchange;
         }
+        using Serving serving = Serve();
         _fileSystem.Rename(parent, name, newParent, newName, overlayFlags, Checked(context));
     }
 
     /// <inheritdoc/>
-    public OverlayStat Link(ulong ino, ulong newParent, string newName, FuseContext context) =>
-        _fileSystem.Link(ino, newParent, newName, Checked(context));
+    public OverlayStat Link(ulong ino, ulong newParent, string newName, FuseContext context)
+    {
+        using Serving serving = Serve();
+        return _fileSystem.Link(ino, newParent, newName, Checked(context));
+    }
 
     /// <inheritdoc/>
     public FuseOpenResult Open(ulong ino, int flags, FuseContext context)

@@ -156,6 +156,27 @@ public sealed partial class OverlayFileSystem : IDisposable
         }
     }
 
+    /// <summary>
+    /// True when <paramref name="name"/> in directory <paramref name="parent"/> names an object whose lookups are
+    /// counted and not all forgotten: whoever holds those references (the kernel behind a FUSE mount) knows the object
+    /// already. Cheap: reads no layer.
+    /// </summary>
+    /// <param name="parent">The directory's inode number.</param>
+    /// <param name="name">One name.</param>
+    public bool IsReferenced(ulong parent, string name)
+    {
+        _lock.EnterReadLock();
+        try
+        {
+            return _nodes.TryGetValue(parent, out OverlayNode? directory) && directory.Children.TryGetValue(name, out OverlayNode? node)
+                && !node.Removed && node.Lookups > 0;
+        }
+        finally
+        {
+            _lock.ExitReadLock();
+        }
+    }
+
     /// <summary>Drops <paramref name="count"/> references counted by lookups and creations (FUSE forget).</summary>
     public void Forget(ulong ino, ulong count)
     {

@@ -89,6 +89,33 @@ public class AttributeCacheTests
     }
 
     [Test]
+    public void IsReferencedTellsWhichNamesHoldCountedLookups()
+    {
+        using var f = new OverlayFixture();
+        WriteFile(Path.Combine(f.Lowers[0], "lower"), "lower");
+        using OverlayFileSystem fs = f.Open();
+        ulong root = OverlayFileSystem.RootIno;
+        Assert.That(fs.IsReferenced(root, "lower"), Is.False, "never looked up");
+        OverlayStat lower = fs.Lookup(root, "lower");
+        Assert.That(fs.IsReferenced(root, "lower"), Is.True, "looked up once");
+        OverlayStat dir = fs.MakeDirectory(root, "dir", Mode("755"), Root);
+        var (file, handle) = fs.Create(dir.Ino, "made", Mode("644"), Root);
+        handle.Write(new byte[100], 0);
+        fs.SetAttr(file.Ino, new OverlaySetAttr { MTimeNs = 1_000_000_000L }, Root);
+        handle.Dispose();
+        fs.GetAttr(file.Ino);
+        fs.MakeNode(dir.Ino, "fifo", Mode("644") | 0x1000, 0, Root);
+        Assert.That((fs.IsReferenced(root, "dir"), fs.IsReferenced(dir.Ino, "made"), fs.IsReferenced(dir.Ino, "fifo")), Is.EqualTo((true, true, true)),
+            "creations count a lookup");
+        fs.Forget(lower.Ino, 1);
+        fs.Forget(file.Ino, 1);
+        Assert.That((fs.IsReferenced(root, "lower"), fs.IsReferenced(dir.Ino, "made")), Is.EqualTo((false, false)), "all forgotten");
+        fs.Unlink(dir.Ino, "fifo");
+        Assert.That(fs.IsReferenced(dir.Ino, "fifo"), Is.False, "removed");
+        Assert.That(fs.IsReferenced(root, "missing"), Is.False);
+    }
+
+    [Test]
     public void ANameReusedByAnotherObjectIsLookedUpAfresh()
     {
         using var f = new OverlayFixture();
