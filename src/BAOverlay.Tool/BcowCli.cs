@@ -26,6 +26,7 @@ internal static class BcowCli
         new FlattenCommand(),
         new IoCommand(),
         new ExportCommand(),
+        new RebaseCommand(),
     ];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr) =>

@@ -27,7 +27,7 @@ namespace BAOverlay;
 /// <para>Ownership: a file opened from a path owns its files. One opened over <see cref="IBlockStorage"/> disposes
 /// them only when asked to (<c>ownsStorage</c>).</para>
 /// </remarks>
-public sealed class BCowFile : IDisposable, IAsyncDisposable
+public sealed partial class BCowFile : IDisposable, IAsyncDisposable
 {
     private static readonly byte[] s_zeros = new byte[1 << Layout.MaxBlockSizeLog2];
 
@@ -218,7 +218,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
                 RootTableOffset = image.RootOffset,
                 RootTableEntries = image.RootEntries,
                 RootTableCrc = image.RootCrc,
-                Lower = lower is null ? default : IdentityOf(lower),
+                Lower = lower is null ? default : LowerIdentities.IdentityOf(lower),
                 LowerPath = options.LowerPath ?? "",
             };
             byte[] slot = new byte[Layout.HeaderSlotSize];
@@ -329,7 +329,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
                 }
                 if (lower is not null && !options.SkipLowerCheck)
                 {
-                    CheckLowerIdentity(upper.Name, header, lower);
+                    LowerIdentities.Check(upper.Name, header.Lower, lower);
                 }
             }
             else if (lower is not null)
@@ -431,7 +431,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
     /// magic at the start of either header slot: a file just created has only slot 1 written (generation 1 goes to
     /// slot 1 mod 2), slot 0 is still zeros.
     /// </summary>
-    private static void RefuseBCowLower(string upperName, IBlockStorage lower)
+    internal static void RefuseBCowLower(string upperName, IBlockStorage lower)
     {
         Span<byte> magic = stackalloc byte[BCowHeader.Magic.Length];
         for (int slot = 0; slot < Layout.HeaderSlotCount; slot++)
@@ -440,39 +440,6 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
             {
                 throw new BCowFormatException(upperName, $"the lower file {lower.Name} is itself a B-CoW file; backing chains are not supported");
             }
-        }
-    }
-
-    internal static LowerIdentity IdentityOf(IBlockStorage lower)
-    {
-        long size = lower.Length;
-        var (mtime, inode) = lower.GetIdentity();
-        return new LowerIdentity(size, mtime, inode, Fingerprint(lower, size));
-    }
-
-    private static uint Fingerprint(IBlockStorage lower, long size)
-    {
-        Span<byte> buffer = stackalloc byte[4096];
-        int n = lower.ReadAt(buffer[..(int)Math.Min(4096, size)], 0);
-        uint state = Crc32C.Append(Crc32C.Start, buffer[..n]);
-        long tail = Math.Max(0, size - 4096);
-        n = lower.ReadAt(buffer[..(int)(size - tail)], tail);
-        return Crc32C.Finish(Crc32C.Append(state, buffer[..n]));
-    }
-
-    private static void CheckLowerIdentity(string name, BCowHeader header, IBlockStorage lower)
-    {
-        LowerIdentity now = IdentityOf(lower);
-        LowerIdentity then = header.Lower;
-        string? change =
-            now.Size != then.Size ? $"its size is {now.Size}, was {then.Size}" :
-            now.Fingerprint != then.Fingerprint ? "its content differs" :
-            now.Inode != then.Inode ? $"it was replaced (inode {now.Inode}, was {then.Inode})" :
-            now.MTimeNs != then.MTimeNs ? "it was modified (modification time differs)" :
-            null;
-        if (change is not null)
-        {
-            throw new BCowFormatException(name, $"lower file {lower.Name} changed since this B-CoW file was made: {change}; refusing to merge a changed lower file");
         }
     }
 
@@ -1481,7 +1448,8 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
             try
             {
                 // Cleared before the size is read: a growth after this point marks the header dirty again.
-                bool headerChange = _headerDirty || dirty != _committed.Dirty;
+                Func<BCowHeader, BCowHeader>? edit = Interlocked.Exchange(ref _headerEdit, null);
+                bool headerChange = _headerDirty || dirty != _committed.Dirty || edit is not null;
                 _headerDirty = false;
                 releasing = _allocator.TakePending();
                 // The size is read under the map lock: a writer grows the size before it sets an entry beyond the old
@@ -1507,6 +1475,10 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
                         RootTableEntries = image.HasTree ? image.RootEntries : _committed.RootTableEntries,
                         RootTableCrc = image.HasTree ? image.RootCrc : _committed.RootTableCrc,
                     };
+                    if (edit is not null)
+                    {
+                        header = edit(header);
+                    }
                 }
             }
             finally

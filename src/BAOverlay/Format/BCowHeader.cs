@@ -38,8 +38,16 @@ internal sealed record BCowHeader
     private const int OffReserved2 = 116;
     private const int OffLowerPath = 128;
 
-    /// <summary>Incompatible feature bits this reader knows. Version 1 defines none.</summary>
-    public const ulong KnownIncompatibleFeatures = 0;
+    /// <summary>
+    /// Incompatible feature bit 0: the lower identity is the sampled kind (<see cref="LowerIdentity.Sampled"/>).
+    /// Incompatible because a reader that does not know it would compare the fingerprint as the legacy kind and refuse
+    /// every lower file as changed; set only on files with a lower file, so standalone files stay readable by every
+    /// version-1 reader.
+    /// </summary>
+    public const ulong FeatureSampledLowerIdentity = 1;
+
+    /// <summary>Incompatible feature bits this reader knows.</summary>
+    public const ulong KnownIncompatibleFeatures = FeatureSampledLowerIdentity;
 
     public const uint FlagDirty = 1;
     public const uint FlagHasLower = 2;
@@ -77,7 +85,9 @@ internal sealed record BCowHeader
         int headerLength = FixedLength + path.Length;
         BinaryPrimitives.WriteUInt32LittleEndian(slot[OffVersion..], CurrentVersion);
         BinaryPrimitives.WriteUInt32LittleEndian(slot[OffHeaderLength..], (uint)headerLength);
-        BinaryPrimitives.WriteUInt64LittleEndian(slot[OffIncompatible..], IncompatibleFeatures);
+        // The identity's kind is the feature bit: derived here, so a header made "with { Lower = ... }" cannot disagree.
+        ulong incompatible = (IncompatibleFeatures & ~FeatureSampledLowerIdentity) | (HasLower && Lower.Sampled ? FeatureSampledLowerIdentity : 0);
+        BinaryPrimitives.WriteUInt64LittleEndian(slot[OffIncompatible..], incompatible);
         BinaryPrimitives.WriteUInt64LittleEndian(slot[OffCompatible..], CompatibleFeatures);
         BinaryPrimitives.WriteUInt64LittleEndian(slot[OffGeneration..], Generation);
         BinaryPrimitives.WriteUInt32LittleEndian(slot[OffBlockSizeLog2..], (uint)BlockSizeLog2);
@@ -257,7 +267,8 @@ internal sealed record BCowHeader
                 lowerSize,
                 BinaryPrimitives.ReadInt64LittleEndian(slot[OffLowerMtime..]),
                 BinaryPrimitives.ReadUInt64LittleEndian(slot[OffLowerInode..]),
-                BinaryPrimitives.ReadUInt32LittleEndian(slot[OffLowerFingerprint..])),
+                BinaryPrimitives.ReadUInt32LittleEndian(slot[OffLowerFingerprint..]),
+                Sampled: (incompatible & FeatureSampledLowerIdentity) != 0),
             LowerPath = path,
         };
     }

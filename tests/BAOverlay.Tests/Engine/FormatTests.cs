@@ -9,7 +9,7 @@ public class FormatTests
 {
     private static BCowHeader SampleHeader(string lowerPath = "../images/base.img") => new()
     {
-        IncompatibleFeatures = 0,
+        IncompatibleFeatures = BCowHeader.FeatureSampledLowerIdentity, // the identity below is the sampled kind
         CompatibleFeatures = 0x8000_0000_0000_0001,
         Generation = 0x1234_5678_9ABC,
         BlockSizeLog2 = 14,
@@ -40,7 +40,7 @@ public class FormatTests
     [Test]
     public void AHeaderWithoutLowerRoundTripsAndRejectsAStrayLowerLimit()
     {
-        BCowHeader header = SampleHeader("") with { HasLower = false, LowerLimit = 0, Lower = default };
+        BCowHeader header = SampleHeader("") with { HasLower = false, LowerLimit = 0, Lower = default, IncompatibleFeatures = 0 };
         byte[] slot = new byte[Layout.HeaderSlotSize];
         header.Write(slot);
         Assert.That(BCowHeader.TryRead(slot, out _), Is.EqualTo(header));
