@@ -27,6 +27,7 @@ internal static class BcowCli
         new IoCommand(),
         new ExportCommand(),
         new RebaseCommand(),
+        new CommitCommand(),
     ];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr) =>

@@ -23,7 +23,8 @@ public sealed partial class BCowFile
 
     /// <summary>
     /// The last act of this object: a durable commit that records <paramref name="identity"/> and
-    /// <paramref name="recordedPath"/> as the lower file, lower bytes visible below <paramref name="lowerLimit"/>, and, with <paramref name="dropBlocks"/>, every block back in state lower (their
+    /// <paramref name="recordedPath"/> as the lower file, lower bytes visible below <paramref name="lowerLimit"/>, any
+    /// commit-in-progress state cleared, and, with <paramref name="dropBlocks"/>, every block back in state lower (their
     /// space is freed only once this header is durable). The caller has made the merged content right for the new lower
     /// file (rebase: copied the blocks where the two differ; commit: written this file's blocks into it) and has no
     /// other call in flight. Afterwards every call but Dispose fails: this object still reads the old lower file.
@@ -48,8 +49,21 @@ public sealed partial class BCowFile
             Lower = identity,
             LowerPath = recordedPath,
             LowerLimit = Math.Min(lowerLimit, header.VirtualSize),
+            PendingLower = null,
         };
         CommitAsync(dirty: false, durable: true, useAsync: false, CancellationToken.None).GetAwaiter().GetResult();
         _fault = new InvalidOperationException("the file now records another lower file; reopen it");
+    }
+
+    /// <summary>
+    /// Durably records that a commit into the lower file starts, and what the lower file will be once every block is
+    /// written (<paramref name="pending"/>): from then until <see cref="SwitchLower"/>, an open accepts the lower file
+    /// as recorded, as pending, or (resuming the commit) partly written.
+    /// </summary>
+    internal void BeginLowerCommit(LowerIdentity pending)
+    {
+        ThrowIfNotWritable();
+        _headerEdit = header => header with { PendingLower = pending };
+        Flush();
     }
 }

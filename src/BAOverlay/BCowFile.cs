@@ -329,7 +329,14 @@ public sealed partial class BCowFile : IDisposable, IAsyncDisposable
                 }
                 if (lower is not null && !options.SkipLowerCheck)
                 {
-                    LowerIdentities.Check(upper.Name, header.Lower, lower);
+                    if (header.PendingLower is { } pending)
+                    {
+                        LowerIdentities.CheckDuringCommit(upper.Name, header.Lower, pending, lower, options.ResumeCommit);
+                    }
+                    else
+                    {
+                        LowerIdentities.Check(upper.Name, header.Lower, lower);
+                    }
                 }
             }
             else if (lower is not null)

@@ -80,6 +80,20 @@ internal static class LowerIdentities
             : null;
     }
 
+    /// <summary>
+    /// The check while a commit into the lower file is under way (<see cref="BCowHeader.FlagCommitting"/>): the lower
+    /// file may be the recorded one (nothing written yet) or the pending one (all written); either way the merged
+    /// content is the file's. Partly written, it is refused unless <paramref name="resuming"/> (the commit run again).
+    /// </summary>
+    public static void CheckDuringCommit(string name, LowerIdentity recorded, LowerIdentity pending, IBlockStorage lower, bool resuming)
+    {
+        if (resuming || Difference(recorded, IdentityLike(recorded, lower)) is null || Difference(pending, IdentityOf(lower)) is null)
+        {
+            return;
+        }
+        throw new BCowFormatException(name, $"a commit into lower file {lower.Name} was interrupted and left it partly written; run 'bcow commit {name}' again to finish it (the merged content is intact)");
+    }
+
     /// <summary>Refuses a lower file that is not the one recorded.</summary>
     /// <exception cref="BCowFormatException">It differs; the message names the B-CoW file, the lower file and what differs.</exception>
     public static void Check(string name, LowerIdentity recorded, IBlockStorage lower)

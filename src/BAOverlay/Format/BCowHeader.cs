@@ -36,6 +36,8 @@ internal sealed record BCowHeader
     private const int OffReserved1 = 110;
     private const int OffHeaderCrc = 112;
     private const int OffReserved2 = 116;
+    private const int OffPendingLowerSize = 116;
+    private const int OffPendingLowerFingerprint = 124;
     private const int OffLowerPath = 128;
 
     /// <summary>
@@ -51,7 +53,14 @@ internal sealed record BCowHeader
 
     public const uint FlagDirty = 1;
     public const uint FlagHasLower = 2;
-    public const uint KnownFlags = FlagDirty | FlagHasLower;
+
+    /// <summary>
+    /// <c>bcow commit</c> is writing this file's blocks into its lower file: the lower file may be the recorded one,
+    /// the pending one (<see cref="PendingLower"/>: what it is once every block is written), or partly written
+    /// between. Unknown to older readers, which therefore refuse the file rather than check a half-written lower.
+    /// </summary>
+    public const uint FlagCommitting = 4;
+    public const uint KnownFlags = FlagDirty | FlagHasLower | FlagCommitting;
 
     public ulong IncompatibleFeatures { get; init; }
     public ulong CompatibleFeatures { get; init; }
@@ -66,6 +75,10 @@ internal sealed record BCowHeader
     public uint RootTableCrc { get; init; }
     public LowerIdentity Lower { get; init; }
     public string LowerPath { get; init; } = "";
+
+    /// <summary>With <see cref="FlagCommitting"/>: the sampled identity (size and fingerprint only) the lower file has
+    /// once the commit has written every block. Stored in what is reserved otherwise; null without the flag.</summary>
+    public LowerIdentity? PendingLower { get; init; }
 
     public int BlockSize => 1 << BlockSizeLog2;
 
@@ -91,7 +104,7 @@ internal sealed record BCowHeader
         BinaryPrimitives.WriteUInt64LittleEndian(slot[OffCompatible..], CompatibleFeatures);
         BinaryPrimitives.WriteUInt64LittleEndian(slot[OffGeneration..], Generation);
         BinaryPrimitives.WriteUInt32LittleEndian(slot[OffBlockSizeLog2..], (uint)BlockSizeLog2);
-        uint flags = (Dirty ? FlagDirty : 0) | (HasLower ? FlagHasLower : 0);
+        uint flags = (Dirty ? FlagDirty : 0) | (HasLower ? FlagHasLower : 0) | (PendingLower is not null ? FlagCommitting : 0);
         BinaryPrimitives.WriteUInt32LittleEndian(slot[OffFlags..], flags);
         BinaryPrimitives.WriteInt64LittleEndian(slot[OffVirtualSize..], VirtualSize);
         BinaryPrimitives.WriteInt64LittleEndian(slot[OffLowerLimit..], LowerLimit);
@@ -103,6 +116,11 @@ internal sealed record BCowHeader
         BinaryPrimitives.WriteUInt64LittleEndian(slot[OffLowerInode..], Lower.Inode);
         BinaryPrimitives.WriteUInt32LittleEndian(slot[OffLowerFingerprint..], Lower.Fingerprint);
         BinaryPrimitives.WriteUInt16LittleEndian(slot[OffLowerPathLength..], (ushort)path.Length);
+        if (PendingLower is { } pending)
+        {
+            BinaryPrimitives.WriteInt64LittleEndian(slot[OffPendingLowerSize..], pending.Size);
+            BinaryPrimitives.WriteUInt32LittleEndian(slot[OffPendingLowerFingerprint..], pending.Fingerprint);
+        }
         path.CopyTo(slot[OffLowerPath..]);
         uint crc = Crc32C.Compute(slot[..headerLength]);
         BinaryPrimitives.WriteUInt32LittleEndian(slot[OffHeaderCrc..], crc);
@@ -234,7 +252,13 @@ internal sealed record BCowHeader
             problem = "a lower path is recorded but the has-lower flag is clear";
             return null;
         }
-        if (BinaryPrimitives.ReadUInt16LittleEndian(slot[OffReserved1..]) != 0 || slot[OffReserved2..OffLowerPath].IndexOfAnyExcept((byte)0) >= 0)
+        bool committing = (flags & FlagCommitting) != 0;
+        if (committing && !hasLower)
+        {
+            problem = "the committing flag is set but the file has no lower file";
+            return null;
+        }
+        if (BinaryPrimitives.ReadUInt16LittleEndian(slot[OffReserved1..]) != 0 || (!committing && slot[OffReserved2..OffLowerPath].IndexOfAnyExcept((byte)0) >= 0))
         {
             problem = "reserved header bytes are not zero";
             return null;
@@ -270,6 +294,9 @@ internal sealed record BCowHeader
                 BinaryPrimitives.ReadUInt32LittleEndian(slot[OffLowerFingerprint..]),
                 Sampled: (incompatible & FeatureSampledLowerIdentity) != 0),
             LowerPath = path,
+            PendingLower = committing
+                ? new LowerIdentity(BinaryPrimitives.ReadInt64LittleEndian(slot[OffPendingLowerSize..]), 0, 0, BinaryPrimitives.ReadUInt32LittleEndian(slot[OffPendingLowerFingerprint..]), Sampled: true)
+                : null,
         };
     }
 }
