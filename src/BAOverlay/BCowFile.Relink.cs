@@ -52,6 +52,7 @@ public sealed partial class BCowFile
             PendingLower = null,
         };
         CommitAsync(dirty: false, durable: true, useAsync: false, CancellationToken.None).GetAwaiter().GetResult();
+        TrimTail(); // as at close: dropped blocks leave free space at the end
         _fault = new InvalidOperationException("the file now records another lower file; reopen it");
     }
 

@@ -51,7 +51,9 @@ internal sealed class CommitCommand : ICommand
                 ? (done, total) => (progress ??= new ProgressBar(context.Error, total)).Report(done)
                 : null, context.Cancellation);
             progress?.Complete();
-            context.Out.WriteLine($"Image committed into {lower}.");
+            // The library names the lower file by its full path; under the current folder, show it as typed there.
+            string shown = Path.GetRelativePath(Environment.CurrentDirectory, lower);
+            context.Out.WriteLine($"Image committed into {(shown.StartsWith("..", StringComparison.Ordinal) ? lower : shown)}.");
             return BcowCli.Success;
         }
         catch

@@ -38,7 +38,8 @@ internal sealed class RebaseCommand : ICommand
         A progress bar is drawn on standard error when it is a terminal (safe mode).
 
         Options:
-          --lower NEW   the new lower file (required)
+          -l, --lower NEW
+                        the new lower file (required)
           -u, --unsafe  only record NEW; do not compare or copy
 
         Exit status: 0 rebased, 1 error (nothing changed).
@@ -46,7 +47,7 @@ internal sealed class RebaseCommand : ICommand
 
     public IReadOnlyList<OptionSpec> Options { get; } =
     [
-        OptionSpec.Valued("NEW", "--lower", "-b"),
+        OptionSpec.Valued("NEW", "--lower", "-l"),
         OptionSpec.Flag("-u", "--unsafe"),
     ];
 
