@@ -119,7 +119,7 @@ public sealed partial class BCowFile : IDisposable, IAsyncDisposable
     {
         options ??= new BCowCreateOptions();
         string fullPath = Path.GetFullPath(path);
-        FileStorage? lower = null;
+        IBlockStorage? lower = null;
         string? storedLowerPath = null;
         if (options.LowerPath is not null)
         {
@@ -128,16 +128,9 @@ public sealed partial class BCowFile : IDisposable, IAsyncDisposable
             {
                 throw new ArgumentException($"{path}: a B-CoW file cannot be its own lower file.");
             }
-            lower = OpenLowerFile(lowerFull);
-            try
-            {
-                RefuseBCowLower(path, lower);
-            }
-            catch
-            {
-                lower.Dispose();
-                throw;
-            }
+            // The new file heads the chain: it counts for the depth, and (replacing a file) a lower chain through the
+            // file being replaced is a loop.
+            lower = OpenLower(lowerFull, [ChainMember.Of(path)]);
             storedLowerPath = Path.IsPathRooted(options.LowerPath)
                 ? lowerFull
                 : Path.GetRelativePath(Path.GetDirectoryName(fullPath)!, lowerFull);
@@ -195,7 +188,7 @@ public sealed partial class BCowFile : IDisposable, IAsyncDisposable
         try
         {
             long virtualSize = ValidateCreateOptions(upper.Name, options, lower?.Length);
-            if (lower is not null)
+            if (lower is not null and not BCowLowerStorage)
             {
                 RefuseBCowLower(upper.Name, lower);
             }
@@ -276,9 +269,11 @@ public sealed partial class BCowFile : IDisposable, IAsyncDisposable
         {
             throw new ArgumentException($"{path}: {nameof(BCowOpenOptions.ForceShare)} is only for read-only opens: a writer must hold the lock");
         }
+        ChainMember self = ChainMember.Of(path);
+        CheckChain(self, options.ChainAbove);
         var upper = new FileStorage(path, FileMode.Open, options.ReadOnly ? FileAccess.Read : FileAccess.ReadWrite,
             options.ForceShare ? FileLockMode.None : options.ReadOnly ? FileLockMode.Shared : FileLockMode.Exclusive);
-        FileStorage? lower = null;
+        IBlockStorage? lower = null;
         try
         {
             BCowHeader header = ReadHeader(upper);
@@ -289,7 +284,7 @@ public sealed partial class BCowFile : IDisposable, IAsyncDisposable
                 {
                     throw new BCowFormatException(path, "has a lower file but records no path for it; name the lower file explicitly");
                 }
-                lower = OpenLowerFile(lowerPath);
+                lower = OpenLower(lowerPath, [.. options.ChainAbove, self]);
             }
         }
         catch
@@ -323,7 +318,7 @@ public sealed partial class BCowFile : IDisposable, IAsyncDisposable
                 {
                     throw new BCowFormatException(upper.Name, $"needs its lower file ({(header.LowerPath.Length == 0 ? "no path recorded" : header.LowerPath)})");
                 }
-                if (lower is not null)
+                if (lower is not null and not BCowLowerStorage)
                 {
                     RefuseBCowLower(upper.Name, lower);
                 }
@@ -433,20 +428,15 @@ public sealed partial class BCowFile : IDisposable, IAsyncDisposable
     }
 
     /// <summary>
-    /// Refuses a lower file that is itself a B-CoW file: read as raw bytes it would merge its headers and map into the
-    /// virtual file. Backing chains (a B-CoW lower read through its own map) are a later format step. Detected by the
-    /// magic at the start of either header slot: a file just created has only slot 1 written (generation 1 goes to
-    /// slot 1 mod 2), slot 0 is still zeros.
+    /// Refuses a lower file that is itself a B-CoW file given as raw storage: read as bytes it would merge its headers
+    /// and map into the virtual file. Opens by path read such a file as a backing chain instead (<see cref="OpenLower"/>);
+    /// storage a caller opened (the overlay's lower layers) stays plain bytes or refused.
     /// </summary>
     internal static void RefuseBCowLower(string upperName, IBlockStorage lower)
     {
-        Span<byte> magic = stackalloc byte[BCowHeader.Magic.Length];
-        for (int slot = 0; slot < Layout.HeaderSlotCount; slot++)
+        if (IsBCowFile(lower))
         {
-            if (lower.ReadAt(magic, (long)slot * Layout.HeaderSlotSize) == magic.Length && magic.SequenceEqual(BCowHeader.Magic))
-            {
-                throw new BCowFormatException(upperName, $"the lower file {lower.Name} is itself a B-CoW file; backing chains are not supported");
-            }
+            throw new BCowFormatException(upperName, $"the lower file {lower.Name} is itself a B-CoW file; backing chains are not supported");
         }
     }
 

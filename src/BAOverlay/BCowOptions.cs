@@ -82,4 +82,8 @@ public sealed record BCowOpenOptions
     /// only for that commit: the blocks the file holds cover every byte the commit changes in the lower file.
     /// </summary>
     internal bool ResumeCommit { get; init; }
+
+    /// <summary>The B-CoW files above this one in a backing chain being opened (empty for the top): for the loop and
+    /// depth checks.</summary>
+    internal IReadOnlyList<ChainMember> ChainAbove { get; init; } = [];
 }

@@ -44,7 +44,11 @@ internal static class LowerCommit
             throw new IOException($"{path}: has no lower file to commit into");
         }
         string lowerPath = file.LowerStorage.Name;
-        using var lower = new FileStorage(lowerPath, FileMode.Open, FileAccess.ReadWrite);
+        // A B-CoW lower (a backing chain) is written through its own map, opened for writing: exclusive, so no other
+        // process may have it open; this process's read-only view of it (FILE's) sees only ranges FILE never reads.
+        using IBlockStorage lower = file.LowerStorage is BCowLowerStorage
+            ? new BCowLowerStorage(BCowFile.Open(lowerPath, new BCowOpenOptions { CopyUpMode = CopyUpMode.Synchronous }))
+            : new FileStorage(lowerPath, FileMode.Open, FileAccess.ReadWrite);
         long size = file.Length;
         long lowerLength = lower.Length;
         List<BCowExtent> ranges = file.GetExtents().Where(e => e.Source != ExtentSource.Lower).ToList();

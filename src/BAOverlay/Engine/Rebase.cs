@@ -42,8 +42,8 @@ internal static class Rebase
             throw new ArgumentException($"{path}: the lower path is longer than {Layout.MaxLowerPathBytes} bytes: {recorded}");
         }
         using BCowFile file = safe ? OpenForSafeRebase(path, newLower) : BCowFile.Open(path, new BCowOpenOptions { WithoutLower = true, CopyUpMode = CopyUpMode.Synchronous });
-        using FileStorage lower = OpenNewLower(newFull);
-        BCowFile.RefuseBCowLower(path, lower);
+        // A B-CoW NEW is read as a backing chain below FILE (a chain through FILE is a loop, refused).
+        using IBlockStorage lower = OpenNewLower(newFull, ChainMember.Of(path));
         BCowHeader header = file.CommittedHeader;
         long newLimit = header.HasLower ? Math.Min(header.LowerLimit, lower.Length) : Math.Min(header.VirtualSize, lower.Length);
         if (safe)
@@ -72,11 +72,11 @@ internal static class Rebase
         }
     }
 
-    private static FileStorage OpenNewLower(string path)
+    private static IBlockStorage OpenNewLower(string path, ChainMember file)
     {
         try
         {
-            return new FileStorage(path, FileMode.Open, FileAccess.Read);
+            return BCowFile.OpenLower(path, [file]);
         }
         catch (FileNotFoundException e)
         {
