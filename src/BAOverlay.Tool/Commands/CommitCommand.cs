@@ -26,8 +26,8 @@ internal sealed class CommitCommand : ICommand
         Ctrl+C) in the middle leaves the lower file partly written: FILE then refuses
         to open, saying so, until 'bcow commit FILE' is run again and finishes.
 
-        Other B-CoW files made over the same lower file see its new content: do not
-        commit into a lower file that others use.
+        Other B-CoW files made over the same lower file refuse it afterwards (its
+        content changed): do not commit into a lower file that others use.
 
         FILE is opened for writing: refused while another process has it open.
         A progress bar is drawn on standard error when it is a terminal.
