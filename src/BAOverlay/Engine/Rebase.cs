@@ -68,7 +68,7 @@ internal static class Rebase
         }
         catch (FileNotFoundException e)
         {
-            throw new IOException($"{path}: its {e.Message}; {string.Format(null, advice, newLower)}", e);
+            throw new IOException($"{path}: cannot read its old lower file ({e.Message}); {string.Format(null, advice, newLower)}", e);
         }
     }
 

@@ -134,6 +134,42 @@ public class CommitCommandTests
         Assert.That(Read(path), Is.EqualTo(merged));
     }
 
+    /// <summary>
+    /// A real crash: the commit process killed at some moment. Whatever the moment, the pair then either opens with
+    /// the same content (the lower file old or complete) or is refused as an interrupted commit; and running commit
+    /// again leaves the lower file with the merged content.
+    /// </summary>
+    [Test]
+    public void ACommitKilledAtAnyMomentLeavesTheContentAndCanBeFinished([Values(30, 120, 400)] int killAfterMs)
+    {
+        using var dir = new TempDir();
+        string lower = dir.File("base.img");
+        File.WriteAllBytes(lower, Checks.RandomBytes(new Random(6), 64 << 20));
+        string path = dir.File("x.bcow");
+        Assert.That(Bcow.RunProcess(dir.Path, "create", "-b", "4k", "--lower", "base.img", "x.bcow").ExitCode, Is.Zero);
+        Assert.That(Bcow.Run("io", path, "-c", "write -P 0x55 0 60M").ExitCode, Is.Zero);
+        byte[] merged = Read(path);
+
+        using (BcowProcess commit = Bcow.Start(dir.Path, "commit", "x.bcow"))
+        {
+            Thread.Sleep(killAfterMs);
+        } // killed, if it had not finished
+
+        try
+        {
+            Assert.That(Read(path), Is.EqualTo(merged), $"killed after {killAfterMs} ms: the pair opens with its content");
+        }
+        catch (BCowFormatException e)
+        {
+            Assert.That(e.Message, Does.Contain("was interrupted"), $"killed after {killAfterMs} ms");
+        }
+        BcowResult again = Bcow.Run("commit", path);
+        Assert.That(again.ExitCode, Is.Zero, again.ToString());
+        Assert.That(File.ReadAllBytes(lower), Is.EqualTo(merged));
+        Assert.That(Read(path), Is.EqualTo(merged));
+        Checks.AssertClean(path);
+    }
+
     [Test]
     public void CommitRefusesAFileWithoutLowerOrInUse()
     {

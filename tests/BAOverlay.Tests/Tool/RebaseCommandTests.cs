@@ -129,6 +129,36 @@ public class RebaseCommandTests
         Assert.That(Read(path), Is.EqualTo(merged));
     }
 
+    /// <summary>A real crash: the rebase process killed at some moment leaves the old or the new lower file recorded,
+    /// with the same content either way.</summary>
+    [Test]
+    public void ARebaseKilledAtAnyMomentLeavesTheOldOrTheNewLowerWithTheSameContent([Values(30, 120, 400)] int killAfterMs)
+    {
+        using var dir = new TempDir();
+        byte[] old = Checks.RandomBytes(new Random(8), 32 << 20);
+        byte[] changed = (byte[])old.Clone();
+        for (int i = 0; i < changed.Length; i += 8192)
+        {
+            changed[i] ^= 0xFF; // every other block differs
+        }
+        File.WriteAllBytes(dir.File("old.img"), old);
+        File.WriteAllBytes(dir.File("new.img"), changed);
+        string path = dir.File("x.bcow");
+        Assert.That(Bcow.Run("create", "-b", "4k", "--lower", dir.File("old.img"), path).ExitCode, Is.Zero);
+        Assert.That(Bcow.Run("io", path, "-c", "write -P 0x33 1M 1M").ExitCode, Is.Zero);
+        byte[] merged = Read(path);
+
+        using (BcowProcess rebase = Bcow.Start(dir.Path, "rebase", "--lower", "new.img", "x.bcow"))
+        {
+            Thread.Sleep(killAfterMs);
+        }
+
+        string recorded = Bcow.Run("info", "--json", path).Json.GetProperty("lower-file").GetString()!;
+        Assert.That(recorded, Is.AnyOf(dir.File("old.img"), "new.img"));
+        Assert.That(Read(path), Is.EqualTo(merged), $"killed after {killAfterMs} ms, {recorded} recorded");
+        Checks.AssertClean(path);
+    }
+
     [Test]
     public void RebaseIsRefusedWhileAnotherProcessHasTheFileOpen()
     {
