@@ -171,6 +171,17 @@ public class CommitCommandTests
     }
 
     [Test]
+    public void CommitDrawsProgressOnATerminal()
+    {
+        using var dir = new TempDir();
+        var (path, _) = MakePair(dir);
+        var stderr = new StringWriter();
+        int exit = BAOverlay.Tool.BcowCli.Run(["commit", path], new StringWriter(), stderr, errorIsTerminal: true, CancellationToken.None);
+        Assert.That(exit, Is.Zero, stderr.ToString());
+        Assert.That(stderr.ToString(), Does.StartWith("\r[").And.Contain("100.0%").And.EndWith("\n"));
+    }
+
+    [Test]
     public void CommitRefusesAFileWithoutLowerOrInUse()
     {
         using var dir = new TempDir();

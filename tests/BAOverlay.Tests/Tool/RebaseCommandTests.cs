@@ -160,6 +160,17 @@ public class RebaseCommandTests
     }
 
     [Test]
+    public void SafeRebaseDrawsProgressOnATerminal()
+    {
+        using var dir = new TempDir();
+        var (path, _, @new, _) = MakePair(dir);
+        var stderr = new StringWriter();
+        int exit = BAOverlay.Tool.BcowCli.Run(["rebase", "--lower", @new, path], new StringWriter(), stderr, errorIsTerminal: true, CancellationToken.None);
+        Assert.That(exit, Is.Zero, stderr.ToString());
+        Assert.That(stderr.ToString(), Does.StartWith("\r[").And.Contain("100.0%  1 MiB of 1 MiB").And.EndWith("\n"));
+    }
+
+    [Test]
     public void RebaseIsRefusedWhileAnotherProcessHasTheFileOpen()
     {
         using var dir = new TempDir();
