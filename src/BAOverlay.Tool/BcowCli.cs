@@ -30,6 +30,8 @@ internal static class BcowCli
         new CompareCommand(),
         new ResizeCommand(),
         new MeasureCommand(),
+        new RebaseCommand(),
+        new CommitCommand(),
     ];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr) =>

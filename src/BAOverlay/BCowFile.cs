@@ -27,7 +27,7 @@ namespace BAOverlay;
 /// <para>Ownership: a file opened from a path owns its files. One opened over <see cref="IBlockStorage"/> disposes
 /// them only when asked to (<c>ownsStorage</c>).</para>
 /// </remarks>
-public sealed class BCowFile : IDisposable, IAsyncDisposable
+public sealed partial class BCowFile : IDisposable, IAsyncDisposable
 {
     private static readonly byte[] s_zeros = new byte[1 << Layout.MaxBlockSizeLog2];
 
@@ -119,7 +119,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
     {
         options ??= new BCowCreateOptions();
         string fullPath = Path.GetFullPath(path);
-        FileStorage? lower = null;
+        IBlockStorage? lower = null;
         string? storedLowerPath = null;
         if (options.LowerPath is not null)
         {
@@ -128,16 +128,9 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
             {
                 throw new ArgumentException($"{path}: a B-CoW file cannot be its own lower file.");
             }
-            lower = OpenLowerFile(lowerFull);
-            try
-            {
-                RefuseBCowLower(path, lower);
-            }
-            catch
-            {
-                lower.Dispose();
-                throw;
-            }
+            // The new file heads the chain: it counts for the depth, and (replacing a file) a lower chain through the
+            // file being replaced is a loop.
+            lower = OpenLower(lowerFull, [ChainMember.Of(path)]);
             storedLowerPath = Path.IsPathRooted(options.LowerPath)
                 ? lowerFull
                 : Path.GetRelativePath(Path.GetDirectoryName(fullPath)!, lowerFull);
@@ -195,7 +188,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         try
         {
             long virtualSize = ValidateCreateOptions(upper.Name, options, lower?.Length);
-            if (lower is not null)
+            if (lower is not null and not BCowLowerStorage)
             {
                 RefuseBCowLower(upper.Name, lower);
             }
@@ -218,7 +211,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
                 RootTableOffset = image.RootOffset,
                 RootTableEntries = image.RootEntries,
                 RootTableCrc = image.RootCrc,
-                Lower = lower is null ? default : IdentityOf(lower),
+                Lower = lower is null ? default : LowerIdentities.IdentityOf(lower),
                 LowerPath = options.LowerPath ?? "",
             };
             byte[] slot = new byte[Layout.HeaderSlotSize];
@@ -276,9 +269,11 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
         {
             throw new ArgumentException($"{path}: {nameof(BCowOpenOptions.ForceShare)} is only for read-only opens: a writer must hold the lock");
         }
+        ChainMember self = ChainMember.Of(path);
+        CheckChain(self, options.ChainAbove);
         var upper = new FileStorage(path, FileMode.Open, options.ReadOnly ? FileAccess.Read : FileAccess.ReadWrite,
             options.ForceShare ? FileLockMode.None : options.ReadOnly ? FileLockMode.Shared : FileLockMode.Exclusive);
-        FileStorage? lower = null;
+        IBlockStorage? lower = null;
         try
         {
             BCowHeader header = ReadHeader(upper);
@@ -289,7 +284,7 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
                 {
                     throw new BCowFormatException(path, "has a lower file but records no path for it; name the lower file explicitly");
                 }
-                lower = OpenLowerFile(lowerPath);
+                lower = OpenLower(lowerPath, [.. options.ChainAbove, self]);
             }
         }
         catch
@@ -323,13 +318,20 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
                 {
                     throw new BCowFormatException(upper.Name, $"needs its lower file ({(header.LowerPath.Length == 0 ? "no path recorded" : header.LowerPath)})");
                 }
-                if (lower is not null)
+                if (lower is not null and not BCowLowerStorage)
                 {
                     RefuseBCowLower(upper.Name, lower);
                 }
                 if (lower is not null && !options.SkipLowerCheck)
                 {
-                    CheckLowerIdentity(upper.Name, header, lower);
+                    if (header.PendingLower is { } pending)
+                    {
+                        LowerIdentities.CheckDuringCommit(upper.Name, header.Lower, pending, lower, options.ResumeCommit);
+                    }
+                    else
+                    {
+                        LowerIdentities.Check(upper.Name, header.Lower, lower);
+                    }
                 }
             }
             else if (lower is not null)
@@ -426,53 +428,15 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
     }
 
     /// <summary>
-    /// Refuses a lower file that is itself a B-CoW file: read as raw bytes it would merge its headers and map into the
-    /// virtual file. Backing chains (a B-CoW lower read through its own map) are a later format step. Detected by the
-    /// magic at the start of either header slot: a file just created has only slot 1 written (generation 1 goes to
-    /// slot 1 mod 2), slot 0 is still zeros.
+    /// Refuses a lower file that is itself a B-CoW file given as raw storage: read as bytes it would merge its headers
+    /// and map into the virtual file. Opens by path read such a file as a backing chain instead (<see cref="OpenLower"/>);
+    /// storage a caller opened (the overlay's lower layers) stays plain bytes or refused.
     /// </summary>
-    private static void RefuseBCowLower(string upperName, IBlockStorage lower)
+    internal static void RefuseBCowLower(string upperName, IBlockStorage lower)
     {
-        Span<byte> magic = stackalloc byte[BCowHeader.Magic.Length];
-        for (int slot = 0; slot < Layout.HeaderSlotCount; slot++)
+        if (IsBCowFile(lower))
         {
-            if (lower.ReadAt(magic, (long)slot * Layout.HeaderSlotSize) == magic.Length && magic.SequenceEqual(BCowHeader.Magic))
-            {
-                throw new BCowFormatException(upperName, $"the lower file {lower.Name} is itself a B-CoW file; backing chains are not supported");
-            }
-        }
-    }
-
-    internal static LowerIdentity IdentityOf(IBlockStorage lower)
-    {
-        long size = lower.Length;
-        var (mtime, inode) = lower.GetIdentity();
-        return new LowerIdentity(size, mtime, inode, Fingerprint(lower, size));
-    }
-
-    private static uint Fingerprint(IBlockStorage lower, long size)
-    {
-        Span<byte> buffer = stackalloc byte[4096];
-        int n = lower.ReadAt(buffer[..(int)Math.Min(4096, size)], 0);
-        uint state = Crc32C.Append(Crc32C.Start, buffer[..n]);
-        long tail = Math.Max(0, size - 4096);
-        n = lower.ReadAt(buffer[..(int)(size - tail)], tail);
-        return Crc32C.Finish(Crc32C.Append(state, buffer[..n]));
-    }
-
-    private static void CheckLowerIdentity(string name, BCowHeader header, IBlockStorage lower)
-    {
-        LowerIdentity now = IdentityOf(lower);
-        LowerIdentity then = header.Lower;
-        string? change =
-            now.Size != then.Size ? $"its size is {now.Size}, was {then.Size}" :
-            now.Fingerprint != then.Fingerprint ? "its content differs" :
-            now.Inode != then.Inode ? $"it was replaced (inode {now.Inode}, was {then.Inode})" :
-            now.MTimeNs != then.MTimeNs ? "it was modified (modification time differs)" :
-            null;
-        if (change is not null)
-        {
-            throw new BCowFormatException(name, $"lower file {lower.Name} changed since this B-CoW file was made: {change}; refusing to merge a changed lower file");
+            throw new BCowFormatException(upperName, $"the lower file {lower.Name} is itself a B-CoW file; backing chains are not supported");
         }
     }
 
@@ -1481,7 +1445,8 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
             try
             {
                 // Cleared before the size is read: a growth after this point marks the header dirty again.
-                bool headerChange = _headerDirty || dirty != _committed.Dirty;
+                Func<BCowHeader, BCowHeader>? edit = Interlocked.Exchange(ref _headerEdit, null);
+                bool headerChange = _headerDirty || dirty != _committed.Dirty || edit is not null;
                 _headerDirty = false;
                 releasing = _allocator.TakePending();
                 // The size is read under the map lock: a writer grows the size before it sets an entry beyond the old
@@ -1507,6 +1472,10 @@ public sealed class BCowFile : IDisposable, IAsyncDisposable
                         RootTableEntries = image.HasTree ? image.RootEntries : _committed.RootTableEntries,
                         RootTableCrc = image.HasTree ? image.RootCrc : _committed.RootTableCrc,
                     };
+                    if (edit is not null)
+                    {
+                        header = edit(header);
+                    }
                 }
             }
             finally

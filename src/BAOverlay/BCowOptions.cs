@@ -75,4 +75,15 @@ public sealed record BCowOpenOptions
     /// raises <see cref="BCowFileInUseException"/>.
     /// </summary>
     public bool ForceShare { get; init; }
+
+    /// <summary>
+    /// For <c>bcow commit</c> finishing an interrupted commit: a file whose header says a commit into its lower file
+    /// was under way opens even when its lower file is neither the recorded nor the pending one (partly written). Safe
+    /// only for that commit: the blocks the file holds cover every byte the commit changes in the lower file.
+    /// </summary>
+    internal bool ResumeCommit { get; init; }
+
+    /// <summary>The B-CoW files above this one in a backing chain being opened (empty for the top): for the loop and
+    /// depth checks.</summary>
+    internal IReadOnlyList<ChainMember> ChainAbove { get; init; } = [];
 }

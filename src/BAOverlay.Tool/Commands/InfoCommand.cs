@@ -11,7 +11,7 @@ internal sealed class InfoCommand : ICommand
 
     public string Summary => "show sizes, block size, lower file, blocks by state and the dirty flag";
 
-    public string Synopsis => "info [-U] [--json] FILE";
+    public string Synopsis => "info [-U] [--json] [--backing-chain] FILE";
 
     public string Help => $$"""
         Shows what FILE holds. The file is opened read-only and without its lower file,
@@ -32,6 +32,12 @@ internal sealed class InfoCommand : ICommand
 
         Options:
         {{ForceShare.HelpLine}}
+          --backing-chain
+                   also show every lower file below FILE, as qemu-img info --backing-chain:
+                   a lower file that is itself a B-CoW file (a backing chain, read through its
+                   own map) is shown in full, then its lower file, down to the plain file at
+                   the bottom (file format: raw). Entries are separated by a blank line; with
+                   --json, the output is an array of the entries, top first
           --json, --output=json (qemu-img's spelling; --output=human is the default)
                    print a JSON object with kebab-case names, as qemu-img --output=json:
                    virtual-size, block-size, lower-file, lower-size, allocated-bytes,
@@ -41,12 +47,16 @@ internal sealed class InfoCommand : ICommand
         Exit status: 0 shown, 1 error (not a B-CoW file, cannot be read).
         """;
 
-    public IReadOnlyList<OptionSpec> Options { get; } = [OutputFormat.Json, OutputFormat.Output, ForceShare.Option];
+    public IReadOnlyList<OptionSpec> Options { get; } = [OutputFormat.Json, OutputFormat.Output, ForceShare.Option, OptionSpec.Flag("--backing-chain")];
 
     public int Run(ParsedArguments args, CommandContext context)
     {
         Operands.Expect(args, "FILE");
         string path = args.Operands[0];
+        if (args.Has("--backing-chain"))
+        {
+            return RunChain(path, args, context);
+        }
         bool json = OutputFormat.IsJson(args);
         BCowInfo info;
         using (BCowFile file = BCowFile.Open(path, ForceShare.InspectOptions(args)))
@@ -64,6 +74,104 @@ internal sealed class InfoCommand : ICommand
             {
                 context.Out.WriteLine(ForceShare.Warning(path));
             }
+        }
+        return 0;
+    }
+
+    /// <summary>
+    /// The chain from FILE down: each B-CoW member opened on its own (read-only, without its lower file, locked as
+    /// info locks), its recorded lower path followed to the next. Guards as the library's chain open does: a loop or
+    /// more than <see cref="BCowFile.MaxChainDepth"/> B-CoW files ends with an error.
+    /// </summary>
+    private static int RunChain(string path, ParsedArguments args, CommandContext context)
+    {
+        var entries = new List<(string Path, BCowInfo? Info, long RawSize)>();
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        string current = path;
+        while (true)
+        {
+            string full = Path.GetFullPath(current);
+            if (!seen.Add(full))
+            {
+                throw new BCowFormatException(entries[^1].Path, $"backing chain loop: {string.Join(" -> ", entries.Select(e => e.Path))} -> {current}");
+            }
+            bool bcow;
+            using (var storage = new BAOverlay.Storage.FileStorage(current, FileMode.Open, FileAccess.Read))
+            {
+                bcow = BCowFile.IsBCowFile(storage);
+                if (!bcow)
+                {
+                    entries.Add((current, null, storage.Length));
+                    break;
+                }
+            }
+            if (entries.Count == BCowFile.MaxChainDepth)
+            {
+                throw new BCowFormatException(path, $"the backing chain is deeper than {BCowFile.MaxChainDepth} B-CoW files");
+            }
+            BCowInfo info;
+            using (BCowFile file = BCowFile.Open(current, ForceShare.InspectOptions(args)))
+            {
+                info = file.GetInfo();
+            }
+            entries.Add((current, info, 0));
+            if (info.LowerPath is null)
+            {
+                break;
+            }
+            // Shown as recorded (relative to the member's folder), opened through the resolved path.
+            string resolved = BCowFile.ResolveLowerPath(current, info.LowerPath);
+            current = Path.IsPathRooted(info.LowerPath) ? info.LowerPath : Path.GetRelativePath(Environment.CurrentDirectory, resolved);
+            if (current.StartsWith("..", StringComparison.Ordinal))
+            {
+                current = resolved;
+            }
+        }
+        if (OutputFormat.IsJson(args))
+        {
+            JsonOutput.Write(context.Out, json =>
+            {
+                json.WriteStartArray();
+                foreach (var (member, info, rawSize) in entries)
+                {
+                    if (info is null)
+                    {
+                        json.WriteStartObject();
+                        json.WriteString("filename", member);
+                        json.WriteString("format", "raw");
+                        json.WriteNumber("virtual-size", rawSize);
+                        json.WriteEndObject();
+                    }
+                    else
+                    {
+                        WriteJsonObject(json, member, info, ForceShare.Requested(args));
+                    }
+                }
+                json.WriteEndArray();
+            });
+            return 0;
+        }
+        for (int i = 0; i < entries.Count; i++)
+        {
+            if (i > 0)
+            {
+                context.Out.WriteLine();
+            }
+            var (member, info, rawSize) = entries[i];
+            if (info is null)
+            {
+                context.Out.WriteLine($"image: {member}");
+                context.Out.WriteLine("file format: raw");
+                context.Out.WriteLine($"virtual size: {SizeFormatter.HumanAndExact(rawSize)}");
+            }
+            else
+            {
+                WriteText(context.Out, member, info);
+            }
+        }
+        if (ForceShare.Requested(args))
+        {
+            context.Out.WriteLine(ForceShare.Warning(path));
         }
         return 0;
     }
@@ -94,38 +202,40 @@ internal sealed class InfoCommand : ICommand
     }
 
     private static void WriteJson(TextWriter output, string path, BCowInfo info, bool forceShare) =>
-        JsonOutput.Write(output, json =>
+        JsonOutput.Write(output, json => WriteJsonObject(json, path, info, forceShare));
+
+    private static void WriteJsonObject(System.Text.Json.Utf8JsonWriter json, string path, BCowInfo info, bool forceShare)
+    {
+        json.WriteStartObject();
+        json.WriteString("filename", path);
+        json.WriteString("format", "bcow");
+        json.WriteNumber("virtual-size", info.VirtualSize);
+        json.WriteNumber("block-size", info.BlockSize);
+        if (info.LowerPath is null)
         {
-            json.WriteStartObject();
-            json.WriteString("filename", path);
-            json.WriteString("format", "bcow");
-            json.WriteNumber("virtual-size", info.VirtualSize);
-            json.WriteNumber("block-size", info.BlockSize);
-            if (info.LowerPath is null)
-            {
-                json.WriteNull("lower-file");
-            }
-            else
-            {
-                json.WriteString("lower-file", info.LowerPath);
-                json.WriteNumber("lower-size", info.LowerSize);
-                json.WriteNumber("lower-limit", info.LowerLimit);
-            }
-            json.WriteNumber("allocated-bytes", info.AllocatedBytes);
-            json.WriteNumber("data-bytes", info.DataBytes);
-            json.WriteNumber("file-length", info.FileLength);
-            json.WriteStartObject("blocks");
-            json.WriteNumber("lower", info.BlocksLower);
-            json.WriteNumber("zero", info.BlocksZero);
-            json.WriteNumber("present", info.BlocksPresent);
-            json.WriteNumber("partial", info.BlocksPartial);
-            json.WriteEndObject();
-            json.WriteBoolean("dirty", info.Dirty);
-            json.WriteNumber("generation", info.Generation);
-            if (forceShare)
-            {
-                json.WriteBoolean("force-share", true); // read without the lock: may be inconsistent
-            }
-            json.WriteEndObject();
-        });
+            json.WriteNull("lower-file");
+        }
+        else
+        {
+            json.WriteString("lower-file", info.LowerPath);
+            json.WriteNumber("lower-size", info.LowerSize);
+            json.WriteNumber("lower-limit", info.LowerLimit);
+        }
+        json.WriteNumber("allocated-bytes", info.AllocatedBytes);
+        json.WriteNumber("data-bytes", info.DataBytes);
+        json.WriteNumber("file-length", info.FileLength);
+        json.WriteStartObject("blocks");
+        json.WriteNumber("lower", info.BlocksLower);
+        json.WriteNumber("zero", info.BlocksZero);
+        json.WriteNumber("present", info.BlocksPresent);
+        json.WriteNumber("partial", info.BlocksPartial);
+        json.WriteEndObject();
+        json.WriteBoolean("dirty", info.Dirty);
+        json.WriteNumber("generation", info.Generation);
+        if (forceShare)
+        {
+            json.WriteBoolean("force-share", true); // read without the lock: may be inconsistent
+        }
+        json.WriteEndObject();
+    }
 }

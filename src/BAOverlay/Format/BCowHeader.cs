@@ -36,14 +36,31 @@ internal sealed record BCowHeader
     private const int OffReserved1 = 110;
     private const int OffHeaderCrc = 112;
     private const int OffReserved2 = 116;
+    private const int OffPendingLowerSize = 116;
+    private const int OffPendingLowerFingerprint = 124;
     private const int OffLowerPath = 128;
 
-    /// <summary>Incompatible feature bits this reader knows. Version 1 defines none.</summary>
-    public const ulong KnownIncompatibleFeatures = 0;
+    /// <summary>
+    /// Incompatible feature bit 0: the lower identity is the sampled kind (<see cref="LowerIdentity.Sampled"/>).
+    /// Incompatible because a reader that does not know it would compare the fingerprint as the legacy kind and refuse
+    /// every lower file as changed; set only on files with a lower file, so standalone files stay readable by every
+    /// version-1 reader.
+    /// </summary>
+    public const ulong FeatureSampledLowerIdentity = 1;
+
+    /// <summary>Incompatible feature bits this reader knows.</summary>
+    public const ulong KnownIncompatibleFeatures = FeatureSampledLowerIdentity;
 
     public const uint FlagDirty = 1;
     public const uint FlagHasLower = 2;
-    public const uint KnownFlags = FlagDirty | FlagHasLower;
+
+    /// <summary>
+    /// <c>bcow commit</c> is writing this file's blocks into its lower file: the lower file may be the recorded one,
+    /// the pending one (<see cref="PendingLower"/>: what it is once every block is written), or partly written
+    /// between. Unknown to older readers, which therefore refuse the file rather than check a half-written lower.
+    /// </summary>
+    public const uint FlagCommitting = 4;
+    public const uint KnownFlags = FlagDirty | FlagHasLower | FlagCommitting;
 
     public ulong IncompatibleFeatures { get; init; }
     public ulong CompatibleFeatures { get; init; }
@@ -58,6 +75,10 @@ internal sealed record BCowHeader
     public uint RootTableCrc { get; init; }
     public LowerIdentity Lower { get; init; }
     public string LowerPath { get; init; } = "";
+
+    /// <summary>With <see cref="FlagCommitting"/>: the sampled identity (size and fingerprint only) the lower file has
+    /// once the commit has written every block. Stored in what is reserved otherwise; null without the flag.</summary>
+    public LowerIdentity? PendingLower { get; init; }
 
     public int BlockSize => 1 << BlockSizeLog2;
 
@@ -77,11 +98,13 @@ internal sealed record BCowHeader
         int headerLength = FixedLength + path.Length;
         BinaryPrimitives.WriteUInt32LittleEndian(slot[OffVersion..], CurrentVersion);
         BinaryPrimitives.WriteUInt32LittleEndian(slot[OffHeaderLength..], (uint)headerLength);
-        BinaryPrimitives.WriteUInt64LittleEndian(slot[OffIncompatible..], IncompatibleFeatures);
+        // The identity's kind is the feature bit: derived here, so a header made "with { Lower = ... }" cannot disagree.
+        ulong incompatible = (IncompatibleFeatures & ~FeatureSampledLowerIdentity) | (HasLower && Lower.Sampled ? FeatureSampledLowerIdentity : 0);
+        BinaryPrimitives.WriteUInt64LittleEndian(slot[OffIncompatible..], incompatible);
         BinaryPrimitives.WriteUInt64LittleEndian(slot[OffCompatible..], CompatibleFeatures);
         BinaryPrimitives.WriteUInt64LittleEndian(slot[OffGeneration..], Generation);
         BinaryPrimitives.WriteUInt32LittleEndian(slot[OffBlockSizeLog2..], (uint)BlockSizeLog2);
-        uint flags = (Dirty ? FlagDirty : 0) | (HasLower ? FlagHasLower : 0);
+        uint flags = (Dirty ? FlagDirty : 0) | (HasLower ? FlagHasLower : 0) | (PendingLower is not null ? FlagCommitting : 0);
         BinaryPrimitives.WriteUInt32LittleEndian(slot[OffFlags..], flags);
         BinaryPrimitives.WriteInt64LittleEndian(slot[OffVirtualSize..], VirtualSize);
         BinaryPrimitives.WriteInt64LittleEndian(slot[OffLowerLimit..], LowerLimit);
@@ -93,6 +116,11 @@ internal sealed record BCowHeader
         BinaryPrimitives.WriteUInt64LittleEndian(slot[OffLowerInode..], Lower.Inode);
         BinaryPrimitives.WriteUInt32LittleEndian(slot[OffLowerFingerprint..], Lower.Fingerprint);
         BinaryPrimitives.WriteUInt16LittleEndian(slot[OffLowerPathLength..], (ushort)path.Length);
+        if (PendingLower is { } pending)
+        {
+            BinaryPrimitives.WriteInt64LittleEndian(slot[OffPendingLowerSize..], pending.Size);
+            BinaryPrimitives.WriteUInt32LittleEndian(slot[OffPendingLowerFingerprint..], pending.Fingerprint);
+        }
         path.CopyTo(slot[OffLowerPath..]);
         uint crc = Crc32C.Compute(slot[..headerLength]);
         BinaryPrimitives.WriteUInt32LittleEndian(slot[OffHeaderCrc..], crc);
@@ -224,7 +252,13 @@ internal sealed record BCowHeader
             problem = "a lower path is recorded but the has-lower flag is clear";
             return null;
         }
-        if (BinaryPrimitives.ReadUInt16LittleEndian(slot[OffReserved1..]) != 0 || slot[OffReserved2..OffLowerPath].IndexOfAnyExcept((byte)0) >= 0)
+        bool committing = (flags & FlagCommitting) != 0;
+        if (committing && !hasLower)
+        {
+            problem = "the committing flag is set but the file has no lower file";
+            return null;
+        }
+        if (BinaryPrimitives.ReadUInt16LittleEndian(slot[OffReserved1..]) != 0 || (!committing && slot[OffReserved2..OffLowerPath].IndexOfAnyExcept((byte)0) >= 0))
         {
             problem = "reserved header bytes are not zero";
             return null;
@@ -257,8 +291,12 @@ internal sealed record BCowHeader
                 lowerSize,
                 BinaryPrimitives.ReadInt64LittleEndian(slot[OffLowerMtime..]),
                 BinaryPrimitives.ReadUInt64LittleEndian(slot[OffLowerInode..]),
-                BinaryPrimitives.ReadUInt32LittleEndian(slot[OffLowerFingerprint..])),
+                BinaryPrimitives.ReadUInt32LittleEndian(slot[OffLowerFingerprint..]),
+                Sampled: (incompatible & FeatureSampledLowerIdentity) != 0),
             LowerPath = path,
+            PendingLower = committing
+                ? new LowerIdentity(BinaryPrimitives.ReadInt64LittleEndian(slot[OffPendingLowerSize..]), 0, 0, BinaryPrimitives.ReadUInt32LittleEndian(slot[OffPendingLowerFingerprint..]), Sampled: true)
+                : null,
         };
     }
 }

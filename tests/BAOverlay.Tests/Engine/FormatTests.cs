@@ -9,7 +9,7 @@ public class FormatTests
 {
     private static BCowHeader SampleHeader(string lowerPath = "../images/base.img") => new()
     {
-        IncompatibleFeatures = 0,
+        IncompatibleFeatures = BCowHeader.FeatureSampledLowerIdentity, // the identity below is the sampled kind
         CompatibleFeatures = 0x8000_0000_0000_0001,
         Generation = 0x1234_5678_9ABC,
         BlockSizeLog2 = 14,
@@ -37,10 +37,37 @@ public class FormatTests
         Assert.That(slot.AsSpan(BCowHeader.FixedLength + Encoding.UTF8.GetByteCount(lowerPath)).ContainsAnyExcept((byte)0), Is.False, "the rest of the slot is zero");
     }
 
+    /// <summary>bcow commit's state: flag bit 2 and the pending identity in bytes 116..128, which stay reserved (zero)
+    /// without the flag.</summary>
+    [Test]
+    public void ACommittingHeaderRoundTripsItsPendingIdentity()
+    {
+        BCowHeader header = SampleHeader() with { PendingLower = new LowerIdentity(5L << 30, 0, 0, 0x12345678) };
+        byte[] slot = new byte[Layout.HeaderSlotSize];
+        header.Write(slot);
+        Assert.That(BitConverter.ToUInt32(slot, 44) & BCowHeader.FlagCommitting, Is.Not.Zero);
+        Assert.That(BCowHeader.TryRead(slot, out string? problem), Is.EqualTo(header), problem);
+
+        (header with { PendingLower = null }).Write(slot);
+        Assert.That(slot.AsSpan(116, 12).ContainsAnyExcept((byte)0), Is.False, "reserved without the flag");
+        Assert.That(BCowHeader.TryRead(slot, out _)!.PendingLower, Is.Null);
+        slot[120] = 1;
+        FixCrc(slot);
+        Assert.That(BCowHeader.TryRead(slot, out problem), Is.Null);
+        Assert.That(problem, Does.Contain("reserved"));
+    }
+
+    private static void FixCrc(byte[] slot)
+    {
+        int length = BitConverter.ToInt32(slot, 12);
+        BitConverter.TryWriteBytes(slot.AsSpan(112), 0u);
+        BitConverter.TryWriteBytes(slot.AsSpan(112), Crc32C.Compute(slot.AsSpan(0, length)));
+    }
+
     [Test]
     public void AHeaderWithoutLowerRoundTripsAndRejectsAStrayLowerLimit()
     {
-        BCowHeader header = SampleHeader("") with { HasLower = false, LowerLimit = 0, Lower = default };
+        BCowHeader header = SampleHeader("") with { HasLower = false, LowerLimit = 0, Lower = default, IncompatibleFeatures = 0 };
         byte[] slot = new byte[Layout.HeaderSlotSize];
         header.Write(slot);
         Assert.That(BCowHeader.TryRead(slot, out _), Is.EqualTo(header));
