@@ -81,7 +81,7 @@ public class PackageTests
         }
         Assert.That(pdb.Documents.Count, Is.GreaterThan(50), "documents in the pdb");
         Assert.That(notEmbedded, Is.Empty, "source files whose text is not in the pdb");
-        Assert.That(bcowFileSource, Does.Contain("public sealed class BCowFile"), "BCowFile.cs as embedded");
+        Assert.That(bcowFileSource, Does.Contain("public sealed partial class BCowFile"), "BCowFile.cs as embedded");
     }
 
     private static void Pack(string project, string configuration, string output)

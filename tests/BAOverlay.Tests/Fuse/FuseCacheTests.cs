@@ -387,6 +387,17 @@ public sealed partial class FuseMountTests
             _lookups.AddOrUpdate(name, 1, (_, n) => n + 1);
             return Inner.Lookup(parent, name, context);
         }
+
+        /// <summary>The lookups a READDIRPLUS listing carries count too (the handler may skip names the kernel knows).</summary>
+        public override OverlayStat? LookupForListing(ulong parent, string name, FuseContext context)
+        {
+            OverlayStat? stat = Inner.LookupForListing(parent, name, context);
+            if (stat is not null)
+            {
+                _lookups.AddOrUpdate(name, 1, (_, n) => n + 1);
+            }
+            return stat;
+        }
     }
 
     private sealed class CountingReads(IFuseLowLevelHandler inner) : DelegatingFuseHandler(inner)
