@@ -10,8 +10,6 @@ internal sealed class ConvertCommand : ICommand
     private const int ChunkSize = 1 << 20;
 
     // A raw output skips zero runs at this granularity, as flatten does: the allocation unit of common file systems.
-    private const int ZeroPage = 4096;
-
     private const int DefaultBlockSize = 1 << 16;
 
     public string Name => "convert";
@@ -138,35 +136,12 @@ internal sealed class ConvertCommand : ICommand
             {
                 Span<byte> chunk = buffer.AsSpan(0, want);
                 input.ReadExactly(chunk, position);
-                WriteNonZeroRuns(stream, chunk, position);
+                SparseWrites.WriteNonZeroRuns(stream, chunk, position);
             }
             progress?.Report(position + want);
         }
         stream.SetLength(input.Length);
         stream.Flush(flushToDisk: true);
-    }
-
-    /// <summary>Writes only the pages that hold a non-zero byte, coalescing neighbours into one write.</summary>
-    private static void WriteNonZeroRuns(FileStream destination, ReadOnlySpan<byte> data, long offset)
-    {
-        int runStart = -1;
-        for (int page = 0; page < data.Length; page += ZeroPage)
-        {
-            bool zero = data.Slice(page, Math.Min(ZeroPage, data.Length - page)).IndexOfAnyExcept((byte)0) < 0;
-            if (!zero && runStart < 0)
-            {
-                runStart = page;
-            }
-            else if (zero && runStart >= 0)
-            {
-                RandomAccess.Write(destination.SafeFileHandle, data[runStart..page], offset + runStart);
-                runStart = -1;
-            }
-        }
-        if (runStart >= 0)
-        {
-            RandomAccess.Write(destination.SafeFileHandle, data[runStart..], offset + runStart);
-        }
     }
 
     /// <summary>

@@ -9,8 +9,6 @@ internal sealed class FlattenCommand : ICommand
 
     // Zero runs are skipped at this granularity: the file system's allocation unit on common file systems, so a
     // skipped run is a hole there, and small enough that scattered zero pages in lower data still become holes.
-    private const int ZeroPage = 4096;
-
     public string Name => "flatten";
 
     public string Summary => "write the merged content (lower + upper) as a plain, sparse file";
@@ -92,35 +90,11 @@ internal sealed class FlattenCommand : ICommand
                 {
                     throw new IOException($"{source.Name}: ended at {position + read} while reading up to {position + want}; was it truncated while flattening?");
                 }
-                WriteNonZeroRuns(destination, buffer.AsSpan(0, want), position);
+                SparseWrites.WriteNonZeroRuns(destination, buffer.AsSpan(0, want), position);
                 position += want;
                 done += want;
                 progress?.Report(done);
             }
-        }
-    }
-
-    /// <summary>Writes only the pages that hold a non-zero byte, coalescing neighbours into one write.</summary>
-    private static void WriteNonZeroRuns(FileStream destination, ReadOnlySpan<byte> data, long offset)
-    {
-        int runStart = -1;
-        for (int page = 0; page < data.Length; page += ZeroPage)
-        {
-            ReadOnlySpan<byte> bytes = data.Slice(page, Math.Min(ZeroPage, data.Length - page));
-            bool zero = bytes.IndexOfAnyExcept((byte)0) < 0;
-            if (!zero && runStart < 0)
-            {
-                runStart = page;
-            }
-            else if (zero && runStart >= 0)
-            {
-                RandomAccess.Write(destination.SafeFileHandle, data[runStart..page], offset + runStart);
-                runStart = -1;
-            }
-        }
-        if (runStart >= 0)
-        {
-            RandomAccess.Write(destination.SafeFileHandle, data[runStart..], offset + runStart);
         }
     }
 

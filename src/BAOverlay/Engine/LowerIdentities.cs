@@ -36,9 +36,47 @@ internal static class LowerIdentities
         return new LowerIdentity(size, mtime, inode, Crc32C.Finish(Crc32C.Append(state, buffer[..n])), Sampled: false);
     }
 
-    /// <summary>CRC-32C of the chunks <see cref="LowerSampling.Chunks"/> names for <paramref name="size"/>, in order.</summary>
+    /// <summary>
+    /// Fingerprints taken in this process, by the file's <see cref="FileStorage.ContentKey"/>: opening a pair again
+    /// (the overlay reopens a B-CoW file right after making it, and at every open of a file) costs one fstat instead
+    /// of 64 reads. Bounded: emptied when it reaches <see cref="CacheLimit"/> entries.
+    /// </summary>
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<(ulong, ulong, long, long, long), uint> s_fingerprints = new();
+
+    /// <summary>The most fingerprints kept.</summary>
+    internal const int CacheLimit = 4096;
+
+    /// <summary>CRC-32C of the chunks <see cref="LowerSampling.Chunks"/> names for <paramref name="size"/>, in order;
+    /// from the process's cache when the file is a <see cref="FileStorage"/> unchanged since it was taken.</summary>
     public static uint SampledFingerprint(IBlockStorage lower, long size)
     {
+        if (lower is FileStorage file && file.ContentKey() is { } key && key.Size == size)
+        {
+            if (s_fingerprints.TryGetValue(key, out uint known))
+            {
+                return known;
+            }
+            uint fingerprint = ReadFingerprint(lower, size);
+            // Kept only if the file did not change while it was read (its key would have moved).
+            if (file.ContentKey() == key)
+            {
+                if (s_fingerprints.Count >= CacheLimit)
+                {
+                    s_fingerprints.Clear();
+                }
+                s_fingerprints[key] = fingerprint;
+            }
+            return fingerprint;
+        }
+        return ReadFingerprint(lower, size);
+    }
+
+    /// <summary>The fingerprint read from the file, never from the cache.</summary>
+    internal static uint ReadFingerprint(IBlockStorage lower, long size)
+    {
+        // The 64 chunks are scattered over the file: asked for all at once, a lower file that is not in the page
+        // cache (a container's first write into an image file) costs about one device round trip, not 64.
+        (lower as FileStorage)?.WillNeed(LowerSampling.Chunks(size));
         Span<byte> buffer = stackalloc byte[LowerSampling.ChunkSize];
         uint state = Crc32C.Start;
         foreach (var (offset, length) in LowerSampling.Chunks(size))

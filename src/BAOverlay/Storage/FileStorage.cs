@@ -173,6 +173,60 @@ public sealed class FileStorage : IBlockStorage
     }
 
     /// <inheritdoc/>
+    /// <summary>
+    /// Tells the kernel these ranges will be read soon (<c>posix_fadvise(POSIX_FADV_WILLNEED)</c>, which starts reading
+    /// them in the background): scattered reads that follow then wait for the device once, not once each. Advice only;
+    /// failures are ignored.
+    /// </summary>
+    internal void WillNeed(IEnumerable<(long Offset, int Length)> ranges)
+    {
+        bool added = false;
+        try
+        {
+            _handle.DangerousAddRef(ref added);
+            int fd = (int)_handle.DangerousGetHandle();
+            foreach ((long offset, int length) in ranges)
+            {
+                Syscall.posix_fadvise(fd, offset, length, PosixFadviseAdvice.POSIX_FADV_WILLNEED);
+            }
+        }
+        finally
+        {
+            if (added)
+            {
+                _handle.DangerousRelease();
+            }
+        }
+    }
+
+    /// <summary>
+    /// What names this file's content for as long as this process runs: device, inode, size, modification and change
+    /// times. Any change of the content moves the change time (ctime, which no system call sets to a chosen value),
+    /// so a content fingerprint taken with the same key still holds; null when fstat fails.
+    /// </summary>
+    internal (ulong Device, ulong Inode, long Size, long MTimeNs, long CTimeNs)? ContentKey()
+    {
+        bool added = false;
+        try
+        {
+            _handle.DangerousAddRef(ref added);
+            if (Syscall.fstat((int)_handle.DangerousGetHandle(), out Stat st) != 0)
+            {
+                return null;
+            }
+            return (st.st_dev, st.st_ino, st.st_size, (st.st_mtime * 1_000_000_000L) + st.st_mtime_nsec,
+                (st.st_ctime * 1_000_000_000L) + st.st_ctime_nsec);
+        }
+        finally
+        {
+            if (added)
+            {
+                _handle.DangerousRelease();
+            }
+        }
+    }
+
+    /// <inheritdoc/>
     public (long MTimeNs, ulong Inode) GetIdentity()
     {
         bool added = false;

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Reflection;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
@@ -112,49 +111,9 @@ public sealed class FuseKernelLayoutTests
     private static long SizeOf(Type type) =>
         (int)typeof(Unsafe).GetMethod(nameof(Unsafe.SizeOf))!.MakeGenericMethod(type).Invoke(null, null)!;
 
-    private static Dictionary<string, long> Native()
-    {
-        if (s_native is not null)
-        {
-            return s_native;
-        }
-        if (s_unavailable is not null)
-        {
-            Assert.Ignore(s_unavailable);
-        }
-        if (RuntimeInformation.ProcessArchitecture != Architecture.X64)
-        {
-            Assert.Ignore($"checked on x86_64 only, not {RuntimeInformation.ProcessArchitecture}");
-        }
-        using var temp = new TempDir();
-        string source = temp.File("fuse_kernel_layout.c");
-        File.WriteAllText(source, Program());
-        string? output = Run("cc", $"-o {temp.File("layout")} {source}", out int ccStatus);
-        if (output is null)
-        {
-            s_unavailable = "cc is not installed: install a C compiler (apt-get install gcc, which brings linux-libc-dev)";
-            Assert.Ignore(s_unavailable);
-        }
-        if (ccStatus != 0)
-        {
-            if (output.Contains("linux/fuse.h: No such file", StringComparison.Ordinal))
-            {
-                s_unavailable = "the Linux kernel headers are missing: apt-get install linux-libc-dev (Debian/Ubuntu), dnf install kernel-headers (Fedora)";
-                Assert.Ignore(s_unavailable);
-            }
-            Assert.Fail($"the layout program did not compile:{Environment.NewLine}{output}");
-        }
-        string result = Run(temp.File("layout"), "", out int status) ?? "";
-        Assert.That(status, Is.Zero, "the layout program ran");
-        var values = new Dictionary<string, long>();
-        foreach (string line in result.Split('\n', StringSplitOptions.RemoveEmptyEntries))
-        {
-            int space = line.LastIndexOf(' ');
-            values[line[..space]] = long.Parse(line[(space + 1)..], System.Globalization.CultureInfo.InvariantCulture);
-        }
-        s_native = values;
-        return values;
-    }
+    private static Dictionary<string, long> Native() =>
+        s_native ??= CLayoutProgram.Values(Program(), "",
+            ("linux/fuse.h", "apt-get install gcc linux-libc-dev (Debian/Ubuntu), dnf install kernel-headers (Fedora)"), ref s_unavailable);
 
     private static string Program()
     {
@@ -185,24 +144,5 @@ public sealed class FuseKernelLayoutTests
         c.AppendLine("  return 0;");
         c.AppendLine("}");
         return c.ToString();
-    }
-
-    private static string? Run(string file, string arguments, out int status)
-    {
-        var start = new ProcessStartInfo(file, arguments) { RedirectStandardOutput = true, RedirectStandardError = true };
-        try
-        {
-            using Process p = Process.Start(start)!;
-            Task<string> stderr = p.StandardError.ReadToEndAsync();
-            string stdout = p.StandardOutput.ReadToEnd();
-            p.WaitForExit();
-            status = p.ExitCode;
-            return stdout + stderr.Result;
-        }
-        catch (System.ComponentModel.Win32Exception)
-        {
-            status = -1;
-            return null;
-        }
     }
 }

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Text;
@@ -138,43 +137,10 @@ public sealed class StructLayoutTests
         {
             return s_native;
         }
-        if (s_unavailable is not null)
-        {
-            Assert.Ignore(s_unavailable);
-        }
-        if (RuntimeInformation.ProcessArchitecture != Architecture.X64)
-        {
-            Assert.Ignore($"the binding's struct layouts are declared for x86_64 only, not {RuntimeInformation.ProcessArchitecture}");
-        }
-        using var temp = new TempDir();
-        string source = temp.File("layout.c");
-        File.WriteAllText(source, Program());
-        string cflags = Run("pkg-config", "--cflags fuse3", out int pkgStatus) is { } flags && pkgStatus == 0 ? flags.Trim() : "-I/usr/include/fuse3";
-        string? output = Run("cc", $"-D_FILE_OFFSET_BITS=64 {cflags} -o {temp.File("layout")} {source}", out int ccStatus, stderr: true);
-        if (output is null)
-        {
-            s_unavailable = "cc is not installed: install a C compiler and the libfuse3 headers (apt-get install gcc pkg-config libfuse3-dev)";
-            Assert.Ignore(s_unavailable);
-        }
-        if (ccStatus != 0)
-        {
-            if (output.Contains("fuse_lowlevel.h: No such file", StringComparison.Ordinal))
-            {
-                s_unavailable = "the libfuse3 headers are missing: apt-get install libfuse3-dev pkg-config (Debian/Ubuntu), dnf install fuse3-devel (Fedora)";
-                Assert.Ignore(s_unavailable);
-            }
-            Assert.Fail($"the layout program did not compile:{Environment.NewLine}{output}");
-        }
-        string result = Run(temp.File("layout"), "", out int status) ?? "";
-        Assert.That(status, Is.Zero, "the layout program ran");
-        var values = new Dictionary<string, long>();
-        foreach (string line in result.Split('\n', StringSplitOptions.RemoveEmptyEntries))
-        {
-            int space = line.LastIndexOf(' ');
-            values[line[..space]] = long.Parse(line[(space + 1)..], System.Globalization.CultureInfo.InvariantCulture);
-        }
-        s_native = values;
-        return values;
+        string cflags = CLayoutProgram.Run("pkg-config", "--cflags fuse3", out int pkgStatus) is { } flags && pkgStatus == 0 ? flags.Trim() : "-I/usr/include/fuse3";
+        s_native = CLayoutProgram.Values(Program(), $"-D_FILE_OFFSET_BITS=64 {cflags}",
+            ("fuse_lowlevel.h", "apt-get install gcc pkg-config libfuse3-dev (Debian/Ubuntu), dnf install fuse3-devel (Fedora)"), ref s_unavailable);
+        return s_native;
     }
 
     private static string Program()
@@ -211,29 +177,5 @@ public sealed class StructLayoutTests
         c.AppendLine("  return 0;");
         c.AppendLine("}");
         return c.ToString();
-    }
-
-    /// <summary>Runs a program; null when it is not installed.</summary>
-    private static string? Run(string program, string arguments, out int status, bool stderr = false)
-    {
-        status = -1;
-        try
-        {
-            using var process = Process.Start(new ProcessStartInfo(program, arguments)
-            {
-                RedirectStandardOutput = true,
-                RedirectStandardError = true,
-                UseShellExecute = false,
-            })!;
-            Task<string> err = process.StandardError.ReadToEndAsync();
-            string output = process.StandardOutput.ReadToEnd();
-            process.WaitForExit();
-            status = process.ExitCode;
-            return stderr ? output + err.Result : output;
-        }
-        catch (System.ComponentModel.Win32Exception)
-        {
-            return null;
-        }
     }
 }
