@@ -37,38 +37,54 @@ internal static class LowerIdentities
     }
 
     /// <summary>
-    /// Fingerprints taken in this process, by the file's <see cref="FileStorage.ContentKey"/>: opening a pair again
-    /// (the overlay reopens a B-CoW file right after making it, and at every open of a file) costs one fstat instead
-    /// of 64 reads. Bounded: emptied when it reaches <see cref="CacheLimit"/> entries.
+    /// Fingerprints taken in this process, by the file's <see cref="LowerContentKey"/>: opening a pair again (the
+    /// overlay reopens a B-CoW file right after making it, and at every open of a file) costs one fstat instead of 64
+    /// reads. A fixed table of <see cref="CacheSlots"/> slots, a key's slot chosen by its hash (a newer key takes the
+    /// slot): bounded, and no generic collection over framework value types, which the ahead-of-time compiled image
+    /// lacks and the first write through a fresh mount would pay a JIT compilation for.
     /// </summary>
-    private static readonly System.Collections.Concurrent.ConcurrentDictionary<(ulong, ulong, long, long, long), uint> s_fingerprints = new();
+    private static readonly KeptFingerprint[] s_fingerprints = new KeptFingerprint[CacheSlots];
+    private static readonly object s_fingerprintsGate = new();
 
-    /// <summary>The most fingerprints kept.</summary>
-    internal const int CacheLimit = 4096;
+    /// <summary>How many fingerprints the table holds at most.</summary>
+    internal const int CacheSlots = 1024;
 
     /// <summary>CRC-32C of the chunks <see cref="LowerSampling.Chunks"/> names for <paramref name="size"/>, in order;
-    /// from the process's cache when the file is a <see cref="FileStorage"/> unchanged since it was taken.</summary>
+    /// from the process's table when the file is a <see cref="FileStorage"/> unchanged since it was taken.</summary>
     public static uint SampledFingerprint(IBlockStorage lower, long size)
     {
-        if (lower is FileStorage file && file.ContentKey() is { } key && key.Size == size)
+        if (lower is not FileStorage file || !file.TryGetContentKey(out LowerContentKey key) || key.Size != size)
         {
-            if (s_fingerprints.TryGetValue(key, out uint known))
-            {
-                return known;
-            }
-            uint fingerprint = ReadFingerprint(lower, size);
-            // Kept only if the file did not change while it was read (its key would have moved).
-            if (file.ContentKey() == key)
-            {
-                if (s_fingerprints.Count >= CacheLimit)
-                {
-                    s_fingerprints.Clear();
-                }
-                s_fingerprints[key] = fingerprint;
-            }
-            return fingerprint;
+            return ReadFingerprint(lower, size);
         }
-        return ReadFingerprint(lower, size);
+        int slot = key.Slot(CacheSlots);
+        lock (s_fingerprintsGate)
+        {
+            ref readonly KeptFingerprint entry = ref s_fingerprints[slot];
+            if (entry.Used && entry.Key.Equals(key))
+            {
+                return entry.Fingerprint;
+            }
+        }
+        uint fingerprint = ReadFingerprint(lower, size);
+        // Kept only if the file did not change while it was read (its key would have moved).
+        if (file.TryGetContentKey(out LowerContentKey after) && after.Equals(key))
+        {
+            lock (s_fingerprintsGate)
+            {
+                s_fingerprints[slot] = new KeptFingerprint(key, fingerprint);
+            }
+        }
+        return fingerprint;
+    }
+
+    private readonly struct KeptFingerprint(LowerContentKey key, uint fingerprint)
+    {
+        public LowerContentKey Key { get; } = key;
+
+        public uint Fingerprint { get; } = fingerprint;
+
+        public bool Used { get; } = true;
     }
 
     /// <summary>The fingerprint read from the file, never from the cache.</summary>
@@ -76,11 +92,13 @@ internal static class LowerIdentities
     {
         // The 64 chunks are scattered over the file: asked for all at once, a lower file that is not in the page
         // cache (a container's first write into an image file) costs about one device round trip, not 64.
-        (lower as FileStorage)?.WillNeed(LowerSampling.Chunks(size));
+        (lower as FileStorage)?.WillNeedSamples(size);
         Span<byte> buffer = stackalloc byte[LowerSampling.ChunkSize];
         uint state = Crc32C.Start;
-        foreach (var (offset, length) in LowerSampling.Chunks(size))
+        for (int i = 0, count = LowerSampling.Count(size); i < count; i++)
         {
+            long offset = LowerSampling.Offset(size, i);
+            int length = LowerSampling.Length(size, i);
             int n = lower.ReadAt(buffer[..length], offset);
             if (n < length)
             {

@@ -13,24 +13,43 @@ internal static class LowerSampling
     public const int SampleCount = 64;
     public const int ChunkSize = 4096;
 
-    /// <summary>The sampled chunks of a file of <paramref name="size"/> bytes, in increasing offset, not overlapping.</summary>
-    public static IEnumerable<(long Offset, int Length)> Chunks(long size)
+    /// <summary>How many chunks a file of <paramref name="size"/> bytes has sampled.</summary>
+    public static int Count(long size) =>
+        size <= (long)SampleCount * ChunkSize ? (int)((size + ChunkSize - 1) / ChunkSize) : SampleCount;
+
+    /// <summary>Where chunk <paramref name="index"/> (0 ≤ index &lt; <see cref="Count"/>) of a file of
+    /// <paramref name="size"/> bytes starts.</summary>
+    /// <remarks>Plain arithmetic, no iterator and no 128-bit type: this runs on the first write through a fresh mount,
+    /// where code the ahead-of-time compiled image lacks (generic instantiations over framework value types, Int128)
+    /// costs a JIT compilation each.</remarks>
+    public static long Offset(long size, int index)
     {
         if (size <= (long)SampleCount * ChunkSize)
         {
-            for (long offset = 0; offset < size; offset += ChunkSize)
-            {
-                yield return (offset, (int)Math.Min(ChunkSize, size - offset));
-            }
-            yield break;
+            return (long)index * ChunkSize;
         }
         long last = size - ChunkSize;
-        for (int i = 0; i < SampleCount - 1; i++)
+        if (index == SampleCount - 1)
         {
-            // Int128: i × size overflows a long for sizes near 2^63.
-            long offset = (long)((Int128)i * last / (SampleCount - 1)) & ~(long)(ChunkSize - 1);
-            yield return (offset, ChunkSize);
+            return last;
         }
-        yield return (last, ChunkSize);
+        // floor(index × last / 63), 4 KiB aligned. index × last fits a long below 2^57 bytes (any real file); above,
+        // the same value is computed in two parts: (q × 63 + r) × index / 63 = q × index + r × index / 63.
+        long spread = last <= long.MaxValue / (SampleCount - 1)
+            ? index * last / (SampleCount - 1)
+            : (last / (SampleCount - 1) * index) + (last % (SampleCount - 1) * index / (SampleCount - 1));
+        return spread & ~(long)(ChunkSize - 1);
+    }
+
+    /// <summary>How many bytes chunk <paramref name="index"/> of a file of <paramref name="size"/> bytes holds.</summary>
+    public static int Length(long size, int index) => (int)Math.Min(ChunkSize, size - Offset(size, index));
+
+    /// <summary>The sampled chunks of a file of <paramref name="size"/> bytes, in increasing offset, not overlapping.</summary>
+    public static IEnumerable<(long Offset, int Length)> Chunks(long size)
+    {
+        for (int i = 0; i < Count(size); i++)
+        {
+            yield return (Offset(size, i), Length(size, i));
+        }
     }
 }

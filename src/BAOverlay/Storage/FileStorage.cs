@@ -174,20 +174,20 @@ public sealed class FileStorage : IBlockStorage
 
     /// <inheritdoc/>
     /// <summary>
-    /// Tells the kernel these ranges will be read soon (<c>posix_fadvise(POSIX_FADV_WILLNEED)</c>, which starts reading
+    /// Tells the kernel the fingerprint's sampled chunks of a file of this size will be read soon (<c>posix_fadvise(POSIX_FADV_WILLNEED)</c>, which starts reading
     /// them in the background): scattered reads that follow then wait for the device once, not once each. Advice only;
     /// failures are ignored.
     /// </summary>
-    internal void WillNeed(IEnumerable<(long Offset, int Length)> ranges)
+    internal void WillNeedSamples(long size)
     {
         bool added = false;
         try
         {
             _handle.DangerousAddRef(ref added);
             int fd = (int)_handle.DangerousGetHandle();
-            foreach ((long offset, int length) in ranges)
+            for (int i = 0, count = Format.LowerSampling.Count(size); i < count; i++)
             {
-                Syscall.posix_fadvise(fd, offset, length, PosixFadviseAdvice.POSIX_FADV_WILLNEED);
+                Syscall.posix_fadvise(fd, Format.LowerSampling.Offset(size, i), Format.LowerSampling.Length(size, i), PosixFadviseAdvice.POSIX_FADV_WILLNEED);
             }
         }
         finally
@@ -202,9 +202,9 @@ public sealed class FileStorage : IBlockStorage
     /// <summary>
     /// What names this file's content for as long as this process runs: device, inode, size, modification and change
     /// times. Any change of the content moves the change time (ctime, which no system call sets to a chosen value),
-    /// so a content fingerprint taken with the same key still holds; null when fstat fails.
+    /// so a content fingerprint taken with the same key still holds; false when fstat fails.
     /// </summary>
-    internal (ulong Device, ulong Inode, long Size, long MTimeNs, long CTimeNs)? ContentKey()
+    internal bool TryGetContentKey(out Engine.LowerContentKey key)
     {
         bool added = false;
         try
@@ -212,10 +212,12 @@ public sealed class FileStorage : IBlockStorage
             _handle.DangerousAddRef(ref added);
             if (Syscall.fstat((int)_handle.DangerousGetHandle(), out Stat st) != 0)
             {
-                return null;
+                key = default;
+                return false;
             }
-            return (st.st_dev, st.st_ino, st.st_size, (st.st_mtime * 1_000_000_000L) + st.st_mtime_nsec,
+            key = new Engine.LowerContentKey(st.st_dev, st.st_ino, st.st_size, (st.st_mtime * 1_000_000_000L) + st.st_mtime_nsec,
                 (st.st_ctime * 1_000_000_000L) + st.st_ctime_nsec);
+            return true;
         }
         finally
         {

@@ -150,6 +150,31 @@ public class LowerIdentityTests
 
     /// <summary>The samples: 64 chunks of 4 KiB, the first at 0 and the last ending at the end, spread evenly; a file
     /// of at most 256 KiB is read whole.</summary>
+    /// <summary>The sample offsets are computed without 128-bit arithmetic; for every size, up to the largest a long
+    /// holds, they are the format's floor(i × (size − 4096) / 63), 4 KiB aligned.</summary>
+    [Test]
+    public void SampleOffsetsAreTheFormatsForEverySize()
+    {
+        var random = new Random(11);
+        var sizes = new List<long> { 0, 1, 4095, 4096, 4097, 256 << 10, (256 << 10) + 1, 1L << 30, long.MaxValue, long.MaxValue / 63, long.MaxValue / 63 + 4097 };
+        for (int n = 0; n < 2000; n++)
+        {
+            sizes.Add(random.NextInt64(0, long.MaxValue));
+            sizes.Add(random.NextInt64(0, 1L << 40));
+        }
+        foreach (long size in sizes)
+        {
+            int count = LowerSampling.Count(size);
+            for (int i = 0; i < count; i++)
+            {
+                long expected = size <= 64 * 4096 ? i * 4096L
+                    : i == 63 ? size - 4096
+                    : (long)((Int128)i * (size - 4096) / 63) & ~4095L;
+                Assert.That(LowerSampling.Offset(size, i), Is.EqualTo(expected), $"size {size}, chunk {i}");
+            }
+        }
+    }
+
     [Test]
     public void SamplesCoverTheWholeFile()
     {
