@@ -207,13 +207,19 @@ internal sealed unsafe class FuseChannel
     private static string OpName(FuseOpcode op) =>
         Enum.IsDefined(op) ? op.ToString()["FUSE_".Length..].ToLowerInvariant() : $"opcode {(uint)op}";
 
+    /// <summary>The request struct at the start of <paramref name="args"/>. A pointer read, not MemoryMarshal.Read:
+    /// a framework generic over our struct would be compiled at first use (ReadyToRun cannot hold it), on the first
+    /// request of each kind.</summary>
     private static T Read<T>(ReadOnlySpan<byte> args) where T : unmanaged
     {
         if (args.Length < sizeof(T))
         {
             throw new OverlayException(OverlayErrno.EINVAL, $"request argument shorter than {typeof(T).Name}");
         }
-        return MemoryMarshal.Read<T>(args);
+        fixed (byte* p = args)
+        {
+            return *(T*)p;
+        }
     }
 
     /// <summary>The NUL-terminated name at the start of <paramref name="bytes"/>.</summary>
@@ -329,9 +335,9 @@ internal sealed unsafe class FuseChannel
         a->ino = s.Ino;
         a->size = (ulong)s.Size;
         a->blocks = (ulong)s.Blocks;
-        (a->atime, a->atimensec) = Time(s.ATimeNs);
-        (a->mtime, a->mtimensec) = Time(s.MTimeNs);
-        (a->ctime, a->ctimensec) = Time(s.CTimeNs);
+        a->atime = Seconds(s.ATimeNs, out a->atimensec);
+        a->mtime = Seconds(s.MTimeNs, out a->mtimensec);
+        a->ctime = Seconds(s.CTimeNs, out a->ctimensec);
         a->mode = s.Mode;
         a->nlink = (uint)s.Nlink;
         a->uid = s.Uid;
@@ -340,7 +346,9 @@ internal sealed unsafe class FuseChannel
         a->blksize = 4096;
     }
 
-    private static (ulong Seconds, uint Nanoseconds) Time(long ns)
+    /// <summary>Nanoseconds since the epoch as seconds (returned) and nanoseconds (out), floored. Out parameters,
+    /// not a tuple: a framework generic over (ulong, uint) would be compiled at first use.</summary>
+    private static ulong Seconds(long ns, out uint nanoseconds)
     {
         long seconds = Math.DivRem(ns, 1_000_000_000L, out long rem);
         if (rem < 0)
@@ -348,30 +356,35 @@ internal sealed unsafe class FuseChannel
             seconds--;
             rem += 1_000_000_000L;
         }
-        return ((ulong)seconds, (uint)rem);
+        nanoseconds = (uint)rem;
+        return (ulong)seconds;
     }
 
-    /// <summary>A timeout in seconds as the kernel takes it: whole seconds and nanoseconds (libfuse's calc_timeout_*).</summary>
-    private static (ulong Seconds, uint Nanoseconds) Timeout(double t)
+    /// <summary>A timeout in seconds as the kernel takes it: whole seconds (returned) and nanoseconds (out), as
+    /// libfuse's calc_timeout_sec/calc_timeout_nsec.</summary>
+    private static ulong Timeout(double t, out uint nanoseconds)
     {
         if (!(t > 0))
         {
-            return (0, 0);
+            nanoseconds = 0;
+            return 0;
         }
         if (t >= ulong.MaxValue)
         {
-            return (ulong.MaxValue, 999_999_999);
+            nanoseconds = 999_999_999;
+            return ulong.MaxValue;
         }
         ulong seconds = (ulong)t;
-        return (seconds, (uint)((t - seconds) * 1e9));
+        nanoseconds = (uint)((t - seconds) * 1e9);
+        return seconds;
     }
 
     private fuse_entry_out Entry(in OverlayStat stat)
     {
         fuse_entry_out e = default;
         e.nodeid = stat.Ino;
-        (e.entry_valid, e.entry_valid_nsec) = Timeout(_handler.EntryTimeout);
-        (e.attr_valid, e.attr_valid_nsec) = Timeout(_handler.AttributeTimeout);
+        e.entry_valid = Timeout(_handler.EntryTimeout, out e.entry_valid_nsec);
+        e.attr_valid = Timeout(_handler.AttributeTimeout, out e.attr_valid_nsec);
         Fill(&e.attr, stat);
         return e;
     }
@@ -381,7 +394,7 @@ internal sealed unsafe class FuseChannel
     private void ReplyAttr(fuse_in_header* h, in OverlayStat stat)
     {
         fuse_attr_out a = default;
-        (a.attr_valid, a.attr_valid_nsec) = Timeout(_handler.AttributeTimeout);
+        a.attr_valid = Timeout(_handler.AttributeTimeout, out a.attr_valid_nsec);
         Fill(&a.attr, stat);
         Reply(h, a);
     }
@@ -462,7 +475,7 @@ internal sealed unsafe class FuseChannel
             // A negative entry: node 0, kept by the kernel for the negative timeout (a name made through the mount
             // replaces it; one made otherwise is invalidated by the handler).
             fuse_entry_out negative = default;
-            (negative.entry_valid, negative.entry_valid_nsec) = Timeout(_handler.NegativeTimeout);
+            negative.entry_valid = Timeout(_handler.NegativeTimeout, out negative.entry_valid_nsec);
             Reply(h, negative);
             return;
         }
@@ -491,11 +504,15 @@ internal sealed unsafe class FuseChannel
     private void BatchForget(ReadOnlySpan<byte> args)
     {
         fuse_batch_forget_in batch = Read<fuse_batch_forget_in>(args);
-        ReadOnlySpan<fuse_forget_one> forgets = MemoryMarshal.Cast<byte, fuse_forget_one>(args[sizeof(fuse_batch_forget_in)..]);
-        int count = (int)Math.Min(batch.count, (uint)forgets.Length);
-        for (int i = 0; i < count; i++)
+        ReadOnlySpan<byte> rest = args[sizeof(fuse_batch_forget_in)..];
+        int count = (int)Math.Min(batch.count, (uint)(rest.Length / sizeof(fuse_forget_one)));
+        fixed (byte* p = rest)
         {
-            Forget(forgets[i].nodeid, forgets[i].nlookup);
+            for (int i = 0; i < count; i++)
+            {
+                fuse_forget_one* one = (fuse_forget_one*)p + i;
+                Forget(one->nodeid, one->nlookup);
+            }
         }
     }
 

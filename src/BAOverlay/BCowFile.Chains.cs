@@ -7,7 +7,7 @@ namespace BAOverlay;
 
 /// <summary>One B-CoW file of a backing chain, as an open knows it: its device and inode (a loop through another
 /// path or a link is still the same file) and the path it was opened by (for messages).</summary>
-internal readonly record struct ChainMember(ulong Device, ulong Inode, string Path)
+internal sealed record ChainMember(ulong Device, ulong Inode, string Path)
 {
     /// <summary>The member for the file at <paramref name="path"/>; a file not there yet (create) gets device and
     /// inode 0, which no file has, so it counts for depth but matches nothing.</summary>

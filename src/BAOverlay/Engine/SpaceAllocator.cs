@@ -22,8 +22,8 @@ internal sealed class SpaceAllocator
 {
     private readonly object _lock = new();
     private readonly int _blockSize;
-    private readonly SortedSet<long> _freeBlocks = new();
-    private readonly SortedSet<long> _freePages = new();
+    private readonly OffsetSet _freeBlocks = new();
+    private readonly OffsetSet _freePages = new();
     private readonly HashSet<long> _fresh = new();
     private List<(long Offset, long Length)> _pending = new();
     private long _end;

@@ -28,9 +28,14 @@ internal sealed class LayerStack : IDisposable
     /// Directories opened before, kept open by (layer, path) so that a lookup costs one <c>statx</c> rather than an
     /// <c>openat2</c> and a <c>close</c> besides. Filled under the overlay's read or write lock (readers may race to
     /// add one; the loser closes its own); emptied only under the write lock (<see cref="ForgetDirectories"/>), so a
-    /// borrowed handle is never closed while in use. Lower layers never change, so their entries stay valid.
+    /// borrowed handle is never closed while in use. Lower layers never change, so their entries stay valid. One table
+    /// per layer keyed by path: a table keyed by a (layer, path) tuple is a generic instantiation over a framework
+    /// value type, which ReadyToRun cannot precompile, and the first lookups of a fresh mount paid its JIT.
     /// </summary>
-    private readonly System.Collections.Concurrent.ConcurrentDictionary<(int Layer, string Path), SafeFileHandle> _directories = new();
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, SafeFileHandle>[] _directories;
+
+    /// <summary>How many handles <see cref="_directories"/> holds, all layers together.</summary>
+    private int _keptCount;
 
     /// <summary>At most this many kept directory handles (file descriptors); past it, directories are opened per use.</summary>
     private const int MaxKeptDirectories = 4096;
@@ -41,6 +46,11 @@ internal sealed class LayerStack : IDisposable
     private LayerStack(SafeFileHandle[] roots, string[] names, SafeFileHandle? work, string? workName)
     {
         _roots = roots;
+        _directories = new System.Collections.Concurrent.ConcurrentDictionary<string, SafeFileHandle>[roots.Length];
+        for (int i = 0; i < roots.Length; i++)
+        {
+            _directories[i] = new System.Collections.Concurrent.ConcurrentDictionary<string, SafeFileHandle>(StringComparer.Ordinal);
+        }
         _names = names;
         _work = work;
         _workName = workName;
@@ -119,22 +129,27 @@ internal sealed class LayerStack : IDisposable
         {
             return 0;
         }
-        if (_directories.TryGetValue((layer, relative), out SafeFileHandle? kept))
+        var kept = _directories[layer];
+        if (kept.TryGetValue(relative, out SafeFileHandle? known))
         {
-            directory = new LayerDir((int)kept.DangerousGetHandle(), owned: false);
+            directory = new LayerDir((int)known.DangerousGetHandle(), owned: false);
             return 0;
         }
         Errno errno = OpenUncached(layer, relative, out LayerDir opened);
-        if (errno != 0 || _directories.Count >= MaxKeptDirectories)
+        if (errno != 0 || Volatile.Read(ref _keptCount) >= MaxKeptDirectories)
         {
             directory = opened;
             return errno;
         }
         var handle = new SafeFileHandle(opened.Fd, ownsHandle: true);
-        SafeFileHandle winner = _directories.GetOrAdd((layer, relative), handle);
+        SafeFileHandle winner = kept.GetOrAdd(relative, handle);
         if (winner != handle)
         {
             handle.Dispose(); // another reader opened it at the same time
+        }
+        else
+        {
+            Interlocked.Increment(ref _keptCount);
         }
         directory = new LayerDir((int)winner.DangerousGetHandle(), owned: false);
         return 0;
@@ -147,10 +162,12 @@ internal sealed class LayerStack : IDisposable
     /// </summary>
     public void ForgetDirectories(int layer)
     {
-        foreach (var key in _directories.Keys)
+        var kept = _directories[layer];
+        foreach (string key in kept.Keys)
         {
-            if (key.Layer == layer && _directories.TryRemove(key, out SafeFileHandle? handle))
+            if (kept.TryRemove(key, out SafeFileHandle? handle))
             {
+                Interlocked.Decrement(ref _keptCount);
                 handle.Dispose();
             }
         }
@@ -301,11 +318,15 @@ internal sealed class LayerStack : IDisposable
     /// <summary>Closes every handle. Paths handed out before stop working.</summary>
     public void Dispose()
     {
-        foreach (SafeFileHandle kept in _directories.Values)
+        foreach (var layerTable in _directories)
         {
-            kept.Dispose();
+            foreach (SafeFileHandle kept in layerTable.Values)
+            {
+                kept.Dispose();
+            }
+            layerTable.Clear();
         }
-        _directories.Clear();
+        _keptCount = 0;
         foreach (SafeFileHandle root in _roots)
         {
             root.Dispose();

@@ -1787,10 +1787,26 @@ public sealed partial class OverlayFileSystem : IDisposable
     private BCowFile OpenBCow(OverlayNode node, LayerPath top, string described, bool readOnly)
     {
         int layer = node.Layers[0].Layer;
-        IEnumerable<(int Layer, string Path)> candidates =
-            Redirects.ReadLowerPosition(top.Path, described, _log) is { } recorded
-                ? Enumerable.Range(layer + 1, _layers.Count - layer - 1).Select(l => (l, recorded))
-                : (node.Parent?.Layers ?? []).Where(l => l.Layer > layer).Select(l => (l.Layer, LayerPaths.Child(l.Path, node.Name)));
+        // A plain list, not a LINQ chain over (int, string) tuples: those are generic instantiations ReadyToRun cannot
+        // precompile, and this runs at the first write into a lower file.
+        var candidates = new List<(int Layer, string Path)>();
+        if (Redirects.ReadLowerPosition(top.Path, described, _log) is { } recorded)
+        {
+            for (int l = layer + 1; l < _layers.Count; l++)
+            {
+                candidates.Add((l, recorded));
+            }
+        }
+        else
+        {
+            foreach ((int parentLayer, string parentPath) in node.Parent?.Layers ?? [])
+            {
+                if (parentLayer > layer)
+                {
+                    candidates.Add((parentLayer, LayerPaths.Child(parentPath, node.Name)));
+                }
+            }
+        }
         FileStorage? lower = null;
         foreach (var (candidate, relative) in candidates)
         {

@@ -42,7 +42,22 @@ internal enum FileLockMode
 internal static class FileLocks
 {
     private static readonly object s_gate = new();
-    private static readonly Dictionary<(ulong Dev, ulong Ino), Entry> s_files = new();
+    private static readonly Dictionary<FileKey, Entry> s_files = new();
+
+    /// <summary>A file by device and inode. A class, not a tuple: a table keyed by a framework value type is a generic
+    /// instantiation ReadyToRun cannot precompile, whose JIT the first B-CoW open of a process paid.</summary>
+    internal sealed class FileKey(ulong device, ulong inode) : IEquatable<FileKey>
+    {
+        public ulong Dev { get; } = device;
+
+        public ulong Ino { get; } = inode;
+
+        public bool Equals(FileKey? other) => other is not null && other.Dev == Dev && other.Ino == Ino;
+
+        public override bool Equals(object? obj) => Equals(obj as FileKey);
+
+        public override int GetHashCode() => (int)(Ino ^ (Ino >> 32) ^ (Dev * 31));
+    }
 
     private sealed class Entry
     {
@@ -54,7 +69,7 @@ internal static class FileLocks
     /// <summary>One locked open; disposing it releases the lock (before the descriptor is closed).</summary>
     internal sealed class Holder
     {
-        internal Holder(SafeFileHandle handle, string name, (ulong, ulong) key, bool exclusive)
+        internal Holder(SafeFileHandle handle, string name, FileKey key, bool exclusive)
         {
             Handle = handle;
             Name = name;
@@ -66,7 +81,7 @@ internal static class FileLocks
 
         internal string Name { get; }
 
-        internal (ulong Dev, ulong Ino) Key { get; }
+        internal FileKey Key { get; }
 
         internal bool Exclusive { get; }
 
@@ -93,7 +108,7 @@ internal static class FileLocks
             return null; // a device or FIFO given as a file fails later with its own message
         }
         bool exclusive = mode == FileLockMode.Exclusive;
-        var holder = new Holder(handle, name, (st.st_dev, st.st_ino), exclusive);
+        var holder = new Holder(handle, name, new FileKey(st.st_dev, st.st_ino), exclusive);
         lock (s_gate)
         {
             if (!s_files.TryGetValue(holder.Key, out Entry? entry))
