@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using BAOverlay.Interop;
@@ -40,22 +39,9 @@ public sealed class FlockLayoutTests
               return 0;
             }
             """);
-        string binary = temp.File("flock");
-        string compiled;
-        try
-        {
-            compiled = Run("cc", $"-D_FILE_OFFSET_BITS=64 -o {binary} {source}", out int status);
-            Assert.That(status, Is.Zero, compiled);
-        }
-        catch (System.ComponentModel.Win32Exception)
-        {
-            Assert.Ignore("cc is not installed: install a C compiler (apt-get install gcc) to check struct flock");
-            return;
-        }
-        Dictionary<string, long> native = Run(binary, "", out _)
-            .Split('\n', StringSplitOptions.RemoveEmptyEntries)
-            .Select(line => line.Split(' '))
-            .ToDictionary(parts => parts[0], parts => long.Parse(parts[1], System.Globalization.CultureInfo.InvariantCulture));
+        string? unavailable = null;
+        Dictionary<string, long> native = BAOverlay.Tests.Fuse.CLayoutProgram.Values(File.ReadAllText(source), "-D_FILE_OFFSET_BITS=64",
+            ("fcntl.h", "apt-get install gcc (Debian/Ubuntu) to check struct flock"), ref unavailable);
         Assert.Multiple(() =>
         {
             Assert.That(Unsafe.SizeOf<LibC.Flock>(), Is.EqualTo(native["sizeof"]), "sizeof(struct flock)");
@@ -76,20 +62,5 @@ public sealed class FlockLayoutTests
             Assert.That(native["ENOSPC"], Is.EqualTo(LibC.ENOSPC), "ENOSPC");
             Assert.That(native["EISDIR"], Is.EqualTo(LibC.EISDIR), "EISDIR");
         });
-    }
-
-    private static string Run(string program, string arguments, out int status)
-    {
-        using Process process = Process.Start(new ProcessStartInfo(program, arguments)
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        })!;
-        Task<string> err = process.StandardError.ReadToEndAsync();
-        string output = process.StandardOutput.ReadToEnd();
-        process.WaitForExit();
-        status = process.ExitCode;
-        return output + err.Result;
     }
 }
