@@ -152,7 +152,7 @@ internal static class BcowCli
 
     private static void WriteOverallHelp(TextWriter stdout)
     {
-        stdout.WriteLine("bcow: create, inspect, check, flatten and exercise B-CoW overlay files.");
+        stdout.WriteLine("bcow: create, inspect, check, convert, compare, resize, rebase, commit, flatten and exercise B-CoW overlay files.");
         stdout.WriteLine();
         stdout.WriteLine("Usage: bcow [--debug] COMMAND [OPTIONS] FILE...");
         stdout.WriteLine();
