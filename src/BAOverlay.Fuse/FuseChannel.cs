@@ -588,8 +588,13 @@ internal sealed unsafe class FuseChannel
 
     // ------------------------------------------------------------------ files
 
-    private static uint OpenFlags(FuseOpenResult result) =>
-        (result.DirectIo ? FOPEN_DIRECT_IO : 0) | (result.KeepCache ? FOPEN_KEEP_CACHE : 0);
+    /// <summary>The open reply's flags. FOPEN_PARALLEL_DIRECT_WRITES always: direct writes (O_DIRECT) into one file
+    /// from several threads or processes reach the handler together instead of one by one under the inode lock (the
+    /// kernel still serializes a write that extends the file); the overlay's files take concurrent writes (B-CoW files
+    /// lock per block).</summary>
+    private uint OpenFlags(FuseOpenResult result) =>
+        (result.DirectIo ? FOPEN_DIRECT_IO : 0) | (result.KeepCache ? FOPEN_KEEP_CACHE : 0)
+        | (_options.ParallelDirectWrites ? FOPEN_PARALLEL_DIRECT_WRITES : 0);
 
     private void Open(fuse_in_header* h, ReadOnlySpan<byte> args)
     {

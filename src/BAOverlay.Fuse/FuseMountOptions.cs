@@ -61,6 +61,13 @@ public sealed record FuseMountOptions
     /// </summary>
     public bool ReaddirPlus { get; init; } = true;
 
+    /// <summary>
+    /// Let direct writes into one file run in parallel (FOPEN_PARALLEL_DIRECT_WRITES on every open; default on; the
+    /// session's own protocol layer only): without it the kernel holds the file's inode lock across each O_DIRECT
+    /// write, so writers of one file take turns. The handler must take concurrent writes to one file.
+    /// </summary>
+    public bool ParallelDirectWrites { get; init; } = true;
+
     /// <summary>Request tracing on standard error (libfuse's <c>-d</c>).</summary>
     public bool Debug { get; init; }
 
