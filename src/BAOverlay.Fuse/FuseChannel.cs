@@ -186,7 +186,7 @@ internal sealed unsafe class FuseChannel
                 case FuseOpcode.FUSE_RELEASEDIR: _handler.ReleaseDirectory(h->nodeid, Read<fuse_release_in>(args).fh); ReplyOk(h); break;
                 case FuseOpcode.FUSE_STATFS: StatFs(h); break;
                 case FuseOpcode.FUSE_SETXATTR: SetXattr(h, args); break;
-                case FuseOpcode.FUSE_GETXATTR: GetXattr(h, args, reply); break;
+                case FuseOpcode.FUSE_GETXATTR: GetXattr(h, args); break;
                 case FuseOpcode.FUSE_LISTXATTR: ListXattr(h, args, reply); break;
                 case FuseOpcode.FUSE_REMOVEXATTR: _handler.RemoveXattr(h->nodeid, Name(args), Context(h, 0)); ReplyOk(h); break;
                 case FuseOpcode.FUSE_FALLOCATE: Fallocate(h, args); break;
@@ -308,20 +308,7 @@ internal sealed unsafe class FuseChannel
     /// logging the classes that are no POSIX condition of the request; never throws.</summary>
     private void Fail(fuse_in_header* h, Exception e, FuseOpcode op)
     {
-        int errno = EIO;
-        try
-        {
-            OverlayErrno mapped = OverlayException.ErrnoOf(e, out bool unexpected);
-            errno = (int)mapped;
-            if (unexpected)
-            {
-                _session.LogLine($"{OpName(op)}: {e.GetType().Name}: {e.Message} (answered {mapped}){Environment.NewLine}{e.StackTrace}");
-            }
-        }
-        catch
-        {
-            // Logging must not fail a reply.
-        }
+        int errno = _session.ErrnoFor(e, OpName(op));
         if (op is FuseOpcode.FUSE_FORGET or FuseOpcode.FUSE_BATCH_FORGET or FuseOpcode.FUSE_INTERRUPT or FuseOpcode.FUSE_NOTIFY_REPLY)
         {
             return; // no reply to these
@@ -791,7 +778,7 @@ internal sealed unsafe class FuseChannel
         ReplyOk(h);
     }
 
-    private void GetXattr(fuse_in_header* h, ReadOnlySpan<byte> args, byte* reply)
+    private void GetXattr(fuse_in_header* h, ReadOnlySpan<byte> args)
     {
         fuse_getxattr_in a = Read<fuse_getxattr_in>(args);
         byte[]? value = _handler.GetXattr(h->nodeid, Name(args[sizeof(fuse_getxattr_in)..]), Context(h, 0));

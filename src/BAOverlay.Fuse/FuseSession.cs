@@ -1,6 +1,7 @@
 using System.Runtime.InteropServices;
 using System.Text;
 using BAOverlay.Fuse.Interop;
+using BAOverlay.FileSystem;
 
 namespace BAOverlay.Fuse;
 
@@ -456,6 +457,26 @@ public sealed unsafe class FuseSession : IDisposable
     }
 
     internal void OnInit(FuseConnection connection) => Connection = connection;
+
+    /// <summary>The errno a failed request of <paramref name="operation"/> is answered with
+    /// (<see cref="OverlayException.ErrnoOf"/>), with a log line for the classes that are no POSIX condition of the
+    /// request (corruption, a bug, an I/O error); EIO if even that fails. Never throws; both transports use it.</summary>
+    internal int ErrnoFor(Exception e, string operation)
+    {
+        try
+        {
+            OverlayErrno mapped = OverlayException.ErrnoOf(e, out bool unexpected);
+            if (unexpected)
+            {
+                LogLine($"{operation}: {e.GetType().Name}: {e.Message} (answered {mapped}){Environment.NewLine}{e.StackTrace}");
+            }
+            return (int)mapped > 0 ? (int)mapped : (int)OverlayErrno.EIO;
+        }
+        catch
+        {
+            return (int)OverlayErrno.EIO; // logging must not fail a reply
+        }
+    }
 
     private void FreeNative()
     {

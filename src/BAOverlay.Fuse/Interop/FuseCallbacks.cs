@@ -108,18 +108,13 @@ internal static unsafe class FuseCallbacks
         int errno = EIO;
         try
         {
-            OverlayErrno mapped = OverlayException.ErrnoOf(e, out bool unexpected);
-            errno = (int)mapped;
-            if (unexpected)
-            {
-                SessionOf(req).LogLine($"{operation}: {e.GetType().Name}: {e.Message} (answered {mapped}){Environment.NewLine}{e.StackTrace}");
-            }
+            errno = SessionOf(req).ErrnoFor(e, operation);
         }
         catch
         {
-            // Logging must not fail a reply.
+            // The session itself could not be found: EIO.
         }
-        LibFuse.fuse_reply_err(req, errno <= 0 ? EIO : errno);
+        LibFuse.fuse_reply_err(req, errno);
     }
 
     /// <summary>Cleanup after a request is answered (the request must not be answered twice): failures are logged.</summary>
@@ -649,7 +644,7 @@ internal static unsafe class FuseCallbacks
             IReadOnlyList<OverlayDirEntry> entries = s.Handler.ReadDirectory(ino, fi->fh);
             int capacity = (int)Math.Min(size, (nuint)(1 << 20));
             buffer = ArrayPool<byte>.Shared.Rent(Math.Max(1, capacity));
-            int start = StartIndex(entries, off);
+            int start = FuseDirectoryOffsets.StartIndex(entries, off);
             nuint used = 0;
             Span<byte> nameBuffer = stackalloc byte[1024];
             fixed (byte* p = buffer)
@@ -691,21 +686,6 @@ internal static unsafe class FuseCallbacks
                 ArrayPool<byte>.Shared.Return(buffer);
             }
         }
-    }
-
-    /// <summary>The first entry to send for the kernel's offset: the first whose NextOffset is beyond it.</summary>
-    internal static int StartIndex(IReadOnlyList<OverlayDirEntry> entries, long off)
-    {
-        int i = (int)Math.Clamp(off, 0, entries.Count);
-        while (i > 0 && entries[i - 1].NextOffset > off)
-        {
-            i--;
-        }
-        while (i < entries.Count && entries[i].NextOffset <= off)
-        {
-            i++;
-        }
-        return i;
     }
 
     [UnmanagedCallersOnly]

@@ -64,11 +64,11 @@ public sealed class FuseBindingTests
             new("b", 6, 0x8000, 7), // offsets need not be dense
             new("c", 7, 0x8000, 9),
         };
-        Assert.That(FuseCallbacks.StartIndex(entries, 0), Is.EqualTo(0));
-        Assert.That(FuseCallbacks.StartIndex(entries, 2), Is.EqualTo(2));
-        Assert.That(FuseCallbacks.StartIndex(entries, 3), Is.EqualTo(3));
-        Assert.That(FuseCallbacks.StartIndex(entries, 7), Is.EqualTo(4));
-        Assert.That(FuseCallbacks.StartIndex(entries, 9), Is.EqualTo(5));
-        Assert.That(FuseCallbacks.StartIndex(entries, 100), Is.EqualTo(5));
+        Assert.That(FuseDirectoryOffsets.StartIndex(entries, 0), Is.EqualTo(0));
+        Assert.That(FuseDirectoryOffsets.StartIndex(entries, 2), Is.EqualTo(2));
+        Assert.That(FuseDirectoryOffsets.StartIndex(entries, 3), Is.EqualTo(3));
+        Assert.That(FuseDirectoryOffsets.StartIndex(entries, 7), Is.EqualTo(4));
+        Assert.That(FuseDirectoryOffsets.StartIndex(entries, 9), Is.EqualTo(5));
+        Assert.That(FuseDirectoryOffsets.StartIndex(entries, 100), Is.EqualTo(5));
     }
 }

@@ -8,9 +8,10 @@ using Mono.Unix.Native;
 namespace BAOverlay.Tests.Fuse;
 
 /// <summary>
-/// Mounts an <see cref="OverlayFileSystem"/> through libfuse3 on a temp directory, serves it from a background thread
-/// of this process, and uses it with plain .NET file APIs. Needs root (the binding mounts with mount(2)), /dev/fuse
-/// and libfuse3; ignored, saying which is missing, otherwise. Every test unmounts in a finally block.
+/// Mounts an <see cref="OverlayFileSystem"/> on a temp directory, serves it from background threads of this process
+/// (the session's own FUSE protocol layer, or libfuse3 where a test asks for it), and uses it with plain .NET file
+/// APIs. Needs root (the binding mounts with mount(2)) and /dev/fuse, and libfuse3 for the libfuse tests; ignored,
+/// saying which is missing, otherwise. Every test unmounts in a finally block.
 /// </summary>
 [TestFixture]
 [Platform("Linux")]
@@ -305,6 +306,10 @@ public sealed partial class FuseMountTests
         public static Mounted Start(Func<OverlayFileSystem> open, string mountPoint, Func<OverlayFileSystem, IFuseLowLevelHandler>? handler = null, FuseMountOptions? options = null)
         {
             RequireFuse();
+            if (options?.UseLibFuse == true)
+            {
+                RequireLibFuse();
+            }
             Directory.CreateDirectory(mountPoint);
             OverlayFileSystem fileSystem = open();
             var log = new List<string>();
@@ -410,7 +415,8 @@ public sealed partial class FuseMountTests
             return !IsMounted(mountPoint);
         }
 
-        /// <summary>Ignores the test, saying why, unless /dev/fuse, root and libfuse3 are all there.</summary>
+        /// <summary>Ignores the test, saying why, unless /dev/fuse and root are there (the session speaks the FUSE
+        /// protocol itself: libfuse3 is needed only by <see cref="RequireLibFuse"/>'s tests).</summary>
         public static void RequireFuse()
         {
             if (!File.Exists("/dev/fuse"))
@@ -421,6 +427,12 @@ public sealed partial class FuseMountTests
             {
                 Assert.Ignore("mounting needs root (CAP_SYS_ADMIN): the binding mounts with mount(2) and never runs fusermount3");
             }
+        }
+
+        /// <summary>Ignores the test, saying what to install, unless libfuse3 loads (for mounts served through it,
+        /// <see cref="FuseMountOptions.UseLibFuse"/>).</summary>
+        public static void RequireLibFuse()
+        {
             try
             {
                 FuseSession.EnsureAvailable();

@@ -13,8 +13,8 @@ namespace BAOverlay.Tests.Fuse;
 /// overlayfs as the model, as <see cref="KernelOverlayComparisonTests"/> runs it through the library API: the same
 /// layouts, mutations, random operations and special cases, done with POSIX calls on the mount point
 /// (<see cref="PosixTree"/>). What the kernel's FUSE layer adds (its caches of names, attributes and pages, umask and
-/// permission checks, how it splits a call into requests) is what these tests are for. Needs root, /dev/fuse and
-/// libfuse3; ignored, saying which is missing, otherwise (CI has all three). Everything runs twice: with the
+/// permission checks, how it splits a call into requests) is what these tests are for. Needs root and /dev/fuse (and
+/// libfuse3 for the libfuse fixture); ignored, saying which is missing, otherwise (CI has all). Everything runs twice: with the
 /// kernel's write-back cache (as baoverlayfs mounts) and without it (the library's default), over the session's own
 /// FUSE protocol layer; and once more served through libfuse (<see cref="BAOverlay.Fuse.FuseMountOptions.UseLibFuse"/>),
 /// the fallback, which must mean the same.

@@ -58,13 +58,7 @@ public class CheckCommandTests
     public void LeakedDataExitsThreeAndRepairReclaimsIt()
     {
         using var dir = new TempDir();
-        string path = ToolFiles.MakeStandalone(dir);
-        Assert.That(Bcow.Run("io", path, "-c", "write -P 0x42 4k 8k").ExitCode, Is.Zero);
-        long cleanLength = new FileInfo(path).Length;
-        using (var stream = new FileStream(path, FileMode.Append, FileAccess.Write))
-        {
-            stream.Write(Enumerable.Repeat((byte)0x99, 8192).ToArray());
-        }
+        string path = MakeLeakyFile(dir, out long cleanLength);
 
         BcowResult leaky = Bcow.Run("check", path);
         Assert.That(leaky.ExitCode, Is.EqualTo(3), leaky.ToString());
@@ -144,13 +138,7 @@ public class CheckCommandTests
     public void JsonListsLeaksAndCorruptionsWithTheSameExitCodes()
     {
         using var dir = new TempDir();
-        string path = ToolFiles.MakeStandalone(dir);
-        Assert.That(Bcow.Run("io", path, "-c", "write -P 0x42 4k 8k").ExitCode, Is.Zero);
-        long cleanLength = new FileInfo(path).Length;
-        using (var stream = new FileStream(path, FileMode.Append, FileAccess.Write))
-        {
-            stream.Write(Enumerable.Repeat((byte)0x99, 8192).ToArray());
-        }
+        string path = MakeLeakyFile(dir, out long cleanLength);
         BcowResult leaky = Bcow.Run("check", "--output=json", path);
         Assert.That(leaky.ExitCode, Is.EqualTo(3), leaky.ToString());
         Assert.That(leaky.Json.GetProperty("leaks").GetInt32(), Is.EqualTo(1));
@@ -194,5 +182,18 @@ public class CheckCommandTests
         int value = stream.ReadByte();
         stream.Position = offset;
         stream.WriteByte((byte)(value ^ 0xff));
+    }
+
+    /// <summary>A standalone file with data at 4k, then 8 KiB of garbage appended past its end: a leak of 8 KiB.</summary>
+    private static string MakeLeakyFile(TempDir dir, out long cleanLength)
+    {
+        string path = ToolFiles.MakeStandalone(dir);
+        Assert.That(Bcow.Run("io", path, "-c", "write -P 0x42 4k 8k").ExitCode, Is.Zero);
+        cleanLength = new FileInfo(path).Length;
+        using (var stream = new FileStream(path, FileMode.Append, FileAccess.Write))
+        {
+            stream.Write(Enumerable.Repeat((byte)0x99, 8192).ToArray());
+        }
+        return path;
     }
 }

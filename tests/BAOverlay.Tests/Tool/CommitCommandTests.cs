@@ -104,11 +104,7 @@ public class CommitCommandTests
         BcowResult io = Bcow.Run("io", path, "-c", "read 0 4k");
         Assert.That(io.ExitCode, Is.EqualTo(1));
 
-        BcowResult again = Bcow.Run("commit", path);
-        Assert.That(again.ExitCode, Is.Zero, again.ToString());
-        Assert.That(File.ReadAllBytes(lower), Is.EqualTo(merged));
-        Assert.That(Read(path), Is.EqualTo(merged));
-        Checks.AssertClean(path);
+        AssertRunAgainFinishes(path, lower, merged);
     }
 
     /// <summary>Stopped after every byte is in the lower file but before the file was emptied: the pair opens as it is
@@ -163,11 +159,7 @@ public class CommitCommandTests
         {
             Assert.That(e.Message, Does.Contain("was interrupted"), $"killed after {killAfterMs} ms");
         }
-        BcowResult again = Bcow.Run("commit", path);
-        Assert.That(again.ExitCode, Is.Zero, again.ToString());
-        Assert.That(File.ReadAllBytes(lower), Is.EqualTo(merged));
-        Assert.That(Read(path), Is.EqualTo(merged));
-        Checks.AssertClean(path);
+        AssertRunAgainFinishes(path, lower, merged);
     }
 
     [Test]
@@ -197,5 +189,16 @@ public class CommitCommandTests
         Assert.That(busy.ExitCode, Is.EqualTo(1));
         Assert.That(busy.Error, Does.StartWith($"bcow: {path}: the file is in use by another process"));
         Assert.That(Bcow.Run("commit", "--help").Out, Does.StartWith("Usage: bcow commit [-d] FILE"));
+    }
+
+    /// <summary>Running the commit again finishes an interrupted one: the lower file holds the merged content, the
+    /// pair reads the same, and the file checks clean.</summary>
+    private static void AssertRunAgainFinishes(string path, string lower, byte[] merged)
+    {
+        BcowResult again = Bcow.Run("commit", path);
+        Assert.That(again.ExitCode, Is.Zero, again.ToString());
+        Assert.That(File.ReadAllBytes(lower), Is.EqualTo(merged));
+        Assert.That(Read(path), Is.EqualTo(merged));
+        Checks.AssertClean(path);
     }
 }

@@ -7,10 +7,7 @@ public class CompareCommandTests
     public void ABCowFileAndItsFlatCopyAreIdentical()
     {
         using var dir = new TempDir();
-        string lower = dir.File("big.img");
-        string path = dir.File("x.bcow");
-        ToolFiles.MakeLower(lower);
-        Assert.That(Bcow.Run("create", "--lower", lower, path).ExitCode, Is.Zero);
+        string path = ToolFiles.MakePair(dir, out string lower);
         Assert.That(Bcow.Run("io", path, "-c", "write -P 0x5a 1000000 4k", "-c", "discard 0 64k").ExitCode, Is.Zero);
         string flat = dir.File("flat.raw");
         Assert.That(Bcow.Run("flatten", path, flat).ExitCode, Is.Zero);

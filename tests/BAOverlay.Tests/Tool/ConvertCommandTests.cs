@@ -9,10 +9,7 @@ public class ConvertCommandTests
     public void BCowToRawHoldsTheMergedContentAndIsSparseWhereItIsZeros()
     {
         using var dir = new TempDir();
-        string lower = dir.File("big.img");
-        string path = dir.File("x.bcow");
-        ToolFiles.MakeLower(lower);
-        Assert.That(Bcow.Run("create", "--lower", lower, path).ExitCode, Is.Zero);
+        string path = ToolFiles.MakePair(dir, out string lower);
         BcowResult written = Bcow.Run("io", path, "-c", "write -P 0x5a 1000000 4k", "-c", "discard 0 64k", "-c", "write -P 0x11 40M 64k");
         Assert.That(written.ExitCode, Is.Zero, written.ToString());
 
@@ -158,10 +155,7 @@ public class ConvertCommandTests
     public void ConvertingOntoTheInputOrALowerFileIsRefused()
     {
         using var dir = new TempDir();
-        string lower = dir.File("big.img");
-        string path = dir.File("x.bcow");
-        ToolFiles.MakeLower(lower);
-        Assert.That(Bcow.Run("create", "--lower", lower, path).ExitCode, Is.Zero);
+        string path = ToolFiles.MakePair(dir, out string lower);
         byte[] before = File.ReadAllBytes(path);
 
         BcowResult onInput = Bcow.Run("convert", path, path);

@@ -29,10 +29,7 @@ public class FlattenCommandTests
     public void AnExistingOutputIsReplacedOnlyOnSuccess()
     {
         using var dir = new TempDir();
-        string lower = dir.File("big.img");
-        string path = dir.File("x.bcow");
-        ToolFiles.MakeLower(lower);
-        Assert.That(Bcow.Run("create", "--lower", lower, path).ExitCode, Is.Zero);
+        string path = ToolFiles.MakePair(dir, out string lower);
         string flat = dir.File("flat");
         File.WriteAllText(flat, "precious");
 
@@ -122,10 +119,7 @@ public class FlattenCommandTests
     public void FlatteningOntoTheInputOrItsLowerFileIsRefused()
     {
         using var dir = new TempDir();
-        string lower = dir.File("big.img");
-        string path = dir.File("x.bcow");
-        ToolFiles.MakeLower(lower);
-        Assert.That(Bcow.Run("create", "--lower", lower, path).ExitCode, Is.Zero);
+        string path = ToolFiles.MakePair(dir, out string lower);
         Assert.That(Bcow.Run("flatten", path, path).ExitCode, Is.EqualTo(1));
         BcowResult onLower = Bcow.Run("flatten", path, lower);
         Assert.That(onLower.ExitCode, Is.EqualTo(1));

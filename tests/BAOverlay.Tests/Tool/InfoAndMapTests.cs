@@ -41,10 +41,7 @@ public class InfoAndMapTests
     public void InfoWorksWithoutTheLowerFileAndChangesNothing()
     {
         using var dir = new TempDir();
-        string lower = dir.File("big.img");
-        string path = dir.File("x.bcow");
-        ToolFiles.MakeLower(lower);
-        Assert.That(Bcow.Run("create", "--lower", lower, path).ExitCode, Is.Zero);
+        string path = ToolFiles.MakePair(dir, out string lower);
         File.Delete(lower);
         byte[] before = File.ReadAllBytes(path);
         BcowResult result = Bcow.Run("info", path);

@@ -25,6 +25,17 @@ internal static class ToolFiles
         return content;
     }
 
+    /// <summary>A lower file <c>big.img</c> (<see cref="MakeLower"/>) and <c>x.bcow</c> made over it with
+    /// <c>bcow create</c>; returns the B-CoW file's path.</summary>
+    public static string MakePair(TempDir dir, out string lower)
+    {
+        lower = dir.File("big.img");
+        string path = dir.File("x.bcow");
+        MakeLower(lower);
+        Assert.That(Bcow.Run("create", "--lower", lower, path).ExitCode, Is.Zero);
+        return path;
+    }
+
     /// <summary>A standalone B-CoW file of <paramref name="size"/> bytes, made through the tool.</summary>
     public static string MakeStandalone(TempDir dir, string name = "s.bcow", string size = "1M", string blockSize = "4k")
     {
