@@ -68,6 +68,10 @@ internal sealed class OwnerMappingHandler(IFuseLowLevelHandler inner, uint? squa
 
     public override OverlayStat SetAttr(ulong ino, OverlaySetAttr change, ulong? handle, FuseContext context) => Squash(Inner.SetAttr(ino, change with { Uid = change.Uid is uint u ? Stored(u, uidMappings) : null, Gid = change.Gid is uint g ? Stored(g, gidMappings) : null }, handle, Stored(context)));
 
+    public override bool DropPrivileges(ulong ino, FuseContext context) =>
+        Inner.DropPrivileges(ino, Stored(context) with { Groups = context.Groups?.Select(g => Stored(g, gidMappings)).ToArray() });
+
+    /// <inheritdoc/>
     public override OverlayStat MakeNode(ulong parent, string name, uint mode, ulong rdev, FuseContext context) => Squash(Inner.MakeNode(parent, name, mode, rdev, Stored(context)));
 
     public override OverlayStat MakeDirectory(ulong parent, string name, uint mode, FuseContext context) => Squash(Inner.MakeDirectory(parent, name, mode, Stored(context)));

@@ -79,6 +79,12 @@ public abstract class DelegatingFuseHandler(IFuseLowLevelHandler inner) : IFuseL
     public virtual void Release(ulong ino, ulong handle) => Inner.Release(ino, handle);
 
     /// <inheritdoc/>
+    public virtual Microsoft.Win32.SafeHandles.SafeFileHandle? OpenPassthroughFile(ulong ino, ulong handle) => Inner.OpenPassthroughFile(ino, handle);
+
+    /// <inheritdoc/>
+    public virtual bool DropPrivileges(ulong ino, FuseContext context) => Inner.DropPrivileges(ino, context);
+
+    /// <inheritdoc/>
     public virtual void Fsync(ulong ino, ulong handle, bool dataOnly) => Inner.Fsync(ino, handle, dataOnly);
 
     /// <inheritdoc/>

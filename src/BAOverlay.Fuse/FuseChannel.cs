@@ -48,6 +48,8 @@ internal sealed unsafe class FuseChannel
     private int _exit;
     private int _result;
     private volatile bool _initialized;
+    private FusePassthrough? _passthrough;
+    private bool _killPrivilegesV2;
 
     public FuseChannel(FuseSession session, int fd)
     {
@@ -83,6 +85,12 @@ internal sealed unsafe class FuseChannel
     public void RequestExit() => Volatile.Write(ref _exit, 1);
 
     private bool Exiting => Volatile.Read(ref _exit) != 0;
+
+    /// <summary>Opens the kernel serves from a backing file now (passthrough; for tests and diagnostics).</summary>
+    public int PassthroughOpens => _passthrough?.PassthroughOpens ?? 0;
+
+    /// <summary>Opens the daemon serves now, counted while passthrough is in use (for tests and diagnostics).</summary>
+    public int ServedOpens => _passthrough?.ServedOpens ?? 0;
 
     private void StartWorker()
     {
@@ -178,7 +186,7 @@ internal sealed unsafe class FuseChannel
                 case FuseOpcode.FUSE_READ: ReadData(h, args, reply); break;
                 case FuseOpcode.FUSE_WRITE: WriteData(h, args); break;
                 case FuseOpcode.FUSE_FLUSH: _handler.Flush(h->nodeid, Read<fuse_flush_in>(args).fh); ReplyOk(h); break;
-                case FuseOpcode.FUSE_RELEASE: _handler.Release(h->nodeid, Read<fuse_release_in>(args).fh); ReplyOk(h); break;
+                case FuseOpcode.FUSE_RELEASE: ReleaseFile(h->nodeid, Read<fuse_release_in>(args).fh); ReplyOk(h); break;
                 case FuseOpcode.FUSE_FSYNC: Fsync(h, args); break;
                 case FuseOpcode.FUSE_OPENDIR: OpenDir(h); break;
                 case FuseOpcode.FUSE_READDIR: ReadDir(h, args, reply, plus: false); break;
@@ -245,6 +253,11 @@ internal sealed unsafe class FuseChannel
         var context = new FuseContext(h->uid, h->gid, (int)h->pid, umask);
         return _handler.WantsGroups ? context with { Groups = ProcessGroups.Of(h->pid) } : context;
     }
+
+    /// <summary>The caller with its supplementary groups, read from /proc whatever the handler wants: for the rare
+    /// requests that must know group membership (clearing set-group-ID).</summary>
+    private static FuseContext Caller(fuse_in_header* h) =>
+        new FuseContext(h->uid, h->gid, (int)h->pid, 0) { Groups = ProcessGroups.Of(h->pid) };
 
     // ------------------------------------------------------------------ replies
 
@@ -424,19 +437,40 @@ internal sealed unsafe class FuseChannel
         // only, unless lookups came in between): a listing brings each entry's attributes, so `ls -l`, `find` and
         // `tar c` need no LOOKUP per name. The cost, a lookup per listed name even for a plain `ls`, is what the
         // listing's caller nearly always pays next anyway.
-        ulong wanted = FUSE_ASYNC_READ | FUSE_PARALLEL_DIROPS | FUSE_AUTO_INVAL_DATA | FUSE_HANDLE_KILLPRIV | FUSE_ASYNC_DIO
+        // HANDLE_KILLPRIV_V2 where offered (Linux 5.11+): the kernel then says when a write, truncate or chown must
+        // clear set-user-ID, set-group-ID and capabilities, instead of asking for security.capability before every
+        // write. Passthrough (7.40) where the kernel will let this process register backing files, and not with the
+        // write-back cache, which the kernel does not combine with it.
+        ulong killPrivileges = (offered & FUSE_HANDLE_KILLPRIV_V2) != 0 ? FUSE_HANDLE_KILLPRIV_V2 : FUSE_HANDLE_KILLPRIV;
+        bool passthrough = _options.Passthrough && !_options.WritebackCache && init.minor >= PassthroughMinor
+            && (offered & FUSE_PASSTHROUGH) != 0 && FusePassthrough.Allowed();
+        ulong wanted = FUSE_ASYNC_READ | FUSE_PARALLEL_DIROPS | FUSE_AUTO_INVAL_DATA | killPrivileges | FUSE_ASYNC_DIO
             | FUSE_ATOMIC_O_TRUNC | FUSE_BIG_WRITES | FUSE_MAX_PAGES | FUSE_INIT_EXT
             | (_options.WritebackCache ? FUSE_WRITEBACK_CACHE : 0)
-            | (_options.ReaddirPlus ? FUSE_DO_READDIRPLUS : 0);
+            | (_options.ReaddirPlus ? FUSE_DO_READDIRPLUS : 0)
+            | (passthrough ? FUSE_PASSTHROUGH : 0);
         ulong want = wanted & offered;
         out_.minor = Math.Min(init.minor, FUSE_KERNEL_MINOR_VERSION);
+        if ((want & FUSE_PASSTHROUGH) != 0)
+        {
+            // Backing files may live on a file system stacked once (the kernel's FILESYSTEM_MAX_STACK_DEPTH is 2): this
+            // mount then counts as stacked once itself, so it can still be a lower layer of kernel overlayfs. A
+            // backing file on an overlayfs is refused (ELOOP) and served by the daemon.
+            out_.max_stack_depth = 1;
+            _passthrough = new FusePassthrough(_session, _fd);
+        }
+        _killPrivilegesV2 = (want & FUSE_HANDLE_KILLPRIV_V2) != 0;
         out_.flags = (uint)want;
         out_.flags2 = (uint)(want >> 32);
         out_.max_readahead = _options.MaxReadahead is uint readahead ? Math.Min(readahead, init.max_readahead) : init.max_readahead;
         out_.max_write = _maxWrite;
         out_.max_pages = (ushort)((_maxWrite - 1) / 4096 + 1);
         out_.time_gran = 1;
-        _session.OnInit(new FuseConnection(FUSE_KERNEL_VERSION, out_.minor, (uint)offered, (uint)want, out_.max_write, out_.max_readahead));
+        _session.OnInit(new FuseConnection(FUSE_KERNEL_VERSION, out_.minor, (uint)offered, (uint)want, out_.max_write, out_.max_readahead)
+        {
+            Passthrough = _passthrough is not null,
+            KillPrivilegesV2 = _killPrivilegesV2,
+        });
         _initialized = true;
         Reply(h, out_);
     }
@@ -526,6 +560,10 @@ internal sealed unsafe class FuseChannel
                 : (v & FATTR_MTIME) != 0 ? (long)a.mtime * 1_000_000_000L + a.mtimensec : null,
         };
         ulong? fh = (v & FATTR_FH) != 0 ? a.fh : null;
+        if ((v & FATTR_KILL_SUIDGID) != 0)
+        {
+            _handler.DropPrivileges(h->nodeid, Caller(h)); // a truncate by a caller without CAP_FSETID, or a chown
+        }
         ReplyAttr(h, _handler.SetAttr(h->nodeid, change, fh, Context(h, 0)));
     }
 
@@ -578,20 +616,30 @@ internal sealed unsafe class FuseChannel
     /// <summary>The open reply's flags. FOPEN_PARALLEL_DIRECT_WRITES always: direct writes (O_DIRECT) into one file
     /// from several threads or processes reach the handler together instead of one by one under the inode lock (the
     /// kernel still serializes a write that extends the file); the overlay's files take concurrent writes (B-CoW files
-    /// lock per block).</summary>
-    private uint OpenFlags(FuseOpenResult result) =>
-        (result.DirectIo ? FOPEN_DIRECT_IO : 0) | (result.KeepCache ? FOPEN_KEEP_CACHE : 0)
-        | (_options.ParallelDirectWrites ? FOPEN_PARALLEL_DIRECT_WRITES : 0);
+    /// lock per block). A passthrough open carries FOPEN_PASSTHROUGH alone: the kernel refuses the cache flags with it.</summary>
+    private uint OpenFlags(FuseOpenResult result, int backingId) =>
+        backingId > 0 ? FOPEN_PASSTHROUGH
+        : (result.DirectIo ? FOPEN_DIRECT_IO : 0) | (result.KeepCache ? FOPEN_KEEP_CACHE : 0)
+            | (_options.ParallelDirectWrites ? FOPEN_PARALLEL_DIRECT_WRITES : 0);
+
+    /// <summary>Whether the kernel serves this open from a backing file (its id), or the handler does (0).</summary>
+    private int Backing(ulong ino, ulong fh) =>
+        _passthrough?.Opened(ino, fh, () => _handler.OpenPassthroughFile(ino, fh)) ?? 0;
 
     private void Open(fuse_in_header* h, ReadOnlySpan<byte> args)
     {
         fuse_open_in a = Read<fuse_open_in>(args);
+        if ((a.open_flags & FUSE_OPEN_KILL_SUIDGID) != 0)
+        {
+            _handler.DropPrivileges(h->nodeid, Caller(h)); // an O_TRUNC open by a caller without CAP_FSETID
+        }
         FuseOpenResult result = _handler.Open(h->nodeid, (int)a.flags, Context(h, 0));
         ulong ino = h->nodeid;
-        if (!Reply(h, new fuse_open_out { fh = result.Handle, open_flags = OpenFlags(result) }))
+        int backing = Backing(ino, result.Handle);
+        if (!Reply(h, new fuse_open_out { fh = result.Handle, open_flags = OpenFlags(result, backing), backing_id = backing }))
         {
             // The open was interrupted: the kernel will never release this handle.
-            AfterLostReply(FuseOpcode.FUSE_OPEN, () => _handler.Release(ino, result.Handle));
+            AfterLostReply(FuseOpcode.FUSE_OPEN, () => ReleaseFile(ino, result.Handle));
         }
     }
 
@@ -599,14 +647,31 @@ internal sealed unsafe class FuseChannel
     {
         fuse_create_in a = Read<fuse_create_in>(args);
         (OverlayStat stat, FuseOpenResult result) = _handler.Create(h->nodeid, Name(args[sizeof(fuse_create_in)..]), a.mode, (int)a.flags, Context(h, a.umask));
-        var pair = new CreateOut { entry = Entry(stat), open = new fuse_open_out { fh = result.Handle, open_flags = OpenFlags(result) } };
+        int backing = Backing(stat.Ino, result.Handle);
+        var pair = new CreateOut
+        {
+            entry = Entry(stat),
+            open = new fuse_open_out { fh = result.Handle, open_flags = OpenFlags(result, backing), backing_id = backing },
+        };
         if (!Reply(h, pair))
         {
             AfterLostReply(FuseOpcode.FUSE_CREATE, () =>
             {
-                _handler.Release(stat.Ino, result.Handle);
+                ReleaseFile(stat.Ino, result.Handle);
                 _handler.Forget(stat.Ino, 1);
             });
+        }
+    }
+
+    private void ReleaseFile(ulong ino, ulong fh)
+    {
+        try
+        {
+            _handler.Release(ino, fh);
+        }
+        finally
+        {
+            _passthrough?.Released(ino, fh);
         }
     }
 
@@ -634,6 +699,10 @@ internal sealed unsafe class FuseChannel
         if ((uint)data.Length < a.size)
         {
             throw new OverlayException(OverlayErrno.EINVAL, $"write of {a.size} bytes with {data.Length} in the request");
+        }
+        if ((a.write_flags & FUSE_WRITE_KILL_SUIDGID) != 0 && _handler.DropPrivileges(h->nodeid, Caller(h)))
+        {
+            _session.InvalidateInode(h->nodeid, -1, 0); // the mode the kernel holds lost its set-id bits
         }
         int n = _handler.Write(h->nodeid, a.fh, data[..(int)a.size], (long)a.offset);
         Reply(h, new fuse_write_out { size = (uint)n });

@@ -30,6 +30,15 @@ public sealed record FuseConnection(uint Major, uint Minor, uint Capable, uint W
     /// <summary>FUSE_CAP_WRITEBACK_CACHE is in use.</summary>
     public bool WritebackCache => (Want & Interop.FuseCallbacks.FUSE_CAP_WRITEBACK_CACHE) != 0;
 
+    /// <summary>FUSE passthrough was granted: files the handler names are read and written by the kernel itself
+    /// (<see cref="IFuseLowLevelHandler.OpenPassthroughFile"/>).</summary>
+    public bool Passthrough { get; init; }
+
+    /// <summary>FUSE_HANDLE_KILLPRIV_V2 is in use: the kernel asks the handler to clear set-user-ID, set-group-ID and
+    /// capabilities (<see cref="IFuseLowLevelHandler.DropPrivileges"/>) instead of asking for
+    /// <c>security.capability</c> before every write.</summary>
+    public bool KillPrivilegesV2 { get; init; }
+
     /// <summary>FUSE_CAP_AUTO_INVAL_DATA is in use: the kernel drops cached data when a file's size or mtime changes.</summary>
     public bool AutoInvalidateData => (Want & Interop.FuseCallbacks.FUSE_CAP_AUTO_INVAL_DATA) != 0;
 }

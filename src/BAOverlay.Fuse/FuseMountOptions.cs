@@ -68,6 +68,14 @@ public sealed record FuseMountOptions
     /// </summary>
     public bool ParallelDirectWrites { get; init; } = true;
 
+    /// <summary>
+    /// Ask for FUSE passthrough (Linux 6.9+, protocol 7.40; the session's own protocol layer only; default on): the
+    /// kernel then reads and writes the files the handler names (<see cref="IFuseLowLevelHandler.OpenPassthroughFile"/>)
+    /// itself, at the speed of the file system below. Asked only where the kernel allows it: with CAP_SYS_ADMIN in the
+    /// initial user namespace (not rootless) and without <see cref="WritebackCache"/>, which it excludes.
+    /// </summary>
+    public bool Passthrough { get; init; } = true;
+
     /// <summary>Request tracing on standard error (libfuse's <c>-d</c>).</summary>
     public bool Debug { get; init; }
 

@@ -110,6 +110,12 @@ public sealed unsafe class FuseSession : IDisposable
     /// <summary>What the kernel and the session agreed at init (protocol, capabilities, limits), once the kernel has sent it.</summary>
     public FuseConnection? Connection { get; private set; }
 
+    /// <summary>Opens the kernel now serves from a backing file (FUSE passthrough); for tests and diagnostics.</summary>
+    internal int PassthroughOpens => _channel?.PassthroughOpens ?? 0;
+
+    /// <summary>Opens the daemon serves now, counted while passthrough is in use; for tests and diagnostics.</summary>
+    internal int ServedOpens => _channel?.ServedOpens ?? 0;
+
     /// <summary>The libfuse library opened and every <c>symbol@version</c> resolved, for diagnostics.</summary>
     public static IReadOnlyList<string> ResolvedSymbols
     {

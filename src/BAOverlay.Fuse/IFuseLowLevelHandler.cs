@@ -81,6 +81,24 @@ public interface IFuseLowLevelHandler
     /// <summary>release: the last close of an open file.</summary>
     void Release(ulong ino, ulong handle);
 
+    /// <summary>
+    /// FUSE passthrough: a descriptor of the file that holds the bytes of open file <paramref name="handle"/>, open for
+    /// reading and writing, when the kernel may serve its reads, writes and mappings directly from it instead of
+    /// sending them here; null (the default) to serve them. Asked only when the kernel granted passthrough and only
+    /// for the first of the concurrent opens of <paramref name="ino"/> (the kernel takes one backing file per inode:
+    /// the later opens share it); never for an inode some open of which is served. The caller closes it.
+    /// </summary>
+    Microsoft.Win32.SafeHandles.SafeFileHandle? OpenPassthroughFile(ulong ino, ulong handle) => null;
+
+    /// <summary>
+    /// FUSE_HANDLE_KILLPRIV_V2: the kernel leaves to the file system what a write, truncate or change of owner by a
+    /// caller without CAP_FSETID does to a regular file's privileges (set-user-ID, set-group-ID with group execute,
+    /// <c>security.capability</c>), and calls this first when that is due; <paramref name="context"/> carries the
+    /// caller's groups (set-group-ID without group execute goes only for a caller outside the file's group). Returns
+    /// true when the attributes changed. Default: nothing is cleared.
+    /// </summary>
+    bool DropPrivileges(ulong ino, FuseContext context) => false;
+
     /// <summary>fsync.</summary>
     void Fsync(ulong ino, ulong handle, bool dataOnly);
 

@@ -312,6 +312,25 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
         }
     }
 
+    /// <summary>Whole upper files pass through (see <see cref="OverlayHandle.OpenPassthroughFile"/>) unless
+    /// <see cref="Passthrough"/> is off.</summary>
+    public Microsoft.Win32.SafeHandles.SafeFileHandle? OpenPassthroughFile(ulong ino, ulong handle) =>
+        Passthrough ? File(handle).OpenPassthroughFile() : null;
+
+    /// <summary>
+    /// Let the kernel serve reads and writes of whole upper files itself (FUSE passthrough) when the session was
+    /// granted it; default true. B-CoW files, lower files and set-user-ID or set-group-ID files are served here either
+    /// way.
+    /// </summary>
+    public bool Passthrough { get; init; } = true;
+
+    /// <inheritdoc/>
+    public bool DropPrivileges(ulong ino, FuseContext context)
+    {
+        using Serving serving = Serve();
+        return _fileSystem.DropPrivileges(ino, Caller(context));
+    }
+
     /// <inheritdoc/>
     public void Fsync(ulong ino, ulong handle, bool dataOnly) => File(handle).Fsync();
 

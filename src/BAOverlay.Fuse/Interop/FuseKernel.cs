@@ -66,9 +66,13 @@ internal static class FuseKernel
     /// <summary>FUSE_KERNEL_VERSION: the major version this channel speaks.</summary>
     public const uint FUSE_KERNEL_VERSION = 7;
 
-    /// <summary>The minor version this channel offers: 7.38 (Linux 6.2), the newest whose every message this code
-    /// handles. The kernel answers with the lower of its own and this.</summary>
-    public const uint FUSE_KERNEL_MINOR_VERSION = 38;
+    /// <summary>The minor version this channel offers: 7.40 (Linux 6.9: passthrough), the newest whose every message
+    /// this code handles (7.39's STATX is answered ENOSYS, which the kernel remembers). The kernel answers with the
+    /// lower of its own and this.</summary>
+    public const uint FUSE_KERNEL_MINOR_VERSION = 40;
+
+    /// <summary>The first minor with FUSE_PASSTHROUGH, fuse_open_out.backing_id and fuse_init_out.max_stack_depth.</summary>
+    public const uint PassthroughMinor = 40;
 
     /// <summary>The oldest minor this channel accepts: 7.31 (Linux 5.4, max_pages and the 64-byte init reply).</summary>
     public const uint MinimumMinor = 31;
@@ -125,6 +129,15 @@ internal static class FuseKernel
     public const uint FOPEN_STREAM = 1 << 4;
     public const uint FOPEN_NOFLUSH = 1 << 5;
     public const uint FOPEN_PARALLEL_DIRECT_WRITES = 1 << 6;
+    public const uint FOPEN_PASSTHROUGH = 1 << 7; // 7.40
+
+    // ioctls on /dev/fuse (7.40): _IOW(FUSE_DEV_IOC_MAGIC = 229, 1, struct fuse_backing_map) and _IOW(229, 2, uint32_t)
+    public const uint FUSE_DEV_IOC_BACKING_OPEN = (1u << 30) | (16u << 16) | (229u << 8) | 1;
+    public const uint FUSE_DEV_IOC_BACKING_CLOSE = (1u << 30) | (4u << 16) | (229u << 8) | 2;
+
+    // fuse_write_in.write_flags, fuse_open_in.open_flags (7.33, FUSE_HANDLE_KILLPRIV_V2)
+    public const uint FUSE_WRITE_KILL_SUIDGID = 1 << 2;
+    public const uint FUSE_OPEN_KILL_SUIDGID = 1 << 0;
 
     // fuse_setattr_in.valid
     public const uint FATTR_MODE = 1 << 0;
@@ -136,6 +149,7 @@ internal static class FuseKernel
     public const uint FATTR_FH = 1 << 6;
     public const uint FATTR_ATIME_NOW = 1 << 7;
     public const uint FATTR_MTIME_NOW = 1 << 8;
+    public const uint FATTR_KILL_SUIDGID = 1 << 11; // 7.33
 
     /// <summary>FUSE_GETATTR_FH: fuse_getattr_in.fh is valid.</summary>
     public const uint FUSE_GETATTR_FH = 1 << 0;
@@ -208,7 +222,8 @@ internal unsafe struct fuse_init_out
     public ushort max_pages;
     public ushort map_alignment;
     public uint flags2;
-    public fixed uint unused[7];
+    public uint max_stack_depth; // 7.40 (FUSE_PASSTHROUGH); the first of 7.38's unused words
+    public fixed uint unused[6];
 }
 
 /// <summary>struct fuse_attr.</summary>
@@ -345,7 +360,16 @@ internal struct fuse_open_out
 {
     public ulong fh;
     public uint open_flags;
-    public uint padding; // backing_id since 7.40 (FUSE_PASSTHROUGH)
+    public int backing_id; // 7.40 (FUSE_PASSTHROUGH); "padding" before
+}
+
+/// <summary>struct fuse_backing_map (7.40): the argument of FUSE_DEV_IOC_BACKING_OPEN.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct fuse_backing_map
+{
+    public int fd;
+    public uint flags;
+    public ulong padding;
 }
 
 /// <summary>struct fuse_release_in: release and releasedir.</summary>

@@ -45,6 +45,9 @@ internal static unsafe partial class LibC
     public const int ENODEV = 19;
     public const int EACCES = 13;
     public const int EINVAL = 22;
+    public const int ENOTTY = 25;
+    public const int ELOOP = 40;
+    public const int EOPNOTSUPP = 95;
 
     // void *dlvsym(void *handle, const char *symbol, const char *version);
     // (in libc.so.6 since glibc 2.34; older glibc has it in libdl.so.2 only, see DlvSym below)
@@ -113,6 +116,10 @@ internal static unsafe partial class LibC
     // int ioctl(int fd, unsigned long request, ...);  (called without a third argument)
     [LibraryImport(Library, EntryPoint = "ioctl", SetLastError = true)]
     public static partial int ioctl(int fd, nuint request);
+
+    // int ioctl(int fd, unsigned long request, void *argp);  (FUSE_DEV_IOC_BACKING_OPEN / _CLOSE)
+    [LibraryImport(Library, EntryPoint = "ioctl", SetLastError = true)]
+    public static partial int ioctl(int fd, nuint request, void* argp);
 
     // uid_t geteuid(void);
     [LibraryImport(Library, EntryPoint = "geteuid")]

@@ -1645,6 +1645,17 @@ public sealed partial class OverlayFileSystem : IDisposable
     /// <returns>False when the inode number could not be kept (logged).</returns>
     private bool CopyMetadata(string from, string to, in Stat st, uint type, ulong ino, string origin, string described)
     {
+        // The owner first: chown(2) drops security.capability (and set-id bits, which the chmod below restores), so the
+        // attributes are copied after it, as kernel overlayfs keeps a file's capabilities across copy-up.
+        if (Syscall.lchown(to, st.st_uid, st.st_gid) != 0)
+        {
+            // EINVAL as root of a user namespace when the owner is outside its id map (shown as the overflow id)
+            Errno errno = Stdlib.GetLastError(); // before geteuid overwrites it
+            if (IsPrivileged)
+            {
+                throw new OverlayException(errno, $"{described}: chown for copy-up: {Stdlib.strerror(errno)}");
+            }
+        }
         if (Syscall.llistxattr(from, out string[] names) >= 0)
         {
             foreach (string name in names)
@@ -1665,15 +1676,6 @@ public sealed partial class OverlayFileSystem : IDisposable
             {
                 _log($"{described}: cannot keep the inode number across copy-up: {Stdlib.strerror(errno)}");
                 keptIno = false;
-            }
-        }
-        if (Syscall.lchown(to, st.st_uid, st.st_gid) != 0)
-        {
-            // EINVAL as root of a user namespace when the owner is outside its id map (shown as the overflow id)
-            Errno errno = Stdlib.GetLastError(); // before geteuid overwrites it
-            if (IsPrivileged)
-            {
-                throw new OverlayException(errno, $"{described}: chown for copy-up: {Stdlib.strerror(errno)}");
             }
         }
         if (type != S_IFLNK && Syscall.chmod(to, (FilePermissions)((uint)st.st_mode & 0xFFF)) != 0)

@@ -53,6 +53,15 @@ public sealed class OverlayHandle : IDisposable
         }
     }
 
+    /// <summary>
+    /// For a kernel that can serve a file's reads and writes itself (FUSE passthrough): the file holding this open
+    /// file's bytes, opened again for reading and writing, when that is a whole regular file of the upper layer with
+    /// neither set-user-ID nor set-group-ID; null otherwise (a B-CoW file, a lower file, a removed
+    /// one), and the overlay must serve it. Writes made through it are the file's writes: the overlay sees them, as the
+    /// kernel sees the overlay's. The caller owns the handle.
+    /// </summary>
+    public Microsoft.Win32.SafeHandles.SafeFileHandle? OpenPassthroughFile() => _fileSystem.OpenPassthroughFile(this);
+
     /// <summary>Makes every write through any handle of this file durable (<c>fsync</c>).</summary>
     public void Fsync() => _fileSystem.DataOf(this).Flush();
 

@@ -27,7 +27,7 @@ public sealed class FuseKernelLayoutTests
         typeof(fuse_setxattr_in), typeof(fuse_getxattr_in), typeof(fuse_getxattr_out), typeof(fuse_forget_in),
         typeof(fuse_batch_forget_in), typeof(fuse_forget_one), typeof(fuse_fallocate_in), typeof(fuse_lseek_in),
         typeof(fuse_lseek_out), typeof(fuse_dirent), typeof(fuse_direntplus), typeof(fuse_notify_inval_inode_out),
-        typeof(fuse_notify_inval_entry_out),
+        typeof(fuse_notify_inval_entry_out), typeof(fuse_backing_map),
     ];
 
     /// <summary>Constants and opcodes the installed header may predate: compared only from that protocol minor on.</summary>
@@ -39,13 +39,33 @@ public sealed class FuseKernelLayoutTests
         ["FUSE_PASSTHROUGH"] = 40,
         ["FUSE_NO_EXPORT_SUPPORT"] = 40,
         ["FUSE_HAS_RESEND"] = 40,
+        ["FOPEN_PASSTHROUGH"] = 40,
     };
 
-    /// <summary>Fields later headers renamed or reshaped (7.40: fuse_open_out.padding became backing_id, fuse_init_out's
-    /// unused words became max_stack_depth and more): compared only while the header still has the 7.38 shape.</summary>
+    /// <summary>Fields 7.40 gave names to (they were padding before): in an older header they are compared at the
+    /// offset of the field they took over, so the 7.40 layout is checked against the installed header either way.</summary>
+    private static readonly Dictionary<string, (int Minor, string Before)> NamedIn = new()
+    {
+        ["fuse_open_out backing_id"] = (40, "padding"),
+        ["fuse_init_out max_stack_depth"] = (40, "unused"),
+    };
+
+    /// <summary>What a header older than 7.40 lacks of passthrough, as Linux 6.9's include/uapi/linux/fuse.h declares
+    /// it, so the program still checks the ioctl numbers' arithmetic and the struct's layout.</summary>
+    private const string Before740 = """
+        #if FUSE_KERNEL_MINOR_VERSION < 40
+        #include <stdint.h>
+        #include <sys/ioctl.h>
+        struct fuse_backing_map { int32_t fd; uint32_t flags; uint64_t padding; };
+        #define FUSE_DEV_IOC_BACKING_OPEN _IOW(FUSE_DEV_IOC_MAGIC, 1, struct fuse_backing_map)
+        #define FUSE_DEV_IOC_BACKING_CLOSE _IOW(FUSE_DEV_IOC_MAGIC, 2, uint32_t)
+        #endif
+        """;
+
+    /// <summary>Fields whose 7.40 shape differs from 7.38's (fuse_init_out's unused words start after max_stack_depth):
+    /// compared only against a header of that minor or newer.</summary>
     private static readonly Dictionary<string, int> ChangedIn = new()
     {
-        ["fuse_open_out padding"] = 40,
         ["fuse_init_out unused"] = 40,
     };
 
@@ -77,7 +97,7 @@ public sealed class FuseKernelLayoutTests
                 string key = $"offsetof {name} {field}";
                 if (!native.ContainsKey(key) && ChangedIn.ContainsKey($"{name} {field}"))
                 {
-                    continue; // the installed header is newer than the shape declared here
+                    continue; // the installed header is older than the shape declared here
                 }
                 Assert.That(native.ContainsKey(key), Is.True, $"struct {name} has a field {field}");
                 Assert.That((long)Marshal.OffsetOf(managed, field), Is.EqualTo(native[key]), $"offsetof(struct {name}, {field})");
@@ -104,8 +124,8 @@ public sealed class FuseKernelLayoutTests
             }
         });
         Assert.That(checkedCount, Is.GreaterThan(60), "the constants were found and compared");
-        Assert.That(native["const FUSE_KERNEL_MINOR_VERSION"], Is.GreaterThanOrEqualTo((long)FuseKernel.FUSE_KERNEL_MINOR_VERSION),
-            "the header is at least as new as the protocol the channel offers (else the layouts above were not all checked)");
+        Assert.That(native["const FUSE_KERNEL_MINOR_VERSION"], Is.GreaterThanOrEqualTo(38L),
+            "the header has at least 7.38's layouts (the newer fields are checked at the positions they took over)");
     }
 
     private static long SizeOf(Type type) =>
@@ -121,6 +141,7 @@ public sealed class FuseKernelLayoutTests
         c.AppendLine("#include <linux/fuse.h>");
         c.AppendLine("#include <stddef.h>");
         c.AppendLine("#include <stdio.h>");
+        c.AppendLine(Before740);
         c.AppendLine("int main(void) {");
         foreach (Type t in Structs)
         {
@@ -128,8 +149,14 @@ public sealed class FuseKernelLayoutTests
             foreach (string field in Fields(t))
             {
                 string line = $"  printf(\"offsetof {t.Name} {field} %zu\\n\", offsetof(struct {t.Name}, {field}));";
+                if (NamedIn.TryGetValue($"{t.Name} {field}", out (int Minor, string Before) named))
+                {
+                    string before = $"  printf(\"offsetof {t.Name} {field} %zu\\n\", offsetof(struct {t.Name}, {named.Before}));";
+                    c.AppendLine($"#if FUSE_KERNEL_MINOR_VERSION >= {named.Minor}\n{line}\n#else\n{before}\n#endif");
+                    continue;
+                }
                 c.AppendLine(ChangedIn.TryGetValue($"{t.Name} {field}", out int minor)
-                    ? $"#if FUSE_KERNEL_MINOR_VERSION < {minor}\n{line}\n#endif" : line);
+                    ? $"#if FUSE_KERNEL_MINOR_VERSION >= {minor}\n{line}\n#endif" : line);
             }
         }
         c.AppendLine("  printf(\"const FUSE_KERNEL_MINOR_VERSION %lld\\n\", (long long)FUSE_KERNEL_MINOR_VERSION);");
