@@ -57,6 +57,12 @@ internal sealed class CommandLine
     public bool AllowOther { get; private set; }
     public bool DefaultPermissions { get; private set; } = true;
     public bool Writeback { get; private set; } = true;
+
+    /// <summary>passthrough: let the kernel serve whole upper files itself (FUSE passthrough); needs writeback off.</summary>
+    public bool Passthrough { get; private set; } = true;
+
+    /// <summary>close_delay: seconds a written B-CoW file stays open after its last close before its durable commit.</summary>
+    public double CloseDelay { get; private set; } = 5;
     public bool KeepCache { get; private set; } = true;
 
     /// <summary>entry_timeout / timeout: how long the kernel keeps a name, in seconds.</summary>
@@ -353,6 +359,15 @@ internal sealed class CommandLine
                 return;
             case ("writeback", "1" or "0"):
                 Writeback = value == "1";
+                return;
+            case ("passthrough", null):
+                Passthrough = true;
+                return;
+            case ("passthrough", "1" or "0"):
+                Passthrough = value == "1";
+                return;
+            case ("close_delay", not null):
+                CloseDelay = ParseSeconds(option, value);
                 return;
             case ("squash_to_root", null):
                 SquashToRoot = true;

@@ -51,6 +51,11 @@ internal static class Program
             default_permissions    the kernel checks permissions from the mode bits (always on)
             auto_unmount           a watcher process unmounts (lazily) if baoverlayfs dies
             writeback[=1|0]        the kernel's write-back cache (default on, as fuse-overlayfs)
+            passthrough[=1|0]      the kernel reads and writes whole upper files itself (FUSE passthrough,
+                                   Linux 6.9+, root only; default on, but the kernel grants it only with
+                                   writeback=0)
+            close_delay=S          seconds a written B-CoW file stays open after its last close; its durable
+                                   commit (two fsyncs) happens then, not in close(2) (default 5; 0: at close)
             keep_cache=1|0         keep a file's cached pages from one open to the next (default 1)
             max_write=N            largest write request in bytes (default 131072; libfuse's own is 1 MiB)
             max_readahead=N        most bytes the kernel reads ahead (default: the kernel's, 128 KiB)
@@ -186,6 +191,7 @@ internal static class Program
                 LowerDirectories = line.LowerDirectories,
                 UpperDirectory = line.UpperDirectory,
                 WorkDirectory = line.WorkDirectory,
+                CloseDelay = TimeSpan.FromSeconds(line.CloseDelay),
             });
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or FuseUnavailableException or OverlayException)
@@ -208,6 +214,7 @@ internal static class Program
             NoExec = line.NoExec,
             NoAtime = line.NoAtime,
             WritebackCache = line.Writeback,
+            Passthrough = line.Passthrough,
             MaxWrite = line.MaxWrite,
             MaxReadahead = line.MaxReadahead,
             Debug = line.Debug,

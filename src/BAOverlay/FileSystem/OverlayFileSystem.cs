@@ -190,7 +190,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             if (_nodes.TryGetValue(ino, out OverlayNode? node))
             {
                 node.Lookups -= (long)Math.Min(count, (ulong)node.Lookups);
-                if (node.Lookups == 0 && node.OpenHandles == 0)
+                if (node.Lookups == 0 && node.OpenHandles == 0 && node.Data is null)
                 {
                     _nodes.Remove(ino);
                     if (node.Parent is { } p && p.Children.TryGetValue(node.Name, out OverlayNode? mapped) && mapped == node)
@@ -778,38 +778,116 @@ public sealed partial class OverlayFileSystem : IDisposable
             {
                 return;
             }
-            // The node lets go of its data before closing it: when the close fails (a B-CoW commit meeting ENOSPC),
-            // the next open must start again from what is on disk, not find a disposed file.
-            NodeData? data = node.Data;
-            node.Data = null;
-            node.ClosedBCowSize = null; // read again from the header just committed
-            NodeData[] retired = [.. node.Retired];
-            node.Retired.Clear();
-            if (node.Lookups == 0 && node.Ino != RootIno)
+            if (_options.CloseDelay > TimeSpan.Zero && node.Data is NodeData.BCow { CanWrite: true } && !_disposed)
             {
-                _nodes.Remove(node.Ino);
+                // Kept open (OverlayOptions.CloseDelay): the release costs no commit; the read-only views kept for
+                // handles opened before a copy-up have no commit to make and close now.
+                node.CloseDue = DateTime.UtcNow + _options.CloseDelay;
+                _idle.Add(node);
+                _idleTimer ??= new Timer(static state => ((OverlayFileSystem)state!).CloseIdleFiles(dueOnly: true), this, Timeout.Infinite, Timeout.Infinite);
+                TimeSpan period = TimeSpan.FromMilliseconds(Math.Max(50, _options.CloseDelay.TotalMilliseconds / 2));
+                _idleTimer.Change(period, period);
+                NodeData[] views = [.. node.Retired];
+                node.Retired.Clear();
+                DisposeAll(node, views);
+                if (_idle.Count > MaxIdleFiles)
+                {
+                    CloseLocked(_idle.MinBy(n => n.CloseDue)!); // too many kept: the oldest goes now
+                }
+                return;
             }
-            Exception? failure = null;
-            foreach (NodeData? closing in retired.Prepend(data))
+            CloseLocked(node);
+        }
+        finally
+        {
+            _lock.ExitWriteLock();
+        }
+    }
+
+    /// <summary>The most B-CoW files kept open after their last release (each holds a descriptor and its map).</summary>
+    private const int MaxIdleFiles = 256;
+
+    private readonly HashSet<OverlayNode> _idle = [];
+    private Timer? _idleTimer;
+
+    /// <summary>
+    /// Commits durably and closes every B-CoW file kept open after its last release
+    /// (<see cref="OverlayOptions.CloseDelay"/>): what was written through them is durable when this returns. A
+    /// failure is logged, and the first one thrown once every file has been tried.
+    /// </summary>
+    /// <exception cref="OverlayException">A file could not be committed (ENOSPC, EIO).</exception>
+    public void CloseIdleFiles() => CloseIdleFiles(dueOnly: false);
+
+    private void CloseIdleFiles(bool dueOnly)
+    {
+        OverlayException? failure = null;
+        _lock.EnterWriteLock();
+        try
+        {
+            DateTime now = DateTime.UtcNow;
+            foreach (OverlayNode node in _idle.Where(n => !dueOnly || n.CloseDue <= now).ToList())
             {
                 try
                 {
-                    closing?.Dispose();
+                    CloseLocked(node);
                 }
-                catch (Exception e) when (e is IOException or BCowFormatException)
+                catch (OverlayException e)
                 {
-                    failure ??= e;
+                    failure ??= e; // logged by CloseLocked
                 }
             }
-            if (failure is not null)
+            if (_idle.Count == 0)
             {
-                _log($"{Describe(node)}: closing failed: {failure.Message}");
-                throw new OverlayException(OverlayException.ErrnoOf(failure, out _), $"{Describe(node)}: closing failed: {failure.Message}");
+                _idleTimer?.Change(Timeout.Infinite, Timeout.Infinite);
             }
         }
         finally
         {
             _lock.ExitWriteLock();
+        }
+        if (failure is not null && !dueOnly)
+        {
+            throw failure;
+        }
+    }
+
+    /// <summary>Closes the node's data (a B-CoW file commits durably), under the write lock.</summary>
+    private void CloseLocked(OverlayNode node)
+    {
+        _idle.Remove(node);
+        node.CloseDue = null;
+        // The node lets go of its data before closing it: when the close fails (a B-CoW commit meeting ENOSPC),
+        // the next open must start again from what is on disk, not find a disposed file.
+        NodeData? data = node.Data;
+        node.Data = null;
+        node.ClosedBCowSize = null; // read again from the header just committed
+        NodeData[] retired = [.. node.Retired];
+        node.Retired.Clear();
+        if (node.Lookups == 0 && node.OpenHandles == 0 && node.Ino != RootIno)
+        {
+            _nodes.Remove(node.Ino);
+        }
+        DisposeAll(node, data is null ? retired : [data, .. retired]);
+    }
+
+    private void DisposeAll(OverlayNode node, NodeData[] closing)
+    {
+        Exception? failure = null;
+        foreach (NodeData one in closing)
+        {
+            try
+            {
+                one.Dispose();
+            }
+            catch (Exception e) when (e is IOException or BCowFormatException)
+            {
+                failure ??= e;
+            }
+        }
+        if (failure is not null)
+        {
+            _log($"{Describe(node)}: closing failed: {failure.Message}");
+            throw new OverlayException(OverlayException.ErrnoOf(failure, out _), $"{Describe(node)}: closing failed: {failure.Message}");
         }
     }
 
@@ -824,6 +902,8 @@ public sealed partial class OverlayFileSystem : IDisposable
                 return;
             }
             _disposed = true;
+            _idleTimer?.Dispose();
+            _idle.Clear();
             _layers.Dispose();
             foreach (OverlayNode node in _nodes.Values)
             {
@@ -1720,6 +1800,11 @@ public sealed partial class OverlayFileSystem : IDisposable
             OnChanged(node.Ino, 0, 0);
         }
         node.ClosedBCowSize = null; // while open, the open file answers; after, its header may say another size
+        if (node.CloseDue is not null)
+        {
+            node.CloseDue = null; // kept open since its last release: in use again
+            _idle.Remove(node);
+        }
         node.OpenHandles++;
         StatOf(node); // remembered for fstat after an unlink
         return new OverlayHandle(this, node, write);

@@ -65,6 +65,10 @@ internal sealed class OverlayNode(ulong ino, OverlayNode? parent, string name, s
 
     public int OpenHandles { get; set; }
 
+    /// <summary>When its data, kept open after the last release (<see cref="OverlayOptions.CloseDelay"/>), is due to
+    /// be closed; null while handles are open or when nothing is kept.</summary>
+    public DateTime? CloseDue { get; set; }
+
     /// <summary>The names (directory node, name) under which lookups found this object when it has several (hard
     /// links in upper), or null. Checked when used: an entry may have been renamed or removed since.</summary>
     public List<(OverlayNode Directory, string Name)>? Aliases { get; set; }

@@ -23,6 +23,17 @@ public sealed record OverlayOptions
     /// </summary>
     public long BlockCopyUpThreshold { get; init; } = 1 << 20;
 
+    /// <summary>
+    /// How long a B-CoW file written through the overlay stays open after its last handle is released, before it is
+    /// committed durably and closed. Zero (the default) closes it at the release, as a caller that inspects the upper
+    /// layer right after expects; a mount sets a few seconds (baoverlayfs: 5 s), so that <c>close(2)</c> costs no
+    /// fsync, as on other file systems, and a file opened again soon finds its B-CoW file still open. Durability is
+    /// promised at <see cref="OverlayHandle.Fsync"/>, <see cref="OverlayFileSystem.CloseIdleFiles()"/> and
+    /// <see cref="OverlayFileSystem.Dispose"/>; a crash before the delayed close loses what was written since the
+    /// last of those, never the file's consistency (the B-CoW file is consistent at every write).
+    /// </summary>
+    public TimeSpan CloseDelay { get; init; }
+
     /// <summary>Block size of the B-CoW files made by copy-up. Default 64 KiB.</summary>
     public int BlockSize { get; init; } = 1 << Format.Layout.DefaultBlockSizeLog2;
 
