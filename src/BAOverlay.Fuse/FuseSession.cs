@@ -472,6 +472,7 @@ public sealed unsafe class FuseSession : IDisposable
         try
         {
             OverlayErrno mapped = OverlayException.ErrnoOf(e, out bool unexpected);
+            Handler.OnFailure(operation, e);
             if (unexpected)
             {
                 LogLine($"{operation}: {e.GetType().Name}: {e.Message} (answered {mapped}){Environment.NewLine}{e.StackTrace}");

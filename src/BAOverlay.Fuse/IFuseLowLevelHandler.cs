@@ -99,6 +99,12 @@ public interface IFuseLowLevelHandler
     /// </summary>
     bool DropPrivileges(ulong ino, FuseContext context) => false;
 
+    /// <summary>A request failed with <paramref name="exception"/> (answered with its errno just after): a handler
+    /// may look at it, e.g. to notice that its storage is failing. Must not throw. Default: nothing.</summary>
+    void OnFailure(string operation, Exception exception)
+    {
+    }
+
     /// <summary>fsync.</summary>
     void Fsync(ulong ino, ulong handle, bool dataOnly);
 

@@ -324,6 +324,31 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
     /// </summary>
     public bool Passthrough { get; init; } = true;
 
+    /// <summary>
+    /// A failed change (write, fsync, release, create, rename, ...) with EIO or EROFS may mean the upper layer's file
+    /// system failed: the overlay probes it and turns read-only if so (<see cref="OverlayFileSystem.CheckUpperAfter"/>).
+    /// Failed reads never probe: a lower layer on a network file system failing is no reason to stop writes.
+    /// </summary>
+    public void OnFailure(string operation, Exception exception)
+    {
+        if (operation is not ("read" or "lookup" or "getattr" or "readdir" or "readdirplus" or "opendir" or "readlink"
+            or "getxattr" or "listxattr" or "statfs" or "lseek" or "flush" or "releasedir" or "forget" or "batch_forget"))
+        {
+            try
+            {
+                _fileSystem.CheckUpperAfter(exception);
+            }
+            catch (Exception e)
+            {
+                _session?.LogLine($"checking the upper file system after a failed {operation}: {e.Message}");
+            }
+        }
+    }
+
+    /// <summary>The name under which the mount root answers <c>getxattr</c> with the overlay's state:
+    /// <c>getfattr -n user.baoverlay.status MOUNTPOINT</c> prints "healthy" or why it is read-only.</summary>
+    public const string StatusXattr = "user.baoverlay.status";
+
     /// <inheritdoc/>
     public bool DropPrivileges(ulong ino, FuseContext context)
     {
@@ -369,7 +394,14 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
     }
 
     /// <inheritdoc/>
-    public byte[]? GetXattr(ulong ino, string name, FuseContext context) => _fileSystem.TryGetXattr(ino, name, Checked(context));
+    public byte[]? GetXattr(ulong ino, string name, FuseContext context) =>
+        ino == OverlayFileSystem.RootIno && name == StatusXattr
+            ? System.Text.Encoding.UTF8.GetBytes(Status + "\n")
+            : _fileSystem.TryGetXattr(ino, name, Checked(context));
+
+    /// <summary>"healthy", or why the overlay is read-only (its upper file system failed), and any other state a
+    /// derived mount reports (see <see cref="StatusXattr"/>).</summary>
+    public string Status => _fileSystem.UpperFailure is { } failure ? "read-only: " + failure : "healthy";
 
     /// <inheritdoc/>
     public IReadOnlyList<string> ListXattrs(ulong ino, FuseContext context) => _fileSystem.ListXattrs(ino);

@@ -765,6 +765,10 @@ public sealed partial class OverlayFileSystem : IDisposable
         {
             throw new OverlayException(Errno.EBADF, $"{Describe(handle.Node)}: opened read-only");
         }
+        if (_upperFailure is { } failure)
+        {
+            throw new OverlayException(Errno.EROFS, failure);
+        }
         return DataOf(handle);
     }
 
@@ -1317,6 +1321,10 @@ public sealed partial class OverlayFileSystem : IDisposable
         if (_upper < 0)
         {
             throw new OverlayException(Errno.EROFS, "the overlay has no upper directory: read-only");
+        }
+        if (_upperFailure is { } failure)
+        {
+            throw new OverlayException(Errno.EROFS, failure);
         }
     }
 

@@ -36,7 +36,15 @@ public sealed class OverlayHandle : IDisposable
     /// <exception cref="OverlayException">EBADF when the handle is read-only.</exception>
     public void Write(ReadOnlySpan<byte> data, long offset)
     {
-        _fileSystem.WritableDataOf(this).Write(data, offset);
+        try
+        {
+            _fileSystem.WritableDataOf(this).Write(data, offset);
+        }
+        catch (Exception e)
+        {
+            _fileSystem.CheckUpperAfter(e); // a failing upper file system turns the overlay read-only
+            throw;
+        }
         _fileSystem.OnChanged(Ino, offset, data.Length);
     }
 
@@ -63,7 +71,18 @@ public sealed class OverlayHandle : IDisposable
     public Microsoft.Win32.SafeHandles.SafeFileHandle? OpenPassthroughFile() => _fileSystem.OpenPassthroughFile(this);
 
     /// <summary>Makes every write through any handle of this file durable (<c>fsync</c>).</summary>
-    public void Fsync() => _fileSystem.DataOf(this).Flush();
+    public void Fsync()
+    {
+        try
+        {
+            _fileSystem.DataOf(this).Flush();
+        }
+        catch (Exception e)
+        {
+            _fileSystem.CheckUpperAfter(e);
+            throw;
+        }
+    }
 
     /// <summary>
     /// fallocate: <see cref="OverlayAllocateMode.PunchHole"/> and <see cref="OverlayAllocateMode.ZeroRange"/> make the
