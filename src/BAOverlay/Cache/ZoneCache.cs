@@ -541,12 +541,13 @@ public sealed class ZoneCache : IDisposable
     private bool AdmitCore(CachedFile file, int zone, ReadOnlyMemory<byte> data, IBlockStorage remote)
     {
         double heat;
+        long overhead;
         lock (file.Gate)
         {
             heat = file.HeatOf(zone, Now(), _halfLife);
+            overhead = file.File is null ? FileOverhead(file.Size) : 0; // a new cache file's headers and root
         }
         long charge = ZoneCharge(data.Length);
-        long overhead = FileOverhead(file.Size);
         if (!Reserve(charge + overhead, heat))
         {
             return false;
@@ -562,12 +563,16 @@ public sealed class ZoneCache : IDisposable
                 }
                 if (file.File is null)
                 {
+                    if (overhead == 0)
+                    {
+                        return false; // its cache file was deleted since (its last zone evicted): not charged for a new one
+                    }
                     CreateCacheFile(file, zone, data, remote);
                     file.Charged += overhead;
                 }
                 else
                 {
-                    Unreserve(overhead);
+                    Unreserve(overhead); // another reader created it meanwhile
                 }
                 reserved = charge;
                 long start = file.ZoneStart(zone);
