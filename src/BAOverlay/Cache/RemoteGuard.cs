@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Collections.Concurrent;
 using System.Diagnostics;
 using BAOverlay.Storage;
 
@@ -23,7 +24,7 @@ public enum StoreState
 /// deadline, and a store that fails or does not answer is marked unreachable until a probe read succeeds.
 /// </summary>
 /// <remarks>
-/// <para>A read with a deadline runs on a thread pool thread into a buffer of its own; the caller waits for it at most
+/// <para>A read with a deadline runs on one of the guard's reader threads into a buffer of its own; the caller waits for it at most
 /// until the deadline, then gets an <see cref="IOException"/> carrying EIO while the read is left to finish on its
 /// thread (the caller's buffer is never written after the call returned). At most
 /// <see cref="ZoneCacheOptions.MaxRemoteReads"/> reads are in flight, stuck ones included, so a store that hangs for
@@ -41,6 +42,8 @@ internal sealed class RemoteGuard
     private readonly Action<string> _log;
     private readonly Action? _onChange;
     private readonly object _gate = new();
+    private readonly BlockingCollection<RemoteRead> _queue = new();
+    private int _workersStarted;
     private StoreState _state;
     private DateTimeOffset? _since;
     private string? _lastError;
@@ -136,7 +139,14 @@ internal sealed class RemoteGuard
             throw new IOException($"{remote.Name}: cannot read at {offset}: all {_maxReads} reads of the store allowed at once are still waiting for it to answer", EIO);
         }
         var read = new RemoteRead(this, remote, offset, length);
-        ThreadPool.UnsafeQueueUserWorkItem(read, preferLocal: false);
+        EnsureWorkers();
+        if (!TryQueue(read))
+        {
+            read.Release();
+            _slots.Release();
+            Abandoned(probe);
+            throw new ObjectDisposedException(nameof(ZoneCache), $"{remote.Name}: the cache is closed");
+        }
         TimeSpan left = _timeout - Stopwatch.GetElapsedTime(start);
         bool done;
         try
@@ -270,6 +280,7 @@ internal sealed class RemoteGuard
             {
                 _state = StoreState.Unreachable;
                 _since = DateTimeOffset.UtcNow;
+                _lastProbe = Stopwatch.GetTimestamp(); // the read that failed counts as the first probe
                 message = $"the store is unreachable ({error}): reads of cached zones go on, the others fail with EIO until it answers";
             }
         }
@@ -281,6 +292,45 @@ internal sealed class RemoteGuard
         return new IOException($"{name}: cannot read at {offset} from the store: {cause.Message}", EIO);
     }
 
+    /// <summary>
+    /// The threads that read the store: as many as there are slots, so a read that holds a slot always finds one free.
+    /// Not the thread pool: callers that block waiting (FUSE threads, tasks) could starve it, and a read queued behind
+    /// them would time out with the store answering fine.
+    /// </summary>
+    private void EnsureWorkers()
+    {
+        if (Volatile.Read(ref _workersStarted) != 0 || Interlocked.Exchange(ref _workersStarted, 1) != 0)
+        {
+            return;
+        }
+        for (int i = 0; i < _maxReads; i++)
+        {
+            new Thread(() =>
+            {
+                foreach (RemoteRead read in _queue.GetConsumingEnumerable())
+                {
+                    read.Execute();
+                }
+            })
+            { IsBackground = true, Name = "store reader" }.Start();
+        }
+    }
+
+    private bool TryQueue(RemoteRead read)
+    {
+        try
+        {
+            return _queue.TryAdd(read);
+        }
+        catch (InvalidOperationException)
+        {
+            return false; // stopped: the cache is closed
+        }
+    }
+
+    /// <summary>Lets the reader threads end (a stuck one once its read returns).</summary>
+    public void Stop() => _queue.CompleteAdding();
+
     private void LateCompletion(RemoteRead read)
     {
         lock (_gate)
@@ -291,11 +341,11 @@ internal sealed class RemoteGuard
     }
 
     /// <summary>
-    /// One read of the store on a pool thread, into its own pooled buffer. Whoever comes second of the waiter giving up
+    /// One read of the store on a reader thread, into its own pooled buffer. Whoever comes second of the waiter giving up
     /// (<see cref="TryAbandon"/>) and the read finishing cleans up: the waiter gets the result, or the finishing read
     /// returns the buffer and releases its slot itself.
     /// </summary>
-    internal sealed class RemoteRead(RemoteGuard guard, IBlockStorage remote, long offset, int length) : IThreadPoolWorkItem
+    internal sealed class RemoteRead(RemoteGuard guard, IBlockStorage remote, long offset, int length)
     {
         private const int Running = 0;
         private const int Done = 1;

@@ -403,6 +403,7 @@ public sealed class ZoneCache : IDisposable
         }
         CloseFiles(commit: true);
         _store.Dispose();
+        _guard.Stop();
     }
 
     /// <summary>What a killed process leaves: cache files closed without a commit, no heat written (crash tests).</summary>
@@ -411,6 +412,7 @@ public sealed class ZoneCache : IDisposable
         Interlocked.Exchange(ref _disposed, 1);
         CloseFiles(commit: false);
         _store.Dispose();
+        _guard.Stop();
     }
 
     internal RemoteGuard Guard => _guard;
