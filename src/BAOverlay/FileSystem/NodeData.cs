@@ -29,7 +29,7 @@ internal abstract class NodeData : IDisposable
 
     public abstract void Dispose();
 
-    public sealed class Plain(FileStorage storage) : NodeData
+    public sealed class Plain(IBlockStorage storage) : NodeData
     {
         public override bool CanWrite => storage.CanWrite;
 

@@ -1833,7 +1833,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                     // A layer that was an upper one: its B-CoW files read through their own lower files.
                     return new NodeData.BCow(OpenBCow(node, top, described, readOnly: true));
                 }
-                return new NodeData.Plain(OpenLowerFile(top, described));
+                return new NodeData.Plain(ThroughLowerCache(OpenLowerFile(top, described), layer, node.Layers[0].Path));
             }
             if (IsBCowFile(path))
             {

@@ -37,6 +37,18 @@ public sealed record OverlayOptions
     /// <summary>Block size of the B-CoW files made by copy-up. Default 64 KiB.</summary>
     public int BlockSize { get; init; } = 1 << Format.Layout.DefaultBlockSizeLog2;
 
+    /// <summary>
+    /// A host's hot-zone cache for lower layers kept in a remote store (docs/hot-zone-cache.md): reads of lower regular
+    /// files opened as they are go through it (keyed by the file's full path), so hot zones come from local media and a
+    /// store that stops answering fails reads promptly with EIO instead of hanging. The overlay does not dispose it.
+    /// Null (the default): no cache. Not yet applied to the lower file under a B-CoW file (copied-up files).
+    /// </summary>
+    public Cache.ZoneCache? LowerCache { get; init; }
+
+    /// <summary>Which lower directories (indexes into <see cref="LowerDirectories"/>) read through
+    /// <see cref="LowerCache"/>; null (the default): all of them.</summary>
+    public IReadOnlyList<int>? LowerCacheLayers { get; init; }
+
     /// <summary>Where to write one line per problem with a layer tree (a path that cannot be read, a corrupt B-CoW file). Default: standard error.</summary>
     public Action<string>? Log { get; init; }
 }

@@ -1,0 +1,224 @@
+using System.Buffers;
+using BAOverlay.Engine;
+using BAOverlay.Storage;
+
+namespace BAOverlay.Cache;
+
+/// <summary>
+/// A remote file read through a <see cref="ZoneCache"/> (one per open of the file: a reader): read-only; each read is
+/// split at zone boundaries, and each zone is read from the cache file when cached, else from the store under the
+/// deadline, or, when the reader's touch made it hot enough, fetched whole and admitted.
+/// </summary>
+/// <remarks>
+/// A reader adds heat to a zone once (its first read there), so a single scan, however many reads it makes, is one
+/// touch. A read of a cached zone that fails on the local disk is answered from the store (the cache file is set
+/// aside for the rest of the run): the cache may make a read slower, never wrong.
+/// </remarks>
+internal sealed class CachedLowerStorage : IBlockStorage
+{
+    private readonly ZoneCache _cache;
+    private readonly CachedFile? _file;
+    private readonly IBlockStorage _remote;
+    private readonly bool _ownsRemote;
+    private readonly HashSet<int> _touched = new();
+    private int _disposed;
+
+    public CachedLowerStorage(ZoneCache cache, CachedFile? file, IBlockStorage remote, bool ownsRemote)
+    {
+        _cache = cache;
+        _file = file;
+        _remote = remote;
+        _ownsRemote = ownsRemote;
+    }
+
+    public string Name => _remote.Name;
+
+    public bool CanWrite => false;
+
+    /// <summary>The size the remote file had when it was wrapped (files in the store do not change).</summary>
+    public long Length => _file?.Size ?? _remote.Length;
+
+    public unsafe int ReadAt(Span<byte> buffer, long offset)
+    {
+        fixed (byte* pointer = buffer)
+        {
+            PointerMemoryManager memory = PointerMemoryManager.Rent(pointer, buffer.Length);
+            try
+            {
+                return ReadCoreAsync(memory.Memory, offset, useAsync: false, CancellationToken.None).GetAwaiter().GetResult();
+            }
+            finally
+            {
+                PointerMemoryManager.Return(memory);
+            }
+        }
+    }
+
+    public ValueTask<int> ReadAtAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default) =>
+        ReadCoreAsync(buffer, offset, useAsync: true, cancellationToken);
+
+    private async ValueTask<int> ReadCoreAsync(Memory<byte> buffer, long offset, bool useAsync, CancellationToken cancellationToken)
+    {
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        if (_file is not { } file)
+        {
+            int n = await ReadRemoteAsync(buffer, offset, useAsync, cancellationToken).ConfigureAwait(false);
+            _cache.CountMiss(n);
+            return n;
+        }
+        if (offset >= file.Size || buffer.IsEmpty)
+        {
+            return 0;
+        }
+        int count = (int)Math.Min(buffer.Length, file.Size - offset);
+        int done = 0;
+        while (done < count)
+        {
+            long position = offset + done;
+            int zone = (int)(position >> file.ZoneLog2);
+            long zoneEnd = Math.Min(file.Size, (long)(zone + 1) << file.ZoneLog2);
+            int n = (int)Math.Min(count - done, zoneEnd - position);
+            Memory<byte> part = buffer.Slice(done, n);
+            switch (_cache.PlanRead(file, zone, FirstTouch(zone), out BCowFile? cacheFile))
+            {
+                case ZoneCache.Plan.Cached:
+                    if (!await TryReadCachedAsync(file, zone, cacheFile!, part, position, useAsync, cancellationToken).ConfigureAwait(false))
+                    {
+                        await ReadExactlyAsync(part, position, useAsync, cancellationToken).ConfigureAwait(false);
+                        _cache.CountMiss(n);
+                    }
+                    break;
+                case ZoneCache.Plan.Admit:
+                    await FetchAndAdmitAsync(file, zone, part, position, useAsync, cancellationToken).ConfigureAwait(false);
+                    _cache.CountMiss(n);
+                    break;
+                default:
+                    await ReadExactlyAsync(part, position, useAsync, cancellationToken).ConfigureAwait(false);
+                    _cache.CountMiss(n);
+                    break;
+            }
+            done += n;
+        }
+        return count;
+    }
+
+    /// <summary>Reads a pinned cached zone; false (the cache file set aside) when the local read fails.</summary>
+    private async ValueTask<bool> TryReadCachedAsync(CachedFile file, int zone, BCowFile cacheFile, Memory<byte> part, long position, bool useAsync, CancellationToken cancellationToken)
+    {
+        try
+        {
+            int read = useAsync
+                ? await cacheFile.ReadAtAsync(part, position, cancellationToken).ConfigureAwait(false)
+                : cacheFile.ReadAt(part.Span, position);
+            if (read != part.Length)
+            {
+                throw new IOException($"{cacheFile.Name}: {read} bytes read at {position}, {part.Length} expected");
+            }
+            _cache.CountHit(read);
+            return true;
+        }
+        catch (Exception e) when (e is IOException or BCowFormatException or ObjectDisposedException)
+        {
+            _cache.CacheReadFailed(file, e);
+            return false;
+        }
+        finally
+        {
+            ZoneCache.Unpin(file, zone);
+        }
+    }
+
+    /// <summary>Fetches the whole zone (one read of the store), answers the caller from it, and admits it.</summary>
+    private async ValueTask FetchAndAdmitAsync(CachedFile file, int zone, Memory<byte> part, long position, bool useAsync, CancellationToken cancellationToken)
+    {
+        long start = file.ZoneStart(zone);
+        int length = file.ZoneLength(zone);
+        byte[] zoneBytes = ArrayPool<byte>.Shared.Rent(length);
+        try
+        {
+            try
+            {
+                Memory<byte> whole = zoneBytes.AsMemory(0, length);
+                int n = await ReadRemoteAsync(whole, start, useAsync, cancellationToken).ConfigureAwait(false);
+                if (n < length)
+                {
+                    throw Truncated(start + n);
+                }
+            }
+            catch
+            {
+                ZoneCache.CancelAdmission(file, zone);
+                throw;
+            }
+            zoneBytes.AsSpan((int)(position - start), part.Length).CopyTo(part.Span);
+            _cache.Admit(file, zone, zoneBytes.AsMemory(0, length), _remote);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(zoneBytes);
+        }
+    }
+
+    private async ValueTask ReadExactlyAsync(Memory<byte> part, long position, bool useAsync, CancellationToken cancellationToken)
+    {
+        int n = await ReadRemoteAsync(part, position, useAsync, cancellationToken).ConfigureAwait(false);
+        if (n < part.Length)
+        {
+            throw Truncated(position + n);
+        }
+    }
+
+    private async ValueTask<int> ReadRemoteAsync(Memory<byte> destination, long position, bool useAsync, CancellationToken cancellationToken)
+    {
+        int n = useAsync
+            ? await _cache.Guard.ReadAsync(_remote, destination, position, cancellationToken).ConfigureAwait(false)
+            : _cache.Guard.Read(_remote, destination.Span, position);
+        _cache.CountFetched(n);
+        return n;
+    }
+
+    private IOException Truncated(long at) =>
+        new($"{_remote.Name}: the file in the store ends at {at}, before its size when opened ({_file!.Size}); files in the store must not change", 5);
+
+    /// <summary>True the first time this reader reads in <paramref name="zone"/>.</summary>
+    private bool FirstTouch(int zone)
+    {
+        lock (_touched)
+        {
+            return _touched.Add(zone);
+        }
+    }
+
+    public void WriteAt(ReadOnlySpan<byte> data, long offset) => throw ReadOnly();
+
+    public ValueTask WriteAtAsync(ReadOnlyMemory<byte> data, long offset, CancellationToken cancellationToken = default) => throw ReadOnly();
+
+    public void Flush()
+    {
+    }
+
+    public void SetLength(long length) => throw ReadOnly();
+
+    public void PunchHole(long offset, long length) => throw ReadOnly();
+
+    /// <summary>The modification time the cache knows the file by; no call to the store (which may not answer).</summary>
+    public (long MTimeNs, ulong Inode) GetIdentity() => _file is { } file ? (file.MTimeNs, 0) : _remote.GetIdentity();
+
+    /// <summary>All data: asking the store where its holes are could hang.</summary>
+    public IEnumerable<(long Offset, long Length)> GetDataRanges(long start, long end)
+    {
+        long stop = Math.Min(end, Length);
+        return stop > start ? [(start, stop - start)] : [];
+    }
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) == 0 && _ownsRemote)
+        {
+            _remote.Dispose();
+        }
+    }
+
+    private NotSupportedException ReadOnly() => new($"{_remote.Name}: a file of the store is read-only");
+}
