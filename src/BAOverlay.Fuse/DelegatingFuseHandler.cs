@@ -10,7 +10,7 @@ namespace BAOverlay.Fuse;
 public abstract class DelegatingFuseHandler(IFuseLowLevelHandler inner) : IFuseLowLevelHandler
 {
     /// <summary>The handler requests go to.</summary>
-    protected IFuseLowLevelHandler Inner { get; } = inner;
+    public IFuseLowLevelHandler Inner { get; } = inner;
 
     /// <inheritdoc/>
     public virtual double EntryTimeout => Inner.EntryTimeout;

@@ -735,7 +735,8 @@ internal sealed unsafe class FuseChannel
     {
         ulong handle = _handler.OpenDirectory(h->nodeid, Context(h, 0));
         ulong ino = h->nodeid;
-        if (!Reply(h, new fuse_open_out { fh = handle }))
+        uint flags = _options.CacheDirectories ? FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE : 0;
+        if (!Reply(h, new fuse_open_out { fh = handle, open_flags = flags }))
         {
             AfterLostReply(FuseOpcode.FUSE_OPENDIR, () => _handler.ReleaseDirectory(ino, handle));
         }

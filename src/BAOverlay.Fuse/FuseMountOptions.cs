@@ -62,6 +62,14 @@ public sealed record FuseMountOptions
     public bool ReaddirPlus { get; init; } = true;
 
     /// <summary>
+    /// Let the kernel keep directory listings (FOPEN_CACHE_DIR and FOPEN_KEEP_CACHE on every opendir; default on; the
+    /// session's own protocol layer only): a directory listed again is served from the kernel's cache without a
+    /// request, until a change through the mount, an invalidation from the handler, or a new directory mtime drops
+    /// it.
+    /// </summary>
+    public bool CacheDirectories { get; init; } = true;
+
+    /// <summary>
     /// Let direct writes into one file run in parallel (FOPEN_PARALLEL_DIRECT_WRITES on every open; default on; the
     /// session's own protocol layer only): without it the kernel holds the file's inode lock across each O_DIRECT
     /// write, so writers of one file take turns. The handler must take concurrent writes to one file.

@@ -115,7 +115,7 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
         try
         {
             _session?.InvalidateEntry(parent, name);
-            _session?.InvalidateInode(parent, -1, 0); // the directory's times and link count moved too
+            _session?.InvalidateInode(parent, 0, 0); // its times and link count moved, and the listing the kernel keeps (cache_readdir) is stale
         }
         catch (IOException e)
         {

@@ -218,6 +218,51 @@ public sealed partial class FuseMountTests
         Assert.That(mounted.Log, Is.Empty);
     }
 
+    /// <summary>
+    /// cache_readdir: a directory listed again is served by the kernel without a READDIR request; a name made through
+    /// the library (the adapter invalidates the directory) and one made through the mount both show in the next
+    /// listing.
+    /// </summary>
+    [Test]
+    public void ASecondListingIsServedByTheKernelAndChangesStillShow()
+    {
+        using var fixture = new OverlayFixture(lowers: 1);
+        for (int i = 0; i < 50; i++)
+        {
+            OverlayFixture.WriteFile(Path.Combine(fixture.Lowers[0], "d", $"f{i}"), "x");
+        }
+        CountingListings? counting = null;
+        using Mounted mounted = Mounted.Start(fixture, out string mnt, fs => counting = new CountingListings(new OverlayFuseAdapter(fs)));
+        string dir = Path.Combine(mnt, "d");
+        Assert.That(Directory.GetFileSystemEntries(dir), Has.Length.EqualTo(50));
+        int first = counting!.Listings;
+        Assert.That(first, Is.GreaterThan(0));
+        Assert.That(Directory.GetFileSystemEntries(dir), Has.Length.EqualTo(50));
+        Assert.That(counting.Listings, Is.EqualTo(first), "the second listing came from the kernel's cache");
+
+        ulong d = mounted.FileSystem.Lookup(OverlayFileSystem.RootIno, "d").Ino;
+        mounted.FileSystem.Create(d, "library-made", 0x1A4, OverlayCaller.Root).Handle.Dispose();
+        AssertEventually(() => Directory.GetFileSystemEntries(dir).Length, 51, "a name made through the library");
+        File.WriteAllText(Path.Combine(dir, "mount-made"), "y");
+        Assert.That(Directory.GetFileSystemEntries(dir), Has.Length.EqualTo(52), "a name made through the mount");
+        File.Delete(Path.Combine(dir, "f0"));
+        Assert.That(Directory.GetFileSystemEntries(dir), Has.Length.EqualTo(51), "a name removed through the mount");
+        Assert.That(mounted.Log, Is.Empty);
+    }
+
+    private sealed class CountingListings(IFuseLowLevelHandler inner) : DelegatingFuseHandler(inner)
+    {
+        private int _listings;
+
+        public int Listings => Volatile.Read(ref _listings);
+
+        public override IReadOnlyList<OverlayDirEntry> ReadDirectory(ulong ino, ulong handle)
+        {
+            Interlocked.Increment(ref _listings);
+            return base.ReadDirectory(ino, handle);
+        }
+    }
+
     [Test]
     public void TheWritebackCacheKeepsDataSizesAndCopyUpRight()
     {
