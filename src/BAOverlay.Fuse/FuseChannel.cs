@@ -432,24 +432,8 @@ internal sealed unsafe class FuseChannel
             return;
         }
         ulong offered = init.flags | ((init.flags & FUSE_INIT_EXT) != 0 ? (ulong)init.flags2 << 32 : 0);
-        // What libfuse 3 asks for by default (so behaviour is unchanged), and what the options ask for.
-        // READDIRPLUS, always (not READDIRPLUS_AUTO, with which the kernel uses it for a directory's first chunk
-        // only, unless lookups came in between): a listing brings each entry's attributes, so `ls -l`, `find` and
-        // `tar c` need no LOOKUP per name. The cost, a lookup per listed name even for a plain `ls`, is what the
-        // listing's caller nearly always pays next anyway.
-        // HANDLE_KILLPRIV_V2 where offered (Linux 5.11+): the kernel then says when a write, truncate or chown must
-        // clear set-user-ID, set-group-ID and capabilities, instead of asking for security.capability before every
-        // write. Passthrough (7.40) where the kernel will let this process register backing files, and not with the
-        // write-back cache, which the kernel does not combine with it.
-        ulong killPrivileges = (offered & FUSE_HANDLE_KILLPRIV_V2) != 0 ? FUSE_HANDLE_KILLPRIV_V2 : FUSE_HANDLE_KILLPRIV;
-        bool passthrough = _options.Passthrough && !_options.WritebackCache && init.minor >= PassthroughMinor
-            && (offered & FUSE_PASSTHROUGH) != 0 && FusePassthrough.Allowed();
-        ulong wanted = FUSE_ASYNC_READ | FUSE_PARALLEL_DIROPS | FUSE_AUTO_INVAL_DATA | killPrivileges | FUSE_ASYNC_DIO
-            | FUSE_ATOMIC_O_TRUNC | FUSE_BIG_WRITES | FUSE_MAX_PAGES | FUSE_INIT_EXT
-            | (_options.WritebackCache ? FUSE_WRITEBACK_CACHE : 0)
-            | (_options.ReaddirPlus ? FUSE_DO_READDIRPLUS : 0)
-            | (passthrough ? FUSE_PASSTHROUGH : 0);
-        ulong want = wanted & offered;
+        ulong want = Want(offered, init.minor, _options,
+            passthroughAllowed: (offered & FUSE_PASSTHROUGH) != 0 && _options.Passthrough && FusePassthrough.Allowed());
         out_.minor = Math.Min(init.minor, FUSE_KERNEL_MINOR_VERSION);
         if ((want & FUSE_PASSTHROUGH) != 0)
         {
@@ -473,6 +457,29 @@ internal sealed unsafe class FuseChannel
         });
         _initialized = true;
         Reply(h, out_);
+    }
+
+    /// <summary>
+    /// The INIT flags to ask for, of those the kernel <paramref name="offered"/> at protocol minor
+    /// <paramref name="minor"/>: libfuse 3's defaults (so behaviour is unchanged) and what the options ask for.
+    /// READDIRPLUS always (not READDIRPLUS_AUTO, with which the kernel uses it for a directory's first chunk only,
+    /// unless lookups came in between): a listing brings each entry's attributes, so <c>ls -l</c>, <c>find</c> and
+    /// <c>tar c</c> need no LOOKUP per name. HANDLE_KILLPRIV_V2 where offered (Linux 5.11+; v1 before): the kernel
+    /// then says when a write, truncate or chown must clear set-user-ID, set-group-ID and capabilities, instead of
+    /// asking for security.capability before every write. Passthrough (7.40) where the kernel offers it and will let
+    /// this process register backing files (<paramref name="passthroughAllowed"/>), and not with the write-back cache,
+    /// which the kernel does not combine with it.
+    /// </summary>
+    internal static ulong Want(ulong offered, uint minor, FuseMountOptions options, bool passthroughAllowed)
+    {
+        ulong killPrivileges = (offered & FUSE_HANDLE_KILLPRIV_V2) != 0 ? FUSE_HANDLE_KILLPRIV_V2 : FUSE_HANDLE_KILLPRIV;
+        bool passthrough = options.Passthrough && !options.WritebackCache && minor >= PassthroughMinor && passthroughAllowed;
+        ulong wanted = FUSE_ASYNC_READ | FUSE_PARALLEL_DIROPS | FUSE_AUTO_INVAL_DATA | killPrivileges | FUSE_ASYNC_DIO
+            | FUSE_ATOMIC_O_TRUNC | FUSE_BIG_WRITES | FUSE_MAX_PAGES | FUSE_INIT_EXT
+            | (options.WritebackCache ? FUSE_WRITEBACK_CACHE : 0)
+            | (options.ReaddirPlus ? FUSE_DO_READDIRPLUS : 0)
+            | (passthrough ? FUSE_PASSTHROUGH : 0);
+        return wanted & offered;
     }
 
     private static ReadOnlySpan<byte> Padded<T>(ReadOnlySpan<byte> args) where T : unmanaged
