@@ -1259,7 +1259,7 @@ public sealed partial class OverlayFileSystem : IDisposable
         new(ino, (uint)st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_rdev, logicalSize ?? st.st_size, st.st_blocks,
             (st.st_atime * 1_000_000_000L) + st.st_atime_nsec, (st.st_mtime * 1_000_000_000L) + st.st_mtime_nsec, (st.st_ctime * 1_000_000_000L) + st.st_ctime_nsec);
 
-    private static unsafe bool IsBCowFile(string path) => LibC.lgetxattr(path, LayerPaths.BCowXattr, null, 0) >= 0; // size 0: asks only whether it is there
+    private static bool IsBCowFile(string path) => LibC.HasXattr(path, LayerPaths.BCowXattr);
 
     /// <summary>Whether the node's upper object is a B-CoW file: its marker xattr, read once per upper object.</summary>
     private static bool IsBCow(OverlayNode node, string path, in Stat st)

@@ -53,6 +53,68 @@ internal static partial class LibC
         }
     }
 
+    /// <summary>struct xattr_args (include/uapi/linux/xattr.h, Linux 6.13): value pointer, size, flags; 16 bytes.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    public struct XattrArgs
+    {
+        public ulong value; // __aligned_u64 value
+        public uint size;   // __u32 size
+        public uint flags;  // __u32 flags
+    }
+
+    /// <summary>__NR_getxattrat: 464 in the generic and x86_64 tables alike (Linux 6.13).</summary>
+    private const long SYS_getxattrat = 464;
+
+    // long syscall(SYS_getxattrat, int dfd, const char *pathname, unsigned int at_flags, const char *name,
+    //              struct xattr_args *uargs, size_t usize);
+    [LibraryImport(Library, EntryPoint = "syscall", SetLastError = true)]
+    private static unsafe partial long syscall_getxattrat(long number, int dirfd, byte* pathname, uint atFlags, byte* name, XattrArgs* args, nuint size);
+
+    private static volatile bool s_noGetxattrat;
+
+    /// <summary>
+    /// Whether the object at <paramref name="path"/> has extended attribute <paramref name="name"/> (symbolic links
+    /// not followed). A path into a directory handle (<c>/proc/self/fd/N/NAME</c>, as <c>LayerDir.At</c> makes them)
+    /// is read with <c>getxattrat(N, NAME)</c> where the kernel has it (6.13+): the walk through /proc's magic link,
+    /// which the path form costs on every call, took most of a lookup of a lower file (5 000 of them: 165 → 100 ms).
+    /// </summary>
+    public static unsafe bool HasXattr(string path, string name)
+    {
+        const string Prefix = "/proc/self/fd/";
+        if (!s_noGetxattrat && path.StartsWith(Prefix, StringComparison.Ordinal))
+        {
+            int slash = path.IndexOf('/', Prefix.Length);
+            if (slash > 0 && int.TryParse(path.AsSpan(Prefix.Length, slash - Prefix.Length), System.Globalization.NumberStyles.None,
+                    System.Globalization.CultureInfo.InvariantCulture, out int dirfd))
+            {
+                string relative = path[(slash + 1)..];
+                Span<byte> pathBytes = stackalloc byte[System.Text.Encoding.UTF8.GetMaxByteCount(relative.Length) + 1];
+                int pathLength = System.Text.Encoding.UTF8.GetBytes(relative, pathBytes);
+                pathBytes[pathLength] = 0;
+                Span<byte> nameBytes = stackalloc byte[System.Text.Encoding.UTF8.GetMaxByteCount(name.Length) + 1];
+                int nameLength = System.Text.Encoding.UTF8.GetBytes(name, nameBytes);
+                nameBytes[nameLength] = 0;
+                var args = new XattrArgs(); // size 0: asks only whether it is there
+                fixed (byte* p = pathBytes)
+                fixed (byte* n = nameBytes)
+                {
+                    long rc = syscall_getxattrat(SYS_getxattrat, dirfd, p, AT_SYMLINK_NOFOLLOW, n, &args, (nuint)sizeof(XattrArgs));
+                    if (rc >= 0)
+                    {
+                        return true;
+                    }
+                    int errno = Marshal.GetLastPInvokeError();
+                    if (errno != ENOSYS)
+                    {
+                        return false;
+                    }
+                    s_noGetxattrat = true; // an older kernel: the path form from now on
+                }
+            }
+        }
+        return lgetxattr(path, name, null, 0) >= 0;
+    }
+
     public const int AT_SYMLINK_NOFOLLOW = 0x100;
     public const int AT_EMPTY_PATH = 0x1000;
 
