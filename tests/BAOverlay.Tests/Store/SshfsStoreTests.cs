@@ -1,3 +1,5 @@
+using System.Diagnostics;
+using BAOverlay.Store;
 using Mono.Unix.Native;
 
 namespace BAOverlay.Tests.Store;
@@ -20,5 +22,72 @@ public class SshfsStoreTests
                 "the mount is sshfs");
             Assert.That(Syscall.kill(share.SshdProcessId, 0), Is.Zero, "the sshd process id is a live process");
         });
+    }
+
+    [Test]
+    public void APublishOnOneHostIsSeenThroughSshfsOnAnotherOnlyOnceCompleteAndVerified()
+    {
+        StoreTrees.RequireRoot();
+        using var temp = new TempDir();
+        string source = StoreTrees.MakeLayer(temp.File("src"));
+        string local = temp.File("store");
+        LayerStore.Create(local, StoreTrees.Options("writer")).Dispose();
+        using SshfsStore share = SshfsStore.Start(local);
+        // Host B reads the store only through the network file system.
+        var clock = new ManualClock();
+        using LayerStore reader = LayerStore.Open(share.MountPoint, StoreTrees.Options("hostB", clock));
+        var seen = new List<(PublishStep Step, int Layers, bool Changed)>();
+        using LayerStore writer = LayerStore.Open(local, new LayerStoreOptions
+        {
+            HostId = "writer",
+            PublishStepHook = step =>
+            {
+                using LayerStore fresh = LayerStore.Open(share.MountPoint, StoreTrees.Options("hostC"));
+                Assert.That(fresh.Problems, Is.Empty, $"after {step}");
+                seen.Add((step, fresh.Layers.Count, reader.Refresh()));
+            },
+        });
+        StoreLayer layer = writer.PublishDirectory(source);
+        writer.PublishImage("app", [layer.Digest]);
+
+        Assert.That(seen.Select(s => s.Step), Is.EqualTo(Enum.GetValues<PublishStep>()));
+        Assert.That(seen.Where(s => s.Step < PublishStep.Renamed).Select(s => s.Layers), Is.All.Zero, "nothing before the rename");
+        Assert.That(seen.Where(s => s.Step >= PublishStep.Renamed).Select(s => s.Layers), Is.All.EqualTo(1), "the whole layer after it");
+        Assert.That(seen.Single(s => s.Step == PublishStep.GenerationBumped).Changed, Is.True, "the first refresh after the bump sees it");
+
+        // Through sshfs there are no extended attributes: the reader checks the portable digest, and the content.
+        reader.Refresh();
+        IReadOnlyList<string> lowers = reader.ResolveLowerDirectories("app");
+        Assert.That(lowers, Is.EqualTo(new[] { Path.Combine(share.MountPoint, "layers", "sha256-" + layer.Digest[7..], "tree") }));
+        Assert.That(File.ReadAllText(Path.Combine(lowers[0], "file.txt")), Is.EqualTo("hello from a layer"));
+        Assert.That(new FileInfo(Path.Combine(lowers[0], "abs-link")).LinkTarget, Is.EqualTo("/etc/passwd"));
+
+        // A lease taken through the share protects the layer from a collection on the writer, long after the image
+        // was deleted.
+        clock.Advance(TimeSpan.FromHours(2));
+        using StoreLease lease = reader.LeaseImage("app", renew: false);
+        writer.DeleteName("app");
+        using LayerStore collector = LayerStore.Open(local, StoreTrees.Options("writer", clock));
+        StoreCollectionResult result = collector.CollectGarbage();
+        Assert.That(result.KeptForLeases, Is.EqualTo(new[] { layer.Digest }));
+        Assert.That(result.RemovedLayers, Is.Empty);
+    }
+
+    [Test]
+    public void AReaderWaitingThroughSshfsWakesForAPublicationOnAnotherHost()
+    {
+        using var temp = new TempDir();
+        string local = temp.File("store");
+        using LayerStore writer = LayerStore.Create(local, StoreTrees.Options("writer"));
+        using SshfsStore share = SshfsStore.Start(local);
+        using LayerStore reader = LayerStore.Open(share.MountPoint, StoreTrees.Options("hostB"));
+        Task waiting = reader.WaitForChangeAsync();
+        Assert.That(waiting.IsCompleted, Is.False);
+        var clock = Stopwatch.StartNew();
+        StoreLayer layer = writer.PublishDirectory(StoreTrees.MakePlain(temp.File("a"), "a"));
+        Assert.That(waiting.Wait(TimeSpan.FromSeconds(60)), Is.True);
+        TestContext.Out.WriteLine($"seen through sshfs {clock.ElapsedMilliseconds} ms after the publication returned (refresh interval 2 s)");
+        Assert.That(reader.FindLayer(layer.Digest), Is.Not.Null);
+        reader.VerifyLayer(layer.Digest);
     }
 }
