@@ -170,7 +170,14 @@ public sealed partial class LayerStore
                         // Published again meanwhile: the copy in place serves the lease.
                     }
                 }
-                StoreFiles.RemoveTree(trash, trashName);
+                try
+                {
+                    StoreFiles.RemoveTree(trash, trashName);
+                }
+                catch (LayerStoreException e)
+                {
+                    problems.Add($"{e.Message} (the rest is left in trash for the next collection)");
+                }
                 removedLayers.Add(digest);
             }
         }
@@ -187,8 +194,15 @@ public sealed partial class LayerStore
                 DateTimeOffset time = DateTimeOffset.FromUnixTimeSeconds(useChangeTime ? stat.st_ctime : stat.st_mtime);
                 if (Older(time, _options.StagingAge))
                 {
-                    StoreFiles.RemoveTree(directory, name);
-                    removedStaging.Add(name);
+                    try
+                    {
+                        StoreFiles.RemoveTree(directory, name);
+                        removedStaging.Add(name);
+                    }
+                    catch (LayerStoreException e)
+                    {
+                        problems.Add(e.Message);
+                    }
                 }
             }
         }

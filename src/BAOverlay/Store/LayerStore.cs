@@ -52,7 +52,7 @@ public sealed partial class LayerStore : IDisposable
 
     /// <summary>Makes a new store in <paramref name="directory"/> (created if missing; an existing store is left as it
     /// is), and opens it.</summary>
-    /// <exception cref="LayerStoreException">The directory holds something else, or cannot be written.</exception>
+    /// <exception cref="LayerStoreException">The directory cannot be created or written.</exception>
     public static LayerStore Create(string directory, LayerStoreOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(directory);

@@ -117,8 +117,20 @@ internal static class StoreFiles
     }
 
     /// <summary>Removes <paramref name="name"/> and everything below it, never following a symbolic link. Directories
-    /// without write permission are given it first (a layer may hold them; root needs no such help).</summary>
+    /// without write permission are given it first (a layer may hold them; root needs no such help). A tree deeper than
+    /// <see cref="StoreLayout.MaxDepth"/> is cut: its deep part is renamed up into <paramref name="parent"/> and removed
+    /// from there, so that the recursion stays shallow whatever a hostile tree holds.</summary>
     public static void RemoveTree(StoreDirectory parent, string name)
+    {
+        var cut = new Queue<string>();
+        RemoveRecursive(parent, parent, name, 0, cut);
+        while (cut.Count > 0)
+        {
+            RemoveRecursive(parent, parent, cut.Dequeue(), 0, cut);
+        }
+    }
+
+    private static void RemoveRecursive(StoreDirectory top, StoreDirectory parent, string name, int depth, Queue<string> cut)
     {
         if (!parent.TryLstat(name, out Stat stat))
         {
@@ -126,26 +138,24 @@ internal static class StoreFiles
         }
         if ((stat.st_mode & FilePermissions.S_IFMT) == FilePermissions.S_IFDIR)
         {
-            StoreDirectory? child;
-            try
+            if (depth > StoreLayout.MaxDepth)
             {
-                child = parent.TryOpenChild(name);
+                string moved = $".cut.{StoreLayout.RandomSuffix()}";
+                Rename(parent, name, top, moved);
+                cut.Enqueue(moved);
+                return;
             }
-            catch (LayerStoreException) when (Syscall.chmod(parent.At(name), FilePermissions.S_IRWXU) == 0)
+            if ((stat.st_mode & FilePermissions.S_IRWXU) != FilePermissions.S_IRWXU)
             {
-                child = parent.TryOpenChild(name);
+                Syscall.chmod(parent.At(name), FilePermissions.S_IRWXU);
             }
-            if (child is not null)
+            using (StoreDirectory? child = parent.TryOpenChild(name))
             {
-                using (child)
+                if (child is not null)
                 {
-                    if ((stat.st_mode & FilePermissions.S_IRWXU) != FilePermissions.S_IRWXU)
-                    {
-                        Syscall.chmod(parent.At(name), FilePermissions.S_IRWXU);
-                    }
                     foreach (string inner in child.Names())
                     {
-                        RemoveTree(child, inner);
+                        RemoveRecursive(top, child, inner, depth + 1, cut);
                     }
                 }
             }

@@ -37,6 +37,10 @@ internal static class StoreLayout
 
     public const string DigestPrefix = "sha256:";
 
+    /// <summary>The deepest a layer tree may be (directories below the root). Deeper trees are refused: the walks
+    /// recurse, and a hostile tree must not exhaust the stack. Container layers are a few dozen levels deep.</summary>
+    public const int MaxDepth = 500;
+
     /// <summary>True for <c>sha256:</c> and 64 lowercase hexadecimal digits, the only digest form the store writes.</summary>
     public static bool IsDigest(string? text) =>
         text is { Length: 71 } && text.StartsWith(DigestPrefix, StringComparison.Ordinal) && IsHex(text.AsSpan(7));

@@ -158,15 +158,19 @@ internal static class TreeBuilder
 
     /// <summary>fsyncs every directory of the tree, children before parents, so that every name is durable once the
     /// root's fsync returns (files were fsynced as they were written).</summary>
-    public static void SyncTree(StoreDirectory directory, CancellationToken cancellation)
+    public static void SyncTree(StoreDirectory directory, CancellationToken cancellation, int depth = 0)
     {
+        if (depth > StoreLayout.MaxDepth)
+        {
+            throw new LayerStoreException(directory.Described, $"deeper than the {StoreLayout.MaxDepth} levels a layer may have");
+        }
         foreach (string name in directory.Names())
         {
             cancellation.ThrowIfCancellationRequested();
             if (directory.TryLstat(name, out Stat stat) && (stat.st_mode & FilePermissions.S_IFMT) == FilePermissions.S_IFDIR)
             {
                 using StoreDirectory child = directory.OpenChild(name);
-                SyncTree(child, cancellation);
+                SyncTree(child, cancellation, depth + 1);
             }
         }
         directory.Sync();

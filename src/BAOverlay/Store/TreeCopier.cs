@@ -16,7 +16,7 @@ internal static class TreeCopier
         byte[] buffer = ArrayPool<byte>.Shared.Rent(1 << 20);
         try
         {
-            CopyChildren(source, destination, buffer, heartbeat, cancellation);
+            CopyChildren(source, destination, buffer, heartbeat, 0, cancellation);
             TreeBuilder.FinishDirectory(destination, Metadata(source, null, source.StatSelf()), isRoot: true);
         }
         finally
@@ -25,8 +25,12 @@ internal static class TreeCopier
         }
     }
 
-    private static void CopyChildren(StoreDirectory source, StoreDirectory destination, byte[] buffer, Action heartbeat, CancellationToken cancellation)
+    private static void CopyChildren(StoreDirectory source, StoreDirectory destination, byte[] buffer, Action heartbeat, int depth, CancellationToken cancellation)
     {
+        if (depth > StoreLayout.MaxDepth)
+        {
+            throw new LayerStoreException(source.Described, $"deeper than the {StoreLayout.MaxDepth} levels a layer may have");
+        }
         foreach (string name in source.Names())
         {
             cancellation.ThrowIfCancellationRequested();
@@ -44,7 +48,7 @@ internal static class TreeCopier
                     using (StoreDirectory from = source.OpenChild(name))
                     using (StoreDirectory to = destination.OpenChild(name))
                     {
-                        CopyChildren(from, to, buffer, heartbeat, cancellation);
+                        CopyChildren(from, to, buffer, heartbeat, depth + 1, cancellation);
                         TreeBuilder.FinishDirectory(to, metadata, isRoot: false);
                     }
                     break;

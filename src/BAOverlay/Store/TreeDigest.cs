@@ -56,7 +56,7 @@ internal static class TreeDigest
             Stat rootStat = root.StatSelf();
             state.XattrsRead = root.Xattrs(null) is not null;
             Record(state, "", 'd', rootStat, state.XattrsRead ? root.Xattrs(null) : null, "", "", "", "");
-            Walk(state, root, "");
+            Walk(state, root, "", 0);
             return new TreeSummary(
                 StoreLayout.Digest(full.GetHashAndReset()), StoreLayout.Digest(portable.GetHashAndReset()),
                 state.Entries, state.Bytes, state.XattrsRead);
@@ -78,8 +78,12 @@ internal static class TreeDigest
         public long Bytes { get; set; }
     }
 
-    private static void Walk(WalkState state, StoreDirectory directory, string prefix)
+    private static void Walk(WalkState state, StoreDirectory directory, string prefix, int depth)
     {
+        if (depth > StoreLayout.MaxDepth)
+        {
+            throw new LayerStoreException(directory.Described, $"deeper than the {StoreLayout.MaxDepth} levels a layer may have");
+        }
         foreach (string name in directory.Names())
         {
             state.Cancellation.ThrowIfCancellationRequested();
@@ -95,7 +99,7 @@ internal static class TreeDigest
                     Record(state, path, 'd', stat, xattrs, "", "", "", "");
                     using (StoreDirectory child = directory.OpenChild(name))
                     {
-                        Walk(state, child, path);
+                        Walk(state, child, path, depth + 1);
                     }
                     break;
                 case FilePermissions.S_IFREG:

@@ -239,4 +239,36 @@ public class LayerStoreTests
         Assert.That(error!.Message, Does.StartWith(temp.Path + ": not a layer store"));
         Assert.Throws<ArgumentException>(() => LayerStore.Create(temp.File("s"), new LayerStoreOptions { HostId = "../x" }));
     }
+
+    [Test]
+    public void ATreeTooDeepToWalkSafelyIsRefusedAndAHostileDeepLayerIsNeitherExposedForUseNorACrash()
+    {
+        using var temp = new TempDir();
+        using LayerStore store = LayerStore.Create(temp.File("store"), StoreTrees.Options("h"));
+        string deep = temp.File("deep");
+        string path = deep;
+        for (int i = 0; i < 600; i++)
+        {
+            path = Path.Combine(path, "d");
+        }
+        Directory.CreateDirectory(path);
+        var refused = Assert.Throws<LayerStoreException>(() => store.PublishDirectory(deep));
+        Assert.That(refused!.Message, Does.Contain("deeper than the 500 levels"));
+        Assert.That(Directory.EnumerateFileSystemEntries(temp.File("store/staging")), Is.Empty, "the deep staging copy was removed");
+
+        // Planted on the share with a manifest that claims it: the reader lists it (the manifest is fine) but refuses it
+        // for use, and a collection removes it.
+        StoreLayer shallow = store.PublishDirectory(StoreTrees.MakePlain(temp.File("s"), "s"));
+        string layerDirectory = Path.GetDirectoryName(shallow.Directory)!;
+        Directory.Move(Path.Combine(deep, "d"), Path.Combine(shallow.Directory, "deep"));
+        using LayerStore reader = LayerStore.Open(temp.File("store"), StoreTrees.Options("r"));
+        Assert.Throws<LayerStoreException>(() => reader.VerifyLayer(shallow.Digest));
+        Assert.Throws<LayerStoreException>(() => reader.LeaseLayers([shallow.Digest], renew: false));
+        var clock = new ManualClock();
+        clock.Advance(TimeSpan.FromHours(3));
+        using LayerStore collector = LayerStore.Open(temp.File("store"), StoreTrees.Options("gc", clock));
+        Assert.That(collector.CollectGarbage().RemovedLayers, Is.EqualTo(new[] { shallow.Digest }));
+        Assert.That(Directory.Exists(layerDirectory), Is.False);
+        Assert.That(Directory.EnumerateFileSystemEntries(temp.File("store/trash")), Is.Empty);
+    }
 }
