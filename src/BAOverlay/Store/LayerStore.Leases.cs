@@ -80,6 +80,19 @@ public sealed partial class LayerStore
         return true;
     }
 
+    /// <summary>Fails when a leased layer is no longer complete in the store (read from the share).</summary>
+    internal void CheckLeasedLayers(IReadOnlyList<string> digests)
+    {
+        using StoreDirectory layers = OpenPart(StoreLayout.Layers);
+        foreach (string digest in digests)
+        {
+            if (!IsCompleteLayer(layers, digest))
+            {
+                throw new LayerStoreException(layers.Describe(StoreLayout.DirectoryName(digest)), "not a complete layer of the store any more: the lease had expired and the layer was collected");
+            }
+        }
+    }
+
     internal DateTimeOffset WriteLease(string id, IReadOnlyList<string> layers)
     {
         DateTimeOffset expires = _options.TimeProvider.GetUtcNow() + _options.LeaseDuration;

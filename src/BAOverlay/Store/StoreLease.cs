@@ -39,8 +39,11 @@ public sealed class StoreLease : IDisposable
     /// <summary>The last automatic renewal's failure (the share unreachable, say), or null after a success.</summary>
     public Exception? RenewalError { get; private set; }
 
-    /// <summary>Rewrites the record with a new expiry, <see cref="LayerStoreOptions.LeaseDuration"/> from now.</summary>
-    /// <exception cref="LayerStoreException">The record cannot be written.</exception>
+    /// <summary>Rewrites the record with a new expiry, <see cref="LayerStoreOptions.LeaseDuration"/> from now, then
+    /// checks that the layers are still in the store (as when the lease was taken): a lease renewed too late, after
+    /// it expired and a collection removed its layers, fails instead of protecting nothing.</summary>
+    /// <exception cref="LayerStoreException">The record cannot be written, or a layer is gone (the lease then holds
+    /// the layers that remain until it expires or is released).</exception>
     /// <exception cref="ObjectDisposedException">The lease was released.</exception>
     public void Renew()
     {
@@ -48,6 +51,7 @@ public sealed class StoreLease : IDisposable
         {
             ObjectDisposedException.ThrowIf(_released, this);
             Expires = _store.WriteLease(Id, Layers);
+            _store.CheckLeasedLayers(Layers);
             RenewalError = null;
         }
     }
