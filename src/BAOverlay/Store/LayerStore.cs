@@ -22,7 +22,7 @@ public sealed partial class LayerStore : IDisposable
     private readonly LayerStoreOptions _options;
     private readonly Lock _refreshGate = new();
     private readonly ConcurrentDictionary<string, bool> _contentVerified = new(StringComparer.Ordinal);
-    private View _view = View.Empty;
+    private volatile View _view = View.Empty;
     private bool _disposed;
 
     private LayerStore(string root, LayerStoreOptions options, string hostId)
@@ -106,6 +106,11 @@ public sealed partial class LayerStore : IDisposable
 
     private static string CheckHostId(LayerStoreOptions options)
     {
+        if (options.RefreshInterval <= TimeSpan.Zero || options.LeaseDuration <= TimeSpan.Zero || options.ClockSkewMargin < TimeSpan.Zero
+            || options.GracePeriod < TimeSpan.Zero || options.StagingAge < TimeSpan.Zero || options.MaxLayerBytes <= 0 || options.TimeProvider is null)
+        {
+            throw new ArgumentException("store options: the refresh interval, lease duration and largest layer must be positive, the margin and ages not negative, and a clock given", nameof(options));
+        }
         string id = options.HostId ?? StoreLayout.DefaultHostId();
         if (!StoreLayout.IsHostId(id))
         {
