@@ -160,13 +160,7 @@ internal sealed class SshfsStore : IDisposable
         // In the foreground (-f) as a child of the test: its own daemon would keep the test's pipes open through the
         // ssh process it starts, and a child can be waited for and killed by its id.
         var start = new ProcessStartInfo("sshfs") { RedirectStandardError = true, RedirectStandardOutput = true };
-        foreach (string arg in new[]
-        {
-            "-f",
-            "-o", $"port={Port},IdentityFile={_keys.File("client_key")},StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,BatchMode=yes",
-            "-o", "dir_cache=no,no_contain_symlinks,ServerAliveInterval=5,ServerAliveCountMax=2",
-            $"root@127.0.0.1:{Exported}", MountPoint,
-        })
+        foreach (string arg in (string[])["-f", .. MountArguments(MountPoint)])
         {
             start.ArgumentList.Add(arg);
         }
@@ -185,6 +179,15 @@ internal sealed class SshfsStore : IDisposable
         }
         _mounted = true;
     }
+
+    /// <summary>The arguments of an sshfs mount of the exported directory on <paramref name="mountPoint"/> (after the
+    /// program name and any -f), for another "host" that mounts the same share itself, in a mount namespace of its own.</summary>
+    public string[] MountArguments(string mountPoint) =>
+    [
+        "-o", $"port={Port},IdentityFile={_keys.File("client_key")},StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,BatchMode=yes",
+        "-o", "dir_cache=no,no_contain_symlinks,ServerAliveInterval=5,ServerAliveCountMax=2",
+        $"root@127.0.0.1:{Exported}", mountPoint,
+    ];
 
     /// <summary>The sshfs client process (in the foreground).</summary>
     public int SshfsProcessId => _sshfs?.Id ?? throw new InvalidOperationException("sshfs is not running");

@@ -90,4 +90,54 @@ public class SshfsStoreTests
         Assert.That(reader.FindLayer(layer.Digest), Is.Not.Null);
         reader.VerifyLayer(layer.Digest);
     }
+
+    [Test]
+    public void AHostInAMountNamespaceOfItsOwnMountsTheShareItselfAndResolvesAndVerifiesTheImage()
+    {
+        using var temp = new TempDir();
+        string local = temp.File("store");
+        string digest;
+        using (LayerStore writer = LayerStore.Create(local, StoreTrees.Options("writer")))
+        {
+            StoreLayer layer = writer.PublishDirectory(StoreTrees.MakePlain(temp.File("a"), "read on host B"));
+            writer.PublishImage("app", [layer.Digest]);
+            digest = layer.Digest;
+        }
+        using SshfsStore share = SshfsStore.Start(local);
+        if (Which("unshare") is null)
+        {
+            Assert.Ignore("unshare (util-linux) is not installed");
+        }
+        // Host B: its own mount namespace (private propagation), its own sshfs mount of the share, and bcow reading the
+        // store through it; the mount is gone with the namespace.
+        string hostMount = temp.File("hostB-mnt");
+        Directory.CreateDirectory(hostMount);
+        string bcow = $"'{Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet"}' '{typeof(BAOverlay.Tool.BcowCli).Assembly.Location}'";
+        string sshfs = "sshfs " + string.Join(' ', share.MountArguments(hostMount).Select(a => $"'{a}'"));
+        string script = $"""
+            set -e
+            {sshfs}
+            trap 'fusermount3 -u {hostMount}' EXIT
+            grep -q ' {hostMount} ' /proc/self/mountinfo
+            lower=$({bcow} store resolve --host hostB {hostMount} app)
+            cat "$lower/d/f"; echo
+            {bcow} store verify --host hostB {hostMount}
+            """;
+        var start = new ProcessStartInfo("unshare") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (string arg in new[] { "--mount", "--propagation", "private", "sh", "-c", script })
+        {
+            start.ArgumentList.Add(arg);
+        }
+        using Process process = Process.Start(start)!;
+        Task<string> output = process.StandardOutput.ReadToEndAsync();
+        Task<string> error = process.StandardError.ReadToEndAsync();
+        Assert.That(process.WaitForExit(120_000), Is.True, "host B finished");
+        Assert.That(process.ExitCode, Is.Zero, $"{output.Result}\n{error.Result}");
+        Assert.That(output.Result, Does.Contain("read on host B").And.Contain($"{digest} ok"));
+        Assert.That(File.ReadLines("/proc/self/mountinfo").Any(l => l.Contains(" " + hostMount + " ")), Is.False,
+            "host B's mount is in its namespace only");
+    }
+
+    private static string? Which(string tool) =>
+        (Environment.GetEnvironmentVariable("PATH") ?? "/usr/bin:/bin").Split(':').Select(d => Path.Combine(d, tool)).FirstOrDefault(File.Exists);
 }
