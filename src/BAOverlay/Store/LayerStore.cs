@@ -38,7 +38,8 @@ public sealed partial class LayerStore : IDisposable
     /// <summary>This host's id (<see cref="LayerStoreOptions.HostId"/>).</summary>
     public string HostId { get; }
 
-    /// <summary>The generation number last read (0 before any publication).</summary>
+    /// <summary>The generation number last read (0 before any publication). Informational: two writers bumping at once
+    /// may write the same number; <see cref="Refresh"/>'s result says whether the store changed.</summary>
     public long Generation => _view.Generation;
 
     /// <summary>The complete layers seen by the last refresh, by digest order.</summary>
