@@ -39,6 +39,12 @@ internal sealed class CommandLine
     public string? Source { get; private set; }
     public string MountPoint { get; private set; } = "";
     public List<string> LowerDirectories { get; } = [];
+
+    /// <summary>store=DIR: a layer store (docs/layer-store.md) the lower directories come from, with <see cref="Image"/>.</summary>
+    public string? Store { get; private set; }
+
+    /// <summary>image=NAME|sha256:HEX: the image of <see cref="Store"/> whose layers are the lower directories.</summary>
+    public string? Image { get; private set; }
     public string? UpperDirectory { get; private set; }
     public string? WorkDirectory { get; private set; }
     public bool ReadOnly { get; private set; }
@@ -162,9 +168,17 @@ internal sealed class CommandLine
             default:
                 throw new UsageException($"too many arguments: {string.Join(' ', positional)} (expected [SOURCE] MOUNTPOINT)");
         }
-        if (line.LowerDirectories.Count == 0)
+        if ((line.Store is null) != (line.Image is null))
         {
-            throw new UsageException("no lowerdir= given (-o lowerdir=DIR[:DIR...],upperdir=DIR,workdir=DIR)");
+            throw new UsageException(line.Store is null ? "image= needs store=" : "store= needs image=");
+        }
+        if (line.Store is not null && line.LowerDirectories.Count > 0)
+        {
+            throw new UsageException("lowerdir= and store= exclude each other: the store gives the lower directories");
+        }
+        if (line.LowerDirectories.Count == 0 && line.Store is null)
+        {
+            throw new UsageException("no lowerdir= given (-o lowerdir=DIR[:DIR...],upperdir=DIR,workdir=DIR, or store=DIR,image=NAME)");
         }
         if ((line.UpperDirectory is null) != (line.WorkDirectory is null))
         {
@@ -316,6 +330,12 @@ internal sealed class CommandLine
             case ("lowerdir", not null):
                 LowerDirectories.Clear();
                 LowerDirectories.AddRange(SplitLowerDirectories(value));
+                return;
+            case ("store", not null):
+                Store = Unescape(value);
+                return;
+            case ("image", not null):
+                Image = value;
                 return;
             case ("upperdir", not null):
                 UpperDirectory = Unescape(value);

@@ -37,6 +37,8 @@ internal static class Program
 
         overlay options:
             lowerdir=DIR[:DIR...]  read-only layers, highest first; '\:' is a colon inside a path (required)
+            store=DIR,image=NAME   instead of lowerdir=: the layers of image NAME (or sha256:DIGEST) of the
+                                   layer store DIR (bcow store), verified, and leased for the mount's lifetime
             upperdir=DIR           writable layer (without it the overlay is read-only)
             workdir=DIR            scratch directory on the upper's file system (required with upperdir)
 
@@ -184,8 +186,17 @@ internal static class Program
         }
         OverlayFileSystem fileSystem;
         FuseSession session;
+        // The image's layers stay leased while mounted (renewed by the lease's timer), so that garbage collection on
+        // any host of the store leaves them alone even once the image is deleted.
+        BAOverlay.Store.StoreLease? lease = null;
         try
         {
+            if (line.Store is not null)
+            {
+                using var store = BAOverlay.Store.LayerStore.Open(line.Store);
+                lease = store.LeaseImage(line.Image!);
+                line.LowerDirectories.AddRange(store.ResolveLowerDirectories(line.Image!));
+            }
             fileSystem = OverlayFileSystem.Open(new OverlayOptions
             {
                 LowerDirectories = line.LowerDirectories,
@@ -196,6 +207,7 @@ internal static class Program
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or FuseUnavailableException or OverlayException)
         {
+            lease?.Dispose();
             Console.Error.WriteLine("baoverlayfs: " + e.Message);
             return 1;
         }
@@ -243,6 +255,7 @@ internal static class Program
         catch (Exception e) when (e is IOException or FuseUnavailableException)
         {
             fileSystem.Dispose();
+            lease?.Dispose();
             Console.Error.WriteLine("baoverlayfs: " + e.Message);
             return 1;
         }
@@ -310,6 +323,7 @@ internal static class Program
             }
             session.Dispose();
             fileSystem.Dispose();
+            lease?.Dispose();
             return 1;
         }
 
@@ -334,6 +348,7 @@ internal static class Program
         loop.Join();
         session.Dispose();
         fileSystem.Dispose();
+        lease?.Dispose();
         s_watcher?.Dispose(); // closes the watcher's standard input: it sees the mount gone and exits
         if (loopFailure is not null)
         {

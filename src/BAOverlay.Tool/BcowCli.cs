@@ -32,6 +32,7 @@ internal static class BcowCli
         new MeasureCommand(),
         new RebaseCommand(),
         new CommitCommand(),
+        new StoreCommand(),
     ];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr) =>
@@ -152,7 +153,7 @@ internal static class BcowCli
 
     private static void WriteOverallHelp(TextWriter stdout)
     {
-        stdout.WriteLine("bcow: create, inspect, check, convert, compare, resize, rebase, commit, flatten and exercise B-CoW overlay files.");
+        stdout.WriteLine("bcow: create, inspect, check, convert, compare, resize, rebase, commit, flatten and exercise B-CoW overlay files; share layers between hosts (store).");
         stdout.WriteLine();
         stdout.WriteLine("Usage: bcow [--debug] COMMAND [OPTIONS] FILE...");
         stdout.WriteLine();

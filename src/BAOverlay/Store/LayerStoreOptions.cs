@@ -1,0 +1,58 @@
+namespace BAOverlay.Store;
+
+/// <summary>How a <see cref="LayerStore"/> behaves on this host. Every host of a store may use its own; the times
+/// that several hosts must agree on (leases, ages) are read against each host's own clock, with
+/// <see cref="ClockSkewMargin"/> between them.</summary>
+public sealed class LayerStoreOptions
+{
+    /// <summary>This host's id in lease records and staging names: 1 to 64 of <c>A-Z a-z 0-9 . _ -</c>. Default: the
+    /// host name. Two hosts of one store must not share one.</summary>
+    public string? HostId { get; init; }
+
+    /// <summary>How often <see cref="LayerStore.WaitForChangeAsync"/> polls the generation record. Default 2 s: a layer
+    /// published on another host is seen within this (plus the share's own attribute caching, see docs/layer-store.md).</summary>
+    public TimeSpan RefreshInterval { get; init; } = TimeSpan.FromSeconds(2);
+
+    /// <summary>How long a lease protects its layers without being renewed. Default 5 minutes; a
+    /// <see cref="StoreLease"/> renews itself at a third of it while it is held.</summary>
+    public TimeSpan LeaseDuration { get; init; } = TimeSpan.FromMinutes(5);
+
+    /// <summary>How far the clocks of two hosts of the store may differ: a lease counts as expired only this long after
+    /// its expiry time, and ages are measured with it added. Default 1 minute.</summary>
+    public TimeSpan ClockSkewMargin { get; init; } = TimeSpan.FromMinutes(1);
+
+    /// <summary>A layer or image that no image or name refers to is kept this long after it was published, so that a
+    /// writer can publish the layers of an image before the image itself. Default 1 hour.</summary>
+    public TimeSpan GracePeriod { get; init; } = TimeSpan.FromHours(1);
+
+    /// <summary>Staging entries (a crashed writer's half-made layer or record) and trash older than this are removed by
+    /// garbage collection. A writer touches its staging directory at least every minute. Default 1 hour.</summary>
+    public TimeSpan StagingAge { get; init; } = TimeSpan.FromHours(1);
+
+    /// <summary>Recompute a layer's digest from its content before its directory is first handed out by this instance
+    /// (<see cref="LayerStore.ResolveLowerDirectories"/>, leases). Default true: a layer damaged or changed on the
+    /// share is refused, not mounted. Off, only the manifest is checked.</summary>
+    public bool VerifyContent { get; init; } = true;
+
+    /// <summary>The most bytes of file content a layer tar may unpack to. Default 1 TiB.</summary>
+    public long MaxLayerBytes { get; init; } = 1L << 40;
+
+    /// <summary>The clock (tests pass a fake one to age leases and staging).</summary>
+    public TimeProvider TimeProvider { get; init; } = TimeProvider.System;
+
+    /// <summary>Called after each step of a publication (tests stop or kill the writer there).</summary>
+    internal Action<PublishStep>? PublishStepHook { get; init; }
+}
+
+/// <summary>The steps of publishing a layer, in order; see docs/layer-store.md.</summary>
+internal enum PublishStep
+{
+    StagingCreated,
+    TreeWritten,
+    TreeSynced,
+    ManifestWritten,
+    StagingSynced,
+    Renamed,
+    LayersSynced,
+    GenerationBumped,
+}
