@@ -101,6 +101,51 @@ def modify(label, path, writes, seed):
     emit(f"container modify {label}", (t1 - t0) / 1e6, "ms")
 
 
+def start_files(listing):
+    """Writes to LISTING the files a shell and a Python start read on this machine, one path per line (absolute, as
+    on the host): the dynamic loader's cache, the C library's configuration, and the cached byte code of every module
+    a Python start with json, os, re and subprocess imports (what `python3 -c 'import json, os, re, subprocess'`
+    loads), from this very interpreter."""
+    import json as _json, re as _re, subprocess as _subprocess  # noqa: F401 (imported for sys.modules)
+    paths = ["/etc/ld.so.cache", "/etc/nsswitch.conf", "/etc/passwd", "/etc/group", "/etc/localtime", "/etc/profile"]
+    for module in list(sys.modules.values()):
+        for attr in ("__cached__", "__file__"):
+            path = getattr(module, attr, None)
+            if isinstance(path, str) and os.path.isfile(path):
+                paths.append(path)
+                break
+    with open(listing, "w") as f:
+        for path in dict.fromkeys(os.path.realpath(p) for p in paths):
+            f.write(path + "\n")
+
+
+def container_start(root, listing):
+    """A container-like start read from ROOT (a mount whose lower layer holds the host's files under the same
+    paths): stat and read every file of LISTING (see start_files), in order, as a starting shell and Python would."""
+    with open(listing) as f:
+        paths = [line.rstrip("\n") for line in f if line.strip()]
+    read = 0
+    present = 0
+    t0 = ns()
+    for path in paths:
+        full = root + path
+        try:
+            os.stat(full)
+        except FileNotFoundError:
+            continue
+        with open(full, "rb", buffering=0) as g:
+            while True:
+                chunk = g.read(1 << 20)
+                if not chunk:
+                    break
+                read += len(chunk)
+        present += 1
+    t1 = ns()
+    emit("container start reads", (t1 - t0) / 1e6, "ms")
+    emit("container start files", present, "files", better="higher")
+    emit("container start bytes", read, "B", better="higher")
+
+
 def main(argv):
     kind = argv[1]
     if kind == "first-write":
@@ -111,6 +156,10 @@ def main(argv):
         listing(argv[2])
     elif kind == "modify":
         modify(argv[2], argv[3], int(argv[4]), int(argv[5]))
+    elif kind == "start-files":
+        start_files(argv[2])
+    elif kind == "container-start":
+        container_start(argv[2], argv[3])
     else:
         raise SystemExit(f"probe.py: unknown probe {kind}")
 
