@@ -141,6 +141,14 @@ prepare_lower() {
   head -c "$DATA_SIZE" /dev/urandom >"$lower/read-$DATA_SIZE"
   head -c "$DATA_SIZE" /dev/urandom >"$lower/rw-$DATA_SIZE"
   head -c "$DATA_SIZE" /dev/urandom >"$lower/image/var/lib/db.img"
+  # A container start: the files a shell and a Python start read on this machine, copied into the lower layer under
+  # the same paths (probe.py start-files), and a lower directory of META_FILES small files for the listing probe.
+  python3 "$HERE/probe.py" start-files "$DATA/start-files"
+  xargs -a "$DATA/start-files" -d '\n' cp --parents -t "$lower"
+  mkdir -p "$lower/listing"
+  python3 -c 'import os, sys
+for i in range(int(sys.argv[2])):
+    open(os.path.join(sys.argv[1], f"file-{i:06d}"), "w").write("x")' "$lower/listing" "$META_FILES"
   # The container's root file system tree: a slice of this machine's own (directories listed in ROOTFS_DIRS).
   tar -C / -cf "$DATA/rootfs.tar" "${ROOTFS_DIRS[@]}" 2>/dev/null || true
   sync -f "$lower"
@@ -176,10 +184,26 @@ space() {  # $1 round, $2 system, $3 metric, $4 path (in upper)
     "$3" "$apparent" "$3" "$allocated" | record "$1" "$2"
 }
 
+mount_command() {  # $1 system, $2 lower, $3 upper, $4 work, $5 mount point: a command that mounts and returns
+  local opts="lowerdir=$2,upperdir=$3,workdir=$4"
+  case "$1" in
+    kernel) echo mount -t overlay overlay -o "$opts" "$5" ;;
+    fuse-overlayfs) echo fuse-overlayfs -o "$opts" "$5" ;;
+    baoverlayfs) echo "${BAO_CMD[@]}" -o "$opts" "$5" ;;
+  esac
+}
+
 run_system() {  # $1 round, $2 system
   local r=$1 sys=$2 lower="$DATA/lower" upper="$DATA/$2/upper" work="$DATA/$2/work" mnt="$DATA/$2/mnt" s t0 t1
   rm -rf "${DATA:?}/$sys"; mkdir -p "$upper" "$work" "$mnt"
   log "round $r: $sys"
+
+  # 0. A container's start on a fresh mount: mount, stat and read what a shell and a Python start read, unmount;
+  #    the mount time, and the daemon's memory and threads once idle (startup.py). Then fresh folders again.
+  # shellcheck disable=SC2046
+  python3 "$HERE/startup.py" "$DATA/start-files" "$mnt" -- $(mount_command "$sys" "$lower" "$upper" "$work" "$mnt") \
+    | record "$r" "$sys"
+  rm -rf "$upper" "$work"; mkdir -p "$upper" "$work"
   mount_system "$sys" "$lower" "$upper" "$work" "$mnt"
 
   # 1. First write into each lower file of a fresh mount, then the upper space it took. The mount's very first write
@@ -200,8 +224,9 @@ run_system() {  # $1 round, $2 system
   fio_job randwrite "$r" "$sys" --filename="$mnt/rw-$DATA_SIZE" --rw=randwrite --bs=4k --size="$DATA_SIZE" \
     --time_based --runtime="$RUNTIME" --randrepeat=1 --end_fsync=1
 
-  # 3. Metadata: create, stat, readdir, unlink of META_FILES small files.
+  # 3. Metadata: create, stat, readdir, unlink of META_FILES small files; listings of a lower directory of as many.
   python3 "$HERE/probe.py" metadata "$mnt/meta" "$META_FILES" | record "$r" "$sys"
+  python3 "$HERE/probe.py" listing "$mnt/listing" | record "$r" "$sys"
 
   # 4. Container-like: unpack a root file system tree into the image, then change its large db file (16 x 4 KiB).
   t0=$(date +%s%N)
