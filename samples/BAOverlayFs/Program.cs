@@ -127,7 +127,7 @@ internal static class Program
     {
         string process = Environment.ProcessPath ?? "dotnet";
         return Path.GetFileNameWithoutExtension(process) == "dotnet"
-            ? (process, [typeof(Program).Assembly.Location])
+            ? (process, [Path.Combine(AppContext.BaseDirectory, "baoverlayfs.dll")]) // not Assembly.Location: empty when native
             : (process, []);
     }
 
