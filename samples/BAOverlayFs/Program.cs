@@ -134,7 +134,7 @@ internal static class Program
     {
         string process = Environment.ProcessPath ?? "dotnet";
         return Path.GetFileNameWithoutExtension(process) == "dotnet"
-            ? (process, [typeof(Program).Assembly.Location])
+            ? (process, [Path.Combine(AppContext.BaseDirectory, "baoverlayfs.dll")]) // not Assembly.Location: empty when native
             : (process, []);
     }
 
@@ -260,20 +260,6 @@ internal static class Program
             return 1;
         }
 
-        int loopResult = 0;
-        Exception? loopFailure = null;
-        var loop = new Thread(() =>
-        {
-            try
-            {
-                loopResult = session.Run();
-            }
-            catch (Exception e)
-            {
-                loopFailure = e;
-            }
-        })
-        { Name = "fuse-loop" };
         bool signalled = false;
         void Stop(PosixSignalContext context)
         {
@@ -299,53 +285,66 @@ internal static class Program
         try
         {
             session.Mount(line.MountPoint);
-            loop.Start();
-            // The kernel sends INIT at mount time: once it is answered, requests are served.
-            var ready = Stopwatch.StartNew();
-            while (session.Connection is null && loop.IsAlive && ready.Elapsed < TimeSpan.FromSeconds(30))
-            {
-                Thread.Sleep(5);
-            }
-            if (session.Connection is null)
-            {
-                throw new IOException(Volatile.Read(ref signalled)
-                    ? $"mount {line.MountPoint}: interrupted by a signal"
-                    : $"mount {line.MountPoint}: the kernel did not initialise the FUSE connection");
-            }
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or FuseUnavailableException)
         {
             Console.Error.WriteLine("baoverlayfs: " + e.Message);
-            session.Exit();
-            if (loop.ThreadState != System.Threading.ThreadState.Unstarted && !loop.Join(TimeSpan.FromSeconds(10)))
-            {
-                return 1; // the loop is stuck: leave the session allocated rather than free it under the loop
-            }
             session.Dispose();
             fileSystem.Dispose();
             lease?.Dispose();
             return 1;
         }
 
-        if (line.AutoUnmount)
+        // The kernel sends INIT at mount time. The main thread serves (it is the loop's first worker, so an idle mount
+        // has no thread waiting on another); this short-lived one reports once INIT is answered, then ends.
+        string? startFailure = null;
+        var ready = new Thread(() =>
         {
-            s_watcher = AutoUnmountWatcher.Start(session.MountPoint ?? line.MountPoint, session.Identity);
-        }
-        if (child)
-        {
-            try
+            if (!session.WaitForInit(TimeSpan.FromSeconds(30)))
             {
-                Console.Out.Write("ok\n");
-                Console.Out.Flush();
+                startFailure = Volatile.Read(ref signalled)
+                    ? $"mount {line.MountPoint}: interrupted by a signal"
+                    : $"mount {line.MountPoint}: the kernel did not initialise the FUSE connection";
+                Console.Error.WriteLine("baoverlayfs: " + startFailure);
+                session.Exit();
+                if (!session.WaitForExit(TimeSpan.FromSeconds(10)))
+                {
+                    Environment.Exit(1); // the loop is stuck: leave rather than free the session under it
+                }
+                return;
             }
-            catch (IOException)
+            if (line.AutoUnmount)
             {
-                // The waiting parent is gone (killed): the mount is live all the same, so keep serving it.
+                s_watcher = AutoUnmountWatcher.Start(session.MountPoint ?? line.MountPoint, session.Identity);
             }
-            Native.DetachStdio();
-        }
+            if (child)
+            {
+                try
+                {
+                    Console.Out.Write("ok\n");
+                    Console.Out.Flush();
+                }
+                catch (IOException)
+                {
+                    // The waiting parent is gone (killed): the mount is live all the same, so keep serving it.
+                }
+                Native.DetachStdio();
+            }
+        })
+        { Name = "fuse-ready", IsBackground = true };
+        ready.Start();
 
-        loop.Join();
+        int loopResult = 0;
+        Exception? loopFailure = null;
+        try
+        {
+            loopResult = session.Run();
+        }
+        catch (Exception e)
+        {
+            loopFailure = e;
+        }
+        ready.Join();
         session.Dispose();
         fileSystem.Dispose();
         lease?.Dispose();
@@ -353,6 +352,10 @@ internal static class Program
         if (loopFailure is not null)
         {
             Console.Error.WriteLine("baoverlayfs: " + loopFailure.Message);
+            return 1;
+        }
+        if (startFailure is not null)
+        {
             return 1;
         }
         return loopResult < 0 ? 1 : 0;

@@ -27,6 +27,7 @@ public sealed unsafe class FuseSession : IDisposable
 {
     private readonly Action<string> _log;
     private readonly ManualResetEventSlim _loopEnded = new(true);
+    private readonly ManualResetEventSlim _initOrEnd = new(false);
     private readonly object _gate = new();
 
     /// <summary>Held while <see cref="Unmount"/> uses the /dev/fuse descriptor, and while the session (which closes
@@ -273,6 +274,7 @@ public sealed unsafe class FuseSession : IDisposable
                 _running = false;
             }
             _loopEnded.Set();
+            _initOrEnd.Set();
         }
     }
 
@@ -337,6 +339,13 @@ public sealed unsafe class FuseSession : IDisposable
 
     /// <summary>Waits for <see cref="Run"/> to return.</summary>
     public bool WaitForExit(TimeSpan timeout) => _loopEnded.Wait(timeout);
+
+    /// <summary>Waits until the kernel's INIT request has been answered, that is <see cref="Connection"/> is set (the
+    /// mount serves requests from then on), or the loop has ended without it. No polling: a mount program reports
+    /// "mounted" the moment it is.</summary>
+    /// <returns>True once the connection is initialised; false after <paramref name="timeout"/>, or when the loop ended
+    /// first (a failure, a signal, an unmount).</returns>
+    public bool WaitForInit(TimeSpan timeout) => _initOrEnd.Wait(timeout) && Connection is not null;
 
     /// <summary>Asks the loop to stop (<c>fuse_session_exit</c>) and unmounts this session's own mount
     /// (<see cref="Unmount"/>), which wakes the workers blocked on <c>/dev/fuse</c>; when the mount was detached from
@@ -448,6 +457,7 @@ public sealed unsafe class FuseSession : IDisposable
         }
         FreeNative();
         _loopEnded.Dispose();
+        _initOrEnd.Dispose();
     }
 
     internal void LogLine(string line)
@@ -462,7 +472,11 @@ public sealed unsafe class FuseSession : IDisposable
         }
     }
 
-    internal void OnInit(FuseConnection connection) => Connection = connection;
+    internal void OnInit(FuseConnection connection)
+    {
+        Connection = connection;
+        _initOrEnd.Set();
+    }
 
     /// <summary>The errno a failed request of <paramref name="operation"/> is answered with
     /// (<see cref="OverlayException.ErrnoOf"/>), with a log line for the classes that are no POSIX condition of the
