@@ -107,7 +107,7 @@ internal static class Program
             {
                 string version = typeof(Program).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "unknown";
                 Console.Out.WriteLine($"baoverlayfs version {version.Split('+')[0]}");
-                Console.Out.WriteLine("BAOverlay for .NET, a fuse-overlayfs replacement with block-level copy-up; libfuse3 low-level API");
+                Console.Out.WriteLine($"BAOverlay for .NET, a fuse-overlayfs replacement with block-level copy-up; FUSE protocol {BAOverlay.Fuse.FuseSession.ProtocolVersion} on /dev/fuse (no libfuse)");
                 return 0;
             }
             foreach (string warning in child ? [] : line.Warnings)

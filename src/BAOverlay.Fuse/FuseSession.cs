@@ -111,6 +111,9 @@ public sealed unsafe class FuseSession : IDisposable
     /// <summary>What the kernel and the session agreed at init (protocol, capabilities, limits), once the kernel has sent it.</summary>
     public FuseConnection? Connection { get; private set; }
 
+    /// <summary>The FUSE protocol version the session's own protocol layer offers the kernel ("7.40").</summary>
+    public static string ProtocolVersion => $"{Interop.FuseKernel.FUSE_KERNEL_VERSION}.{Interop.FuseKernel.FUSE_KERNEL_MINOR_VERSION}";
+
     /// <summary>Opens the kernel now serves from a backing file (FUSE passthrough); for tests and diagnostics.</summary>
     internal int PassthroughOpens => _channel?.PassthroughOpens ?? 0;
 
