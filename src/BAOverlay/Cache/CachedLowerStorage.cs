@@ -22,6 +22,7 @@ internal sealed class CachedLowerStorage : IBlockStorage
     private readonly bool _ownsRemote;
     private readonly HashSet<int> _touched = new();
     private int _disposed;
+    private volatile bool _countsHeat = true;
 
     public CachedLowerStorage(ZoneCache cache, CachedFile? file, IBlockStorage remote, bool ownsRemote)
     {
@@ -34,6 +35,17 @@ internal sealed class CachedLowerStorage : IBlockStorage
     public string Name => _remote.Name;
 
     public bool CanWrite => false;
+
+    /// <summary>
+    /// False while the reads are not a reader's (the sampled identity check a B-CoW file makes of its lower file at
+    /// creation and at every open: 64 chunks spread over the file, which would otherwise count 64 zones hot per open).
+    /// Such reads add no heat; they are still served from cached zones, and from the store under the deadline.
+    /// </summary>
+    public bool CountsHeat
+    {
+        get => _countsHeat;
+        set => _countsHeat = value;
+    }
 
     /// <summary>The size the remote file had when it was wrapped (files in the store do not change).</summary>
     public long Length => _file?.Size ?? _remote.Length;
@@ -184,6 +196,10 @@ internal sealed class CachedLowerStorage : IBlockStorage
     /// <summary>True the first time this reader reads in <paramref name="zone"/>.</summary>
     private bool FirstTouch(int zone)
     {
+        if (!_countsHeat)
+        {
+            return false;
+        }
         lock (_touched)
         {
             return _touched.Add(zone);
