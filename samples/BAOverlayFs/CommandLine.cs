@@ -45,7 +45,7 @@ internal sealed class CommandLine
 
     /// <summary>image=NAME|sha256:HEX: the image of <see cref="Store"/> whose layers are the lower directories.</summary>
     public string? Image { get; private set; }
-    /// <summary>cache=DIR: a hot-zone cache directory (docs/layer-store.md, "Local cache and degraded states") that
+    /// <summary>cache=DIR: a hot-zone cache directory (docs/layer-store.md) that
     /// every lower layer's files are read through.</summary>
     public string? CacheDirectory { get; private set; }
 

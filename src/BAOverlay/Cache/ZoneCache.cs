@@ -9,7 +9,7 @@ using BAOverlay.Storage;
 namespace BAOverlay.Cache;
 
 /// <summary>
-/// A host's hot-zone cache for files of a remote store (docs/hot-zone-cache.md). Files read through it
+/// A host's hot-zone cache for files of a remote store (docs/layer-store.md). Files read through it
 /// (<see cref="Wrap(IBlockStorage, string)"/>) are divided into zones; each zone's heat is counted (once per
 /// reader, fading with <see cref="ZoneCacheOptions.HeatHalfLife"/>); a zone hot enough is copied into a local cache
 /// file and read from there; under the budget the coldest zones are evicted first. Reads that need the store run under
@@ -210,7 +210,7 @@ public sealed class ZoneCache : IDisposable
 
     /// <summary>
     /// Writes the heat of every zone with heat of at least <paramref name="minimumHeat"/> to <paramref name="path"/>,
-    /// hottest first, in the heat map format (docs/hot-zone-cache.md), for another host's <see cref="Prefetch"/>.
+    /// hottest first, in the heat map format (docs/layer-store.md), for another host's <see cref="Prefetch"/>.
     /// </summary>
     public void ExportHeat(string path, double minimumHeat = 0.01)
     {
