@@ -48,8 +48,23 @@ EOF
 /usr/sbin/sshd -D -e -f "$D/keys/sshd_config" 2>"$D/sshd.log" & SSHD=$!
 for i in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
 $BCOW store init "$D/store" >/dev/null || exit 1
-sshfs -o "port=$PORT,IdentityFile=$D/keys/client,StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,BatchMode=yes,LogLevel=ERROR" \
-  -o "$SSHFS_OPTS" "root@127.0.0.1:$D/store" "$D/share" || exit 1
+share_mount() {
+  sshfs -o "port=$PORT,IdentityFile=$D/keys/client,StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,BatchMode=yes,LogLevel=ERROR" \
+    -o "$SSHFS_OPTS" "root@127.0.0.1:$D/store" "$D/share" || exit 1
+}
+share_unmount() {
+  mountpoint -q "$D/share" || return 0
+  fusermount3 -u "$D/share"; for i in $(seq 300); do mountpoint -q "$D/share" || break; sleep 0.01; done
+}
+# Drops the share's files from the kernel's page cache (the mount's verification of the image has just read them all).
+share_drop() {
+  python3 -c 'import os, sys
+for top, dirs, files in os.walk(sys.argv[1]):
+    for name in files:
+        path = os.path.join(top, name)
+        if os.path.isfile(path) and not os.path.islink(path):
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)' "$D/share/layers"
+}
 
 # the layer: what a shell and a Python start read here, plus a hot file and a cold file for the outage figures
 python3 "$HERE/probe.py" start-files "$D/list"
@@ -58,13 +73,19 @@ mkdir -p "$D/layer/bench"; head -c 1M /dev/urandom >"$D/layer/bench/hot.bin"; he
 echo "# layer: $(wc -l <"$D/list") files listed, $(du -sb "$D/layer" | cut -f1) bytes"
 $BCOW store publish --host writer --name app "$D/store" "$D/layer" >/dev/null || exit 1
 
+# Each start gets a fresh sshfs mount, and the share's data is dropped from the page cache once baoverlayfs has
+# verified the image through it: nothing of the store's data is on this host but what baoverlayfs's cache holds (the
+# kernel's page cache of the share would otherwise serve every read of a "no cache" start from memory).
 mount_image() {  # $1: extra options
   rm -rf "$D/u" "$D/w"; mkdir -p "$D/u" "$D/w"
+  share_mount
   $B -o "store=$D/share,image=app,upperdir=$D/u,workdir=$D/w$1" "$D/m" || exit 1
+  share_drop
 }
 unmount_image() {  # and wait for the process to end: it writes the cache's state file last
   fusermount3 -u "$D/m"
   for i in $(seq 600); do pgrep -f -- "workdir=$D/w" >/dev/null || break; sleep 0.05; done
+  share_unmount
 }
 start() {  # $1 round, $2 phase
   python3 "$HERE/probe.py" container-start "$D/m" "$D/list" |
@@ -87,6 +108,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 
 # publish-to-visible through sshfs, ROUNDS times
+share_mount
 for ((r = 1; r <= ROUNDS; r++)); do
   mkdir -p "$D/pub$r"; echo "layer $r $RANDOM" >"$D/pub$r/f"
   python3 - "$D/share/generation" "$BCOW" "$D/store" "$D/pub$r" "$r" <<'EOF'
@@ -103,6 +125,8 @@ while gen() == before:
 print(r, "publish", "visible-after", "%.0f" % ((time.monotonic() - done) * 1000), "ms")
 EOF
 done
+
+share_unmount
 
 # the store unreachable, under a warm mount
 mount_image ",cache=$D/cache"
