@@ -20,12 +20,14 @@ internal sealed class CachedLowerStorage : IBlockStorage
     private readonly CachedFile? _file;
     private readonly IBlockStorage _remote;
     private readonly bool _ownsRemote;
+    private readonly ulong _inode;
     private readonly HashSet<int> _touched = new();
     private int _disposed;
     private volatile bool _countsHeat = true;
 
-    public CachedLowerStorage(ZoneCache cache, CachedFile? file, IBlockStorage remote, bool ownsRemote)
+    public CachedLowerStorage(ZoneCache cache, CachedFile? file, IBlockStorage remote, bool ownsRemote, ulong inode = 0)
     {
+        _inode = inode;
         _cache = cache;
         _file = file;
         _remote = remote;
@@ -218,8 +220,9 @@ internal sealed class CachedLowerStorage : IBlockStorage
 
     public void PunchHole(long offset, long length) => throw ReadOnly();
 
-    /// <summary>The modification time the cache knows the file by; no call to the store (which may not answer).</summary>
-    public (long MTimeNs, ulong Inode) GetIdentity() => _file is { } file ? (file.MTimeNs, 0) : _remote.GetIdentity();
+    /// <summary>The modification time the cache knows the file by, and its inode number when it was wrapped; no call to
+    /// the store (which may not answer).</summary>
+    public (long MTimeNs, ulong Inode) GetIdentity() => _file is { } file ? (file.MTimeNs, _inode) : _remote.GetIdentity();
 
     /// <summary>All data: asking the store where its holes are could hang.</summary>
     public IEnumerable<(long Offset, long Length)> GetDataRanges(long start, long end)

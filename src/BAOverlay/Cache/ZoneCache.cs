@@ -169,7 +169,8 @@ public sealed class ZoneCache : IDisposable
     public IBlockStorage Wrap(IBlockStorage remote, string key)
     {
         ArgumentNullException.ThrowIfNull(remote);
-        return Wrap(remote, key, remote.Length, remote.GetIdentity().MTimeNs, ownsRemote: true);
+        (long mtimeNs, ulong inode) = remote.GetIdentity();
+        return Wrap(remote, key, remote.Length, mtimeNs, ownsRemote: true, inode);
     }
 
     /// <summary>As <see cref="Wrap(IBlockStorage, string)"/>, with the size and modification time (ns since the
@@ -179,14 +180,19 @@ public sealed class ZoneCache : IDisposable
     /// <param name="size">Its size.</param>
     /// <param name="mtimeNs">Its modification time.</param>
     /// <param name="ownsRemote">True: disposing the returned storage disposes <paramref name="remote"/>.</param>
-    public IBlockStorage Wrap(IBlockStorage remote, string key, long size, long mtimeNs, bool ownsRemote)
+    public IBlockStorage Wrap(IBlockStorage remote, string key, long size, long mtimeNs, bool ownsRemote) =>
+        Wrap(remote, key, size, mtimeNs, ownsRemote, inode: 0);
+
+    /// <summary>As the public overload; <paramref name="inode"/> is what the wrapper reports as the file's inode number
+    /// (B-CoW files made before the sampled identity record their lower file's, and compare it).</summary>
+    private IBlockStorage Wrap(IBlockStorage remote, string key, long size, long mtimeNs, bool ownsRemote, ulong inode)
     {
         ArgumentNullException.ThrowIfNull(remote);
         ArgumentNullException.ThrowIfNull(key);
         ArgumentOutOfRangeException.ThrowIfNegative(size);
         ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
         CachedFile? file = Cacheable(key, size) ? GetFile(key, size, mtimeNs) : null;
-        return new CachedLowerStorage(this, file, remote, ownsRemote);
+        return new CachedLowerStorage(this, file, remote, ownsRemote, inode);
     }
 
     /// <summary>Commits every admission and eviction into the cache files and writes the heat and state files.</summary>
