@@ -45,6 +45,16 @@ internal sealed class CommandLine
 
     /// <summary>image=NAME|sha256:HEX: the image of <see cref="Store"/> whose layers are the lower directories.</summary>
     public string? Image { get; private set; }
+    /// <summary>cache=DIR: a hot-zone cache directory (docs/layer-store.md) that
+    /// every lower layer's files are read through.</summary>
+    public string? CacheDirectory { get; private set; }
+
+    /// <summary>cache_size=BYTES[K|M|G|T]: the cache's budget (default 1 GiB).</summary>
+    public long? CacheSize { get; private set; }
+
+    /// <summary>store_timeout=S: how long a read of a lower file not in the cache may take before it fails with EIO
+    /// (default 2; needs cache=).</summary>
+    public double? StoreTimeout { get; private set; }
     public string? UpperDirectory { get; private set; }
     public string? WorkDirectory { get; private set; }
     public bool ReadOnly { get; private set; }
@@ -180,6 +190,14 @@ internal sealed class CommandLine
         {
             throw new UsageException("no lowerdir= given (-o lowerdir=DIR[:DIR...],upperdir=DIR,workdir=DIR, or store=DIR,image=NAME)");
         }
+        if (line.CacheDirectory is null && (line.CacheSize is not null || line.StoreTimeout is not null))
+        {
+            throw new UsageException(line.CacheSize is not null ? "cache_size= needs cache=DIR" : "store_timeout= needs cache=DIR");
+        }
+        if (line.StoreTimeout is <= 0)
+        {
+            throw new UsageException($"store_timeout={line.StoreTimeout}: must be more than 0 seconds");
+        }
         if ((line.UpperDirectory is null) != (line.WorkDirectory is null))
         {
             throw new UsageException(line.UpperDirectory is null ? "workdir= needs upperdir=" : "upperdir= needs workdir=");
@@ -202,6 +220,10 @@ internal sealed class CommandLine
         if (WorkDirectory is not null)
         {
             WorkDirectory = CheckDirectory("workdir", WorkDirectory);
+        }
+        if (CacheDirectory is not null)
+        {
+            CacheDirectory = Path.GetFullPath(CacheDirectory); // created by the cache if missing
         }
         // canonical, as /proc/self/mountinfo will show it (the auto_unmount watcher looks the mount up there)
         MountPoint = Native.RealPath(CheckDirectory(null, MountPoint));
@@ -337,6 +359,15 @@ internal sealed class CommandLine
             case ("image", not null):
                 Image = value;
                 return;
+            case ("cache", not null):
+                CacheDirectory = Unescape(value);
+                return;
+            case ("cache_size", not null):
+                CacheSize = ParseBytes(option, value);
+                return;
+            case ("store_timeout", not null):
+                StoreTimeout = ParseSeconds(option, value);
+                return;
             case ("upperdir", not null):
                 UpperDirectory = Unescape(value);
                 return;
@@ -446,6 +477,18 @@ internal sealed class CommandLine
         double.TryParse(value, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out double seconds) && double.IsFinite(seconds)
             ? seconds
             : throw new UsageException($"{option}: not a number of seconds");
+
+    /// <summary>A number of bytes, with an optional binary suffix: K, M, G or T (KiB, MiB, GiB, TiB).</summary>
+    private static long ParseBytes(string option, string value)
+    {
+        int shift = value.Length > 0 ? char.ToUpperInvariant(value[^1]) switch { 'K' => 10, 'M' => 20, 'G' => 30, 'T' => 40, _ => 0 } : 0;
+        string digits = shift == 0 ? value : value[..^1];
+        if (!long.TryParse(digits, NumberStyles.None, CultureInfo.InvariantCulture, out long number) || number > long.MaxValue >> shift)
+        {
+            throw new UsageException($"{option}: not a number of bytes (e.g. 1073741824, 1G, 512M)");
+        }
+        return number << shift;
+    }
 
     private static uint ParseId(string option, string value) =>
         uint.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out uint id)

@@ -39,6 +39,13 @@ internal static class Program
             lowerdir=DIR[:DIR...]  read-only layers, highest first; '\:' is a colon inside a path (required)
             store=DIR,image=NAME   instead of lowerdir=: the layers of image NAME (or sha256:DIGEST) of the
                                    layer store DIR (bcow store), verified, and leased for the mount's lifetime
+            cache=DIR              read the lower layers' files through a hot-zone cache in DIR (local disk):
+                                   zones of 256 KiB read again are kept there; when the lower layers' network
+                                   file system stops answering, reads of cached zones go on and the others fail
+                                   with EIO after store_timeout (state: getfattr -n user.baoverlay.status MOUNT)
+            cache_size=BYTES       the cache's budget, with K, M, G or T for KiB.. TiB (default 1G)
+            store_timeout=S        seconds a read of a lower file that is not cached may take before it fails
+                                   with EIO (default 2)
             upperdir=DIR           writable layer (without it the overlay is read-only)
             workdir=DIR            scratch directory on the upper's file system (required with upperdir)
 
@@ -189,8 +196,19 @@ internal static class Program
         // The image's layers stay leased while mounted (renewed by the lease's timer), so that garbage collection on
         // any host of the store leaves them alone even once the image is deleted.
         BAOverlay.Store.StoreLease? lease = null;
+        BAOverlay.Cache.ZoneCache? cache = null;
         try
         {
+            if (line.CacheDirectory is not null)
+            {
+                cache = new BAOverlay.Cache.ZoneCache(new BAOverlay.Cache.ZoneCacheOptions
+                {
+                    Directory = line.CacheDirectory,
+                    BudgetBytes = line.CacheSize ?? 1L << 30,
+                    RemoteTimeout = TimeSpan.FromSeconds(line.StoreTimeout ?? 2),
+                    Log = message => Console.Error.WriteLine("baoverlayfs: cache: " + message),
+                });
+            }
             if (line.Store is not null)
             {
                 using var store = BAOverlay.Store.LayerStore.Open(line.Store);
@@ -203,10 +221,12 @@ internal static class Program
                 UpperDirectory = line.UpperDirectory,
                 WorkDirectory = line.WorkDirectory,
                 CloseDelay = TimeSpan.FromSeconds(line.CloseDelay),
+                LowerCache = cache,
             });
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or FuseUnavailableException or OverlayException)
         {
+            cache?.Dispose();
             lease?.Dispose();
             Console.Error.WriteLine("baoverlayfs: " + e.Message);
             return 1;
@@ -255,6 +275,7 @@ internal static class Program
         catch (Exception e) when (e is IOException or FuseUnavailableException)
         {
             fileSystem.Dispose();
+            cache?.Dispose();
             lease?.Dispose();
             Console.Error.WriteLine("baoverlayfs: " + e.Message);
             return 1;
@@ -291,6 +312,7 @@ internal static class Program
             Console.Error.WriteLine("baoverlayfs: " + e.Message);
             session.Dispose();
             fileSystem.Dispose();
+            cache?.Dispose();
             lease?.Dispose();
             return 1;
         }
@@ -347,6 +369,7 @@ internal static class Program
         ready.Join();
         session.Dispose();
         fileSystem.Dispose();
+        cache?.Dispose(); // commits what was admitted, and writes the heat and state files
         lease?.Dispose();
         s_watcher?.Dispose(); // closes the watcher's standard input: it sees the mount gone and exits
         if (loopFailure is not null)

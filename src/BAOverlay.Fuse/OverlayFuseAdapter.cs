@@ -399,9 +399,25 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
             ? System.Text.Encoding.UTF8.GetBytes(Status + "\n")
             : _fileSystem.TryGetXattr(ino, name, Checked(context));
 
-    /// <summary>"healthy", or why the overlay is read-only (its upper file system failed), and any other state a
-    /// derived mount reports (see <see cref="StatusXattr"/>).</summary>
-    public string Status => _fileSystem.UpperFailure is { } failure ? "read-only: " + failure : "healthy";
+    /// <summary>
+    /// "healthy"; or why the overlay is read-only (its upper file system failed), and, when its lower files are read
+    /// through a hot-zone cache whose store does not answer, since when and why ("store unreachable since T: ..."),
+    /// the two joined by "; " (see <see cref="StatusXattr"/>).
+    /// </summary>
+    public string Status
+    {
+        get
+        {
+            string? upper = _fileSystem.UpperFailure is { } failure ? "read-only: " + failure : null;
+            string? store = null;
+            if (_fileSystem.LowerCache?.Status is { State: BAOverlay.Cache.StoreState.Unreachable } cache)
+            {
+                string since = cache.Since?.ToString("u", System.Globalization.CultureInfo.InvariantCulture) ?? "?";
+                store = $"store unreachable since {since} (cached reads go on, others fail with EIO): {cache.LastError ?? "no answer"}";
+            }
+            return upper is null && store is null ? "healthy" : string.Join("; ", new[] { upper, store }.Where(s => s is not null));
+        }
+    }
 
     /// <inheritdoc/>
     public IReadOnlyList<string> ListXattrs(ulong ino, FuseContext context) => _fileSystem.ListXattrs(ino);

@@ -20,11 +20,14 @@ internal sealed class CachedLowerStorage : IBlockStorage
     private readonly CachedFile? _file;
     private readonly IBlockStorage _remote;
     private readonly bool _ownsRemote;
+    private readonly ulong _inode;
     private readonly HashSet<int> _touched = new();
     private int _disposed;
+    private volatile bool _countsHeat = true;
 
-    public CachedLowerStorage(ZoneCache cache, CachedFile? file, IBlockStorage remote, bool ownsRemote)
+    public CachedLowerStorage(ZoneCache cache, CachedFile? file, IBlockStorage remote, bool ownsRemote, ulong inode = 0)
     {
+        _inode = inode;
         _cache = cache;
         _file = file;
         _remote = remote;
@@ -34,6 +37,17 @@ internal sealed class CachedLowerStorage : IBlockStorage
     public string Name => _remote.Name;
 
     public bool CanWrite => false;
+
+    /// <summary>
+    /// False while the reads are not a reader's (the sampled identity check a B-CoW file makes of its lower file at
+    /// creation and at every open: 64 chunks spread over the file, which would otherwise count 64 zones hot per open).
+    /// Such reads add no heat; they are still served from cached zones, and from the store under the deadline.
+    /// </summary>
+    public bool CountsHeat
+    {
+        get => _countsHeat;
+        set => _countsHeat = value;
+    }
 
     /// <summary>The size the remote file had when it was wrapped (files in the store do not change).</summary>
     public long Length => _file?.Size ?? _remote.Length;
@@ -184,6 +198,10 @@ internal sealed class CachedLowerStorage : IBlockStorage
     /// <summary>True the first time this reader reads in <paramref name="zone"/>.</summary>
     private bool FirstTouch(int zone)
     {
+        if (!_countsHeat)
+        {
+            return false;
+        }
         lock (_touched)
         {
             return _touched.Add(zone);
@@ -202,8 +220,9 @@ internal sealed class CachedLowerStorage : IBlockStorage
 
     public void PunchHole(long offset, long length) => throw ReadOnly();
 
-    /// <summary>The modification time the cache knows the file by; no call to the store (which may not answer).</summary>
-    public (long MTimeNs, ulong Inode) GetIdentity() => _file is { } file ? (file.MTimeNs, 0) : _remote.GetIdentity();
+    /// <summary>The modification time the cache knows the file by, and its inode number when it was wrapped; no call to
+    /// the store (which may not answer).</summary>
+    public (long MTimeNs, ulong Inode) GetIdentity() => _file is { } file ? (file.MTimeNs, _inode) : _remote.GetIdentity();
 
     /// <summary>All data: asking the store where its holes are could hang.</summary>
     public IEnumerable<(long Offset, long Length)> GetDataRanges(long start, long end)

@@ -8,7 +8,7 @@ internal readonly record struct HeatEntry(string Key, long Size, long MTimeNs, i
 
 /// <summary>
 /// Answers "how is heat written down?": the cache's own heat file and the heat maps hosts exchange share one text
-/// format (docs/hot-zone-cache.md). Read as untrusted input: a line that does not parse, or names a zone outside its
+/// format (docs/layer-store.md). Read as untrusted input: a line that does not parse, or names a zone outside its
 /// file, is skipped and counted, never used.
 /// </summary>
 internal static class HeatMap

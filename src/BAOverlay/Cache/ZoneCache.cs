@@ -9,7 +9,7 @@ using BAOverlay.Storage;
 namespace BAOverlay.Cache;
 
 /// <summary>
-/// A host's hot-zone cache for files of a remote store (docs/hot-zone-cache.md). Files read through it
+/// A host's hot-zone cache for files of a remote store (docs/layer-store.md). Files read through it
 /// (<see cref="Wrap(IBlockStorage, string)"/>) are divided into zones; each zone's heat is counted (once per
 /// reader, fading with <see cref="ZoneCacheOptions.HeatHalfLife"/>); a zone hot enough is copied into a local cache
 /// file and read from there; under the budget the coldest zones are evicted first. Reads that need the store run under
@@ -169,7 +169,8 @@ public sealed class ZoneCache : IDisposable
     public IBlockStorage Wrap(IBlockStorage remote, string key)
     {
         ArgumentNullException.ThrowIfNull(remote);
-        return Wrap(remote, key, remote.Length, remote.GetIdentity().MTimeNs, ownsRemote: true);
+        (long mtimeNs, ulong inode) = remote.GetIdentity();
+        return Wrap(remote, key, remote.Length, mtimeNs, ownsRemote: true, inode);
     }
 
     /// <summary>As <see cref="Wrap(IBlockStorage, string)"/>, with the size and modification time (ns since the
@@ -179,14 +180,19 @@ public sealed class ZoneCache : IDisposable
     /// <param name="size">Its size.</param>
     /// <param name="mtimeNs">Its modification time.</param>
     /// <param name="ownsRemote">True: disposing the returned storage disposes <paramref name="remote"/>.</param>
-    public IBlockStorage Wrap(IBlockStorage remote, string key, long size, long mtimeNs, bool ownsRemote)
+    public IBlockStorage Wrap(IBlockStorage remote, string key, long size, long mtimeNs, bool ownsRemote) =>
+        Wrap(remote, key, size, mtimeNs, ownsRemote, inode: 0);
+
+    /// <summary>As the public overload; <paramref name="inode"/> is what the wrapper reports as the file's inode number
+    /// (B-CoW files made before the sampled identity record their lower file's, and compare it).</summary>
+    private IBlockStorage Wrap(IBlockStorage remote, string key, long size, long mtimeNs, bool ownsRemote, ulong inode)
     {
         ArgumentNullException.ThrowIfNull(remote);
         ArgumentNullException.ThrowIfNull(key);
         ArgumentOutOfRangeException.ThrowIfNegative(size);
         ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
         CachedFile? file = Cacheable(key, size) ? GetFile(key, size, mtimeNs) : null;
-        return new CachedLowerStorage(this, file, remote, ownsRemote);
+        return new CachedLowerStorage(this, file, remote, ownsRemote, inode);
     }
 
     /// <summary>Commits every admission and eviction into the cache files and writes the heat and state files.</summary>
@@ -210,7 +216,7 @@ public sealed class ZoneCache : IDisposable
 
     /// <summary>
     /// Writes the heat of every zone with heat of at least <paramref name="minimumHeat"/> to <paramref name="path"/>,
-    /// hottest first, in the heat map format (docs/hot-zone-cache.md), for another host's <see cref="Prefetch"/>.
+    /// hottest first, in the heat map format (docs/layer-store.md), for another host's <see cref="Prefetch"/>.
     /// </summary>
     public void ExportHeat(string path, double minimumHeat = 0.01)
     {

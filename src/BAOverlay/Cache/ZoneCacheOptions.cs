@@ -1,6 +1,6 @@
 namespace BAOverlay.Cache;
 
-/// <summary>How a <see cref="ZoneCache"/> divides, counts, admits, keeps and reads (docs/hot-zone-cache.md).</summary>
+/// <summary>How a <see cref="ZoneCache"/> divides, counts, admits, keeps and reads (docs/layer-store.md).</summary>
 public sealed class ZoneCacheOptions
 {
     /// <summary>The cache directory on fast local media (created if missing). One process at a time uses it.</summary>
@@ -14,7 +14,7 @@ public sealed class ZoneCacheOptions
     public long BudgetBytes { get; init; } = 1L << 30;
 
     /// <summary>Zone size: the unit of heat, admission and eviction. A power of two from 4 KiB to 64 MiB; default
-    /// 256 KiB (what an admission fetches beyond what was read stays small; see docs/hot-zone-cache.md).</summary>
+    /// 256 KiB (what an admission fetches beyond what was read stays small; see docs/layer-store.md).</summary>
     public int ZoneSize { get; init; } = 256 << 10;
 
     /// <summary>

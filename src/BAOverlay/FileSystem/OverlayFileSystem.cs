@@ -1640,7 +1640,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                     File.WriteAllBytes(scratch, []);
                     break;
                 case S_IFREG when st.st_size >= _options.BlockCopyUpThreshold && !IsBCowFile(lower):
-                    using (FileStorage lowerFile = OpenLowerFile(lowerPath, described))
+                    using (IBlockStorage lowerFile = BCowLowerThroughCache(OpenLowerFile(lowerPath, described), node.Layers[0].Layer, node.Layers[0].Path))
                     using (var upperFile = new FileStorage(scratch, FileMode.CreateNew, FileAccess.ReadWrite))
                     {
                         // The header records where the lower file was, for `bcow` and people; the overlay itself finds
@@ -1902,7 +1902,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                 }
             }
         }
-        FileStorage? lower = null;
+        IBlockStorage? lower = null;
         foreach (var (candidate, relative) in candidates)
         {
             if (_layers.TryLocate(candidate, relative, out LayerPath located) != 0)
@@ -1923,7 +1923,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                     }
                     break; // a whiteout or anything else hides whatever lies below
                 }
-                lower = OpenLowerFile(located, _layers.Describe(candidate, relative));
+                lower = BCowLowerThroughCache(OpenLowerFile(located, _layers.Describe(candidate, relative)), candidate, relative);
                 break;
             }
         }
@@ -1942,7 +1942,9 @@ public sealed partial class OverlayFileSystem : IDisposable
         }
         try
         {
-            return BCowFile.Open(upper, lower, new BCowOpenOptions { ReadOnly = readOnly }, ownsStorage: true);
+            BCowFile opened = BCowFile.Open(upper, lower, new BCowOpenOptions { ReadOnly = readOnly }, ownsStorage: true);
+            CountHeat(lower); // the identity check is done: what is read from now on is a reader's
+            return opened;
         }
         catch (BCowFormatException e) when (lower is null)
         {

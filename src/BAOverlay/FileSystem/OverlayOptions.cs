@@ -38,7 +38,7 @@ public sealed record OverlayOptions
     public int BlockSize { get; init; } = 1 << Format.Layout.DefaultBlockSizeLog2;
 
     /// <summary>
-    /// A host's hot-zone cache for lower layers kept in a remote store (docs/hot-zone-cache.md): reads of lower regular
+    /// A host's hot-zone cache for lower layers kept in a remote store (docs/layer-store.md): reads of lower regular
     /// files opened as they are go through it (keyed by the file's full path), so hot zones come from local media and a
     /// store that stops answering fails reads promptly with EIO instead of hanging. The overlay does not dispose it.
     /// Null (the default): no cache. Not yet applied to the lower file under a B-CoW file (copied-up files).

@@ -26,12 +26,25 @@ internal sealed class SshfsStore : IDisposable
     private Process? _sshfs;
     private bool _mounted;
 
-    private SshfsStore(string exported, TempDir keys, string mountPoint)
+    private SshfsStore(string exported, TempDir keys, string mountPoint, string connectionOptions)
     {
         Exported = exported;
         _keys = keys;
         MountPoint = mountPoint;
+        _connectionOptions = connectionOptions;
     }
+
+    /// <summary>The default connection options: a server that stops answering is given up after about 10 s.</summary>
+    public const string DefaultConnectionOptions = "ServerAliveInterval=5,ServerAliveCountMax=2";
+
+    /// <summary>
+    /// Connection options that bound every call through the mount, data and metadata alike, when the server hangs
+    /// (SIGSTOP) or goes away: the connection is declared dead after about 3 s without an answer, sshfs reconnects
+    /// (answering EIO meanwhile), and a connection attempt to a server that does not answer gives up after 2 s.
+    /// </summary>
+    public const string BoundedConnectionOptions = "ServerAliveInterval=1,ServerAliveCountMax=2,ConnectTimeout=2,reconnect";
+
+    private readonly string _connectionOptions;
 
     /// <summary>The local directory the server exports.</summary>
     public string Exported { get; }
@@ -86,13 +99,16 @@ internal sealed class SshfsStore : IDisposable
     }
 
     /// <summary>Starts sshd and mounts <paramref name="exported"/> through sshfs at a fresh mount point.</summary>
-    public static SshfsStore Start(string exported)
+    /// <param name="exported">The directory to serve.</param>
+    /// <param name="connectionOptions">sshfs/ssh options on what to do when the server does not answer
+    /// (<see cref="DefaultConnectionOptions"/>, <see cref="BoundedConnectionOptions"/>).</param>
+    public static SshfsStore Start(string exported, string connectionOptions = DefaultConnectionOptions)
     {
         RequireTools();
         var keys = new TempDir();
         string mountPoint = keys.File("mnt");
         Directory.CreateDirectory(mountPoint);
-        var store = new SshfsStore(Path.GetFullPath(exported), keys, mountPoint);
+        var store = new SshfsStore(Path.GetFullPath(exported), keys, mountPoint, connectionOptions);
         try
         {
             store.StartServer();
@@ -118,38 +134,74 @@ internal sealed class SshfsStore : IDisposable
             // A free port is picked by binding port 0 and closing; another process may take it before sshd binds, so
             // a failure to start is retried with another.
             int port = FreePort();
-            File.WriteAllText(_keys.File("sshd_config"), $"""
-                ListenAddress 127.0.0.1
-                Port {port}
-                HostKey {_keys.File("host_key")}
-                AuthorizedKeysFile {_keys.File("authorized_keys")}
-                PidFile none
-                PermitRootLogin prohibit-password
-                PasswordAuthentication no
-                KbdInteractiveAuthentication no
-                UsePAM no
-                StrictModes no
-                Subsystem sftp internal-sftp
-                LogLevel ERROR
-
-                """);
-            var start = new ProcessStartInfo("/usr/sbin/sshd") { RedirectStandardError = true, RedirectStandardOutput = true };
-            foreach (string arg in new[] { "-D", "-e", "-f", _keys.File("sshd_config") })
+            if (TryStartServer(port, ref failures))
             {
-                start.ArgumentList.Add(arg);
-            }
-            _sshd = Process.Start(start)!;
-            Task<string> error = _sshd.StandardError.ReadToEndAsync();
-            if (WaitListening(port, _sshd))
-            {
-                Port = port;
                 return;
             }
-            _sshd.WaitForExit(5_000);
-            failures += error.IsCompleted ? error.Result : "";
-            StopServer();
         }
         throw new IOException($"sshd did not start on 127.0.0.1: {failures}");
+    }
+
+    /// <summary>Kills the server, the listener and every session process (SIGKILL): the connection drops.</summary>
+    public void KillServer()
+    {
+        foreach (int id in ServerProcessIds())
+        {
+            Syscall.kill(id, Signum.SIGKILL);
+        }
+        _sshd!.WaitForExit();
+        _sshd.Dispose();
+        _sshd = null;
+    }
+
+    /// <summary>Starts the server again on the same port, after <see cref="KillServer"/>.</summary>
+    public void RestartServer()
+    {
+        string failures = "";
+        var until = Stopwatch.StartNew();
+        while (!TryStartServer(Port, ref failures))
+        {
+            if (until.Elapsed > TimeSpan.FromSeconds(30))
+            {
+                throw new IOException($"sshd did not start again on 127.0.0.1:{Port}: {failures}");
+            }
+            Thread.Sleep(200);
+        }
+    }
+
+    private bool TryStartServer(int port, ref string failures)
+    {
+        File.WriteAllText(_keys.File("sshd_config"), $"""
+            ListenAddress 127.0.0.1
+            Port {port}
+            HostKey {_keys.File("host_key")}
+            AuthorizedKeysFile {_keys.File("authorized_keys")}
+            PidFile none
+            PermitRootLogin prohibit-password
+            PasswordAuthentication no
+            KbdInteractiveAuthentication no
+            UsePAM no
+            StrictModes no
+            Subsystem sftp internal-sftp
+            LogLevel ERROR
+
+            """);
+        var start = new ProcessStartInfo("/usr/sbin/sshd") { RedirectStandardError = true, RedirectStandardOutput = true };
+        foreach (string arg in new[] { "-D", "-e", "-f", _keys.File("sshd_config") })
+        {
+            start.ArgumentList.Add(arg);
+        }
+        _sshd = Process.Start(start)!;
+        Task<string> error = _sshd.StandardError.ReadToEndAsync();
+        if (WaitListening(port, _sshd))
+        {
+            Port = port;
+            return true;
+        }
+        _sshd.WaitForExit(5_000);
+        failures += error.IsCompleted ? error.Result : "";
+        StopServer();
+        return false;
     }
 
     /// <summary>The port sshd listens on.</summary>
@@ -185,7 +237,7 @@ internal sealed class SshfsStore : IDisposable
     public string[] MountArguments(string mountPoint) =>
     [
         "-o", $"port={Port},IdentityFile={_keys.File("client_key")},StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,BatchMode=yes",
-        "-o", "dir_cache=no,no_contain_symlinks,ServerAliveInterval=5,ServerAliveCountMax=2",
+        "-o", "dir_cache=no,no_contain_symlinks," + _connectionOptions,
         $"root@127.0.0.1:{Exported}", mountPoint,
     ];
 
