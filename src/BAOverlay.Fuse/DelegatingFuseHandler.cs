@@ -85,6 +85,9 @@ public abstract class DelegatingFuseHandler(IFuseLowLevelHandler inner) : IFuseL
     public virtual bool DropPrivileges(ulong ino, FuseContext context) => Inner.DropPrivileges(ino, context);
 
     /// <inheritdoc/>
+    public virtual bool MayHavePrivileges(ulong ino) => Inner.MayHavePrivileges(ino);
+
+    /// <inheritdoc/>
     public virtual void OnFailure(string operation, Exception exception) => Inner.OnFailure(operation, exception);
 
     /// <inheritdoc/>

@@ -254,10 +254,13 @@ internal sealed unsafe class FuseChannel
         return _handler.WantsGroups ? context with { Groups = ProcessGroups.Of(h->pid) } : context;
     }
 
-    /// <summary>The caller with its supplementary groups, read from /proc whatever the handler wants: for the rare
-    /// requests that must know group membership (clearing set-group-ID).</summary>
-    private static FuseContext Caller(fuse_in_header* h) =>
-        new FuseContext(h->uid, h->gid, (int)h->pid, 0) { Groups = ProcessGroups.Of(h->pid) };
+    /// <summary>HANDLE_KILLPRIV_V2's duty for a flagged request. The kernel flags every write of a caller without
+    /// CAP_FSETID, so the handler is first asked, without I/O, whether the file may have anything to clear; only then
+    /// are the caller's groups read from /proc (set-group-ID without group execute goes for callers outside the
+    /// file's group).</summary>
+    private bool DropPrivileges(fuse_in_header* h) =>
+        _handler.MayHavePrivileges(h->nodeid)
+        && _handler.DropPrivileges(h->nodeid, new FuseContext(h->uid, h->gid, (int)h->pid, 0) { Groups = ProcessGroups.Of(h->pid) });
 
     // ------------------------------------------------------------------ replies
 
@@ -569,7 +572,7 @@ internal sealed unsafe class FuseChannel
         ulong? fh = (v & FATTR_FH) != 0 ? a.fh : null;
         if ((v & FATTR_KILL_SUIDGID) != 0)
         {
-            _handler.DropPrivileges(h->nodeid, Caller(h)); // a truncate by a caller without CAP_FSETID, or a chown
+            DropPrivileges(h); // a truncate by a caller without CAP_FSETID, or a chown
         }
         ReplyAttr(h, _handler.SetAttr(h->nodeid, change, fh, Context(h, 0)));
     }
@@ -638,7 +641,7 @@ internal sealed unsafe class FuseChannel
         fuse_open_in a = Read<fuse_open_in>(args);
         if ((a.open_flags & FUSE_OPEN_KILL_SUIDGID) != 0)
         {
-            _handler.DropPrivileges(h->nodeid, Caller(h)); // an O_TRUNC open by a caller without CAP_FSETID
+            DropPrivileges(h); // an O_TRUNC open by a caller without CAP_FSETID
         }
         FuseOpenResult result = _handler.Open(h->nodeid, (int)a.flags, Context(h, 0));
         ulong ino = h->nodeid;
@@ -707,7 +710,7 @@ internal sealed unsafe class FuseChannel
         {
             throw new OverlayException(OverlayErrno.EINVAL, $"write of {a.size} bytes with {data.Length} in the request");
         }
-        if ((a.write_flags & FUSE_WRITE_KILL_SUIDGID) != 0 && _handler.DropPrivileges(h->nodeid, Caller(h)))
+        if ((a.write_flags & FUSE_WRITE_KILL_SUIDGID) != 0 && DropPrivileges(h))
         {
             _session.InvalidateInode(h->nodeid, -1, 0); // the mode the kernel holds lost its set-id bits
         }

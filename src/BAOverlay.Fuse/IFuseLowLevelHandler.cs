@@ -99,6 +99,11 @@ public interface IFuseLowLevelHandler
     /// </summary>
     bool DropPrivileges(ulong ino, FuseContext context) => false;
 
+    /// <summary>False when <paramref name="ino"/> is known to have nothing <see cref="DropPrivileges"/> would clear, so
+    /// the session need not gather the caller's groups for it: the kernel flags every write of a caller without
+    /// CAP_FSETID. Cheap (no I/O). Default: true.</summary>
+    bool MayHavePrivileges(ulong ino) => true;
+
     /// <summary>A request failed with <paramref name="exception"/> (answered with its errno just after): a handler
     /// may look at it, e.g. to notice that its storage is failing. Must not throw. Default: nothing.</summary>
     void OnFailure(string operation, Exception exception)

@@ -350,6 +350,9 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
     public const string StatusXattr = "user.baoverlay.status";
 
     /// <inheritdoc/>
+    public bool MayHavePrivileges(ulong ino) => _fileSystem.MayHavePrivileges(ino);
+
+    /// <inheritdoc/>
     public bool DropPrivileges(ulong ino, FuseContext context)
     {
         using Serving serving = Serve();

@@ -23,6 +23,10 @@ public sealed partial class OverlayFileSystem
     /// <returns>True when its mode or attributes changed.</returns>
     public bool DropPrivileges(ulong ino, OverlayCaller caller)
     {
+        if (!MayHavePrivileges(ino))
+        {
+            return false;
+        }
         RequireWritable();
         _lock.EnterWriteLock();
         try
@@ -46,6 +50,7 @@ public sealed partial class OverlayFileSystem
             if (!setId && !capability)
             {
                 node.HasNoCapabilityXattr = true;
+                node.HasNoPrivileges = true;
                 return false;
             }
             CopyUp(node, truncateToZero: false);
@@ -63,12 +68,32 @@ public sealed partial class OverlayFileSystem
                 throw OverlayException.FromLastError($"removexattr {CapabilityXattr}", Describe(node));
             }
             node.HasNoCapabilityXattr = true;
+            node.HasNoPrivileges = true;
             OnChanged(ino, -1, 0);
             return true;
         }
         finally
         {
             _lock.ExitWriteLock();
+        }
+    }
+
+    /// <summary>
+    /// False when <paramref name="ino"/> is known to have nothing <see cref="DropPrivileges"/> would clear (it found
+    /// nothing, or cleared it, and neither its mode, owner nor attributes changed since): no I/O, a read lock. A FUSE
+    /// adapter asks this before it gathers what <see cref="DropPrivileges"/> needs (the caller's groups), since the
+    /// kernel flags every write of a caller without CAP_FSETID.
+    /// </summary>
+    public bool MayHavePrivileges(ulong ino)
+    {
+        _lock.EnterReadLock();
+        try
+        {
+            return !_nodes.TryGetValue(ino, out OverlayNode? node) || !node.HasNoPrivileges;
+        }
+        finally
+        {
+            _lock.ExitReadLock();
         }
     }
 

@@ -148,7 +148,7 @@ public sealed partial class OverlayFileSystem
         {
             OverlayNode node = NodeOf(ino);
             CheckXattrAccess(node, name, caller, Permissions.Write);
-            node.HasNoCapabilityXattr = false;
+            node.ForgetPrivileges();
             CopyUp(node, truncateToZero: false);
             XattrFlags native = flags switch
             {
@@ -184,7 +184,7 @@ public sealed partial class OverlayFileSystem
         {
             OverlayNode node = NodeOf(ino);
             CheckXattrAccess(node, name, caller, Permissions.Write);
-            node.HasNoCapabilityXattr = false;
+            node.ForgetPrivileges();
             using (LayerPath top = Top(node))
             {
                 if (Syscall.lgetxattr(top.Path, name, out byte[] _) < 0)

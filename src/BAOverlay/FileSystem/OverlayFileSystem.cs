@@ -251,6 +251,10 @@ public sealed partial class OverlayFileSystem : IDisposable
             }
             using LayerPath upper = Upper(node);
             string path = upper.Path;
+            if (change.Mode is not null || change.Uid is not null || change.Gid is not null)
+            {
+                node.ForgetPrivileges();
+            }
             if (change.Mode is uint mode && node.Type != S_IFLNK && Syscall.chmod(path, (FilePermissions)(mode & 0xFFF)) != 0)
             {
                 throw OverlayException.FromLastError("chmod", Describe(node));
@@ -1066,7 +1070,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             node.Listing = null;
             node.BCowMark = null;
             node.ClosedBCowSize = null;
-            node.HasNoCapabilityXattr = false;
+            node.ForgetPrivileges();
         }
         node.InoReadFrom = inUpper ? top.st_ino : 0;
         if (isBCow is bool read && type == S_IFREG)

@@ -84,6 +84,18 @@ internal sealed class OverlayNode(ulong ino, OverlayNode? parent, string name, s
     /// Set under the overlay's read lock when a read finds none; cleared (under the write lock) by any change to the
     /// object's attributes. Its other attributes are not cached.</summary>
     public bool HasNoCapabilityXattr { get; set; }
+
+    /// <summary>Known to have nothing a write by an unprivileged caller would clear (set-user-ID, set-group-ID,
+    /// <c>security.capability</c>): set by <c>DropPrivileges</c>, cleared with <see cref="ForgetPrivileges"/>. Lets the
+    /// kernel's per-write FUSE_WRITE_KILL_SUIDGID (every write of a caller without CAP_FSETID) cost no I/O.</summary>
+    public bool HasNoPrivileges { get; set; }
+
+    /// <summary>Its mode or attributes may have changed: nothing known about capabilities or set-id bits holds.</summary>
+    public void ForgetPrivileges()
+    {
+        HasNoCapabilityXattr = false;
+        HasNoPrivileges = false;
+    }
 }
 
 /// <summary>A value read from an upper object, with what identifies the object as it was then.</summary>
