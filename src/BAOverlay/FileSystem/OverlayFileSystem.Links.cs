@@ -58,7 +58,7 @@ public sealed partial class OverlayFileSystem
             OnNameChanged(newParent, newName);
             linked.Lookups++;
             using LayerPath linkedPath = Top(linked);
-            return StatOf(linked, linkedPath.Path, top);
+            return StatOf(linked, linkedPath, top);
         }
         catch when (changing is not null)
         {

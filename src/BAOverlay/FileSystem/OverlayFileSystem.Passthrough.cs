@@ -125,7 +125,7 @@ public sealed partial class OverlayFileSystem
                 return null;
             }
             uint mode = (uint)st.st_mode;
-            if ((mode & (S_ISUID | S_ISGID)) != 0 || IsBCowFile(top.Path))
+            if ((mode & (S_ISUID | S_ISGID)) != 0 || IsBCowFile(top))
             {
                 return null;
             }

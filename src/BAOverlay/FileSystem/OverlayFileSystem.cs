@@ -148,7 +148,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             OverlayNode node = LookupLocked(NodeOf(parent), name, out Stat top) ?? throw NoEntry(NodeOf(parent), name);
             node.Lookups++;
             using LayerPath path = Top(node);
-            return StatOf(node, path.Path, top); // the lookup's lstat: no second one
+            return StatOf(node, path, top); // the lookup's lstat: no second one
         }
         finally
         {
@@ -1231,17 +1231,17 @@ public sealed partial class OverlayFileSystem : IDisposable
         {
             throw OverlayException.FromLastError("stat", Describe(node));
         }
-        return StatOf(node, top.Path, st);
+        return StatOf(node, top, st);
     }
 
     /// <summary>The attributes of a node that is not removed, from <paramref name="st"/>, the lstat of its top object
-    /// at <paramref name="path"/> just taken.</summary>
-    private OverlayStat StatOf(OverlayNode node, string path, in Stat st)
+    /// at <paramref name="at"/> just taken.</summary>
+    private OverlayStat StatOf(OverlayNode node, in LayerPath at, in Stat st)
     {
         long? logicalSize = null;
-        if (node.Type == S_IFREG && IsBCow(node, path, st)) // in a lower layer too: an upper stacked as a lower one
+        if (node.Type == S_IFREG && IsBCow(node, at, st)) // in a lower layer too: an upper stacked as a lower one
         {
-            logicalSize = node.Data is NodeData.BCow open ? open.Length : ClosedBCowSize(node, path, st);
+            logicalSize = node.Data is NodeData.BCow open ? open.Length : ClosedBCowSize(node, at.Path, st);
         }
         OverlayStat stat = MergedLinks(node, ToStat(node.Ino, st, logicalSize));
         if (node.Data is not null)
@@ -1263,16 +1263,17 @@ public sealed partial class OverlayFileSystem : IDisposable
         new(ino, (uint)st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_rdev, logicalSize ?? st.st_size, st.st_blocks,
             (st.st_atime * 1_000_000_000L) + st.st_atime_nsec, (st.st_mtime * 1_000_000_000L) + st.st_mtime_nsec, (st.st_ctime * 1_000_000_000L) + st.st_ctime_nsec);
 
-    private static bool IsBCowFile(string path) => LibC.HasXattr(path, LayerPaths.BCowXattr);
+    private static bool IsBCowFile(in LayerPath at) =>
+        LibC.HasXattr(at.Directory.Fd, at.Name.Length == 0 ? "." : at.Name, at.Path, LayerPaths.BCowXattr);
 
     /// <summary>Whether the node's upper object is a B-CoW file: its marker xattr, read once per upper object.</summary>
-    private static bool IsBCow(OverlayNode node, string path, in Stat st)
+    private static bool IsBCow(OverlayNode node, in LayerPath at, in Stat st)
     {
         if (node.BCowMark is { } mark && mark.StIno == st.st_ino)
         {
             return mark.Value;
         }
-        bool isBCow = IsBCowFile(path);
+        bool isBCow = IsBCowFile(at);
         node.BCowMark = new UpperMark<bool>(st.st_ino, 0, 0, isBCow);
         return isBCow;
     }
@@ -1434,7 +1435,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             }
             node.Lookups++;
             using LayerPath created = Top(node);
-            return StatOf(node, created.Path, top);
+            return StatOf(node, created, top);
         }
         catch when (changing is not null)
         {
@@ -1643,7 +1644,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                 case S_IFREG when truncateToZero:
                     File.WriteAllBytes(scratch, []);
                     break;
-                case S_IFREG when st.st_size >= _options.BlockCopyUpThreshold && !IsBCowFile(lower):
+                case S_IFREG when st.st_size >= _options.BlockCopyUpThreshold && !IsBCowFile(lowerPath):
                     using (IBlockStorage lowerFile = BCowLowerThroughCache(OpenLowerFile(lowerPath, described), node.Layers[0].Layer, node.Layers[0].Path))
                     using (var upperFile = new FileStorage(scratch, FileMode.CreateNew, FileAccess.ReadWrite))
                     {
@@ -1832,14 +1833,14 @@ public sealed partial class OverlayFileSystem : IDisposable
         {
             if (layer != _upper)
             {
-                if (IsBCowFile(path))
+                if (IsBCowFile(top))
                 {
                     // A layer that was an upper one: its B-CoW files read through their own lower files.
                     return new NodeData.BCow(OpenBCow(node, top, described, readOnly: true));
                 }
                 return new NodeData.Plain(ThroughLowerCache(OpenLowerFile(top, described), layer, node.Layers[0].Path));
             }
-            if (IsBCowFile(path))
+            if (IsBCowFile(top))
             {
                 // Read-only until something writes: a reader must not commit (and so touch the file's mtime) at close.
                 // OpenLocked swaps in a writable one at the first open for writing. A file a crash left dirty is opened

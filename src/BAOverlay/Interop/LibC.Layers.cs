@@ -73,43 +73,34 @@ internal static partial class LibC
     private static volatile bool s_noGetxattrat;
 
     /// <summary>
-    /// Whether the object at <paramref name="path"/> has extended attribute <paramref name="name"/> (symbolic links
-    /// not followed). A path into a directory handle (<c>/proc/self/fd/N/NAME</c>, as <c>LayerDir.At</c> makes them)
-    /// is read with <c>getxattrat(N, NAME)</c> where the kernel has it (6.13+): the walk through /proc's magic link,
-    /// which the path form costs on every call, took most of a lookup of a lower file (5 000 of them: 165 → 100 ms).
+    /// Whether <paramref name="relative"/> in directory <paramref name="dirfd"/> has extended attribute
+    /// <paramref name="name"/> (symbolic links not followed): <c>getxattrat</c> where the kernel has it (6.13+), else
+    /// <c>lgetxattr</c> of <paramref name="path"/>, the same object reached through /proc's magic link (a walk that
+    /// took most of a lookup of a lower file: 5 000 of them, 165 → 133 ms).
     /// </summary>
-    public static unsafe bool HasXattr(string path, string name)
+    public static unsafe bool HasXattr(int dirfd, string relative, string path, string name)
     {
-        const string Prefix = "/proc/self/fd/";
-        if (!s_noGetxattrat && path.StartsWith(Prefix, StringComparison.Ordinal))
+        if (!s_noGetxattrat)
         {
-            int slash = path.IndexOf('/', Prefix.Length);
-            if (slash > 0 && int.TryParse(path.AsSpan(Prefix.Length, slash - Prefix.Length), System.Globalization.NumberStyles.None,
-                    System.Globalization.CultureInfo.InvariantCulture, out int dirfd))
+            Span<byte> pathBytes = stackalloc byte[System.Text.Encoding.UTF8.GetMaxByteCount(relative.Length) + 1];
+            int pathLength = System.Text.Encoding.UTF8.GetBytes(relative, pathBytes);
+            pathBytes[pathLength] = 0;
+            Span<byte> nameBytes = stackalloc byte[System.Text.Encoding.UTF8.GetMaxByteCount(name.Length) + 1];
+            int nameLength = System.Text.Encoding.UTF8.GetBytes(name, nameBytes);
+            nameBytes[nameLength] = 0;
+            var args = new XattrArgs(); // size 0: asks only whether it is there
+            fixed (byte* p = pathBytes)
+            fixed (byte* n = nameBytes)
             {
-                string relative = path[(slash + 1)..];
-                Span<byte> pathBytes = stackalloc byte[System.Text.Encoding.UTF8.GetMaxByteCount(relative.Length) + 1];
-                int pathLength = System.Text.Encoding.UTF8.GetBytes(relative, pathBytes);
-                pathBytes[pathLength] = 0;
-                Span<byte> nameBytes = stackalloc byte[System.Text.Encoding.UTF8.GetMaxByteCount(name.Length) + 1];
-                int nameLength = System.Text.Encoding.UTF8.GetBytes(name, nameBytes);
-                nameBytes[nameLength] = 0;
-                var args = new XattrArgs(); // size 0: asks only whether it is there
-                fixed (byte* p = pathBytes)
-                fixed (byte* n = nameBytes)
+                if (syscall_getxattrat(SYS_getxattrat, dirfd, p, AT_SYMLINK_NOFOLLOW, n, &args, (nuint)sizeof(XattrArgs)) >= 0)
                 {
-                    long rc = syscall_getxattrat(SYS_getxattrat, dirfd, p, AT_SYMLINK_NOFOLLOW, n, &args, (nuint)sizeof(XattrArgs));
-                    if (rc >= 0)
-                    {
-                        return true;
-                    }
-                    int errno = Marshal.GetLastPInvokeError();
-                    if (errno != ENOSYS)
-                    {
-                        return false;
-                    }
-                    s_noGetxattrat = true; // an older kernel: the path form from now on
+                    return true;
                 }
+                if (Marshal.GetLastPInvokeError() != ENOSYS)
+                {
+                    return false;
+                }
+                s_noGetxattrat = true; // an older kernel: the path form from now on
             }
         }
         return lgetxattr(path, name, null, 0) >= 0;
