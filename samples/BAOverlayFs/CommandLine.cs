@@ -77,6 +77,10 @@ internal sealed class CommandLine
     /// <summary>passthrough: let the kernel serve whole upper files itself (FUSE passthrough); needs writeback off.</summary>
     public bool Passthrough { get; private set; } = true;
 
+    /// <summary>passthrough=all: untouched lower files too (read-only opens; writes to one refused while it is so
+    /// open).</summary>
+    public bool PassthroughLowerFiles { get; private set; }
+
     /// <summary>close_delay: seconds a written B-CoW file stays open after its last close before its durable commit.</summary>
     public double CloseDelay { get; private set; } = 5;
     public bool KeepCache { get; private set; } = true;
@@ -413,10 +417,14 @@ internal sealed class CommandLine
                 return;
             case ("passthrough", null):
                 Passthrough = true;
+                PassthroughLowerFiles = false;
                 return;
-            case ("passthrough", "1" or "0"):
-                Passthrough = value == "1";
+            case ("passthrough", "1" or "0" or "all"):
+                Passthrough = value != "0";
+                PassthroughLowerFiles = value == "all";
                 return;
+            case ("passthrough", not null):
+                throw new UsageException($"bad value in '{option}': passthrough takes 1, 0 or all");
             case ("close_delay", not null):
                 CloseDelay = ParseSeconds(option, value);
                 return;

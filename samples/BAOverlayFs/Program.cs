@@ -60,9 +60,10 @@ internal static class Program
             default_permissions    the kernel checks permissions from the mode bits (always on)
             auto_unmount           a watcher process unmounts (lazily) if baoverlayfs dies
             writeback[=1|0]        the kernel's write-back cache (default on, as fuse-overlayfs)
-            passthrough[=1|0]      the kernel reads and writes whole upper files itself (FUSE passthrough,
+            passthrough[=1|0|all]  the kernel reads and writes whole upper files itself (FUSE passthrough,
                                    Linux 6.9+, root only; default on, but the kernel grants it only with
-                                   writeback=0)
+                                   writeback=0); all: it also reads untouched lower files itself, and an
+                                   open for writing or truncate of one fails with ETXTBSY while it is open
             close_delay=S          seconds a written B-CoW file stays open after its last close; its durable
                                    commit (two fsyncs) happens then, not in close(2) (default 5; 0: at close)
             keep_cache=1|0         keep a file's cached pages from one open to the next (default 1)
@@ -257,6 +258,7 @@ internal static class Program
             var adapter = new OverlayFuseAdapter(fileSystem, options.DefaultPermissions)
             {
                 KeepCache = line.KeepCache,
+                PassthroughLowerFiles = line.PassthroughLowerFiles,
                 EntryTimeout = line.EntryTimeout,
                 AttributeTimeout = line.AttributeTimeout,
                 NegativeTimeout = line.NegativeTimeout,

@@ -570,11 +570,23 @@ internal sealed unsafe class FuseChannel
                 : (v & FATTR_MTIME) != 0 ? (long)a.mtime * 1_000_000_000L + a.mtimensec : null,
         };
         ulong? fh = (v & FATTR_FH) != 0 ? a.fh : null;
-        if ((v & FATTR_KILL_SUIDGID) != 0)
+        bool truncate = _passthrough is not null && change.Size is not null;
+        BeginChange(h->nodeid, truncate, "truncate");
+        try
         {
-            DropPrivileges(h); // a truncate by a caller without CAP_FSETID, or a chown
+            if ((v & FATTR_KILL_SUIDGID) != 0)
+            {
+                DropPrivileges(h); // a truncate by a caller without CAP_FSETID, or a chown
+            }
+            ReplyAttr(h, _handler.SetAttr(h->nodeid, change, fh, Context(h, 0)));
         }
-        ReplyAttr(h, _handler.SetAttr(h->nodeid, change, fh, Context(h, 0)));
+        finally
+        {
+            if (truncate)
+            {
+                _passthrough!.EndChange(h->nodeid);
+            }
+        }
     }
 
     private void ReadLink(fuse_in_header* h, byte* reply)
@@ -633,23 +645,47 @@ internal sealed unsafe class FuseChannel
             | (_options.ParallelDirectWrites ? FOPEN_PARALLEL_DIRECT_WRITES : 0);
 
     /// <summary>Whether the kernel serves this open from a backing file (its id), or the handler does (0).</summary>
-    private int Backing(ulong ino, ulong fh) =>
-        _passthrough?.Opened(ino, fh, () => _handler.OpenPassthroughFile(ino, fh)) ?? 0;
+    private int Backing(ulong ino, ulong fh, int flags) =>
+        _passthrough?.Opened(ino, fh, (flags & LibC.O_ACCMODE) != LibC.O_RDONLY, () => _handler.OpenPassthroughFile(ino, fh)) ?? 0;
 
     private void Open(fuse_in_header* h, ReadOnlySpan<byte> args)
     {
         fuse_open_in a = Read<fuse_open_in>(args);
-        if ((a.open_flags & FUSE_OPEN_KILL_SUIDGID) != 0)
-        {
-            DropPrivileges(h); // an O_TRUNC open by a caller without CAP_FSETID
-        }
-        FuseOpenResult result = _handler.Open(h->nodeid, (int)a.flags, Context(h, 0));
         ulong ino = h->nodeid;
-        int backing = Backing(ino, result.Handle);
-        if (!Reply(h, new fuse_open_out { fh = result.Handle, open_flags = OpenFlags(result, backing), backing_id = backing }))
+        bool change = _passthrough is not null && ((a.flags & LibC.O_ACCMODE) != LibC.O_RDONLY || (a.flags & LibC.O_TRUNC) != 0);
+        BeginChange(ino, change, "open for writing");
+        try
         {
-            // The open was interrupted: the kernel will never release this handle.
-            AfterLostReply(FuseOpcode.FUSE_OPEN, () => ReleaseFile(ino, result.Handle));
+            if ((a.open_flags & FUSE_OPEN_KILL_SUIDGID) != 0)
+            {
+                DropPrivileges(h); // an O_TRUNC open by a caller without CAP_FSETID
+            }
+            FuseOpenResult result = _handler.Open(ino, (int)a.flags, Context(h, 0));
+            int backing = Backing(ino, result.Handle, (int)a.flags);
+            if (!Reply(h, new fuse_open_out { fh = result.Handle, open_flags = OpenFlags(result, backing), backing_id = backing }))
+            {
+                // The open was interrupted: the kernel will never release this handle.
+                AfterLostReply(FuseOpcode.FUSE_OPEN, () => ReleaseFile(ino, result.Handle));
+            }
+        }
+        finally
+        {
+            if (change)
+            {
+                _passthrough!.EndChange(ino);
+            }
+        }
+    }
+
+    /// <summary>Before a change of a file's bytes that does not go through an open for writing of it (a truncate) or
+    /// that makes one: refused with ETXTBSY while the kernel reads the file from a read-only backing file (a lower
+    /// file passed through), see <see cref="FusePassthrough"/>.</summary>
+    private void BeginChange(ulong ino, bool change, string what)
+    {
+        if (change && !_passthrough!.BeginChange(ino))
+        {
+            throw new OverlayException(OverlayErrno.ETXTBSY,
+                $"{what} of node {ino}: it is open for reading and read by the kernel from its lower file; try again once those opens are closed");
         }
     }
 
@@ -657,7 +693,7 @@ internal sealed unsafe class FuseChannel
     {
         fuse_create_in a = Read<fuse_create_in>(args);
         (OverlayStat stat, FuseOpenResult result) = _handler.Create(h->nodeid, Name(args[sizeof(fuse_create_in)..]), a.mode, (int)a.flags, Context(h, a.umask));
-        int backing = Backing(stat.Ino, result.Handle);
+        int backing = Backing(stat.Ino, result.Handle, (int)a.flags);
         var pair = new CreateOut
         {
             entry = Entry(stat),

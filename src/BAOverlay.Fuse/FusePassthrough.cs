@@ -15,6 +15,15 @@ namespace BAOverlay.Fuse;
 /// passthrough; an open that breaks these rules fails in the caller with EIO. So the first open of an inode decides,
 /// the later ones follow until the last of them is released, and a backing file is registered
 /// (<c>FUSE_DEV_IOC_BACKING_OPEN</c>) once per such run and unregistered at its end.
+/// <para>
+/// A backing file the handler opened read-only (a lower file: the layer must never be written) serves read-only opens
+/// only. The kernel opens the backing file again for each passthrough open with that open's flags and this process's
+/// credentials, so a write open passed through to it would write the read-only layer; and the bytes of a file copied
+/// up under a reader would differ from the bytes that reader goes on reading from the backing file. So while a
+/// read-only backing file is registered for an inode, opens of it for writing and truncates fail with ETXTBSY (as
+/// writing a running program does), and while such a change is being made (<see cref="BeginChange"/>) no read-only
+/// backing file is registered for it: the opens of that run are served.
+/// </para>
 /// </summary>
 internal sealed class FusePassthrough(FuseSession session, int fd)
 {
@@ -29,6 +38,8 @@ internal sealed class FusePassthrough(FuseSession session, int fd)
     private sealed class Node
     {
         public int BackingId;
+        public bool ReadOnlyBacking;
+        public int Changing;
         public int PassthroughOpens;
         public int ServedOpens;
         public bool Gone;
@@ -72,12 +83,14 @@ internal sealed class FusePassthrough(FuseSession session, int fd)
     /// <summary>
     /// An open of <paramref name="node"/> was made (handle <paramref name="fh"/>): returns the backing id to answer it
     /// with FOPEN_PASSTHROUGH, or 0 to serve it. <paramref name="backing"/> is asked only when this open decides.
+    /// <paramref name="writable"/>: the open may write (its access mode is not O_RDONLY); it never passes through to a
+    /// read-only backing file.
     /// </summary>
-    public int Opened(ulong node, ulong fh, Func<SafeFileHandle?> backing)
+    public int Opened(ulong node, ulong fh, bool writable, Func<SafeFileHandle?> backing)
     {
         while (true)
         {
-            Node n = _nodes.GetOrAdd(node, static _ => new Node());
+            Node n = Get(node);
             lock (n)
             {
                 if (n.Gone)
@@ -86,18 +99,77 @@ internal sealed class FusePassthrough(FuseSession session, int fd)
                 }
                 if (n.BackingId == 0 && n.ServedOpens == 0 && !_refused)
                 {
-                    n.BackingId = Register(backing);
+                    (n.BackingId, n.ReadOnlyBacking) = Register(backing, refuseReadOnly: writable || n.Changing > 0);
                 }
-                if (n.BackingId != 0)
+                if (n.BackingId != 0 && !(n.ReadOnlyBacking && writable))
                 {
                     n.PassthroughOpens++;
                     _passedThrough[fh] = node;
                     return n.BackingId;
                 }
+                if (n.BackingId != 0)
+                {
+                    // A write open while a read-only backing file is registered: BeginChange refuses these before the
+                    // handler opens, so only a caller that skipped it gets here. Served, the kernel fails the open
+                    // with EIO (an inode with passthrough opens takes no other): never a write into the backing file.
+                    session.LogLine($"passthrough: node {node} was opened for writing while a read-only backing file serves it; the open fails");
+                }
                 n.ServedOpens++;
                 Interlocked.Increment(ref _servedOpens);
                 return 0;
             }
+        }
+    }
+
+    /// <summary>
+    /// Before an open for writing or with O_TRUNC, or a truncate, of <paramref name="node"/>: false (the change must
+    /// fail with ETXTBSY) while a read-only backing file serves it; otherwise no read-only backing file is registered
+    /// for it until the matching <see cref="EndChange"/>.
+    /// </summary>
+    public bool BeginChange(ulong node)
+    {
+        while (true)
+        {
+            Node n = Get(node);
+            lock (n)
+            {
+                if (n.Gone)
+                {
+                    continue;
+                }
+                if (n.BackingId != 0 && n.ReadOnlyBacking)
+                {
+                    return false;
+                }
+                n.Changing++;
+                return true;
+            }
+        }
+    }
+
+    /// <summary>The change <see cref="BeginChange"/> allowed is over (made, refused or failed).</summary>
+    public void EndChange(ulong node)
+    {
+        if (!_nodes.TryGetValue(node, out Node? n))
+        {
+            return;
+        }
+        lock (n)
+        {
+            n.Changing--;
+            Drop(node, n);
+        }
+    }
+
+    private Node Get(ulong node) => _nodes.GetOrAdd(node, static _ => new Node());
+
+    /// <summary>Forgets <paramref name="n"/> once nothing holds it (under its lock).</summary>
+    private void Drop(ulong node, Node n)
+    {
+        if (n.PassthroughOpens == 0 && n.ServedOpens == 0 && n.Changing == 0)
+        {
+            n.Gone = true;
+            _nodes.TryRemove(new KeyValuePair<ulong, Node>(node, n));
         }
     }
 
@@ -117,6 +189,7 @@ internal sealed class FusePassthrough(FuseSession session, int fd)
                 {
                     Unregister(n.BackingId);
                     n.BackingId = 0;
+                    n.ReadOnlyBacking = false;
                 }
             }
             else if (n.ServedOpens > 0)
@@ -124,26 +197,30 @@ internal sealed class FusePassthrough(FuseSession session, int fd)
                 n.ServedOpens--;
                 Interlocked.Decrement(ref _servedOpens);
             }
-            if (n.PassthroughOpens == 0 && n.ServedOpens == 0)
-            {
-                n.Gone = true;
-                _nodes.TryRemove(new KeyValuePair<ulong, Node>(node, n));
-            }
+            Drop(node, n);
         }
     }
 
-    private unsafe int Register(Func<SafeFileHandle?> backing)
+    /// <summary>Registers the handler's backing file: its id (0: serve) and whether it was opened read-only, which
+    /// <paramref name="refuseReadOnly"/> refuses (a write open, or a change under way).</summary>
+    private unsafe (int Id, bool ReadOnly) Register(Func<SafeFileHandle?> backing, bool refuseReadOnly)
     {
         using SafeFileHandle? file = backing();
         if (file is null || file.IsInvalid)
         {
-            return 0;
+            return (0, false);
+        }
+        int flags = LibC.fcntl(file, LibC.F_GETFL);
+        bool readOnly = flags < 0 || (flags & LibC.O_ACCMODE) == LibC.O_RDONLY;
+        if (readOnly && refuseReadOnly)
+        {
+            return (0, false);
         }
         var map = new fuse_backing_map { fd = (int)file.DangerousGetHandle() };
         int id = LibC.ioctl(fd, FUSE_DEV_IOC_BACKING_OPEN, &map);
         if (id > 0)
         {
-            return id;
+            return (id, readOnly);
         }
         int errno = Marshal.GetLastPInvokeError();
         if (errno is LibC.EPERM or LibC.ENOTTY or LibC.EOPNOTSUPP)
@@ -156,7 +233,7 @@ internal sealed class FusePassthrough(FuseSession session, int fd)
             session.LogLine($"passthrough: registering a backing file: {Marshal.GetPInvokeErrorMessage(errno)}; "
                 + (_refused ? "files are served by the daemon" : "this file is served by the daemon"));
         }
-        return 0;
+        return (0, false);
     }
 
     private unsafe void Unregister(int id)

@@ -313,16 +313,24 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
     }
 
     /// <summary>Whole upper files pass through (see <see cref="OverlayHandle.OpenPassthroughFile"/>) unless
-    /// <see cref="Passthrough"/> is off.</summary>
+    /// <see cref="Passthrough"/> is off, and untouched lower files too with <see cref="PassthroughLowerFiles"/>.</summary>
     public Microsoft.Win32.SafeHandles.SafeFileHandle? OpenPassthroughFile(ulong ino, ulong handle) =>
-        Passthrough ? File(handle).OpenPassthroughFile() : null;
+        Passthrough ? File(handle).OpenPassthroughFile(PassthroughLowerFiles) : null;
 
     /// <summary>
     /// Let the kernel serve reads and writes of whole upper files itself (FUSE passthrough) when the session was
-    /// granted it; default true. B-CoW files, lower files and set-user-ID or set-group-ID files are served here either
-    /// way.
+    /// granted it; default true. B-CoW files, lower files (unless <see cref="PassthroughLowerFiles"/>) and
+    /// set-user-ID or set-group-ID files are served here either way.
     /// </summary>
     public bool Passthrough { get; init; } = true;
+
+    /// <summary>
+    /// With <see cref="Passthrough"/>, let the kernel also read untouched lower files itself, from the lower file (not
+    /// those read through the hot-zone cache); default false. The price: while such a file is open for reading, an
+    /// open of it for writing or a truncate fails with ETXTBSY (the reader would otherwise go on reading the lower
+    /// file's bytes after the copy-up), as writing a running program does.
+    /// </summary>
+    public bool PassthroughLowerFiles { get; init; }
 
     /// <summary>
     /// A failed change (write, fsync, release, create, rename, ...) with EIO or EROFS may mean the upper layer's file

@@ -14,6 +14,10 @@ internal static unsafe partial class LibC
     public const int O_RDONLY = 0x0;
     public const int O_RDWR = 0x2;
     public const int O_CLOEXEC = 0x80000;
+    public const int O_ACCMODE = 0x3;
+    public const int O_TRUNC = 0x200;
+
+    public const int F_GETFL = 3;
 
     public const ulong MS_RDONLY = 1;
     public const ulong MS_NOSUID = 2;
@@ -120,6 +124,10 @@ internal static unsafe partial class LibC
     // int ioctl(int fd, unsigned long request, void *argp);  (FUSE_DEV_IOC_BACKING_OPEN / _CLOSE)
     [LibraryImport(Library, EntryPoint = "ioctl", SetLastError = true)]
     public static partial int ioctl(int fd, nuint request, void* argp);
+
+    // int fcntl(int fd, int cmd, ...);  (F_GETFL: no third argument)
+    [LibraryImport(Library, EntryPoint = "fcntl", SetLastError = true)]
+    public static partial int fcntl(Microsoft.Win32.SafeHandles.SafeFileHandle fd, int cmd);
 
     // uid_t geteuid(void);
     [LibraryImport(Library, EntryPoint = "geteuid")]

@@ -98,24 +98,29 @@ public sealed partial class OverlayFileSystem
     }
 
     /// <summary>
-    /// The file behind <paramref name="handle"/>, opened again for reading and writing, when a kernel may serve its
-    /// reads and writes directly (FUSE passthrough); null when the overlay must serve them. Only a whole regular file
-    /// of the upper layer qualifies: a B-CoW file merges blocks of two files, a lower file becomes another file when
-    /// it is copied up, and a set-user-ID or set-group-ID file must lose those bits on a write by another user, which a
-    /// write served by the kernel from the overlay's descriptor (with the overlay's privileges) would not do.
+    /// The file behind <paramref name="handle"/>, opened again, when a kernel may serve its reads (and writes)
+    /// directly (FUSE passthrough); null when the overlay must serve them. A whole regular file of the upper layer
+    /// qualifies, opened for reading and writing, unless it is set-user-ID or set-group-ID (it must lose those bits on a
+    /// write by another user, which a write served by the kernel with the overlay's privileges would not do). With
+    /// <paramref name="includeLowerFiles"/>, so does an untouched regular file of a lower layer, opened read-only, unless
+    /// its layer is read through the hot-zone cache: the caller must then pass through only opens for reading, and
+    /// refuse changes to the file's bytes while they are open, since the file it reads is not the one a copy-up makes.
+    /// A B-CoW file merges blocks of two files: never.
     /// </summary>
     /// <returns>A new handle the caller owns, or null.</returns>
-    internal SafeFileHandle? OpenPassthroughFile(OverlayHandle handle)
+    internal SafeFileHandle? OpenPassthroughFile(OverlayHandle handle, bool includeLowerFiles)
     {
-        if (IsReadOnly)
-        {
-            return null;
-        }
         _lock.EnterReadLock();
         try
         {
             OverlayNode node = handle.Node;
-            if (node.Removed || node.Data is not NodeData.Plain || node.Layers.Count == 0 || node.Layers[0].Layer != _upper)
+            if (node.Removed || node.Data is not NodeData.Plain || node.Layers.Count == 0)
+            {
+                return null;
+            }
+            int layer = node.Layers[0].Layer;
+            bool upper = layer == _upper;
+            if (upper ? IsReadOnly : !includeLowerFiles || ReadsThroughCache(layer))
             {
                 return null;
             }
@@ -125,12 +130,13 @@ public sealed partial class OverlayFileSystem
                 return null;
             }
             uint mode = (uint)st.st_mode;
-            if ((mode & (S_ISUID | S_ISGID)) != 0 || IsBCowFile(top))
+            if ((upper && (mode & (S_ISUID | S_ISGID)) != 0) || IsBCowFile(top))
             {
                 return null;
             }
+            OpenFlags access = upper ? OpenFlags.O_RDWR : OpenFlags.O_RDONLY;
             int fd = LibC.openat(top.Directory.Fd, top.Name,
-                NativeConvert.FromOpenFlags(OpenFlags.O_RDWR | OpenFlags.O_CLOEXEC | OpenFlags.O_NOFOLLOW | OpenFlags.O_LARGEFILE), 0);
+                NativeConvert.FromOpenFlags(access | OpenFlags.O_CLOEXEC | OpenFlags.O_NOFOLLOW | OpenFlags.O_LARGEFILE), 0);
             return fd < 0 ? null : new SafeFileHandle(fd, ownsHandle: true);
         }
         finally
@@ -138,4 +144,10 @@ public sealed partial class OverlayFileSystem
             _lock.ExitReadLock();
         }
     }
+
+    /// <summary>Whether lower files of <paramref name="layer"/> are read through the hot-zone cache (which must see
+    /// their reads: heat, the store's deadline).</summary>
+    private bool ReadsThroughCache(int layer) =>
+        _options.LowerCache is not null
+        && (_options.LowerCacheLayers is not { } layers || layers.Contains(layer - (_upper < 0 ? 0 : 1)));
 }

@@ -63,12 +63,16 @@ public sealed class OverlayHandle : IDisposable
 
     /// <summary>
     /// For a kernel that can serve a file's reads and writes itself (FUSE passthrough): the file holding this open
-    /// file's bytes, opened again for reading and writing, when that is a whole regular file of the upper layer with
-    /// neither set-user-ID nor set-group-ID; null otherwise (a B-CoW file, a lower file, a removed
-    /// one), and the overlay must serve it. Writes made through it are the file's writes: the overlay sees them, as the
-    /// kernel sees the overlay's. The caller owns the handle.
+    /// file's bytes, opened again, when that is a whole regular file of the upper layer with neither set-user-ID nor
+    /// set-group-ID (opened for reading and writing), or, with <paramref name="includeLowerFiles"/>, an untouched
+    /// regular file of a lower layer that is not read through the hot-zone cache (opened read-only); null otherwise (a
+    /// B-CoW file, a removed one), and the overlay must serve it. Writes made through an upper file are the file's
+    /// writes: the overlay sees them, as the kernel sees the overlay's. A lower file is not the file a copy-up makes:
+    /// whoever reads through it must pass through opens for reading only, and keep the file's bytes from changing
+    /// (refuse opens for writing and truncates) while it does. The caller owns the handle.
     /// </summary>
-    public Microsoft.Win32.SafeHandles.SafeFileHandle? OpenPassthroughFile() => _fileSystem.OpenPassthroughFile(this);
+    public Microsoft.Win32.SafeHandles.SafeFileHandle? OpenPassthroughFile(bool includeLowerFiles = false) =>
+        _fileSystem.OpenPassthroughFile(this, includeLowerFiles);
 
     /// <summary>Makes every write through any handle of this file durable (<c>fsync</c>).</summary>
     public void Fsync()

@@ -62,6 +62,23 @@ public sealed class BAOverlayFsProgramTests
     }
 
     [Test]
+    public void PassthroughOptionChoosesWhichFilesTheKernelServes()
+    {
+        (bool, bool) Of(string option)
+        {
+            CommandLine line = CommandLine.Parse(["-o", "lowerdir=/l" + option, "/m"]);
+            Assert.That(line.Warnings, Is.Empty, option);
+            return (line.Passthrough, line.PassthroughLowerFiles);
+        }
+        Assert.That(Of(""), Is.EqualTo((true, false)), "default: whole upper files only");
+        Assert.That(Of(",passthrough"), Is.EqualTo((true, false)));
+        Assert.That(Of(",passthrough=1"), Is.EqualTo((true, false)));
+        Assert.That(Of(",passthrough=all"), Is.EqualTo((true, true)), "untouched lower files too");
+        Assert.That(Of(",passthrough=all,passthrough=0"), Is.EqualTo((false, false)), "the last one wins");
+        Assert.That(() => CommandLine.Parse(["-o", "lowerdir=/l,passthrough=lower", "/m"]), Throws.InstanceOf<UsageException>().With.Message.Contains("passthrough=lower"));
+    }
+
+    [Test]
     public void TimeoutOptionsSetHowLongTheKernelKeepsNamesAndAttributes()
     {
         CommandLine defaults = CommandLine.Parse(["-o", "lowerdir=/l", "/m"]);
