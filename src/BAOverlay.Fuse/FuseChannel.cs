@@ -460,6 +460,10 @@ internal sealed unsafe class FuseChannel
         });
         _initialized = true;
         Reply(h, out_);
+        // The thread pool starts its first threads when first used, on the caller's thread, which waits for them: a
+        // B-CoW file's copier is its first user, so the first write of a fresh mount paid for it. Started now, once
+        // the kernel has its answer.
+        ThreadPool.UnsafeQueueUserWorkItem(static _ => { }, null);
     }
 
     /// <summary>

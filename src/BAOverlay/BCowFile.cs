@@ -29,7 +29,11 @@ namespace BAOverlay;
 /// </remarks>
 public sealed partial class BCowFile : IDisposable, IAsyncDisposable
 {
-    private static readonly byte[] s_zeros = new byte[1 << Layout.MaxBlockSizeLog2];
+    /// <summary>Zeros for the part of a block a size change clears; made on first use (1 MiB, which the class
+    /// constructor allocated and cleared on the first copy-up of a fresh mount, in the first write's time).</summary>
+    private static byte[]? s_zeros;
+
+    private static byte[] Zeros => LazyInitializer.EnsureInitialized(ref s_zeros, static () => new byte[1 << Layout.MaxBlockSizeLog2]);
 
     private readonly IBlockStorage _upper;
     private readonly IBlockStorage? _lower;
@@ -1229,7 +1233,7 @@ public sealed partial class BCowFile : IDisposable, IAsyncDisposable
                 {
                     await ZeroBlockAsync(block, useAsync, cancellationToken).ConfigureAwait(false);
                 }
-                else if (await WriteBlockAsync(block, inBlock, s_zeros.AsMemory(0, n), growTo: 0, useAsync, cancellationToken).ConfigureAwait(false))
+                else if (await WriteBlockAsync(block, inBlock, Zeros.AsMemory(0, n), growTo: 0, useAsync, cancellationToken).ConfigureAwait(false))
                 {
                     await _copier!.EnqueueAsync(block, useAsync, cancellationToken).ConfigureAwait(false);
                 }
@@ -1619,7 +1623,7 @@ public sealed partial class BCowFile : IDisposable, IAsyncDisposable
             {
                 if (_upper.Length < end)
                 {
-                    _upper.WriteAt(s_zeros.AsSpan(0, 1), end - 1);
+                    _upper.WriteAt([0], end - 1);
                 }
                 Volatile.Write(ref _upperExtent, end);
             }

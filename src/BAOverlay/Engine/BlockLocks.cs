@@ -9,7 +9,6 @@ namespace BAOverlay.Engine;
 internal sealed class BlockLocks
 {
     private const int StripeCount = 4096;
-    private readonly Stripe[] _stripes;
 
     /// <summary>
     /// The stripes' versions, dense (16 KiB): a lock-free read touches only its 4 bytes here, not a stripe object
@@ -17,16 +16,21 @@ internal sealed class BlockLocks
     /// </summary>
     private readonly int[] _versions = new int[StripeCount];
 
-    public BlockLocks()
+    /// <summary>Made on first use: a file opened for one write takes one stripe, not 4096 stripes and their gates
+    /// (about 330 KB and, measured, a fifth of the daemon's time in the first write of a fresh mount).</summary>
+    private readonly Stripe?[] _stripes = new Stripe?[StripeCount];
+
+    public Stripe For(long block)
     {
-        _stripes = new Stripe[StripeCount];
-        for (int i = 0; i < _stripes.Length; i++)
-        {
-            _stripes[i] = new Stripe(_versions, i);
-        }
+        int index = (int)((ulong)block % StripeCount);
+        return Volatile.Read(ref _stripes[index]) ?? Create(index);
     }
 
-    public Stripe For(long block) => _stripes[(int)((ulong)block % StripeCount)];
+    private Stripe Create(int index)
+    {
+        var made = new Stripe(_versions, index);
+        return Interlocked.CompareExchange(ref _stripes[index], made, null) ?? made;
+    }
 
     /// <summary>The version of <paramref name="block"/>'s stripe: <see cref="Stripe.Version"/> without the stripe.</summary>
     public int VersionOf(long block) => Volatile.Read(ref _versions[(int)((ulong)block % StripeCount)]);
