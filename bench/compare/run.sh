@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark of kernel overlayfs, fuse-overlayfs and baoverlayfs: the same workloads on the same lower
+# Side-by-side benchmark of kernel overlayfs, fuse-overlayfs and baoverlayfs (defaults, and with passthrough=all):
+# the same workloads on the same lower
 # files, interleaved per round, medians over rounds. Writes docs/benchmarks.md's "Mounts side by side" section and
 # docs/benchmarks-mounts.svg. Usage (from anywhere, as root):
 #   bench/compare/run.sh [--quick] [--rounds N] [--keep-data] [--no-docs]
@@ -39,7 +40,10 @@ else
   ROOTFS_DIRS=(etc usr/lib/python3.11 usr/share/perl)
   ROUNDS="${ROUNDS:-3}"
 fi
-SYSTEMS=(kernel fuse-overlayfs baoverlayfs)
+# baoverlayfs-pt: baoverlayfs with writeback=0,passthrough=all (the kernel reads untouched lower files and whole upper
+# files itself; docs/baoverlayfs.md, "Passthrough or write-back").
+SYSTEMS=(kernel fuse-overlayfs baoverlayfs baoverlayfs-pt)
+PT_OPTS="writeback=0,passthrough=all"
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { echo "run.sh: $*" >&2; exit 1; }
@@ -64,7 +68,7 @@ check_prerequisites() {
   fi
 }
 
-# ---------------------------------------------------------------- the three mounts
+# ---------------------------------------------------------------- the mounts
 # The baoverlayfs command: see baoverlayfs-cmd.sh (BAOVERLAYFS, else baoverlayfs on PATH, else published here).
 # shellcheck source=bench/compare/baoverlayfs-cmd.sh
 source "$HERE/baoverlayfs-cmd.sh"
@@ -92,6 +96,7 @@ mount_system() {  # $1 system, $2 lower, $3 upper, $4 work, $5 mount point
     kernel) mount -t overlay overlay -o "$opts" "$5" ;;
     fuse-overlayfs) fuse-overlayfs -f -o "$opts" "$5" >>"$OUT/fuse-overlayfs.log" 2>&1 & CURRENT_PID=$! ;;
     baoverlayfs) "${BAO_CMD[@]}" -f -o "$opts" "$5" >>"$OUT/baoverlayfs.log" 2>&1 & CURRENT_PID=$! ;;
+    baoverlayfs-pt) "${BAO_CMD[@]}" -f -o "$opts,$PT_OPTS" "$5" >>"$OUT/baoverlayfs.log" 2>&1 & CURRENT_PID=$! ;;
   esac
   [[ -n "$CURRENT_PID" ]] && PIDS+=("$CURRENT_PID")
   wait_mounted "$5" "$CURRENT_PID"
@@ -190,6 +195,7 @@ mount_command() {  # $1 system, $2 lower, $3 upper, $4 work, $5 mount point: a c
     kernel) echo mount -t overlay overlay -o "$opts" "$5" ;;
     fuse-overlayfs) echo fuse-overlayfs -o "$opts" "$5" ;;
     baoverlayfs) echo "${BAO_CMD[@]}" -o "$opts" "$5" ;;
+    baoverlayfs-pt) echo "${BAO_CMD[@]}" -o "$opts,$PT_OPTS" "$5" ;;
   esac
 }
 
@@ -259,7 +265,7 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 log "writing lower files to $DATA/lower"
 prepare_lower
 for ((round = 1; round <= ROUNDS; round++)); do
-  # Interleave: each round runs the three systems, starting with a different one.
+  # Interleave: each round runs every system, starting with a different one.
   for ((k = 0; k < ${#SYSTEMS[@]}; k++)); do
     run_system "$round" "${SYSTEMS[$(((round - 1 + k) % ${#SYSTEMS[@]}))]}"
   done
