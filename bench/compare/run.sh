@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of kernel overlayfs, fuse-overlayfs and baoverlayfs (defaults, and with passthrough=all):
-# the same workloads on the same lower
-# files, interleaved per round, medians over rounds. Writes docs/benchmarks.md's "Mounts side by side" section and
+# the same workloads on the same lower files, interleaved per round, medians over rounds. Writes docs/benchmarks.md's "Mounts side by side" section and
 # docs/benchmarks-mounts.svg. Usage (from anywhere, as root):
 #   bench/compare/run.sh [--quick] [--rounds N] [--keep-data] [--no-docs]
 # Environment: BAOVERLAY_COMPARE_DIR (data folder, default /var/tmp/baoverlay-compare; use a disk, not tmpfs),
