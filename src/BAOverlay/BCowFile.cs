@@ -59,6 +59,7 @@ public sealed partial class BCowFile : IDisposable, IAsyncDisposable
     private long _lowerLimit;
     private volatile bool _headerDirty;
     private bool _headerUnflushed;
+    private volatile bool _committedDurably;
     private volatile Exception? _fault;
     private int _disposed;
 
@@ -116,8 +117,14 @@ public sealed partial class BCowFile : IDisposable, IAsyncDisposable
 
     /// <summary>The same in storage the caller opened (and keeps: neither storage is disposed); the lower path in
     /// <paramref name="options"/> is only recorded.</summary>
-    internal static void CreateClosed(IBlockStorage upper, IBlockStorage lower, BCowCreateOptions options) =>
-        CreateCore(upper, lower, options, ownsStorage: false, open: false);
+    /// <param name="upper">The new file.</param>
+    /// <param name="lower">Its lower file.</param>
+    /// <param name="options">Block size and the lower path to record.</param>
+    /// <param name="durable">False: the new file is not flushed, so a crash may leave it without a valid header (the
+    /// overlay's copy-up, which marks such a file and makes it again when it finds it so; see
+    /// <see cref="FileSystem.LayerPaths.PendingXattr"/>).</param>
+    internal static void CreateClosed(IBlockStorage upper, IBlockStorage lower, BCowCreateOptions options, bool durable = true) =>
+        CreateCore(upper, lower, options, ownsStorage: false, open: false, durable);
 
     private static BCowFile? CreateCore(string path, BCowCreateOptions? options, bool open)
     {
@@ -186,7 +193,7 @@ public sealed partial class BCowFile : IDisposable, IAsyncDisposable
     public static BCowFile Create(IBlockStorage upper, IBlockStorage? lower, BCowCreateOptions? options = null, bool ownsStorage = false) =>
         CreateCore(upper, lower, options, ownsStorage, open: true)!;
 
-    private static BCowFile? CreateCore(IBlockStorage upper, IBlockStorage? lower, BCowCreateOptions? options, bool ownsStorage, bool open)
+    private static BCowFile? CreateCore(IBlockStorage upper, IBlockStorage? lower, BCowCreateOptions? options, bool ownsStorage, bool open, bool durable = true)
     {
         options ??= new BCowCreateOptions();
         try
@@ -222,7 +229,10 @@ public sealed partial class BCowFile : IDisposable, IAsyncDisposable
             header.Write(slot);
             upper.WriteAt(new byte[Layout.HeaderSlotSize], 0);
             upper.WriteAt(slot, Layout.HeaderSlotSize);
-            upper.Flush();
+            if (durable)
+            {
+                upper.Flush();
+            }
         }
         catch
         {
@@ -631,6 +641,10 @@ public sealed partial class BCowFile : IDisposable, IAsyncDisposable
     /// </summary>
     /// <exception cref="IOException">The storage failed; the file on disk stays at its previous commit and this object refuses further writes.</exception>
     public void Flush() => CommitAsync(dirty: true, durable: true, useAsync: false, CancellationToken.None).GetAwaiter().GetResult();
+
+    /// <summary>Whether a durable commit (<see cref="Flush"/>, or the one closing makes) completed through this
+    /// object: from then on the file has a header on stable storage.</summary>
+    internal bool CommittedDurably => _committedDurably;
 
     /// <inheritdoc cref="Flush"/>
     public ValueTask FlushAsync(CancellationToken cancellationToken = default) => CommitAsync(dirty: true, durable: true, useAsync: true, cancellationToken);
@@ -1517,6 +1531,10 @@ public sealed partial class BCowFile : IDisposable, IAsyncDisposable
                 throw;
             }
             _committed = header;
+            if (durable)
+            {
+                _committedDurably = true; // every durable commit flushed after its header (or the header it kept)
+            }
             if (_headerUnflushed)
             {
                 // The durable header may still reference this space: it stays pending until a durable commit.

@@ -20,6 +20,15 @@ internal static class LayerPaths
     /// <summary>Marks an upper regular file that is a B-CoW file over a lower file.</summary>
     public const string BCowXattr = XattrPrefix + "bcow";
 
+    /// <summary>
+    /// Marks a B-CoW file a copy-up made without flushing it (so that the open that copies up pays no fsync): until
+    /// its first durable commit (fsync, or the commit that closes it) it has no header on stable storage, and a crash
+    /// may leave it with none. The overlay removes the mark after that commit; a marked file that cannot be opened is
+    /// an unfinished copy-up, which the overlay makes again over its lower file (nothing written into it was made
+    /// durable, so nothing acknowledged is lost). An unmarked file that cannot be opened is damaged: EIO.
+    /// </summary>
+    public const string PendingXattr = XattrPrefix + "pending";
+
     public const int MaxNameBytes = 255;
 
     public static string Join(string directory, string name) => directory.EndsWith('/') ? directory + name : directory + "/" + name;

@@ -56,8 +56,15 @@ internal abstract class NodeData : IDisposable
         public override void Dispose() => storage.Dispose();
     }
 
-    public sealed class BCow(BCowFile file) : NodeData
+    /// <param name="file">The open B-CoW file.</param>
+    /// <param name="pendingMark">A descriptor of the same file when it carries <see cref="LayerPaths.PendingXattr"/>
+    /// (a copy-up not yet made durable): the mark is removed once a durable commit has completed (a flush, or the
+    /// closing commit), and the descriptor closed with this object.</param>
+    /// <param name="log">Where a failure to remove the mark is said (it is harmless: the file then keeps it).</param>
+    public sealed class BCow(BCowFile file, Microsoft.Win32.SafeHandles.SafeFileHandle? pendingMark = null, Action<string>? log = null) : NodeData
     {
+        private Microsoft.Win32.SafeHandles.SafeFileHandle? _pendingMark = pendingMark;
+
         public BCowFile File => file;
 
         public override bool CanWrite => file.CanWrite;
@@ -87,7 +94,31 @@ internal abstract class NodeData : IDisposable
             file.SetLength(length);
         }
 
-        public override void Flush() => file.Flush();
+        public override void Flush()
+        {
+            file.Flush();
+            ClearPendingMark();
+        }
+
+        /// <summary>Removes <see cref="LayerPaths.PendingXattr"/> once the file has a durable header; after that
+        /// commit, never before, so a crash in between finds the mark on a file that opens (and it stays unused).</summary>
+        private void ClearPendingMark()
+        {
+            if (Volatile.Read(ref _pendingMark) is null || !file.CommittedDurably
+                || Interlocked.Exchange(ref _pendingMark, null) is not { } mark)
+            {
+                return;
+            }
+            using (mark)
+            {
+                if (Interop.LibC.fremovexattr(mark, LayerPaths.PendingXattr) != 0
+                    && System.Runtime.InteropServices.Marshal.GetLastPInvokeError() != Interop.LibC.ENODATA)
+                {
+                    log?.Invoke($"{file.Name}: removing {LayerPaths.PendingXattr} after its first durable commit: "
+                        + System.Runtime.InteropServices.Marshal.GetPInvokeErrorMessage(System.Runtime.InteropServices.Marshal.GetLastPInvokeError()));
+                }
+            }
+        }
 
         public override void PunchHole(long offset, long length) => file.PunchHole(offset, length);
 
@@ -107,6 +138,17 @@ internal abstract class NodeData : IDisposable
                 .Where(e => e.Source != ExtentSource.Zero && e.Offset + e.Length > offset && e.Offset < end)
                 .Select(e => (Math.Max(e.Offset, offset), Math.Min(e.Offset + e.Length, end) - Math.Max(e.Offset, offset)));
 
-        public override void Dispose() => file.Dispose();
+        public override void Dispose()
+        {
+            try
+            {
+                file.Dispose();
+                ClearPendingMark();
+            }
+            finally
+            {
+                Interlocked.Exchange(ref _pendingMark, null)?.Dispose();
+            }
+        }
     }
 }

@@ -1290,7 +1290,27 @@ public sealed partial class OverlayFileSystem : IDisposable
         {
             return kept.Value;
         }
-        long size = BCowVirtualSize(path, _layers.Describe(node.Layers[0].Layer, node.Layers[0].Path));
+        string described = _layers.Describe(node.Layers[0].Layer, node.Layers[0].Path);
+        long size;
+        try
+        {
+            size = BCowVirtualSize(path, described);
+        }
+        catch (OverlayException e)
+        {
+            // An unfinished copy-up (LayerPaths.PendingXattr) is made again by opening it; anything else stands.
+            using LayerPath top = Top(node);
+            if (node.Layers[0].Layer != _upper || IsReadOnly || !IsPendingCopyUp(top))
+            {
+                _log(e.Message);
+                throw;
+            }
+            lock (node)
+            {
+                using BCowFile opened = OpenBCow(node, top, described, readOnly: true);
+                size = opened.Length;
+            }
+        }
         node.ClosedBCowSize = new UpperMark<long>(st.st_ino, st.st_size, mtimeNs, size);
         return size;
     }
@@ -1305,8 +1325,7 @@ public sealed partial class OverlayFileSystem : IDisposable
         }
         catch (IOException e)
         {
-            _log($"{described}: {e.Message}");
-            throw new OverlayException(OverlayException.ErrnoOf(e, out _), e.Message);
+            throw new OverlayException(OverlayException.ErrnoOf(e, out _), e.Message); // logged by the caller
         }
     }
 
@@ -1650,9 +1669,13 @@ public sealed partial class OverlayFileSystem : IDisposable
                     {
                         // The header records where the lower file was, for `bcow` and people; the overlay itself finds
                         // it by position (the redirect below), never by a path read back from disk.
-                        BCowFile.CreateClosed(upperFile, lowerFile, new BCowCreateOptions { LowerPath = described, BlockSize = _options.BlockSize });
+                        // Not flushed: the open that copies up pays no fsync. Marked pending until its first durable
+                        // commit; a crash before that may leave it without a header, and it is then made again
+                        // (OpenBCow), since nothing written into it was made durable.
+                        BCowFile.CreateClosed(upperFile, lowerFile, new BCowCreateOptions { LowerPath = described, BlockSize = _options.BlockSize }, durable: false);
                     }
-                    if (Syscall.lsetxattr(scratch, LayerPaths.BCowXattr, "1"u8.ToArray(), XattrFlags.XATTR_AUTO) != 0)
+                    if (Syscall.lsetxattr(scratch, LayerPaths.BCowXattr, "1"u8.ToArray(), XattrFlags.XATTR_AUTO) != 0
+                        || Syscall.lsetxattr(scratch, LayerPaths.PendingXattr, "1"u8.ToArray(), XattrFlags.XATTR_AUTO) != 0)
                     {
                         throw OverlayException.FromLastError("mark as B-CoW (user xattrs needed on the upper file system)", Describe(node));
                     }
@@ -1851,7 +1874,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                     file.Dispose();
                     file = OpenBCow(node, top, described, readOnly: false);
                 }
-                return new NodeData.BCow(file);
+                return new NodeData.BCow(file, file.CanWrite ? PendingMark(top) : null, _log);
             }
             try
             {
@@ -1886,6 +1909,111 @@ public sealed partial class OverlayFileSystem : IDisposable
     /// </summary>
     private BCowFile OpenBCow(OverlayNode node, LayerPath top, string described, bool readOnly)
     {
+        try
+        {
+            return OpenBCowOnce(node, top, described, readOnly);
+        }
+        catch (BCowFormatException e) when (node.Layers[0].Layer == _upper && !IsReadOnly && IsPendingCopyUp(top))
+        {
+            if (!RemakeUnfinishedCopyUp(node, top, described, e))
+            {
+                throw;
+            }
+            return OpenBCowOnce(node, top, described, readOnly);
+        }
+    }
+
+    /// <summary>Whether the upper B-CoW file at <paramref name="top"/> carries <see cref="LayerPaths.PendingXattr"/>:
+    /// no durable commit has completed since the copy-up that made it.</summary>
+    private static bool IsPendingCopyUp(in LayerPath top) =>
+        LibC.HasXattr(top.Directory.Fd, top.Name, top.Path, LayerPaths.PendingXattr);
+
+    /// <summary>A descriptor for removing <see cref="LayerPaths.PendingXattr"/> from the upper B-CoW file at
+    /// <paramref name="top"/> after its first durable commit, or null when it has none (one getxattr).</summary>
+    private SafeFileHandle? PendingMark(in LayerPath top)
+    {
+        if (!IsPendingCopyUp(top))
+        {
+            return null;
+        }
+        int fd = LibC.openat(top.Directory.Fd, top.Name,
+            NativeConvert.FromOpenFlags(OpenFlags.O_RDONLY | OpenFlags.O_CLOEXEC | OpenFlags.O_NOFOLLOW | OpenFlags.O_NONBLOCK), 0);
+        return fd < 0 ? null : new SafeFileHandle(fd, ownsHandle: true);
+    }
+
+    /// <summary>
+    /// An upper B-CoW file marked pending that does not open (<paramref name="problem"/>): a crash came after its
+    /// copy-up was renamed into place and before its first durable commit, so the file lacks a header or the table it
+    /// points to. Nothing written into it was made durable (a flush would have removed the mark), so it is made again
+    /// as the copy-up made it, a B-CoW file over the same lower file with no block of its own, this time flushed; the
+    /// object's metadata (the upper file's inode) is kept. Then the mark is removed.
+    /// </summary>
+    /// <returns>False when no layer below holds its lower file: nothing to make it over, and the problem stands.</returns>
+    private bool RemakeUnfinishedCopyUp(OverlayNode node, LayerPath top, string described, BCowFormatException problem)
+    {
+        IBlockStorage? lower = OpenBCowLower(node, top, described, out string? lowerDescribed);
+        if (lower is null)
+        {
+            return false;
+        }
+        using (lower)
+        {
+            SafeFileHandle handle = File.OpenHandle(top.Path, FileMode.Open, FileAccess.ReadWrite, FileShare.Read);
+            using var upper = new FileStorage(handle, described, canWrite: true, FileLockMode.Exclusive);
+            int fd = (int)handle.DangerousGetHandle();
+            bool timed = Syscall.fstat(fd, out Stat before) == 0;
+            BCowFile.CreateClosed(upper, lower, new BCowCreateOptions { LowerPath = lowerDescribed, BlockSize = _options.BlockSize });
+            if (timed)
+            {
+                // The times the copy-up gave it (the lower file's, or a change's since), not the remaking's.
+                Syscall.futimens(fd, [
+                    new Timespec { tv_sec = before.st_atime, tv_nsec = before.st_atime_nsec },
+                    new Timespec { tv_sec = before.st_mtime, tv_nsec = before.st_mtime_nsec },
+                ]);
+            }
+            if (LibC.fremovexattr(handle, LayerPaths.PendingXattr) != 0 && Marshal.GetLastPInvokeError() != LibC.ENODATA)
+            {
+                _log($"{described}: removing {LayerPaths.PendingXattr}: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}");
+            }
+        }
+        node.ClosedBCowSize = null;
+        _log($"{described}: an unfinished copy-up (a crash before its first write was made durable: {problem.Message}); made again over {lowerDescribed}");
+        return true;
+    }
+
+    private BCowFile OpenBCowOnce(OverlayNode node, LayerPath top, string described, bool readOnly)
+    {
+        IBlockStorage? lower = OpenBCowLower(node, top, described, out _);
+        FileStorage upper;
+        try
+        {
+            SafeFileHandle handle = File.OpenHandle(top.Path, FileMode.Open, readOnly ? FileAccess.Read : FileAccess.ReadWrite,
+                readOnly ? FileShare.ReadWrite : FileShare.Read);
+            // Locked as bcow and other processes expect (a reader shares, a writer excludes them).
+            upper = new FileStorage(handle, described, canWrite: !readOnly, readOnly ? FileLockMode.Shared : FileLockMode.Exclusive);
+        }
+        catch
+        {
+            lower?.Dispose();
+            throw;
+        }
+        try
+        {
+            BCowFile opened = BCowFile.Open(upper, lower, new BCowOpenOptions { ReadOnly = readOnly }, ownsStorage: true);
+            CountHeat(lower); // the identity check is done: what is read from now on is a reader's
+            return opened;
+        }
+        catch (BCowFormatException e) when (lower is null)
+        {
+            throw new BCowFormatException(described, $"its lower file is not in the layers below it ({e.Message})");
+        }
+    }
+
+    /// <summary>The lower file of the B-CoW file at <paramref name="top"/> (see <see cref="OpenBCow"/>), opened, or
+    /// null when no layer below holds it.</summary>
+    private IBlockStorage? OpenBCowLower(OverlayNode node, LayerPath top, string described, out string? lowerDescribed)
+    {
+        lowerDescribed = null;
         int layer = node.Layers[0].Layer;
         // A plain list, not a LINQ chain over (int, string) tuples: those are generic instantiations ReadyToRun cannot
         // precompile, and this runs at the first write into a lower file.
@@ -1928,33 +2056,12 @@ public sealed partial class OverlayFileSystem : IDisposable
                     }
                     break; // a whiteout or anything else hides whatever lies below
                 }
-                lower = BCowLowerThroughCache(OpenLowerFile(located, _layers.Describe(candidate, relative)), candidate, relative);
+                lowerDescribed = _layers.Describe(candidate, relative);
+                lower = BCowLowerThroughCache(OpenLowerFile(located, lowerDescribed), candidate, relative);
                 break;
             }
         }
-        FileStorage upper;
-        try
-        {
-            SafeFileHandle handle = File.OpenHandle(top.Path, FileMode.Open, readOnly ? FileAccess.Read : FileAccess.ReadWrite,
-                readOnly ? FileShare.ReadWrite : FileShare.Read);
-            // Locked as bcow and other processes expect (a reader shares, a writer excludes them).
-            upper = new FileStorage(handle, described, canWrite: !readOnly, readOnly ? FileLockMode.Shared : FileLockMode.Exclusive);
-        }
-        catch
-        {
-            lower?.Dispose();
-            throw;
-        }
-        try
-        {
-            BCowFile opened = BCowFile.Open(upper, lower, new BCowOpenOptions { ReadOnly = readOnly }, ownsStorage: true);
-            CountHeat(lower); // the identity check is done: what is read from now on is a reader's
-            return opened;
-        }
-        catch (BCowFormatException e) when (lower is null)
-        {
-            throw new BCowFormatException(described, $"its lower file is not in the layers below it ({e.Message})");
-        }
+        return lower;
     }
 
     /// <summary>

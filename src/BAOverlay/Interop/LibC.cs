@@ -40,6 +40,14 @@ internal static partial class LibC
     [LibraryImport(Library, EntryPoint = "lgetxattr", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static unsafe partial nint lgetxattr(string path, string name, byte* value, nuint size);
 
+    // ssize_t fgetxattr(int fd, const char *name, void *value, size_t size);
+    [LibraryImport(Library, EntryPoint = "fgetxattr", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static unsafe partial nint fgetxattr(Microsoft.Win32.SafeHandles.SafeFileHandle fd, string name, byte* value, nuint size);
+
+    // int fremovexattr(int fd, const char *name);
+    [LibraryImport(Library, EntryPoint = "fremovexattr", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int fremovexattr(Microsoft.Win32.SafeHandles.SafeFileHandle fd, string name);
+
     // ssize_t llistxattr(const char *path, char *list, size_t size);
     [LibraryImport(Library, EntryPoint = "llistxattr", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static unsafe partial nint llistxattr(string path, byte* list, nuint size);
