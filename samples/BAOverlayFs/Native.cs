@@ -293,6 +293,17 @@ internal static unsafe partial class Native
         return true;
     }
 
+    /// <summary>A close-on-exec duplicate of <paramref name="fd"/> numbered above 2, or -1.</summary>
+    public static int Duplicate(int fd) => fcntl(fd, F_DUPFD_CLOEXEC, 3);
+
+    // void _exit(int status);
+    [LibraryImport("libc", EntryPoint = "_exit")]
+    private static partial void _exit(int status);
+
+    /// <summary>Ends the process at once with <paramref name="status"/> (<c>_exit</c>): no runtime shutdown, no atexit
+    /// handlers. Only for a process that has nothing left to flush or release.</summary>
+    public static void ExitNow(int status) => _exit(status);
+
     /// <summary>Points <paramref name="fd"/> at /dev/null (dup2), which closes what it was open on.</summary>
     public static void PointAtDevNull(int fd)
     {
@@ -359,7 +370,8 @@ internal static unsafe partial class Native
     /// our standard error to its end, as containers-storage does, would wait for ever). The duplicates are
     /// re-pointed (dup2), not closed, since the runtime still owns their numbers.
     /// </summary>
-    public static void DetachStdio()
+    /// <param name="keep">A descriptor left as it is (a private duplicate of standard output still to be written to).</param>
+    public static void DetachStdio(int keep = -1)
     {
         var standard = new HashSet<(ulong Dev, ulong Ino)>();
         for (int fd = 0; fd <= 2; fd++)
@@ -383,7 +395,7 @@ internal static unsafe partial class Native
         {
             foreach (string entry in Directory.GetFileSystemEntries("/proc/self/fd"))
             {
-                if (int.TryParse(Path.GetFileName(entry), out int fd) && fd > 2 && fd != devNull
+                if (int.TryParse(Path.GetFileName(entry), out int fd) && fd > 2 && fd != devNull && fd != keep
                     && Mono.Unix.Native.Syscall.fstat(fd, out Mono.Unix.Native.Stat stat) == 0
                     && standard.Contains((stat.st_dev, stat.st_ino)))
                 {

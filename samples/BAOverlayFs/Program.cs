@@ -109,6 +109,12 @@ internal static class Program
     public static int Main(string[] args)
     {
         StartTrace.Mark("main");
+        // Mono.Posix's helper library is looked for as "MonoPosixHelper.so" through every library directory before
+        // "libMonoPosixHelper.so" beside the program is tried (~50 failed opens): name the file straight away.
+        NativeLibrary.SetDllImportResolver(typeof(Mono.Unix.Native.Syscall).Assembly, (name, _, _) =>
+            name == "MonoPosixHelper" && NativeLibrary.TryLoad(Path.Combine(AppContext.BaseDirectory, "libMonoPosixHelper.so"), out nint handle)
+                ? handle
+                : 0);
         if (Environment.GetEnvironmentVariable(WatchVariable) == "1")
         {
             return AutoUnmountWatcher.Run(args);
@@ -253,8 +259,10 @@ internal static class Program
         StartTrace.Mark("answered");
         if (answer == "ok")
         {
-            Native.Close(statusRead);
-            return 0; // exiting closes this copy of the descriptor; the serving process holds the connection
+            // Nothing to flush or release (standard error writes through): leave without the runtime's shutdown, which
+            // the caller would wait for. Exiting closes this copy of the descriptor; the serving process holds the
+            // connection.
+            Native.ExitNow(0);
         }
         return Failed(pid, answer, said: false, target, identity, fuse, statusRead);
     }
@@ -570,10 +578,21 @@ internal static class Program
             StartTrace.Mark("initialised");
             if (child)
             {
-                // A failed write means the waiting parent is gone (killed): the mount is live all the same, so keep
-                // serving it.
-                Native.Write(1, "ok\n");
-                Native.DetachStdio();
+                // Standard error, which the caller may read to its end, is let go before "ok" lets the mounting process
+                // exit, so that the caller sees the end of it as soon as that process has gone. A failed write means
+                // the waiting parent is gone (killed): the mount is live all the same, so keep serving it.
+                int status = Native.Duplicate(1);
+                if (status < 0)
+                {
+                    Native.Write(1, "ok\n");
+                    Native.DetachStdio();
+                }
+                else
+                {
+                    Native.DetachStdio(keep: status);
+                    Native.Write(status, "ok\n");
+                    Native.Close(status);
+                }
             }
         })
         { Name = "fuse-ready", IsBackground = true };
