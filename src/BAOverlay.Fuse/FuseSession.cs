@@ -22,6 +22,9 @@ namespace BAOverlay.Fuse;
 /// CAP_SYS_ADMIN over the mount namespace, that is root, or root of a user namespace that owns its mount namespace
 /// (rootless containers; Linux 4.18+), and read-write access to <c>/dev/fuse</c>. An unprivileged mount through
 /// fusermount3 is not supported.</para>
+/// <para>A mount program that backgrounds without forking can split the mount from the serving: one process opens
+/// the device (<see cref="OpenDevice"/>) and mounts it (<see cref="MountDevice"/>), another, which inherited the
+/// descriptor, serves it (<see cref="Adopt"/>).</para>
 /// <para>No signal handlers are installed: the host process keeps its own.</para>
 /// </remarks>
 public sealed unsafe class FuseSession : IDisposable
