@@ -382,6 +382,9 @@ public sealed class BAOverlayFsProgramTests
             int[] pids = ProgramPids(mnt, link + "/");
             Assert.That(pids, Has.Length.EqualTo(2), "the mount process and its watcher");
             int mount = pids.Single(p => File.ReadAllText($"/proc/{p}/environ").Contains(Program.ChildVariable + "=1", StringComparison.Ordinal));
+            int watcher = pids.Single(p => p != mount);
+            Assert.That(Directory.GetFileSystemEntries($"/proc/{watcher}/fd").Select(fd => new FileInfo(fd).LinkTarget), Does.Not.Contain("/dev/fuse"),
+                "the watcher does not hold the FUSE connection (the mount process's inherited /dev/fuse is close-on-exec)");
             Assert.That(Syscall.kill(mount, Signum.SIGKILL), Is.Zero);
             Assert.That(WaitFor(() => !IsMounted(mnt), TimeSpan.FromSeconds(10)), Is.True, "the watcher unmounted the dead mount within seconds");
             Assert.That(WaitFor(() => ProgramPids(mnt, link + "/").Length == 0), Is.True, "the watcher exits too");
