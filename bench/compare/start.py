@@ -44,6 +44,16 @@ def serving_pid(mount_point, program):
     return None
 
 
+def alive(pid):
+    """Whether the process runs: not gone and not a zombie (an exited daemon is reparented, and the init of a container
+    or VM may reap it only seconds later)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def status(pid):
     with open(f"/proc/{pid}/status") as f:
         fields = dict(line.split(":", 1) for line in f)
@@ -84,7 +94,7 @@ def one_mount(data, name, command):
     rss, threads = status(pid) if pid else (None, None)
     subprocess.run(["umount", mount_point], check=True)
     for _ in range(1000):  # the daemon exits once the kernel ends the connection
-        if pid is None or not os.path.exists(f"/proc/{pid}"):
+        if pid is None or not alive(pid):
             break
         time.sleep(0.01)
     return {"visible": ((visible - t0) / 1e6, "ms"), "returned": ((returned - t0) / 1e6, "ms"),

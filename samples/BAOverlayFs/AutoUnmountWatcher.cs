@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using BAOverlay.Fuse;
 
 namespace BAOverlayFs;
@@ -11,11 +10,16 @@ namespace BAOverlayFs;
 /// (<see cref="FuseMountIdentity"/>), checked and detached through one descriptor, so a file system mounted there since
 /// (a tmpfs, another baoverlayfs) is never removed.
 /// </summary>
-internal static class AutoUnmountWatcher
+internal sealed class AutoUnmountWatcher : IDisposable
 {
-    /// <summary>Starts the watcher for the mount <paramref name="identity"/> on <paramref name="mountPoint"/>; keep the
-    /// process object alive.</summary>
-    public static Process? Start(string mountPoint, FuseMountIdentity? identity)
+    private int _pipe;
+
+    private AutoUnmountWatcher(int pipe) => _pipe = pipe;
+
+    /// <summary>Starts the watcher for the mount <paramref name="identity"/> on <paramref name="mountPoint"/>
+    /// (<c>posix_spawn</c>, its standard output and error on /dev/null); keep the object alive while serving, and
+    /// dispose it once unmounted. Null, with a line on standard error, when it cannot be started.</summary>
+    public static AutoUnmountWatcher? Start(string mountPoint, FuseMountIdentity? identity)
     {
         if (identity is null)
         {
@@ -23,22 +27,43 @@ internal static class AutoUnmountWatcher
             return null;
         }
         (string fileName, string[] prefix) = Program.Self();
-        var start = new ProcessStartInfo(fileName)
+        int devNull = -1;
+        (int read, int write) = (-1, -1);
+        try
         {
-            UseShellExecute = false,
-            RedirectStandardInput = true,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-        };
-        foreach (string arg in prefix)
-        {
-            start.ArgumentList.Add(arg);
+            devNull = Native.OpenDevNull();
+            (read, write) = Native.Pipe(); // the write end, close-on-exec, stays in this process only
+            Native.Spawn(fileName, [fileName, .. prefix, identity.Value.ToString(), mountPoint],
+                Native.EnvironmentWith((Program.WatchVariable, "1"), (Program.ChildVariable, null), (Program.MountPointVariable, null)),
+                [(read, 0), (devNull, 1), (devNull, 2)]);
+            int kept = write;
+            write = -1;
+            return new AutoUnmountWatcher(kept);
         }
-        start.ArgumentList.Add(identity.Value.ToString());
-        start.ArgumentList.Add(mountPoint);
-        start.Environment[Program.WatchVariable] = "1";
-        start.Environment.Remove(Program.ChildVariable);
-        return Process.Start(start);
+        catch (IOException e)
+        {
+            Console.Error.WriteLine($"baoverlayfs: auto_unmount: {e.Message}; not watching");
+            return null;
+        }
+        finally
+        {
+            foreach (int fd in new[] { devNull, read, write })
+            {
+                if (fd >= 0)
+                {
+                    Native.Close(fd);
+                }
+            }
+        }
+    }
+    /// <summary>Closes the watcher's standard input: it sees end-of-file, finds the mount gone (or not ours) and exits.</summary>
+    public void Dispose()
+    {
+        int pipe = Interlocked.Exchange(ref _pipe, -1);
+        if (pipe >= 0)
+        {
+            Native.Close(pipe);
+        }
     }
 
     /// <summary>Watcher mode: arguments are the mount identity and the mount point.</summary>

@@ -210,8 +210,11 @@ internal sealed class CommandLine
     }
 
     /// <summary>Checks that the directories exist; resolves them to full paths.</summary>
+    /// <param name="checkedMountPoint">The mount point as the mounting process of a backgrounded mount checked and
+    /// resolved it: taken as it is, never looked at, since it may be mounted already and looking would then wait for
+    /// this very process to answer.</param>
     /// <exception cref="UsageException">A directory is missing or is not a directory.</exception>
-    public void Validate()
+    public void Validate(string? checkedMountPoint = null)
     {
         for (int i = 0; i < LowerDirectories.Count; i++)
         {
@@ -230,7 +233,7 @@ internal sealed class CommandLine
             CacheDirectory = Path.GetFullPath(CacheDirectory); // created by the cache if missing
         }
         // canonical, as /proc/self/mountinfo will show it (the auto_unmount watcher looks the mount up there)
-        MountPoint = Native.RealPath(CheckDirectory(null, MountPoint));
+        MountPoint = checkedMountPoint ?? Native.RealPath(CheckDirectory(null, MountPoint));
     }
 
     private static string CheckDirectory(string? option, string path)

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Reflection;
 using System.Runtime.InteropServices;
 using BAOverlay.FileSystem;
@@ -6,15 +5,29 @@ using BAOverlay.Fuse;
 
 namespace BAOverlayFs;
 
+/// <summary>The mounting process of a backgrounded mount failed (and said why): the serving process leaves quietly.</summary>
+internal sealed class MountHandOffException : Exception;
+
 /// <summary>
 /// baoverlayfs: mounts a BAOverlay overlay through FUSE with fuse-overlayfs's command line. Without <c>-f</c> it
-/// backgrounds like fuse-overlayfs: it re-executes itself in the foreground in a new session (no fork of the runtime)
-/// and returns 0 once the mount is live, or 1 with the error. See docs/baoverlayfs.md.
+/// backgrounds like fuse-overlayfs, without forking the runtime: it starts itself again (<c>posix_spawn</c>) as the
+/// serving process, in a new session, mounts while that process starts, hands it the mounted <c>/dev/fuse</c>
+/// descriptor, and returns 0 once the mount is served, or 1 with the error and nothing left mounted. See
+/// docs/baoverlayfs.md.
 /// </summary>
 internal static class Program
 {
-    /// <summary>Marks the re-executed mount process, which reports "ok" on its standard output once mounted.</summary>
+    /// <summary>Marks the serving process started by <see cref="Background"/>: it reads the mount's identity on its
+    /// standard input, serves the <c>/dev/fuse</c> descriptor <see cref="ChildFuseDescriptor"/>, and reports "ok" on its
+    /// standard output once the mount is served.</summary>
     internal const string ChildVariable = "BAOVERLAYFS_CHILD";
+
+    /// <summary>The descriptor number the serving process finds the mounted <c>/dev/fuse</c> on.</summary>
+    internal const int ChildFuseDescriptor = 3;
+
+    /// <summary>The mount point as the mounting process checked and resolved it, for the serving process, which must
+    /// not look at the path itself (once mounted, looking would wait for its own answer).</summary>
+    internal const string MountPointVariable = "BAOVERLAYFS_MOUNTPOINT";
 
     /// <summary>Marks the auto_unmount watcher process (arguments: mount identity, mount point).</summary>
     internal const string WatchVariable = "BAOVERLAYFS_WATCH";
@@ -92,10 +105,17 @@ internal static class Program
         unmount with: fusermount3 -u MOUNTPOINT, umount MOUNTPOINT, or SIGTERM/SIGINT to the process.
         """;
 
-    private static Process? s_watcher;
+    private static AutoUnmountWatcher? s_watcher;
 
     public static int Main(string[] args)
     {
+        StartTrace.Mark("main");
+        // Mono.Posix's helper library is looked for as "MonoPosixHelper.so" through every library directory before
+        // "libMonoPosixHelper.so" beside the program is tried (~50 failed opens): name the file straight away.
+        NativeLibrary.SetDllImportResolver(typeof(Mono.Unix.Native.Syscall).Assembly, (name, _, _) =>
+            name == "MonoPosixHelper" && NativeLibrary.TryLoad(Path.Combine(AppContext.BaseDirectory, "libMonoPosixHelper.so"), out nint handle)
+                ? handle
+                : 0);
         if (Environment.GetEnvironmentVariable(WatchVariable) == "1")
         {
             return AutoUnmountWatcher.Run(args);
@@ -122,7 +142,7 @@ internal static class Program
             {
                 Console.Error.WriteLine("baoverlayfs: " + warning);
             }
-            line.Validate();
+            line.Validate(child ? Environment.GetEnvironmentVariable(MountPointVariable) : null);
         }
         catch (UsageException e)
         {
@@ -132,7 +152,7 @@ internal static class Program
 
         if (!line.Foreground && !child)
         {
-            return Background(args);
+            return Background(line, args);
         }
         return Serve(line, child);
     }
@@ -146,43 +166,243 @@ internal static class Program
             : (process, []);
     }
 
-    /// <summary>Runs the mount in a re-executed child and waits for its "ok" (or its exit) on a pipe.</summary>
-    private static int Background(string[] args)
+    /// <summary>
+    /// Backgrounds without forking the runtime: opens <c>/dev/fuse</c>, starts the serving process (this program again,
+    /// <see cref="ChildVariable"/> set) with the descriptor as its <see cref="ChildFuseDescriptor"/>, and mounts while
+    /// that process starts and opens the layers; then tells it the mount's identity (a line on its standard input) and
+    /// waits for its "ok" (its standard output), which comes once the layers are open and the kernel's INIT is
+    /// answered. So the mount appears one program start after the command, and the command returns once the mount is
+    /// served.
+    /// </summary>
+    /// <remarks>
+    /// <para>A layer at or under the mount point (an overlay mounted on its own lower directory, as
+    /// <c>mount -t overlay -o lowerdir=/usr,... /usr</c> can be) must be opened before the mount covers it: then the
+    /// mount waits for the serving process's "opened".</para>
+    /// <para>Failures, all with exit code 1 and one message: <c>/dev/fuse</c> or the mount refused (said here; the
+    /// serving process reads end-of-file on its standard input and leaves without a word); the layers refused (said by
+    /// the serving process, on the standard error it shares). A mount made and then not served is detached by the
+    /// serving process, and again here, by its identity, so that nothing is left mounted whichever of the two is
+    /// killed.</para>
+    /// </remarks>
+    private static int Background(CommandLine line, string[] args)
     {
         (string fileName, string[] prefix) = Self();
-        var start = new ProcessStartInfo(fileName)
+        FuseMountOptions options = MountOptions(line);
+        string target;
+        int fuse;
+        try
         {
-            UseShellExecute = false,
-            RedirectStandardOutput = true,
-        };
-        foreach (string arg in prefix.Concat(args))
-        {
-            start.ArgumentList.Add(arg);
+            target = FuseSession.MountTarget(line.MountPoint);
+            fuse = FuseSession.OpenDevice();
         }
-        start.Environment[ChildVariable] = "1";
-        using Process process = Process.Start(start) ?? throw new InvalidOperationException("cannot start " + fileName);
-        string? answer = process.StandardOutput.ReadLine();
-        if (answer == "ok")
+        catch (Exception e) when (e is IOException or FuseUnavailableException)
         {
-            return 0;
-        }
-        // The child printed its error on standard error (inherited) and exits: reap it so that nothing is left behind.
-        if (!process.WaitForExit(TimeSpan.FromSeconds(30)))
-        {
-            Console.Error.WriteLine("baoverlayfs: the mount process did not report and did not exit; killing it");
-            process.Kill();
-            process.WaitForExit();
+            Console.Error.WriteLine("baoverlayfs: " + e.Message);
             return 1;
         }
-        if (answer is not null && answer.Length > 0)
+        int controlWrite, statusRead, pid;
+        try
+        {
+            (int controlRead, controlWrite) = Native.Pipe(); // to the serving process: the mount's identity, or end-of-file
+            (statusRead, int statusWrite) = Native.Pipe();   // from it: "opened", "ok"; end-of-file when it failed
+            try
+            {
+                StartTrace.Mark("spawn");
+                pid = Native.Spawn(fileName, [fileName, .. prefix, .. args],
+                    Native.EnvironmentWith((ChildVariable, "1"), (MountPointVariable, line.MountPoint)),
+                    [(controlRead, 0), (statusWrite, 1), (fuse, ChildFuseDescriptor)]);
+                StartTrace.Mark("spawned");
+            }
+            finally
+            {
+                Native.Close(controlRead);
+                Native.Close(statusWrite);
+            }
+        }
+        catch (IOException e)
+        {
+            Native.Close(fuse);
+            Console.Error.WriteLine("baoverlayfs: " + e.Message);
+            return 1;
+        }
+
+        string? answer = null;
+        bool opened = false;
+        if (LayersUnder(line, target))
+        {
+            answer = Native.ReadLine(statusRead);
+            opened = answer == "opened";
+            if (!opened)
+            {
+                Native.Close(controlWrite);
+                return Failed(pid, answer, said: false, target, null, fuse, statusRead);
+            }
+        }
+        FuseMountIdentity identity;
+        try
+        {
+            identity = FuseSession.MountDevice(fuse, target, options);
+            StartTrace.Mark("mounted");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            Native.Close(controlWrite); // the serving process reads end-of-file and leaves without a word
+            Console.Error.WriteLine("baoverlayfs: " + e.Message);
+            return Failed(pid, answer, said: true, target, null, fuse, statusRead);
+        }
+        Native.Write(controlWrite, identity + "\n"); // a serving process already gone is seen below, as end-of-file
+        Native.Close(controlWrite);
+        answer = Native.ReadLine(statusRead);
+        if (answer == "opened" && !opened)
+        {
+            answer = Native.ReadLine(statusRead);
+        }
+        StartTrace.Mark("answered");
+        if (answer == "ok")
+        {
+            // Nothing to flush or release (standard error writes through): leave without the runtime's shutdown, which
+            // the caller would wait for. Exiting closes this copy of the descriptor; the serving process holds the
+            // connection.
+            Native.ExitNow(0);
+        }
+        return Failed(pid, answer, said: false, target, identity, fuse, statusRead);
+    }
+
+    /// <summary>
+    /// The serving process failed (it said why on standard error, or <paramref name="answer"/> says it) or was told
+    /// to leave (<paramref name="said"/>: this process said why): reaps it, and detaches the mount <paramref name="identity"/> if one was made. The serving process
+    /// detaches it too, but may have been killed first. Only our own mount is detached (its identity), and only while
+    /// this process still holds the connection (<paramref name="fuse"/>, closed last), so the identity cannot have been
+    /// reused by another mount.
+    /// </summary>
+    /// <returns>1, the exit code.</returns>
+    private static int Failed(int pid, string? answer, bool said, string target, FuseMountIdentity? identity, int fuse, int statusRead)
+    {
+        int exitCode = Reap(pid);
+        Native.Close(statusRead);
+        if (identity is not null)
+        {
+            try
+            {
+                FuseMountIdentity.DetachIfSame(target, identity.Value);
+            }
+            catch (IOException e)
+            {
+                Console.Error.WriteLine("baoverlayfs: " + e.Message);
+            }
+        }
+        Native.Close(fuse);
+        if (said)
+        {
+            return 1;
+        }
+        if (answer is { Length: > 0 } and not "opened")
         {
             Console.Error.WriteLine("baoverlayfs: " + answer);
         }
-        else if (process.ExitCode == 0)
+        else if (exitCode == 0)
         {
             Console.Error.WriteLine("baoverlayfs: the mount process exited before the mount was ready");
         }
         return 1;
+    }
+
+    /// <summary>Whether a directory the serving process opens (a layer, the store, the cache) is the mount point or
+    /// lies under it, so that it must be opened before the mount covers it. Resolved paths, so symbolic links count.</summary>
+    private static bool LayersUnder(CommandLine line, string mountPoint)
+    {
+        string root = mountPoint.EndsWith('/') ? mountPoint : mountPoint + "/";
+        IEnumerable<string?> directories = [.. line.LowerDirectories, line.UpperDirectory, line.WorkDirectory, line.Store, line.CacheDirectory];
+        foreach (string? directory in directories)
+        {
+            if (directory is not null)
+            {
+                string real = Native.RealPath(Path.GetFullPath(directory));
+                if (real == mountPoint || real.StartsWith(root, StringComparison.Ordinal) || root == "/")
+                {
+                    return true;
+                }
+            }
+        }
+        return false;
+    }
+
+    /// <summary>Reaps the serving process after a failure: it exits at once, or is killed after 30 s.</summary>
+    private static int Reap(int pid)
+    {
+        int? exitCode = Native.WaitForExit(pid, TimeSpan.FromSeconds(30));
+        if (exitCode is null)
+        {
+            Console.Error.WriteLine("baoverlayfs: the mount process did not report and did not exit; killing it");
+            Native.Kill(pid);
+            exitCode = Native.WaitForExit(pid, Timeout.InfiniteTimeSpan);
+        }
+        return exitCode ?? -1;
+    }
+
+    /// <summary>The mount options the command line asks for (the same in both processes of a backgrounded mount).</summary>
+    private static FuseMountOptions MountOptions(CommandLine line) => new()
+    {
+        FsName = line.FsName ?? line.Source ?? "baoverlayfs",
+        Subtype = line.Subtype ?? "baoverlayfs",
+        // As fuse-overlayfs: as root, including root of a user namespace (rootless Podman), always allow_other,
+        // since a container's processes run as other users, whom FUSE turns away (EACCES) without it. Inside a
+        // user namespace the kernel limits allow_other to that namespace's processes.
+        AllowOther = line.AllowOther || Native.geteuid() == 0,
+        DefaultPermissions = line.DefaultPermissions,
+        ReadOnly = line.ReadOnly,
+        AllowSetuid = line.SetUid,
+        AllowDevices = line.Devices,
+        NoExec = line.NoExec,
+        NoAtime = line.NoAtime,
+        WritebackCache = line.Writeback,
+        Passthrough = line.Passthrough,
+        MaxWrite = line.MaxWrite,
+        MaxReadahead = line.MaxReadahead,
+        Debug = line.Debug,
+        MaxThreads = line.SingleThreaded ? 1 : line.MaxThreads ?? 10,
+    };
+
+    /// <summary>
+    /// The serving process's half of the hand-off: waits for the mount's identity on standard input (the mounting
+    /// process writes it once mount(2) succeeded, or closes the pipe when it failed).
+    /// </summary>
+    /// <returns>The identity; null when the mounting process failed (it says why) or is gone.</returns>
+    private static FuseMountIdentity? ReceiveMount()
+    {
+        string? text = Native.ReadLine(0);
+        if (text is null)
+        {
+            return null;
+        }
+        try
+        {
+            return FuseMountIdentity.Parse(text);
+        }
+        catch (FormatException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>The serving process failed before serving: detaches the mount handed to it, if there is one.</summary>
+    private static void AbandonMount(CommandLine line)
+    {
+        // End-of-file on the status pipe first: a mounting process waiting for "opened" before it mounts (a layer
+        // under the mount point) then closes its end of the identity pipe instead of waiting for ever.
+        Native.PointAtDevNull(1);
+        if (ReceiveMount() is FuseMountIdentity identity)
+        {
+            try
+            {
+                FuseMountIdentity.DetachIfSame(line.MountPoint, identity);
+            }
+            catch (IOException e)
+            {
+                Console.Error.WriteLine("baoverlayfs: " + e.Message);
+            }
+        }
+        Native.Close(ChildFuseDescriptor);
     }
 
     /// <summary>Mounts and serves until unmounted or signalled.</summary>
@@ -230,29 +450,18 @@ internal static class Program
             cache?.Dispose();
             lease?.Dispose();
             Console.Error.WriteLine("baoverlayfs: " + e.Message);
+            if (child)
+            {
+                AbandonMount(line);
+            }
             return 1;
         }
-        var options = new FuseMountOptions
+        StartTrace.Mark("opened");
+        if (child)
         {
-            FsName = line.FsName ?? line.Source ?? "baoverlayfs",
-            Subtype = line.Subtype ?? "baoverlayfs",
-            // As fuse-overlayfs: as root, including root of a user namespace (rootless Podman), always allow_other,
-            // since a container's processes run as other users, whom FUSE turns away (EACCES) without it. Inside a
-            // user namespace the kernel limits allow_other to that namespace's processes.
-            AllowOther = line.AllowOther || Mono.Unix.Native.Syscall.geteuid() == 0,
-            DefaultPermissions = line.DefaultPermissions,
-            ReadOnly = line.ReadOnly,
-            AllowSetuid = line.SetUid,
-            AllowDevices = line.Devices,
-            NoExec = line.NoExec,
-            NoAtime = line.NoAtime,
-            WritebackCache = line.Writeback,
-            Passthrough = line.Passthrough,
-            MaxWrite = line.MaxWrite,
-            MaxReadahead = line.MaxReadahead,
-            Debug = line.Debug,
-            MaxThreads = line.SingleThreaded ? 1 : line.MaxThreads ?? 10,
-        };
+            Native.Write(1, "opened\n");
+        }
+        FuseMountOptions options = MountOptions(line);
         try
         {
             var adapter = new OverlayFuseAdapter(fileSystem, options.DefaultPermissions)
@@ -280,6 +489,10 @@ internal static class Program
             cache?.Dispose();
             lease?.Dispose();
             Console.Error.WriteLine("baoverlayfs: " + e.Message);
+            if (child)
+            {
+                AbandonMount(line);
+            }
             return 1;
         }
 
@@ -307,15 +520,38 @@ internal static class Program
 
         try
         {
-            session.Mount(line.MountPoint);
+            if (child)
+            {
+                // The mounting process mounted (or failed to mount) while this one started and opened the layers.
+                if (ReceiveMount() is not FuseMountIdentity identity)
+                {
+                    throw new MountHandOffException(); // it said why, and left nothing mounted
+                }
+                // Not passed on to processes this one starts (the auto_unmount watcher): only the serving process may
+                // hold the connection, so that it ends when this process does.
+                Native.SetCloseOnExec(ChildFuseDescriptor);
+                session.Adopt(ChildFuseDescriptor, line.MountPoint, identity);
+            }
+            else
+            {
+                session.Mount(line.MountPoint);
+            }
+            StartTrace.Mark("mounted");
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FuseUnavailableException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FuseUnavailableException or MountHandOffException)
         {
-            Console.Error.WriteLine("baoverlayfs: " + e.Message);
+            if (e is not MountHandOffException)
+            {
+                Console.Error.WriteLine("baoverlayfs: " + e.Message);
+            }
             session.Dispose();
             fileSystem.Dispose();
             cache?.Dispose();
             lease?.Dispose();
+            if (child)
+            {
+                Native.Close(ChildFuseDescriptor);
+            }
             return 1;
         }
 
@@ -341,18 +577,24 @@ internal static class Program
             {
                 s_watcher = AutoUnmountWatcher.Start(session.MountPoint ?? line.MountPoint, session.Identity);
             }
+            StartTrace.Mark("initialised");
             if (child)
             {
-                try
+                // Standard error, which the caller may read to its end, is let go before "ok" lets the mounting process
+                // exit, so that the caller sees the end of it as soon as that process has gone. A failed write means
+                // the waiting parent is gone (killed): the mount is live all the same, so keep serving it.
+                int status = Native.Duplicate(1);
+                if (status < 0)
                 {
-                    Console.Out.Write("ok\n");
-                    Console.Out.Flush();
+                    Native.Write(1, "ok\n");
+                    Native.DetachStdio();
                 }
-                catch (IOException)
+                else
                 {
-                    // The waiting parent is gone (killed): the mount is live all the same, so keep serving it.
+                    Native.DetachStdio(keep: status);
+                    Native.Write(status, "ok\n");
+                    Native.Close(status);
                 }
-                Native.DetachStdio();
             }
         })
         { Name = "fuse-ready", IsBackground = true };

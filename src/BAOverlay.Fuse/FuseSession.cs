@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Text;
 using BAOverlay.Fuse.Interop;
@@ -21,6 +22,9 @@ namespace BAOverlay.Fuse;
 /// CAP_SYS_ADMIN over the mount namespace, that is root, or root of a user namespace that owns its mount namespace
 /// (rootless containers; Linux 4.18+), and read-write access to <c>/dev/fuse</c>. An unprivileged mount through
 /// fusermount3 is not supported.</para>
+/// <para>A mount program that backgrounds without forking can split the mount from the serving: one process opens
+/// the device (<see cref="OpenDevice"/>) and mounts it (<see cref="MountDevice"/>), another, which inherited the
+/// descriptor, serves it (<see cref="Adopt"/>).</para>
 /// <para>No signal handlers are installed: the host process keeps its own.</para>
 /// </remarks>
 public sealed unsafe class FuseSession : IDisposable
@@ -151,49 +155,17 @@ public sealed unsafe class FuseSession : IDisposable
             {
                 throw new InvalidOperationException($"already mounted on {_mountPoint}");
             }
-            string target = Path.GetFullPath(mountPoint);
-            if (!Directory.Exists(target))
+            string target = MountTarget(mountPoint);
+            int fd = OpenDevice();
+            FuseMountIdentity identity;
+            try
             {
-                throw new DirectoryNotFoundException($"{target}: the mount point must be an existing directory");
+                identity = MountDevice(fd, target, Options);
             }
-            int fd = LibC.open("/dev/fuse", LibC.O_RDWR | LibC.O_CLOEXEC);
-            if (fd < 0)
+            catch
             {
-                int errno = Marshal.GetLastPInvokeError();
-                throw new FuseUnavailableException(errno is LibC.EACCES or LibC.EPERM
-                    ? $"/dev/fuse: {Marshal.GetPInvokeErrorMessage(errno)}; {MountPrivilege.DevFuseDenied(errno)}"
-                    : $"/dev/fuse: {Marshal.GetPInvokeErrorMessage(errno)}; load the fuse module (modprobe fuse) and install fuse3: apt-get install fuse3 (Debian/Ubuntu), dnf install fuse3 (Fedora)");
-            }
-            string data = $"fd={fd},rootmode=40000,user_id={LibC.getuid()},group_id={LibC.getgid()}";
-            if (Options.AllowOther)
-            {
-                data += ",allow_other";
-            }
-            if (Options.DefaultPermissions)
-            {
-                data += ",default_permissions";
-            }
-            ulong flags = (Options.ReadOnly ? LibC.MS_RDONLY : 0) | (Options.AllowSetuid ? 0 : LibC.MS_NOSUID) |
-                (Options.AllowDevices ? 0 : LibC.MS_NODEV) | (Options.NoExec ? LibC.MS_NOEXEC : 0) | (Options.NoAtime ? LibC.MS_NOATIME : 0);
-            string type = Options.Subtype is null ? "fuse" : "fuse." + Options.Subtype;
-            if (LibC.mount(Options.FsName, target, type, flags, data) != 0)
-            {
-                int errno = Marshal.GetLastPInvokeError();
-                LibC.close(fd);
-                string why = Marshal.GetPInvokeErrorMessage(errno);
-                if (errno is LibC.EPERM or LibC.EACCES)
-                {
-                    throw new UnauthorizedAccessException($"mount {target}: {why}; {MountPrivilege.MountDenied()}");
-                }
-                throw new IOException($"mount {target} (type {type}): {why}");
-            }
-            // Read at once, before anyone is told the mount exists. Residual window: a file system another process
-            // mounts on the same path between our mount(2) and this statx (microseconds) would be taken for ours.
-            FuseMountIdentity? identity = FuseMountIdentity.Of(target);
-            if (identity is not { DeviceMajor: 0 })
-            {
-                LibC.close(fd); // ends the connection: what is left on the path is a dead mount, which umount -l removes
-                throw new IOException($"mount {target}: the mount point changed while mounting (another mount on top of it?); not serving");
+                LibC.close(fd); // after a mount, ends the connection: what is left on the path is a dead mount
+                throw;
             }
             if (!Options.UseLibFuse)
             {
@@ -211,7 +183,7 @@ public sealed unsafe class FuseSession : IDisposable
             }
             if (rc != 0)
             {
-                FuseMountIdentity.DetachIfSame(target, identity.Value);
+                FuseMountIdentity.DetachIfSame(target, identity);
                 LibC.close(fd);
                 throw new IOException($"fuse_session_mount /dev/fd/{fd} failed for {target}");
             }
@@ -219,6 +191,119 @@ public sealed unsafe class FuseSession : IDisposable
             Identity = identity;
             _mountPoint = target;
         }
+    }
+
+    /// <summary>
+    /// Serves a mount another process made (<see cref="OpenDevice"/> and <see cref="MountDevice"/> there, the
+    /// descriptor inherited here): the session takes <paramref name="fd"/> over, as <see cref="Mount"/> would have
+    /// made it, and closes it when disposed. For a mount program whose first process mounts and whose second, started
+    /// beside it, serves. Not with <see cref="FuseMountOptions.UseLibFuse"/>.
+    /// </summary>
+    /// <param name="fd">A <c>/dev/fuse</c> descriptor mounted on <paramref name="mountPoint"/>.</param>
+    /// <param name="mountPoint">The path it was mounted on (made absolute, as <see cref="Mount"/> does).</param>
+    /// <param name="identity">The mount's identity, as <see cref="MountDevice"/> returned it in the mounting process.</param>
+    public void Adopt(int fd, string mountPoint, FuseMountIdentity identity)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(fd);
+        ArgumentNullException.ThrowIfNull(mountPoint);
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (_mountPoint is not null)
+            {
+                throw new InvalidOperationException($"already mounted on {_mountPoint}");
+            }
+            if (Options.UseLibFuse)
+            {
+                throw new InvalidOperationException("a mount made elsewhere is served by the session's own protocol layer, not libfuse");
+            }
+            _channel = new FuseChannel(this, fd);
+            _fd = fd;
+            Identity = identity;
+            _mountPoint = Path.GetFullPath(mountPoint);
+        }
+    }
+
+    /// <summary>The absolute path of <paramref name="mountPoint"/>, which must be an existing directory.</summary>
+    /// <exception cref="DirectoryNotFoundException">It is not.</exception>
+    public static string MountTarget(string mountPoint)
+    {
+        ArgumentNullException.ThrowIfNull(mountPoint);
+        string target = Path.GetFullPath(mountPoint);
+        if (!Directory.Exists(target))
+        {
+            throw new DirectoryNotFoundException($"{target}: the mount point must be an existing directory");
+        }
+        return target;
+    }
+
+    /// <summary>Opens <c>/dev/fuse</c> for a mount (read-write, close-on-exec): the first half of <see cref="Mount"/>.</summary>
+    /// <returns>The descriptor; the caller closes it.</returns>
+    /// <exception cref="FuseUnavailableException">It cannot be opened; the message says why and what to do.</exception>
+    public static int OpenDevice()
+    {
+        int fd = LibC.open("/dev/fuse", LibC.O_RDWR | LibC.O_CLOEXEC);
+        if (fd < 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            throw new FuseUnavailableException(errno is LibC.EACCES or LibC.EPERM
+                ? $"/dev/fuse: {Marshal.GetPInvokeErrorMessage(errno)}; {MountPrivilege.DevFuseDenied(errno)}"
+                : $"/dev/fuse: {Marshal.GetPInvokeErrorMessage(errno)}; load the fuse module (modprobe fuse) and install fuse3: apt-get install fuse3 (Debian/Ubuntu), dnf install fuse3 (Fedora)");
+        }
+        return fd;
+    }
+
+    /// <summary>
+    /// Mounts the <c>/dev/fuse</c> descriptor <paramref name="fd"/> on <paramref name="target"/> with
+    /// <c>mount(2)</c> (type <c>fuse.SUBTYPE</c>, the flags and options of <paramref name="options"/>), the second half
+    /// of <see cref="Mount"/>, and reads the new mount's identity at once, before anyone is told it exists. The kernel
+    /// queues its INIT request on the descriptor; requests to the mount wait until whoever reads the descriptor has
+    /// answered it. The descriptor stays the caller's: after a failure that left a mount (the identity could not be
+    /// read), closing it ends the connection.
+    /// </summary>
+    /// <param name="fd">From <see cref="OpenDevice"/>.</param>
+    /// <param name="target">An existing directory, absolute (<see cref="MountTarget"/>).</param>
+    /// <param name="options">The mount's options (source, type, flags, allow_other, default_permissions).</param>
+    /// <returns>The mount's identity, for <see cref="Adopt"/> and <see cref="FuseMountIdentity.DetachIfSame"/>.</returns>
+    /// <exception cref="UnauthorizedAccessException">The process may not mount; the message says why and what to do.</exception>
+    /// <exception cref="IOException">The mount failed, or the mount point changed while mounting.</exception>
+    public static FuseMountIdentity MountDevice(int fd, string target, FuseMountOptions options)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(fd);
+        ArgumentNullException.ThrowIfNull(target);
+        ArgumentNullException.ThrowIfNull(options);
+        string data = string.Create(CultureInfo.InvariantCulture, $"fd={fd},rootmode=40000,user_id={LibC.getuid()},group_id={LibC.getgid()}");
+        if (options.AllowOther)
+        {
+            data += ",allow_other";
+        }
+        if (options.DefaultPermissions)
+        {
+            data += ",default_permissions";
+        }
+        ulong flags = (options.ReadOnly ? LibC.MS_RDONLY : 0) | (options.AllowSetuid ? 0 : LibC.MS_NOSUID) |
+            (options.AllowDevices ? 0 : LibC.MS_NODEV) | (options.NoExec ? LibC.MS_NOEXEC : 0) | (options.NoAtime ? LibC.MS_NOATIME : 0);
+        string type = options.Subtype is null ? "fuse" : "fuse." + options.Subtype;
+        if (LibC.mount(options.FsName, target, type, flags, data) != 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            string why = Marshal.GetPInvokeErrorMessage(errno);
+            if (errno is LibC.EPERM or LibC.EACCES)
+            {
+                throw new UnauthorizedAccessException($"mount {target}: {why}; {MountPrivilege.MountDenied()}");
+            }
+            throw new IOException($"mount {target} (type {type}): {why}");
+        }
+        // Read at once, before anyone is told the mount exists. Residual window: a file system another process
+        // mounts on the same path between our mount(2) and this statx (microseconds) would be taken for ours.
+        FuseMountIdentity? identity = FuseMountIdentity.Of(target);
+        if (identity is not { DeviceMajor: 0 })
+        {
+            // the caller closes the descriptor, which ends the connection: what is left on the path is a dead mount,
+            // which umount -l removes
+            throw new IOException($"mount {target}: the mount point changed while mounting (another mount on top of it?); not serving");
+        }
+        return identity.Value;
     }
 
     /// <summary>

@@ -229,6 +229,65 @@ public sealed class BAOverlayFsProgramTests
     }
 
     [Test]
+    public void ALayerErrorFoundAfterTheMountWasMadeLeavesNoMountAndExitsOne()
+    {
+        RequireFuse();
+        if (!Directory.Exists("/dev/shm"))
+        {
+            Assert.Ignore("needs /dev/shm, a tmpfs of its own, for a workdir on another file system than the upper");
+        }
+        using var fixture = new OverlayFixture(lowers: 1);
+        string mnt = MountPoint(fixture);
+        string work = Directory.CreateDirectory($"/dev/shm/baoverlayfs-test-{Guid.NewGuid():N}").FullName;
+        try
+        {
+            // The first process mounts while the serving one starts; the serving one then finds the workdir on another
+            // file system than the upper. The start trace shows the mount was made before that.
+            (int rc, _, string error) = Exec(ProgramPath, ["-o", $"lowerdir={fixture.Lowers[0]},upperdir={fixture.Upper},workdir={work}", mnt],
+                ("BAOVERLAYFS_START_TRACE", "1"));
+            string[] lines = error.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+            Assert.That(rc, Is.EqualTo(1));
+            Assert.That(lines.Any(l => l.StartsWith("baoverlayfs: start-trace ", StringComparison.Ordinal) && l.Split(' ')[3] == "mounted"),
+                Is.True, "the first process had mounted: " + error);
+            string[] messages = lines.Where(l => !l.StartsWith("baoverlayfs: start-trace ", StringComparison.Ordinal)).ToArray();
+            Assert.That(messages, Has.Length.EqualTo(1), "one line: " + error);
+            Assert.That(messages[0], Does.StartWith("baoverlayfs: ").And.Contain("same file system"));
+            Assert.That(IsMounted(mnt), Is.False, "the mount made before the error is gone");
+            Assert.That(ProgramPids(mnt), Is.Empty, "no process is left behind");
+        }
+        finally
+        {
+            Cleanup(mnt);
+            Directory.Delete(work, recursive: true);
+        }
+    }
+
+    [Test]
+    public void AnOverlayMountedOnItsOwnLowerDirectoryShowsTheLowerFilesAsSoonAsTheCommandReturns()
+    {
+        RequireFuse();
+        using var fixture = new OverlayFixture(lowers: 1);
+        string mnt = MountPoint(fixture);
+        OverlayFixture.WriteFile(Path.Combine(mnt, "beneath.txt"), "from the lower directory under the mount");
+        try
+        {
+            // The layer must be opened before the mount covers it: the first process waits for the serving one.
+            (int rc, _, string error) = Run(["-o", $"lowerdir={mnt},upperdir={fixture.Upper},workdir={fixture.Work}", mnt]);
+            Assert.That(rc, Is.Zero, error);
+            Assert.That(File.ReadAllText(Path.Combine(mnt, "beneath.txt")), Is.EqualTo("from the lower directory under the mount"),
+                "served at once, from the layer opened before the mount");
+            File.WriteAllText(Path.Combine(mnt, "new.txt"), "written through the mount");
+            Assert.That(File.Exists(Path.Combine(fixture.Upper!, "new.txt")), Is.True, "writes go to the upper");
+        }
+        finally
+        {
+            Cleanup(mnt);
+        }
+        Assert.That(Directory.GetFileSystemEntries(mnt).Select(Path.GetFileName), Is.EquivalentTo(new[] { "beneath.txt" }),
+            "the lower directory itself is unchanged");
+    }
+
+    [Test]
     public void ForegroundStaysAndSigtermUnmountsCleanly()
     {
         RequireFuse();
@@ -340,6 +399,9 @@ public sealed class BAOverlayFsProgramTests
             int[] pids = ProgramPids(mnt, link + "/");
             Assert.That(pids, Has.Length.EqualTo(2), "the mount process and its watcher");
             int mount = pids.Single(p => File.ReadAllText($"/proc/{p}/environ").Contains(Program.ChildVariable + "=1", StringComparison.Ordinal));
+            int watcher = pids.Single(p => p != mount);
+            Assert.That(Directory.GetFileSystemEntries($"/proc/{watcher}/fd").Select(fd => new FileInfo(fd).LinkTarget), Does.Not.Contain("/dev/fuse"),
+                "the watcher does not hold the FUSE connection (the mount process's inherited /dev/fuse is close-on-exec)");
             Assert.That(Syscall.kill(mount, Signum.SIGKILL), Is.Zero);
             Assert.That(WaitFor(() => !IsMounted(mnt), TimeSpan.FromSeconds(10)), Is.True, "the watcher unmounted the dead mount within seconds");
             Assert.That(WaitFor(() => ProgramPids(mnt, link + "/").Length == 0), Is.True, "the watcher exits too");
@@ -730,7 +792,7 @@ public sealed class BAOverlayFsProgramTests
     private static (int ExitCode, string Output, string Error) Run(IEnumerable<string> args) => Exec(ProgramPath, args);
 
     /// <summary>Runs a command to its exit (not to the end of its output: a backgrounded child may hold it).</summary>
-    private static (int ExitCode, string Output, string Error) Exec(string program, IEnumerable<string> args)
+    private static (int ExitCode, string Output, string Error) Exec(string program, IEnumerable<string> args, params (string Name, string Value)[] environment)
     {
         // From "/": mount(8) would canonicalise a source named like a file in the current directory (the test's bin
         // folder holds a file named baoverlayfs).
@@ -741,6 +803,10 @@ public sealed class BAOverlayFsProgramTests
         }
         start.Environment.Remove(Program.ChildVariable);
         start.Environment.Remove(Program.WatchVariable);
+        foreach ((string name, string value) in environment)
+        {
+            start.Environment[name] = value;
+        }
         using var process = Process.Start(start)!;
         var output = new StringBuilder();
         var error = new StringBuilder();
