@@ -95,6 +95,11 @@ internal sealed class RemoteGuard
                 Succeeded(probe);
                 return n;
             }
+            catch (RemoteOpenException)
+            {
+                Succeeded(probe); // the store answered: the error is the file's
+                throw;
+            }
             catch (IOException e)
             {
                 throw Failed(probe, remote.Name, offset, e);
@@ -115,6 +120,11 @@ internal sealed class RemoteGuard
                 int n = await remote.ReadAtAsync(destination, offset, cancellationToken).ConfigureAwait(false);
                 Succeeded(probe);
                 return n;
+            }
+            catch (RemoteOpenException)
+            {
+                Succeeded(probe); // the store answered: the error is the file's
+                throw;
             }
             catch (IOException e)
             {
@@ -193,6 +203,11 @@ internal sealed class RemoteGuard
         if (read.Error is { } error)
         {
             read.Release();
+            if (error is RemoteOpenException open)
+            {
+                Succeeded(probe); // the store answered: the error is the file's, with its errno
+                throw new RemoteOpenException(open.Message, open.HResult, open);
+            }
             if (error is IOException io)
             {
                 throw Failed(probe, remote.Name, offset, io);

@@ -1645,7 +1645,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                     File.WriteAllBytes(scratch, []);
                     break;
                 case S_IFREG when st.st_size >= _options.BlockCopyUpThreshold && !IsBCowFile(lowerPath):
-                    using (IBlockStorage lowerFile = BCowLowerThroughCache(OpenLowerFile(lowerPath, described), node.Layers[0].Layer, node.Layers[0].Path))
+                    using (IBlockStorage lowerFile = BCowLowerThroughCache(lowerPath, st, node.Layers[0].Layer, node.Layers[0].Path, described))
                     using (var upperFile = new FileStorage(scratch, FileMode.CreateNew, FileAccess.ReadWrite))
                     {
                         // The header records where the lower file was, for `bcow` and people; the overlay itself finds
@@ -1838,7 +1838,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                     // A layer that was an upper one: its B-CoW files read through their own lower files.
                     return new NodeData.BCow(OpenBCow(node, top, described, readOnly: true));
                 }
-                return new NodeData.Plain(ThroughLowerCache(OpenLowerFile(top, described), layer, node.Layers[0].Path));
+                return new NodeData.Plain(OpenLowerData(top, null, layer, node.Layers[0].Path, described));
             }
             if (IsBCowFile(top))
             {
@@ -1928,7 +1928,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                     }
                     break; // a whiteout or anything else hides whatever lies below
                 }
-                lower = BCowLowerThroughCache(OpenLowerFile(located, _layers.Describe(candidate, relative)), candidate, relative);
+                lower = BCowLowerThroughCache(located, st, candidate, relative, _layers.Describe(candidate, relative));
                 break;
             }
         }
