@@ -7,7 +7,7 @@
 #     host, copied into one layer and published) through baoverlayfs: the layer from the local disk (lowerdir=, the
 #     floor); -o store=SHARE,image=... over sshfs with no cache; with cache=: cold (first start, every zone touched once), admitting (second start: zones read again
 #     are fetched whole and admitted), warm (third start: from the cache); bytes read vs bytes fetched from the store
-#     (the cache's state file, fetched-bytes);
+#     (the cache's state file, fetched-bytes) and files opened on the store (store-opens);
 #   - publish-to-visible: a layer published on the store's own host (bcow store publish), until a reader polling the
 #     generation record through sshfs (every 10 ms) sees it change; LayerStore readers poll every 2 s on top of that;
 #   - the store unreachable (sshd and its sessions stopped with SIGSTOP) under a warm mount: 4 KiB reads of a cached
@@ -104,6 +104,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
   for phase in cold admitting warm; do
     mount_image ",cache=$D/cache"; start $r "$phase"; unmount_image
     echo "$r $phase fetched $(fetched) B"
+    echo "$r $phase store-opens $(sed -n 's/^store-opens: //p' "$D/cache/state") files"
   done
 done
 

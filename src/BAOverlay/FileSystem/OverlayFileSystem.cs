@@ -97,6 +97,7 @@ public sealed partial class OverlayFileSystem : IDisposable
         {
             throw new OverlayException(Errno.EINVAL, "at least one lower directory is needed");
         }
+        ValidateIndexes(options);
         var roots = new List<string>();
         string? scratch = null;
         if (options.UpperDirectory is not null)
@@ -147,6 +148,10 @@ public sealed partial class OverlayFileSystem : IDisposable
             CheckDirectoryAccess(NodeOf(parent), caller, Permissions.Exec);
             OverlayNode node = LookupLocked(NodeOf(parent), name, out Stat top) ?? throw NoEntry(NodeOf(parent), name);
             node.Lookups++;
+            if (IndexedStatOf(node) is { } indexed)
+            {
+                return indexed;
+            }
             using LayerPath path = Top(node);
             return StatOf(node, path, top); // the lookup's lstat: no second one
         }
@@ -338,6 +343,10 @@ public sealed partial class OverlayFileSystem : IDisposable
             if (node.Type != S_IFLNK)
             {
                 throw new OverlayException(Errno.EINVAL, $"{Describe(node)}: not a symbolic link");
+            }
+            if (IndexedLinkTarget(node) is { } target)
+            {
+                return target;
             }
             using LayerPath path = Top(node);
             return Mono.Unix.UnixPath.ReadLink(path.Path);
@@ -1109,6 +1118,18 @@ public sealed partial class OverlayFileSystem : IDisposable
         top = default;
         foreach (var (layer, directoryPath) in directoryLayers)
         {
+            if (IndexOf(layer) is { } index)
+            {
+                IndexedMerge step = MergeIndexed(index, layer, directoryPath, name, layers, ref top);
+                if (step == IndexedMerge.Stop)
+                {
+                    break;
+                }
+                if (step == IndexedMerge.Continue)
+                {
+                    continue;
+                }
+            }
             Errno errno = _layers.TryOpenDirectory(layer, directoryPath, out LayerDir dir);
             if (errno != 0)
             {
@@ -1225,6 +1246,10 @@ public sealed partial class OverlayFileSystem : IDisposable
             return node.Data is { } data && node.OpenStat is { } last
                 ? last.Value with { Size = data.Length, Nlink = 0 } // unlinked while open
                 : throw new OverlayException(Errno.ENOENT, $"{Describe(node)}: removed");
+        }
+        if (IndexedStatOf(node) is { } indexed)
+        {
+            return indexed;
         }
         using LayerPath top = Top(node);
         if (LayerStack.Lstat(top, out Stat st) != 0)
@@ -1825,6 +1850,10 @@ public sealed partial class OverlayFileSystem : IDisposable
 
     private NodeData OpenData(OverlayNode node, bool write)
     {
+        if (node.Layers[0].Layer != _upper && IndexedLowerData(node) is { } indexed)
+        {
+            return indexed;
+        }
         using LayerPath top = Top(node);
         string path = top.Path;
         int layer = node.Layers[0].Layer;
