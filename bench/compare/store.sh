@@ -7,7 +7,8 @@
 #     host, copied into one layer and published) through baoverlayfs: the layer from the local disk (lowerdir=, the
 #     floor); -o store=SHARE,image=... over sshfs with no cache; with cache=: cold (first start, every zone touched once), admitting (second start: zones read again
 #     are fetched whole and admitted), warm (third start: from the cache); bytes read vs bytes fetched from the store
-#     (the cache's state file, fetched-bytes) and files opened on the store (store-opens);
+#     (the cache's state file, fetched-bytes), files opened on the store (store-opens), and the bytes of requests sshfs
+#     sent to the server during the start (share-requests: its wchar; 0 when the start did not touch the share);
 #   - publish-to-visible: a layer published on the store's own host (bcow store publish), until a reader polling the
 #     generation record through sshfs (every 10 ms) sees it change; LayerStore readers poll every 2 s on top of that;
 #   - the store unreachable (sshd and its sessions stopped with SIGSTOP) under a warm mount: 4 KiB reads of a cached
@@ -87,9 +88,15 @@ unmount_image() {  # and wait for the process to end: it writes the cache's stat
   for i in $(seq 600); do pgrep -f -- "workdir=$D/w" >/dev/null || break; sleep 0.05; done
   share_unmount
 }
+sshfs_wchar() {  # bytes the sshfs process has written (its requests to the server), or 0 without a share
+  local p; p=$(pgrep -f -- "sshfs.*$D/share" | head -1)
+  [ -n "$p" ] && sed -n 's/^wchar: //p' "/proc/$p/io" || echo 0
+}
 start() {  # $1 round, $2 phase
+  local before; before=$(sshfs_wchar)
   python3 "$HERE/probe.py" container-start "$D/m" "$D/list" |
     python3 -c 'import json, sys; [print(sys.argv[1], sys.argv[2], j["metric"].replace(" ", "-"), j["value"], j["unit"]) for j in map(json.loads, sys.stdin)]' "$1" "$2"
+  echo "$1 $2 share-requests $(( $(sshfs_wchar) - before )) B"
 }
 fetched() { sed -n 's/^fetched-bytes: //p' "$D/cache/state"; }
 

@@ -207,6 +207,7 @@ internal static class Program
                     Directory = line.CacheDirectory,
                     BudgetBytes = line.CacheSize ?? 1L << 30,
                     RemoteTimeout = TimeSpan.FromSeconds(line.StoreTimeout ?? 2),
+                    AdmitInBackground = true, // a start that makes zones hot is not slowed by copying them in
                     Log = message => Console.Error.WriteLine("baoverlayfs: cache: " + message),
                 });
             }

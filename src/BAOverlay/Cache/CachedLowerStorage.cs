@@ -23,6 +23,7 @@ internal sealed class CachedLowerStorage : IBlockStorage
     private readonly ulong _inode;
     private readonly HashSet<int> _touched = new();
     private int _disposed;
+    private int _remoteUsers = 1; // this reader, and each admission queued with its remote file
     private volatile bool _countsHeat = true;
 
     public CachedLowerStorage(ZoneCache cache, CachedFile? file, IBlockStorage remote, bool ownsRemote, ulong inode = 0)
@@ -143,12 +144,13 @@ internal sealed class CachedLowerStorage : IBlockStorage
         }
     }
 
-    /// <summary>Fetches the whole zone (one read of the store), answers the caller from it, and admits it.</summary>
+    /// <summary>Fetches the whole zone (one read of the store), answers the caller from it, and admits it (on the
+    /// cache's admission thread when it has one, <see cref="ZoneCacheOptions.AdmitInBackground"/>).</summary>
     private async ValueTask FetchAndAdmitAsync(CachedFile file, int zone, Memory<byte> part, long position, bool useAsync, CancellationToken cancellationToken)
     {
         long start = file.ZoneStart(zone);
         int length = file.ZoneLength(zone);
-        byte[] zoneBytes = ArrayPool<byte>.Shared.Rent(length);
+        byte[]? zoneBytes = ArrayPool<byte>.Shared.Rent(length);
         try
         {
             try
@@ -166,11 +168,25 @@ internal sealed class CachedLowerStorage : IBlockStorage
                 throw;
             }
             zoneBytes.AsSpan((int)(position - start), part.Length).CopyTo(part.Span);
+            // Queued only with a remote file this reader owns: it stays open until the admission is done with it.
+            if (_ownsRemote && _cache.AdmitsInBackground)
+            {
+                Interlocked.Increment(ref _remoteUsers);
+                if (_cache.TryAdmitLater(file, zone, zoneBytes, length, _remote, ReleaseRemote))
+                {
+                    zoneBytes = null; // the queue's now
+                    return;
+                }
+                Interlocked.Decrement(ref _remoteUsers);
+            }
             _cache.Admit(file, zone, zoneBytes.AsMemory(0, length), _remote);
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(zoneBytes);
+            if (zoneBytes is not null)
+            {
+                ArrayPool<byte>.Shared.Return(zoneBytes);
+            }
         }
     }
 
@@ -233,7 +249,17 @@ internal sealed class CachedLowerStorage : IBlockStorage
 
     public void Dispose()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) == 0 && _ownsRemote)
+        if (Interlocked.Exchange(ref _disposed, 1) == 0)
+        {
+            ReleaseRemote();
+        }
+    }
+
+    /// <summary>One user of the remote file is done with it (this reader at its disposal, or a queued admission); the
+    /// last one disposes it if this reader owns it.</summary>
+    private void ReleaseRemote()
+    {
+        if (Interlocked.Decrement(ref _remoteUsers) == 0 && _ownsRemote)
         {
             _remote.Dispose();
         }

@@ -26,7 +26,7 @@ namespace BAOverlay.Cache;
 /// immutable, content-addressed layers; a same-size change that keeps the modification time is not detected.</para>
 /// <para>Thread safety: every member may be called from many threads, except <see cref="Dispose"/>.</para>
 /// </remarks>
-public sealed class ZoneCache : IDisposable
+public sealed partial class ZoneCache : IDisposable
 {
     /// <summary>Block size of the cache files: small files waste at most one 4 KiB block.</summary>
     internal const int CacheBlockSize = 4096;
@@ -201,6 +201,7 @@ public sealed class ZoneCache : IDisposable
     /// <exception cref="IOException">Writing the heat or state file failed (the cache files are committed or marked broken).</exception>
     public void Flush()
     {
+        DrainAdmissions();
         lock (_flushGate)
         {
             foreach (CachedFile file in _files.Values)
@@ -401,6 +402,7 @@ public sealed class ZoneCache : IDisposable
         {
             return;
         }
+        StopAdmitter(); // the admissions queued are made first
         try
         {
             Flush();
