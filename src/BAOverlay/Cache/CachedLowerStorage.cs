@@ -24,6 +24,9 @@ internal sealed class CachedLowerStorage : IBlockStorage
     private readonly HashSet<int> _touched = new();
     private int _disposed;
     private int _remoteUsers = 1; // this reader, and each admission queued with its remote file
+    private readonly object _recentGate = new();
+    private byte[]? _recent; // the last zone this reader fetched whole and queued for admission (pooled), or null
+    private int _recentZone = -1;
     private volatile bool _countsHeat = true;
 
     public CachedLowerStorage(ZoneCache cache, CachedFile? file, IBlockStorage remote, bool ownsRemote, ulong inode = 0)
@@ -95,6 +98,12 @@ internal sealed class CachedLowerStorage : IBlockStorage
             long zoneEnd = Math.Min(file.Size, (long)(zone + 1) << file.ZoneLog2);
             int n = (int)Math.Min(count - done, zoneEnd - position);
             Memory<byte> part = buffer.Slice(done, n);
+            if (TryReadRecent(file, zone, part.Span, position))
+            {
+                _cache.CountMiss(n);
+                done += n;
+                continue;
+            }
             switch (_cache.PlanRead(file, zone, FirstTouch(zone), out BCowFile? cacheFile))
             {
                 case ZoneCache.Plan.Cached:
@@ -172,11 +181,15 @@ internal sealed class CachedLowerStorage : IBlockStorage
             if (_ownsRemote && _cache.AdmitsInBackground)
             {
                 Interlocked.Increment(ref _remoteUsers);
+                byte[] recent = ArrayPool<byte>.Shared.Rent(length);
+                zoneBytes.AsSpan(0, length).CopyTo(recent);
                 if (_cache.TryAdmitLater(file, zone, zoneBytes, length, _remote, ReleaseRemote))
                 {
                     zoneBytes = null; // the queue's now
+                    KeepRecent(zone, recent);
                     return;
                 }
+                ArrayPool<byte>.Shared.Return(recent);
                 Interlocked.Decrement(ref _remoteUsers);
             }
             _cache.Admit(file, zone, zoneBytes.AsMemory(0, length), _remote);
@@ -187,6 +200,47 @@ internal sealed class CachedLowerStorage : IBlockStorage
             {
                 ArrayPool<byte>.Shared.Return(zoneBytes);
             }
+        }
+    }
+
+    /// <summary>
+    /// Keeps the zone this reader just fetched whole (its admission queued) to answer its next reads there: until the
+    /// admission is made the zone is not cached, and a sequential reader (the kernel reads 128 KiB at a time) would
+    /// otherwise read the rest of the zone from the store again.
+    /// </summary>
+    private void KeepRecent(int zone, byte[] bytes)
+    {
+        byte[]? dropped;
+        lock (_recentGate)
+        {
+            if (Volatile.Read(ref _disposed) != 0)
+            {
+                dropped = bytes; // disposed meanwhile (Dispose empties the slot under this lock)
+            }
+            else
+            {
+                dropped = _recent;
+                _recent = bytes;
+                _recentZone = zone;
+            }
+        }
+        if (dropped is not null)
+        {
+            ArrayPool<byte>.Shared.Return(dropped);
+        }
+    }
+
+    /// <summary>Answers a read inside the zone kept by <see cref="KeepRecent"/>, if that is its zone.</summary>
+    private bool TryReadRecent(CachedFile file, int zone, Span<byte> part, long position)
+    {
+        lock (_recentGate)
+        {
+            if (_recent is null || _recentZone != zone)
+            {
+                return false;
+            }
+            _recent.AsSpan((int)(position - file.ZoneStart(zone)), part.Length).CopyTo(part);
+            return true;
         }
     }
 
@@ -251,6 +305,16 @@ internal sealed class CachedLowerStorage : IBlockStorage
     {
         if (Interlocked.Exchange(ref _disposed, 1) == 0)
         {
+            byte[]? recent;
+            lock (_recentGate)
+            {
+                recent = _recent;
+                _recent = null;
+            }
+            if (recent is not null)
+            {
+                ArrayPool<byte>.Shared.Return(recent);
+            }
             ReleaseRemote();
         }
     }
