@@ -133,6 +133,14 @@ public sealed partial class OverlayFileSystem
         return new NodeData.Plain(OpenLowerData(default, st, layer, relative, _layers.Describe(layer, relative)));
     }
 
+    /// <summary>The lstat of <paramref name="relative"/> in an indexed layer; false when the layer holds nothing there.</summary>
+    private static bool IndexedLstat(LayerIndex index, string relative, out Stat st)
+    {
+        int at = index.Find(relative);
+        st = at >= 0 ? index.StatOf(at) : default;
+        return at >= 0;
+    }
+
     /// <summary>The target of a symbolic link in an indexed layer, or null.</summary>
     private string? IndexedLinkTarget(OverlayNode node)
     {

@@ -160,6 +160,44 @@ public class LayerIndexTests
     }
 
     [Test]
+    public void AFileCopiedUpFromAnIndexedLayerKeepsItsInodeNumber()
+    {
+        int seed = Random.Shared.Next();
+        TestContext.Progress.WriteLine($"seed {seed}");
+        using var temp = new TempDir();
+        (LayerStore reader, string image) = MakeStore(temp, seed);
+        using (reader)
+        {
+            IReadOnlyList<LayerIndex> indexes = reader.OpenIndexes(image, temp.File("index"));
+            IReadOnlyList<string> lowers = reader.ResolveLowerDirectories(image);
+            Directory.CreateDirectory(temp.File("upper"));
+            Directory.CreateDirectory(temp.File("work"));
+            OverlayFileSystem Open() => OverlayFileSystem.Open(new OverlayOptions
+            {
+                LowerDirectories = lowers,
+                LowerIndexes = indexes,
+                UpperDirectory = temp.File("upper"),
+                WorkDirectory = temp.File("work"),
+                Log = line => TestContext.Progress.WriteLine(line),
+            });
+            string name = Directory.EnumerateFiles(lowers[0]).Select(Path.GetFileName).First(n => Syscall.lstat(Path.Combine(lowers[0], n!), out Stat l) == 0 &&
+                (l.st_mode & FilePermissions.S_IFMT) == FilePermissions.S_IFREG)!;
+            ulong before;
+            using (OverlayFileSystem fs = Open())
+            {
+                before = fs.Lookup(OverlayFileSystem.RootIno, name).Ino;
+                using OverlayHandle handle = fs.Open(before, write: true, truncate: false);
+                handle.Write("changed"u8, 0);
+            }
+            Assert.That(File.Exists(temp.File("upper/" + name)), "copied up");
+            using (OverlayFileSystem fs = Open())
+            {
+                Assert.That(fs.Lookup(OverlayFileSystem.RootIno, name).Ino, Is.EqualTo(before), "the number it had in the indexed layer");
+            }
+        }
+    }
+
+    [Test]
     public void ADamagedEditedOrForeignIndexIsMadeAgainNeverObeyed()
     {
         int seed = Random.Shared.Next();
