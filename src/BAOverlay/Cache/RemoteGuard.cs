@@ -29,6 +29,8 @@ public enum StoreState
 /// thread (the caller's buffer is never written after the call returned). At most
 /// <see cref="ZoneCacheOptions.MaxRemoteReads"/> reads are in flight, stuck ones included, so a store that hangs for
 /// good holds at most that many threads; a caller that finds no free slot before its deadline fails with EIO too.</para>
+/// <para>A <see cref="RemoteOpenException"/> (a lazily opened file whose open failed for a reason of its own, or that
+/// changed since its lookup) is not a failure of the store: the store answered; the caller gets that exception's errno.</para>
 /// <para>Lock order: <see cref="_gate"/> guards the state only; no I/O and no wait under it.</para>
 /// </remarks>
 internal sealed class RemoteGuard

@@ -55,6 +55,8 @@ public sealed partial class OverlayFileSystem
     /// <see cref="LazyRemoteFile"/>: the handle, or an <see cref="OverlayException"/> with the errno.</summary>
     private SafeFileHandle ReopenLowerFile(int layer, string relative, string described)
     {
+        // After the overlay is closed its layers' handles are too (a late first read of a file still held open).
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed), this);
         Errno errno = _layers.TryLocate(layer, relative, out LayerPath located);
         if (errno != 0)
         {
