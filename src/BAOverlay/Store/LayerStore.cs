@@ -229,8 +229,9 @@ public sealed partial class LayerStore : IDisposable
         {
             StoreLayer layer = FindLayer(digest) ?? throw new LayerStoreException(nameOrDigest, $"layer {digest} is not in the store");
             string file = Path.Combine(indexDirectory, StoreLayout.DirectoryName(digest) + ".index");
+            byte[]? bytes = ReadIndexFile(file);
             LayerIndex? index = null;
-            if (ReadIndexFile(file) is { } bytes)
+            if (bytes is not null)
             {
                 index = LayerIndex.TryParse(bytes, digest, layer.PortableDigest, out string? problem);
                 if (index is null)
@@ -238,22 +239,59 @@ public sealed partial class LayerStore : IDisposable
                     log?.Invoke($"{file}: {problem}; made again from the layer");
                 }
             }
-            if (index is null)
+            // A layer collected and published again has the same digest but new times, which the lazy opens compare:
+            // the verification walk (made at each first use anyway) gives the index as the share shows it now; a
+            // host that does not verify compares the tree root's times at least.
+            bool verify = _options.VerifyContent && !_contentVerified.ContainsKey(digest);
+            if (index is not null && !verify && !RootUnchanged(layer, index))
+            {
+                log?.Invoke($"{file}: the layer's root changed since the index was made (published again?); made again from the layer");
+                index = null;
+            }
+            if (index is null || verify)
             {
                 var objects = new List<TreeObject>();
                 (_, bool xattrsRead) = VerifyLayer(digest, CancellationToken.None, objects.Add);
-                index = LayerIndex.FromWalk(digest, xattrsRead, objects);
-                string temporary = $"{file}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";
-                using (var stream = new FileStream(temporary, FileMode.CreateNew, FileAccess.Write))
+                LayerIndex fresh = LayerIndex.FromWalk(digest, xattrsRead, objects);
+                byte[] serialized = fresh.Serialize();
+                if (bytes is null || !serialized.AsSpan().SequenceEqual(bytes))
                 {
-                    stream.Write(index.Serialize());
-                    stream.Flush(flushToDisk: true);
+                    if (index is not null)
+                    {
+                        log?.Invoke($"{file}: differs from the layer as it reads now (times: published again?); made again");
+                    }
+                    WriteIndexFile(file, serialized);
                 }
-                File.Move(temporary, file, overwrite: true);
+                index = fresh;
             }
             indexes.Add(index);
         }
         return indexes;
+    }
+
+    /// <summary>Writes an index file: a temporary file, fsynced, renamed over it.</summary>
+    private static void WriteIndexFile(string file, byte[] bytes)
+    {
+        string temporary = $"{file}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";
+        using (var stream = new FileStream(temporary, FileMode.CreateNew, FileAccess.Write))
+        {
+            stream.Write(bytes);
+            stream.Flush(flushToDisk: true);
+        }
+        File.Move(temporary, file, overwrite: true);
+    }
+
+    /// <summary>Whether the layer's tree root shows the modification time the index recorded for it.</summary>
+    private bool RootUnchanged(StoreLayer layer, LayerIndex index)
+    {
+        using StoreDirectory layers = OpenPart(StoreLayout.Layers);
+        using StoreDirectory? directory = layers.TryOpenChild(StoreLayout.DirectoryName(layer.Digest));
+        if (directory is null || !directory.TryLstat(StoreLayout.Tree, out Stat root))
+        {
+            return false;
+        }
+        Stat recorded = index.StatOf(0);
+        return root.st_mtime == recorded.st_mtime && root.st_mtime_nsec == recorded.st_mtime_nsec;
     }
 
     /// <summary>An index file's bytes, or null when there is none (or it is not a regular file of a sane size).</summary>

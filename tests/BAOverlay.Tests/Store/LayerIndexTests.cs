@@ -198,6 +198,52 @@ public class LayerIndexTests
     }
 
     [Test]
+    public void ALayerPublishedAgainWithNewTimesGetsItsIndexMadeAgain()
+    {
+        using var temp = new TempDir();
+        string source = StoreTrees.MakePlain(temp.File("layer"), "content of a file");
+        using (LayerStore writer = LayerStore.Create(temp.File("store"), StoreTrees.Options("writer")))
+        {
+            writer.PublishImage("app", [writer.PublishDirectory(source).Digest]);
+        }
+        string index = temp.File("index");
+        string lower;
+        using (LayerStore first = LayerStore.Open(temp.File("store"), StoreTrees.Options("reader")))
+        {
+            first.OpenIndexes("app", index);
+            lower = first.ResolveLowerDirectories("app")[0];
+        }
+        // The same content with other times, as a layer collected and published again under its digest would be.
+        Assert.That(Syscall.utimes(Path.Combine(lower, "d", "f"), [new Timeval { tv_sec = 1_000_000 }, new Timeval { tv_sec = 1_000_000 }]), Is.Zero);
+        var log = new List<string>();
+        using var cache = new ZoneCache(new ZoneCacheOptions { Directory = temp.File("cache") });
+        using (LayerStore second = LayerStore.Open(temp.File("store"), StoreTrees.Options("reader")))
+        {
+            IReadOnlyList<LayerIndex> indexes = second.OpenIndexes("app", index, log.Add);
+            Assert.That(log, Has.Some.Contains("made again"), "the verification walk saw other times");
+            using OverlayFileSystem fs = Mount(second.ResolveLowerDirectories("app"), indexes, cache);
+            ulong d = fs.Lookup(OverlayFileSystem.RootIno, "d").Ino;
+            OverlayStat f = fs.Lookup(d, "f");
+            Assert.That(f.MTimeNs, Is.EqualTo(1_000_000L * 1_000_000_000));
+            using OverlayHandle handle = fs.Open(f.Ino, write: false, truncate: false);
+            byte[] bytes = new byte[100];
+            Assert.That(System.Text.Encoding.UTF8.GetString(bytes, 0, handle.Read(bytes, 0)), Is.EqualTo("content of a file"), "the lazy open finds the file as the index says");
+        }
+
+        // A host that does not verify content compares the tree root's time.
+        Assert.That(Syscall.utimes(lower, [new Timeval { tv_sec = 2_000_000 }, new Timeval { tv_sec = 2_000_000 }]), Is.Zero);
+        log.Clear();
+        using (LayerStore third = LayerStore.Open(temp.File("store"), new LayerStoreOptions { HostId = "reader", VerifyContent = false }))
+        {
+            third.OpenIndexes("app", index, log.Add);
+            Assert.That(log, Has.Some.Contains("root changed"));
+            log.Clear();
+            third.OpenIndexes("app", index, log.Add);
+            Assert.That(log, Is.Empty, "made again once");
+        }
+    }
+
+    [Test]
     public void ADamagedEditedOrForeignIndexIsMadeAgainNeverObeyed()
     {
         int seed = Random.Shared.Next();
