@@ -7,18 +7,23 @@
 #     host, copied into one layer and published) through baoverlayfs: the layer from the local disk (lowerdir=, the
 #     floor); -o store=SHARE,image=... over sshfs with no cache; with cache=: cold (first start, every zone touched once), admitting (second start: zones read again
 #     are fetched whole and admitted), warm (third start: from the cache); bytes read vs bytes fetched from the store
-#     (the cache's state file, fetched-bytes);
+#     (the cache's state file, fetched-bytes), files opened on the store (store-opens), and the bytes of requests sshfs
+#     sent to the server during the start (share-requests: its wchar; 0 when the start did not touch the share);
 #   - publish-to-visible: a layer published on the store's own host (bcow store publish), until a reader polling the
 #     generation record through sshfs (every 10 ms) sees it change; LayerStore readers poll every 2 s on top of that;
 #   - the store unreachable (sshd and its sessions stopped with SIGSTOP) under a warm mount: 4 KiB reads of a cached
 #     file (page cache dropped before each) healthy vs unreachable, and the time an uncached read takes to fail (EIO).
 # Prints "round phase name value unit" lines. Data in ${BAOVERLAY_STORE_DIR:-/var/tmp/storeb}, removed at the end.
+# BAOVERLAY_STORE_DELAY_MS=N: sshfs reaches sshd through a relay (python asyncio on 127.0.0.1) that holds every chunk
+# N ms in each direction, a stand-in for a network with a round trip of about 2N ms (this kernel has no netem; the
+# relay's timers have millisecond granularity, and it adds its own CPU time).
 set -u
 B=$1; BCOW=$2; ROUNDS=${3:-5}; D=${BAOVERLAY_STORE_DIR:-/var/tmp/storeb}
 HERE=$(cd "$(dirname "$0")" && pwd)
 SSHFS_OPTS="dir_cache=no,no_contain_symlinks,ServerAliveInterval=1,ServerAliveCountMax=2,ConnectTimeout=2,reconnect"
 cleanup() {
   for m in "$D/m" "$D/share"; do mountpoint -q "$m" && { fusermount3 -u "$m" 2>/dev/null || umount -l "$m"; }; done
+  [ -n "${RELAY:-}" ] && kill "$RELAY" 2>/dev/null
   [ -n "${SSHD:-}" ] && { kill -CONT $(server_pids) 2>/dev/null; kill "$SSHD" 2>/dev/null; wait "$SSHD" 2>/dev/null; }
   rm -rf "$D"
 }
@@ -47,9 +52,44 @@ LogLevel ERROR
 EOF
 /usr/sbin/sshd -D -e -f "$D/keys/sshd_config" 2>"$D/sshd.log" & SSHD=$!
 for i in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
+SSHFS_PORT=$PORT
+if [ -n "${BAOVERLAY_STORE_DELAY_MS:-}" ]; then
+  SSHFS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  python3 - "$SSHFS_PORT" "$PORT" "$BAOVERLAY_STORE_DELAY_MS" <<'EOF' & RELAY=$!
+import asyncio, sys
+listen, target, delay = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]) / 1000
+async def pipe(reader, writer):
+    queue = asyncio.Queue()
+    async def pump():
+        while data := await reader.read(65536):
+            queue.put_nowait((asyncio.get_running_loop().time() + delay, data))
+        queue.put_nowait((0, b""))
+    async def deliver():
+        while True:
+            due, data = await queue.get()
+            if not data:
+                break
+            wait = due - asyncio.get_running_loop().time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+    await asyncio.gather(pump(), deliver(), return_exceptions=True)
+async def serve(reader, writer):
+    up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target)
+    await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+async def main():
+    server = await asyncio.start_server(serve, "127.0.0.1", listen)
+    await server.serve_forever()
+asyncio.run(main())
+EOF
+  for i in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$SSHFS_PORT) 2>/dev/null && break; sleep 0.1; done
+  echo "# sshfs through a relay holding each chunk $BAOVERLAY_STORE_DELAY_MS ms each way"
+fi
 $BCOW store init "$D/store" >/dev/null || exit 1
 share_mount() {
-  sshfs -o "port=$PORT,IdentityFile=$D/keys/client,StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,BatchMode=yes,LogLevel=ERROR" \
+  sshfs -o "port=$SSHFS_PORT,IdentityFile=$D/keys/client,StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,BatchMode=yes,LogLevel=ERROR" \
     -o "$SSHFS_OPTS" "root@127.0.0.1:$D/store" "$D/share" || exit 1
 }
 share_unmount() {
@@ -87,9 +127,15 @@ unmount_image() {  # and wait for the process to end: it writes the cache's stat
   for i in $(seq 600); do pgrep -f -- "workdir=$D/w" >/dev/null || break; sleep 0.05; done
   share_unmount
 }
+sshfs_wchar() {  # bytes the sshfs process has written (its requests to the server), or 0 without a share
+  local p; p=$(pgrep -f -- "sshfs.*$D/share" | head -1)
+  [ -n "$p" ] && sed -n 's/^wchar: //p' "/proc/$p/io" || echo 0
+}
 start() {  # $1 round, $2 phase
+  local before; before=$(sshfs_wchar)
   python3 "$HERE/probe.py" container-start "$D/m" "$D/list" |
     python3 -c 'import json, sys; [print(sys.argv[1], sys.argv[2], j["metric"].replace(" ", "-"), j["value"], j["unit"]) for j in map(json.loads, sys.stdin)]' "$1" "$2"
+  echo "$1 $2 share-requests $(( $(sshfs_wchar) - before )) B"
 }
 fetched() { sed -n 's/^fetched-bytes: //p' "$D/cache/state"; }
 
@@ -104,6 +150,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
   for phase in cold admitting warm; do
     mount_image ",cache=$D/cache"; start $r "$phase"; unmount_image
     echo "$r $phase fetched $(fetched) B"
+    echo "$r $phase store-opens $(sed -n 's/^store-opens: //p' "$D/cache/state") files"
   done
 done
 

@@ -418,6 +418,7 @@ internal static class Program
         // any host of the store leaves them alone even once the image is deleted.
         BAOverlay.Store.StoreLease? lease = null;
         BAOverlay.Cache.ZoneCache? cache = null;
+        IReadOnlyList<BAOverlay.Store.LayerIndex>? indexes = null;
         try
         {
             if (line.CacheDirectory is not null)
@@ -427,6 +428,7 @@ internal static class Program
                     Directory = line.CacheDirectory,
                     BudgetBytes = line.CacheSize ?? 1L << 30,
                     RemoteTimeout = TimeSpan.FromSeconds(line.StoreTimeout ?? 2),
+                    AdmitInBackground = true, // a start that makes zones hot is not slowed by copying them in
                     Log = message => Console.Error.WriteLine("baoverlayfs: cache: " + message),
                 });
             }
@@ -434,6 +436,13 @@ internal static class Program
             {
                 using var store = BAOverlay.Store.LayerStore.Open(line.Store);
                 lease = store.LeaseImage(line.Image!);
+                if (line.CacheDirectory is not null)
+                {
+                    // The layers' metadata kept beside the cache: lookups and attributes answered locally (checked
+                    // against each layer's digest, made again from the layer when missing or damaged).
+                    indexes = store.OpenIndexes(line.Image!, Path.Combine(line.CacheDirectory, "index"),
+                        message => Console.Error.WriteLine("baoverlayfs: index: " + message));
+                }
                 line.LowerDirectories.AddRange(store.ResolveLowerDirectories(line.Image!));
             }
             fileSystem = OverlayFileSystem.Open(new OverlayOptions
@@ -443,6 +452,8 @@ internal static class Program
                 WorkDirectory = line.WorkDirectory,
                 CloseDelay = TimeSpan.FromSeconds(line.CloseDelay),
                 LowerCache = cache,
+                // Store layers come after any lowerdir= ones, which have no index.
+                LowerIndexes = indexes is null ? null : [.. Enumerable.Repeat<BAOverlay.Store.LayerIndex?>(null, line.LowerDirectories.Count - indexes.Count), .. indexes],
             });
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or FuseUnavailableException or OverlayException)

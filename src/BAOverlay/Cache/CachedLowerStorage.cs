@@ -23,6 +23,10 @@ internal sealed class CachedLowerStorage : IBlockStorage
     private readonly ulong _inode;
     private readonly HashSet<int> _touched = new();
     private int _disposed;
+    private int _remoteUsers = 1; // this reader, and each admission queued with its remote file
+    private readonly object _recentGate = new();
+    private byte[]? _recent; // the last zone this reader fetched whole and queued for admission (pooled), or null
+    private int _recentZone = -1;
     private volatile bool _countsHeat = true;
 
     public CachedLowerStorage(ZoneCache cache, CachedFile? file, IBlockStorage remote, bool ownsRemote, ulong inode = 0)
@@ -94,6 +98,12 @@ internal sealed class CachedLowerStorage : IBlockStorage
             long zoneEnd = Math.Min(file.Size, (long)(zone + 1) << file.ZoneLog2);
             int n = (int)Math.Min(count - done, zoneEnd - position);
             Memory<byte> part = buffer.Slice(done, n);
+            if (TryReadRecent(file, zone, part.Span, position))
+            {
+                _cache.CountMiss(n);
+                done += n;
+                continue;
+            }
             switch (_cache.PlanRead(file, zone, FirstTouch(zone), out BCowFile? cacheFile))
             {
                 case ZoneCache.Plan.Cached:
@@ -143,12 +153,13 @@ internal sealed class CachedLowerStorage : IBlockStorage
         }
     }
 
-    /// <summary>Fetches the whole zone (one read of the store), answers the caller from it, and admits it.</summary>
+    /// <summary>Fetches the whole zone (one read of the store), answers the caller from it, and admits it (on the
+    /// cache's admission thread when it has one, <see cref="ZoneCacheOptions.AdmitInBackground"/>).</summary>
     private async ValueTask FetchAndAdmitAsync(CachedFile file, int zone, Memory<byte> part, long position, bool useAsync, CancellationToken cancellationToken)
     {
         long start = file.ZoneStart(zone);
         int length = file.ZoneLength(zone);
-        byte[] zoneBytes = ArrayPool<byte>.Shared.Rent(length);
+        byte[]? zoneBytes = ArrayPool<byte>.Shared.Rent(length);
         try
         {
             try
@@ -166,11 +177,70 @@ internal sealed class CachedLowerStorage : IBlockStorage
                 throw;
             }
             zoneBytes.AsSpan((int)(position - start), part.Length).CopyTo(part.Span);
+            // Queued only with a remote file this reader owns: it stays open until the admission is done with it.
+            if (_ownsRemote && _cache.AdmitsInBackground)
+            {
+                Interlocked.Increment(ref _remoteUsers);
+                byte[] recent = ArrayPool<byte>.Shared.Rent(length);
+                zoneBytes.AsSpan(0, length).CopyTo(recent);
+                if (_cache.TryAdmitLater(file, zone, zoneBytes, length, _remote, ReleaseRemote))
+                {
+                    zoneBytes = null; // the queue's now
+                    KeepRecent(zone, recent);
+                    return;
+                }
+                ArrayPool<byte>.Shared.Return(recent);
+                Interlocked.Decrement(ref _remoteUsers);
+            }
             _cache.Admit(file, zone, zoneBytes.AsMemory(0, length), _remote);
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(zoneBytes);
+            if (zoneBytes is not null)
+            {
+                ArrayPool<byte>.Shared.Return(zoneBytes);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Keeps the zone this reader just fetched whole (its admission queued) to answer its next reads there: until the
+    /// admission is made the zone is not cached, and a sequential reader (the kernel reads 128 KiB at a time) would
+    /// otherwise read the rest of the zone from the store again.
+    /// </summary>
+    private void KeepRecent(int zone, byte[] bytes)
+    {
+        byte[]? dropped;
+        lock (_recentGate)
+        {
+            if (Volatile.Read(ref _disposed) != 0)
+            {
+                dropped = bytes; // disposed meanwhile (Dispose empties the slot under this lock)
+            }
+            else
+            {
+                dropped = _recent;
+                _recent = bytes;
+                _recentZone = zone;
+            }
+        }
+        if (dropped is not null)
+        {
+            ArrayPool<byte>.Shared.Return(dropped);
+        }
+    }
+
+    /// <summary>Answers a read inside the zone kept by <see cref="KeepRecent"/>, if that is its zone.</summary>
+    private bool TryReadRecent(CachedFile file, int zone, Span<byte> part, long position)
+    {
+        lock (_recentGate)
+        {
+            if (_recent is null || _recentZone != zone)
+            {
+                return false;
+            }
+            _recent.AsSpan((int)(position - file.ZoneStart(zone)), part.Length).CopyTo(part);
+            return true;
         }
     }
 
@@ -233,7 +303,27 @@ internal sealed class CachedLowerStorage : IBlockStorage
 
     public void Dispose()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) == 0 && _ownsRemote)
+        if (Interlocked.Exchange(ref _disposed, 1) == 0)
+        {
+            byte[]? recent;
+            lock (_recentGate)
+            {
+                recent = _recent;
+                _recent = null;
+            }
+            if (recent is not null)
+            {
+                ArrayPool<byte>.Shared.Return(recent);
+            }
+            ReleaseRemote();
+        }
+    }
+
+    /// <summary>One user of the remote file is done with it (this reader at its disposal, or a queued admission); the
+    /// last one disposes it if this reader owns it.</summary>
+    private void ReleaseRemote()
+    {
+        if (Interlocked.Decrement(ref _remoteUsers) == 0 && _ownsRemote)
         {
             _remote.Dispose();
         }

@@ -29,6 +29,8 @@ public enum StoreState
 /// thread (the caller's buffer is never written after the call returned). At most
 /// <see cref="ZoneCacheOptions.MaxRemoteReads"/> reads are in flight, stuck ones included, so a store that hangs for
 /// good holds at most that many threads; a caller that finds no free slot before its deadline fails with EIO too.</para>
+/// <para>A <see cref="RemoteOpenException"/> (a lazily opened file whose open failed for a reason of its own, or that
+/// changed since its lookup) is not a failure of the store: the store answered; the caller gets that exception's errno.</para>
 /// <para>Lock order: <see cref="_gate"/> guards the state only; no I/O and no wait under it.</para>
 /// </remarks>
 internal sealed class RemoteGuard
@@ -95,6 +97,11 @@ internal sealed class RemoteGuard
                 Succeeded(probe);
                 return n;
             }
+            catch (RemoteOpenException)
+            {
+                Succeeded(probe); // the store answered: the error is the file's
+                throw;
+            }
             catch (IOException e)
             {
                 throw Failed(probe, remote.Name, offset, e);
@@ -115,6 +122,11 @@ internal sealed class RemoteGuard
                 int n = await remote.ReadAtAsync(destination, offset, cancellationToken).ConfigureAwait(false);
                 Succeeded(probe);
                 return n;
+            }
+            catch (RemoteOpenException)
+            {
+                Succeeded(probe); // the store answered: the error is the file's
+                throw;
             }
             catch (IOException e)
             {
@@ -193,6 +205,11 @@ internal sealed class RemoteGuard
         if (read.Error is { } error)
         {
             read.Release();
+            if (error is RemoteOpenException open)
+            {
+                Succeeded(probe); // the store answered: the error is the file's, with its errno
+                throw new RemoteOpenException(open.Message, open.HResult, open);
+            }
             if (error is IOException io)
             {
                 throw Failed(probe, remote.Name, offset, io);

@@ -26,7 +26,7 @@ namespace BAOverlay.Cache;
 /// immutable, content-addressed layers; a same-size change that keeps the modification time is not detected.</para>
 /// <para>Thread safety: every member may be called from many threads, except <see cref="Dispose"/>.</para>
 /// </remarks>
-public sealed class ZoneCache : IDisposable
+public sealed partial class ZoneCache : IDisposable
 {
     /// <summary>Block size of the cache files: small files waste at most one 4 KiB block.</summary>
     internal const int CacheBlockSize = 4096;
@@ -58,6 +58,7 @@ public sealed class ZoneCache : IDisposable
     private long _hitBytes;
     private long _missBytes;
     private long _fetched;
+    private long _storeOpens;
     private long _admissions;
     private long _evictions;
     private long _lastFlush = Stopwatch.GetTimestamp();
@@ -149,6 +150,7 @@ public sealed class ZoneCache : IDisposable
                 HitBytes = Interlocked.Read(ref _hitBytes),
                 MissBytes = Interlocked.Read(ref _missBytes),
                 FetchedBytes = Interlocked.Read(ref _fetched),
+                StoreOpens = Interlocked.Read(ref _storeOpens),
                 Admissions = Interlocked.Read(ref _admissions),
                 Evictions = Interlocked.Read(ref _evictions),
                 StoreFailures = failures,
@@ -185,7 +187,7 @@ public sealed class ZoneCache : IDisposable
 
     /// <summary>As the public overload; <paramref name="inode"/> is what the wrapper reports as the file's inode number
     /// (B-CoW files made before the sampled identity record their lower file's, and compare it).</summary>
-    private IBlockStorage Wrap(IBlockStorage remote, string key, long size, long mtimeNs, bool ownsRemote, ulong inode)
+    internal IBlockStorage Wrap(IBlockStorage remote, string key, long size, long mtimeNs, bool ownsRemote, ulong inode)
     {
         ArgumentNullException.ThrowIfNull(remote);
         ArgumentNullException.ThrowIfNull(key);
@@ -199,6 +201,7 @@ public sealed class ZoneCache : IDisposable
     /// <exception cref="IOException">Writing the heat or state file failed (the cache files are committed or marked broken).</exception>
     public void Flush()
     {
+        DrainAdmissions();
         lock (_flushGate)
         {
             foreach (CachedFile file in _files.Values)
@@ -399,6 +402,7 @@ public sealed class ZoneCache : IDisposable
         {
             return;
         }
+        StopAdmitter(); // the admissions queued are made first
         try
         {
             Flush();
@@ -432,6 +436,9 @@ public sealed class ZoneCache : IDisposable
     internal void CountMiss(int bytes) => Interlocked.Add(ref _missBytes, bytes);
 
     internal void CountFetched(int bytes) => Interlocked.Add(ref _fetched, bytes);
+
+    /// <summary>A lazily opened remote file (<see cref="LazyRemoteFile"/>) was opened: a read needed the store.</summary>
+    internal void CountStoreOpen() => Interlocked.Increment(ref _storeOpens);
 
     // ---------------------------------------------------------------- reading: the plan for one zone
 

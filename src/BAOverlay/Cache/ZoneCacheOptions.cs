@@ -44,6 +44,16 @@ public sealed class ZoneCacheOptions
     /// <summary>How long admissions may stay uncommitted (a crash forgets them, never more). Default 5 s.</summary>
     public TimeSpan CommitInterval { get; init; } = TimeSpan.FromSeconds(5);
 
+    /// <summary>
+    /// Whether a zone a reader's read made hot enough is copied into the cache on the cache's own thread (true) or on
+    /// the reader's, before its read returns (false, the default). Either way the reader is answered from the zone it
+    /// fetched whole; in the background, the writes into the cache file, the creation of a cache file (which reads the
+    /// remote file's identity samples) and the commit rounds are not the reader's to wait for. At most 256 admissions
+    /// wait; past that a reader admits its zone itself. <see cref="ZoneCache.Flush"/> and disposing wait for those
+    /// queued.
+    /// </summary>
+    public bool AdmitInBackground { get; init; }
+
     /// <summary>Where to write one line per event worth knowing (store unreachable and back, a cache file dropped).
     /// Default: standard error.</summary>
     public Action<string>? Log { get; init; }

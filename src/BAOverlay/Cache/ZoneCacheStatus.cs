@@ -39,6 +39,11 @@ public sealed class ZoneCacheStatus
     /// <summary>Bytes fetched from the store (caller reads, whole zones admitted, prefetch, identity samples).</summary>
     public long FetchedBytes { get; internal init; }
 
+    /// <summary>Files of the store opened because a read needed the store: a lower file read through the cache is
+    /// opened lazily, at its first read that cached zones cannot answer, so a file read from cached zones only is never
+    /// opened on the store (an overlay reading from a store with <c>OverlayOptions.LowerCache</c>).</summary>
+    public long StoreOpens { get; internal init; }
+
     /// <summary>Zones admitted.</summary>
     public long Admissions { get; internal init; }
 
@@ -64,6 +69,7 @@ public sealed class ZoneCacheStatus
         Line("hit-bytes", HitBytes);
         Line("miss-bytes", MissBytes);
         Line("fetched-bytes", FetchedBytes);
+        Line("store-opens", StoreOpens);
         Line("admissions", Admissions);
         Line("evictions", Evictions);
         Line("store-failures", StoreFailures);

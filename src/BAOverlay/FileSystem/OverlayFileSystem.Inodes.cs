@@ -140,6 +140,10 @@ public sealed partial class OverlayFileSystem
     private bool LowerStat(int layer, string relative, out Stat st)
     {
         st = default;
+        if (IndexOf(layer) is { } index)
+        {
+            return IndexedLstat(index, relative, out st); // the numbers the lookups of an indexed layer give
+        }
         if (_layers.TryLocate(layer, relative, out LayerPath located) != 0)
         {
             return false;

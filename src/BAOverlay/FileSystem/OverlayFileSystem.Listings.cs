@@ -97,6 +97,11 @@ public sealed partial class OverlayFileSystem
         var result = new List<(string, ulong, uint)>();
         foreach (var (layer, directoryPath) in directory.Layers)
         {
+            if (IndexOf(layer) is { } index)
+            {
+                MergeIndexedEntries(index, layer, directoryPath, seen, result);
+                continue;
+            }
             string described = _layers.Describe(layer, directoryPath);
             using LayerDir dir = _layers.OpenDirectory(layer, directoryPath);
             IEnumerable<string> names;

@@ -1,5 +1,8 @@
 using BAOverlay.Cache;
+using BAOverlay.Interop;
 using BAOverlay.Storage;
+using Microsoft.Win32.SafeHandles;
+using Mono.Unix.Native;
 
 namespace BAOverlay.FileSystem;
 
@@ -10,42 +13,85 @@ public sealed partial class OverlayFileSystem
     /// <see cref="ZoneCache.Status"/> tells whether the store behind the lower layers answers.</summary>
     public ZoneCache? LowerCache => _options.LowerCache;
 
+    /// <summary>Whether lower files of <paramref name="layer"/> (an index into the layer stack) read through the cache.</summary>
+    private bool CachesLayer(int layer) =>
+        _options.LowerCache is not null &&
+        (_options.LowerCacheLayers is not { } layers || layers.Contains(layer - (_upper < 0 ? 0 : 1)));
+
     /// <summary>
-    /// The data of a lower file opened as it is: through the cache when one is configured for its layer, keyed by its
-    /// full path (the layer directory, which in a store names the layer, and the path within). Takes
-    /// <paramref name="file"/> over: disposing the result disposes it, and a failure here disposes it.
+    /// The data of the lower regular file at <paramref name="at"/> (<paramref name="relative"/> in
+    /// <paramref name="layer"/>), <paramref name="known"/> its lstat if taken (else taken now): when its layer reads through the cache, the file is
+    /// opened lazily (<see cref="LazyRemoteFile"/>), at the first read the cache cannot answer, so a file read from
+    /// cached zones only is never opened on the store; otherwise it is opened now.
     /// </summary>
-    private IBlockStorage ThroughLowerCache(FileStorage file, int layer, string relative)
+    private IBlockStorage OpenLowerData(in LayerPath at, Stat? known, int layer, string relative, string described)
     {
-        if (_options.LowerCache is not { } cache)
+        if (!CachesLayer(layer))
         {
-            return file;
+            return OpenLowerFile(at, described);
         }
-        int lower = layer - (_upper < 0 ? 0 : 1);
-        if (_options.LowerCacheLayers is { } layers && !layers.Contains(lower))
+        Stat st;
+        if (known is { } given)
         {
-            return file;
+            st = given;
         }
-        try
+        else if (LayerStack.Lstat(at, out st) != 0)
         {
-            return cache.Wrap(file, _layers.Describe(layer, relative));
+            throw OverlayException.FromLastError("open", described);
         }
-        catch
+        if ((st.st_mode & FilePermissions.S_IFMT) != FilePermissions.S_IFREG)
         {
-            file.Dispose();
-            throw;
+            _log($"{described}: not a regular file, refused as file data");
+            throw new OverlayException(Errno.EIO, $"{described}: not a regular file");
+        }
+        long mtimeNs = (st.st_mtime * 1_000_000_000L) + st.st_mtime_nsec;
+        // The file is opened again by position when first needed (on one of the cache's reader threads, under the
+        // store's deadline): the handle of its directory borrowed now may be gone by then.
+        var lazy = new LazyRemoteFile(described, st.st_size, mtimeNs, st.st_ino, () => ReopenLowerFile(layer, relative, described), _options.LowerCache!.CountStoreOpen);
+        return _options.LowerCache!.Wrap(lazy, described, st.st_size, mtimeNs, ownsRemote: true, st.st_ino);
+    }
+
+    /// <summary>Opens the lower file at <paramref name="relative"/> in <paramref name="layer"/> for a
+    /// <see cref="LazyRemoteFile"/>: the handle, or an <see cref="OverlayException"/> with the errno.</summary>
+    private SafeFileHandle ReopenLowerFile(int layer, string relative, string described)
+    {
+        // After the overlay is closed its layers' handles are too (a late first read of a file still held open).
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed), this);
+        Errno errno = _layers.TryLocate(layer, relative, out LayerPath located);
+        if (errno != 0)
+        {
+            throw new OverlayException(errno, $"{described}: {Stdlib.strerror(errno)}");
+        }
+        using (located)
+        {
+            // As OpenLowerFile: no symbolic link followed, no blocking on a fifo, anything but a regular file refused.
+            int flags = NativeConvert.FromOpenFlags(OpenFlags.O_RDONLY | OpenFlags.O_NOFOLLOW | OpenFlags.O_NONBLOCK | OpenFlags.O_CLOEXEC);
+            int fd = located.Name.Length == 0 ? -1 : LibC.openat(located.Directory.Fd, located.Name, flags, 0);
+            if (fd < 0)
+            {
+                throw OverlayException.FromLastError("open", described);
+            }
+            var handle = new SafeFileHandle(fd, ownsHandle: true);
+            if (Syscall.fstat(fd, out Stat st) != 0 || (st.st_mode & FilePermissions.S_IFMT) != FilePermissions.S_IFREG)
+            {
+                handle.Dispose();
+                _log($"{described}: not a regular file, refused as file data");
+                throw new OverlayException(Errno.EIO, $"{described}: not a regular file");
+            }
+            return handle;
         }
     }
 
     /// <summary>
     /// The lower file of a B-CoW file (at its creation by a copy-up, and at each open): through the cache as
-    /// <see cref="ThroughLowerCache"/>, so that its reads run under the store's deadline and its cached zones answer
-    /// while the store does not, but adding no heat until <see cref="CountHeat"/>: the sampled identity check the B-CoW
-    /// engine makes at creation and open reads 64 chunks spread over the file, which are not a reader's reads.
+    /// <see cref="OpenLowerData"/> (opened lazily), so that its reads run under the store's deadline and its cached
+    /// zones answer while the store does not, but adding no heat until <see cref="CountHeat"/>: the sampled identity
+    /// check the B-CoW engine makes at creation and open reads 64 chunks spread over the file, which are not a reader's
+    /// reads.
     /// </summary>
-    private IBlockStorage BCowLowerThroughCache(FileStorage file, int layer, string relative)
+    private IBlockStorage BCowLowerThroughCache(in LayerPath at, in Stat st, int layer, string relative, string described)
     {
-        IBlockStorage lower = ThroughLowerCache(file, layer, relative);
+        IBlockStorage lower = OpenLowerData(at, st, layer, relative, described);
         if (lower is CachedLowerStorage cached)
         {
             cached.CountsHeat = false;

@@ -97,6 +97,7 @@ public sealed partial class OverlayFileSystem : IDisposable
         {
             throw new OverlayException(Errno.EINVAL, "at least one lower directory is needed");
         }
+        ValidateIndexes(options);
         var roots = new List<string>();
         string? scratch = null;
         if (options.UpperDirectory is not null)
@@ -147,6 +148,10 @@ public sealed partial class OverlayFileSystem : IDisposable
             CheckDirectoryAccess(NodeOf(parent), caller, Permissions.Exec);
             OverlayNode node = LookupLocked(NodeOf(parent), name, out Stat top) ?? throw NoEntry(NodeOf(parent), name);
             node.Lookups++;
+            if (IndexedStatOf(node) is { } indexed)
+            {
+                return indexed;
+            }
             using LayerPath path = Top(node);
             return StatOf(node, path, top); // the lookup's lstat: no second one
         }
@@ -338,6 +343,10 @@ public sealed partial class OverlayFileSystem : IDisposable
             if (node.Type != S_IFLNK)
             {
                 throw new OverlayException(Errno.EINVAL, $"{Describe(node)}: not a symbolic link");
+            }
+            if (IndexedLinkTarget(node) is { } target)
+            {
+                return target;
             }
             using LayerPath path = Top(node);
             return Mono.Unix.UnixPath.ReadLink(path.Path);
@@ -1109,6 +1118,18 @@ public sealed partial class OverlayFileSystem : IDisposable
         top = default;
         foreach (var (layer, directoryPath) in directoryLayers)
         {
+            if (IndexOf(layer) is { } index)
+            {
+                IndexedMerge step = MergeIndexed(index, layer, directoryPath, name, layers, ref top);
+                if (step == IndexedMerge.Stop)
+                {
+                    break;
+                }
+                if (step == IndexedMerge.Continue)
+                {
+                    continue;
+                }
+            }
             Errno errno = _layers.TryOpenDirectory(layer, directoryPath, out LayerDir dir);
             if (errno != 0)
             {
@@ -1225,6 +1246,10 @@ public sealed partial class OverlayFileSystem : IDisposable
             return node.Data is { } data && node.OpenStat is { } last
                 ? last.Value with { Size = data.Length, Nlink = 0 } // unlinked while open
                 : throw new OverlayException(Errno.ENOENT, $"{Describe(node)}: removed");
+        }
+        if (IndexedStatOf(node) is { } indexed)
+        {
+            return indexed;
         }
         using LayerPath top = Top(node);
         if (LayerStack.Lstat(top, out Stat st) != 0)
@@ -1664,7 +1689,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                     File.WriteAllBytes(scratch, []);
                     break;
                 case S_IFREG when st.st_size >= _options.BlockCopyUpThreshold && !IsBCowFile(lowerPath):
-                    using (IBlockStorage lowerFile = BCowLowerThroughCache(OpenLowerFile(lowerPath, described), node.Layers[0].Layer, node.Layers[0].Path))
+                    using (IBlockStorage lowerFile = BCowLowerThroughCache(lowerPath, st, node.Layers[0].Layer, node.Layers[0].Path, described))
                     using (var upperFile = new FileStorage(scratch, FileMode.CreateNew, FileAccess.ReadWrite))
                     {
                         // The header records where the lower file was, for `bcow` and people; the overlay itself finds
@@ -1848,6 +1873,10 @@ public sealed partial class OverlayFileSystem : IDisposable
 
     private NodeData OpenData(OverlayNode node, bool write)
     {
+        if (node.Layers[0].Layer != _upper && IndexedLowerData(node) is { } indexed)
+        {
+            return indexed;
+        }
         using LayerPath top = Top(node);
         string path = top.Path;
         int layer = node.Layers[0].Layer;
@@ -1861,7 +1890,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                     // A layer that was an upper one: its B-CoW files read through their own lower files.
                     return new NodeData.BCow(OpenBCow(node, top, described, readOnly: true));
                 }
-                return new NodeData.Plain(ThroughLowerCache(OpenLowerFile(top, described), layer, node.Layers[0].Path));
+                return new NodeData.Plain(OpenLowerData(top, null, layer, node.Layers[0].Path, described));
             }
             if (IsBCowFile(top))
             {
@@ -2057,7 +2086,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                     break; // a whiteout or anything else hides whatever lies below
                 }
                 lowerDescribed = _layers.Describe(candidate, relative);
-                lower = BCowLowerThroughCache(OpenLowerFile(located, lowerDescribed), candidate, relative);
+                lower = BCowLowerThroughCache(located, st, candidate, relative, lowerDescribed);
                 break;
             }
         }

@@ -49,6 +49,15 @@ public sealed record OverlayOptions
     /// <see cref="LowerCache"/>; null (the default): all of them.</summary>
     public IReadOnlyList<int>? LowerCacheLayers { get; init; }
 
+    /// <summary>
+    /// Metadata indexes of immutable lower layers (<see cref="Store.LayerStore.OpenIndexes"/>), one per entry of
+    /// <see cref="LowerDirectories"/> (null for a layer without one), or null (the default): lookups, attributes and
+    /// listings of an indexed layer are answered from its index, not from its directory; only the data of its files is
+    /// read from the directory (through <see cref="LowerCache"/> when set, opened at the first read the cache cannot
+    /// answer). The caller vouches that each index is that of the layer at the same position.
+    /// </summary>
+    public IReadOnlyList<Store.LayerIndex?>? LowerIndexes { get; init; }
+
     /// <summary>Where to write one line per problem with a layer tree (a path that cannot be read, a corrupt B-CoW file). Default: standard error.</summary>
     public Action<string>? Log { get; init; }
 }

@@ -179,7 +179,11 @@ public sealed partial class LayerStore : IDisposable
     /// </summary>
     /// <exception cref="LayerStoreException">The layer is missing, its manifest is not valid, or its content does not
     /// match.</exception>
-    public void VerifyLayer(string digest, CancellationToken cancellation = default)
+    public void VerifyLayer(string digest, CancellationToken cancellation = default) => VerifyLayer(digest, cancellation, collect: null);
+
+    /// <summary>As the public overload; <paramref name="collect"/> is given every object the walk hashes (to make the
+    /// layer's metadata index); returns the manifest's portable digest and whether the share showed xattrs.</summary>
+    private (string PortableDigest, bool XattrsRead) VerifyLayer(string digest, CancellationToken cancellation, Action<TreeObject>? collect)
     {
         if (!StoreLayout.IsDigest(digest))
         {
@@ -190,7 +194,7 @@ public sealed partial class LayerStore : IDisposable
         using StoreDirectory layer = layers.TryOpenChild(directoryName) ?? throw new LayerStoreException(layers.Describe(directoryName), "no such layer");
         LayerManifest manifest = ReadManifest(layer, digest);
         using StoreDirectory tree = layer.OpenChild(StoreLayout.Tree);
-        TreeSummary summary = TreeDigest.Compute(tree, cancellation);
+        TreeSummary summary = TreeDigest.Compute(tree, cancellation, collect);
         string expected = summary.XattrsRead ? digest : manifest.PortableDigest;
         string found = summary.XattrsRead ? summary.Digest : summary.PortableDigest;
         if (found != expected)
@@ -202,6 +206,119 @@ public sealed partial class LayerStore : IDisposable
             throw new LayerStoreException(tree.Described, $"{summary.Entries} entries and {summary.Bytes} bytes, the manifest says {manifest.Entries} and {manifest.Bytes}");
         }
         _contentVerified[digest] = true;
+        return (manifest.PortableDigest, summary.XattrsRead);
+    }
+
+    /// <summary>
+    /// The metadata indexes of an image's layers (<see cref="LayerIndex"/>), in the order of
+    /// <see cref="ResolveLowerDirectories"/> (highest layer first): each read from
+    /// <paramref name="indexDirectory"/> (a local directory, <c>sha256-HEX.index</c>) and checked against the layer's
+    /// digest; one that is missing, damaged or does not match is made again from a verification of the layer (which
+    /// then counts as this instance's verification of it) and written there. A problem found is passed to
+    /// <paramref name="log"/>.
+    /// </summary>
+    /// <exception cref="LayerStoreException">No such image, or a layer failed verification.</exception>
+    /// <exception cref="IOException">The index directory cannot be written.</exception>
+    public IReadOnlyList<LayerIndex> OpenIndexes(string nameOrDigest, string indexDirectory, Action<string>? log = null)
+    {
+        ArgumentNullException.ThrowIfNull(indexDirectory);
+        StoreImage image = RequireImage(nameOrDigest);
+        Directory.CreateDirectory(indexDirectory);
+        var indexes = new List<LayerIndex>(image.Layers.Count);
+        foreach (string digest in image.Layers.Reverse())
+        {
+            StoreLayer layer = FindLayer(digest) ?? throw new LayerStoreException(nameOrDigest, $"layer {digest} is not in the store");
+            string file = Path.Combine(indexDirectory, StoreLayout.DirectoryName(digest) + ".index");
+            byte[]? bytes = ReadIndexFile(file);
+            LayerIndex? index = null;
+            if (bytes is not null)
+            {
+                index = LayerIndex.TryParse(bytes, digest, layer.PortableDigest, out string? problem);
+                if (index is null)
+                {
+                    log?.Invoke($"{file}: {problem}; made again from the layer");
+                }
+            }
+            // A layer collected and published again has the same digest but new times, which the lazy opens compare:
+            // the verification walk (made at each first use anyway) gives the index as the share shows it now; a
+            // host that does not verify compares the tree root's times at least.
+            bool verify = _options.VerifyContent && !_contentVerified.ContainsKey(digest);
+            if (index is not null && !verify && !RootUnchanged(layer, index))
+            {
+                log?.Invoke($"{file}: the layer's root changed since the index was made (published again?); made again from the layer");
+                index = null;
+            }
+            if (index is null || verify)
+            {
+                var objects = new List<TreeObject>();
+                (_, bool xattrsRead) = VerifyLayer(digest, CancellationToken.None, objects.Add);
+                LayerIndex fresh = LayerIndex.FromWalk(digest, xattrsRead, objects);
+                byte[] serialized = fresh.Serialize();
+                if (bytes is null || !serialized.AsSpan().SequenceEqual(bytes))
+                {
+                    if (index is not null)
+                    {
+                        log?.Invoke($"{file}: differs from the layer as it reads now (times: published again?); made again");
+                    }
+                    WriteIndexFile(file, serialized);
+                }
+                index = fresh;
+            }
+            indexes.Add(index);
+        }
+        return indexes;
+    }
+
+    /// <summary>Writes an index file: a temporary file, fsynced, renamed over it.</summary>
+    private static void WriteIndexFile(string file, byte[] bytes)
+    {
+        string temporary = $"{file}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";
+        using (var stream = new FileStream(temporary, FileMode.CreateNew, FileAccess.Write))
+        {
+            stream.Write(bytes);
+            stream.Flush(flushToDisk: true);
+        }
+        File.Move(temporary, file, overwrite: true);
+    }
+
+    /// <summary>Whether the layer's tree root shows the modification time the index recorded for it.</summary>
+    private bool RootUnchanged(StoreLayer layer, LayerIndex index)
+    {
+        using StoreDirectory layers = OpenPart(StoreLayout.Layers);
+        using StoreDirectory? directory = layers.TryOpenChild(StoreLayout.DirectoryName(layer.Digest));
+        if (directory is null || !directory.TryLstat(StoreLayout.Tree, out Stat root))
+        {
+            return false;
+        }
+        Stat recorded = index.StatOf(0);
+        return root.st_mtime == recorded.st_mtime && root.st_mtime_nsec == recorded.st_mtime_nsec;
+    }
+
+    /// <summary>An index file's bytes, or null when there is none (or it is not a regular file of a sane size).</summary>
+    private static byte[]? ReadIndexFile(string file)
+    {
+        int fd = Syscall.open(file, OpenFlags.O_RDONLY | OpenFlags.O_NOFOLLOW | OpenFlags.O_NONBLOCK | OpenFlags.O_CLOEXEC);
+        if (fd < 0)
+        {
+            return null;
+        }
+        using var handle = new Microsoft.Win32.SafeHandles.SafeFileHandle(fd, ownsHandle: true);
+        if (Syscall.fstat(fd, out Stat st) != 0 || (st.st_mode & FilePermissions.S_IFMT) != FilePermissions.S_IFREG || st.st_size > 1L << 30)
+        {
+            return null;
+        }
+        byte[] bytes = new byte[st.st_size];
+        int read = 0;
+        while (read < bytes.Length)
+        {
+            int n = RandomAccess.Read(handle, bytes.AsSpan(read), read);
+            if (n == 0)
+            {
+                return null;
+            }
+            read += n;
+        }
+        return bytes;
     }
 
     /// <summary>Reads and checks a layer's manifest: the schema, the digest being the directory's, the completion

@@ -18,6 +18,11 @@ namespace BAOverlay.Store;
 /// <paramref name="PortableDigest"/> means anything).</param>
 internal readonly record struct TreeSummary(string Digest, string PortableDigest, long Entries, long Bytes, bool XattrsRead);
 
+/// <summary>One object of a tree as the digest records it (<see cref="TreeDigest"/>): its path, type, lstat, extended
+/// attributes (null when the file system has none), and the a and b fields of both digests (null portable fields: the
+/// same as a and b).</summary>
+internal sealed record TreeObject(string Path, char Type, Stat Stat, List<(string Name, byte[] Value)>? Xattrs, string A, string B, string? PortableA, string? PortableB);
+
 /// <summary>
 /// The content address of a directory tree: sha256 over a canonical serialization, the same on every host for the same
 /// tree. The walk goes depth first, a directory before its children, children in the order of their names' UTF-8
@@ -42,7 +47,11 @@ internal static class TreeDigest
         return Compute(directory, cancellation);
     }
 
-    public static TreeSummary Compute(StoreDirectory root, CancellationToken cancellation)
+    /// <param name="root">The tree.</param>
+    /// <param name="cancellation">Stops the walk.</param>
+    /// <param name="collect">Given each object as it is hashed, in the digest's order (a layer's metadata index is made
+    /// from them: <see cref="LayerIndex"/>).</param>
+    public static TreeSummary Compute(StoreDirectory root, CancellationToken cancellation, Action<TreeObject>? collect = null)
     {
         using var full = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         using var portable = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
@@ -52,7 +61,7 @@ internal static class TreeDigest
         byte[] chunk = ArrayPool<byte>.Shared.Rent(ChunkSize);
         try
         {
-            var state = new WalkState(full, portable, chunk, cancellation);
+            var state = new WalkState(full, portable, chunk, cancellation) { Collect = collect };
             Stat rootStat = root.StatSelf();
             state.XattrsRead = root.Xattrs(null) is not null;
             Record(state, "", 'd', rootStat, state.XattrsRead ? root.Xattrs(null) : null, "", "", "", "");
@@ -76,6 +85,33 @@ internal static class TreeDigest
         public bool XattrsRead { get; set; }
         public long Entries { get; set; }
         public long Bytes { get; set; }
+        public Action<TreeObject>? Collect { get; init; }
+    }
+
+    /// <summary>
+    /// The digests of a tree described by its objects (a layer's metadata index), in the order given: equal to the
+    /// layer's id (or portable digest, <paramref name="xattrsRead"/> false) only if they are exactly the objects,
+    /// in the order, that the layer's own walk hashed. Bytes counts the sizes of the regular files.
+    /// </summary>
+    public static TreeSummary Compute(IEnumerable<TreeObject> objects, bool xattrsRead)
+    {
+        using var full = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        using var portable = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        byte[] header = "baoverlay-tree/1\n"u8.ToArray();
+        full.AppendData(header);
+        portable.AppendData(header);
+        var state = new WalkState(full, portable, [], CancellationToken.None) { XattrsRead = xattrsRead };
+        foreach (TreeObject o in objects)
+        {
+            Record(state, o.Path, o.Type, o.Stat, o.Xattrs, o.A, o.B, o.PortableA, o.PortableB);
+            if (o.Type == 'f')
+            {
+                state.Bytes += o.Stat.st_size;
+            }
+        }
+        return new TreeSummary(
+            StoreLayout.Digest(full.GetHashAndReset()), StoreLayout.Digest(portable.GetHashAndReset()),
+            state.Entries, state.Bytes, xattrsRead);
     }
 
     private static void Walk(WalkState state, StoreDirectory directory, string prefix, int depth)
@@ -161,6 +197,7 @@ internal static class TreeDigest
         string a, string b, string? portableA, string? portableB)
     {
         state.Entries++;
+        state.Collect?.Invoke(new TreeObject(path, type, stat, xattrs, a, b, portableA, portableB));
         var record = new ArrayBufferWriter<byte>(256);
         Field(record, Encoding.UTF8.GetBytes(path));
         Field(record, [(byte)type]);
