@@ -64,21 +64,7 @@ public sealed partial class OverlayFileSystem
         }
         using (located)
         {
-            // As OpenLowerFile: no symbolic link followed, no blocking on a fifo, anything but a regular file refused.
-            int flags = NativeConvert.FromOpenFlags(OpenFlags.O_RDONLY | OpenFlags.O_NOFOLLOW | OpenFlags.O_NONBLOCK | OpenFlags.O_CLOEXEC);
-            int fd = located.Name.Length == 0 ? -1 : LibC.openat(located.Directory.Fd, located.Name, flags, 0);
-            if (fd < 0)
-            {
-                throw OverlayException.FromLastError("open", described);
-            }
-            var handle = new SafeFileHandle(fd, ownsHandle: true);
-            if (Syscall.fstat(fd, out Stat st) != 0 || (st.st_mode & FilePermissions.S_IFMT) != FilePermissions.S_IFREG)
-            {
-                handle.Dispose();
-                _log($"{described}: not a regular file, refused as file data");
-                throw new OverlayException(Errno.EIO, $"{described}: not a regular file");
-            }
-            return handle;
+            return OpenLowerHandle(located, described);
         }
     }
 

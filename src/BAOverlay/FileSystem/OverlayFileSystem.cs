@@ -2098,7 +2098,11 @@ public sealed partial class OverlayFileSystem : IDisposable
     /// where a regular file is expected would otherwise hang the open, with the overlay's lock held); anything but a
     /// regular file is refused with EIO and a log line.
     /// </summary>
-    private FileStorage OpenLowerFile(LayerPath located, string described)
+    private FileStorage OpenLowerFile(LayerPath located, string described) =>
+        new(OpenLowerHandle(located, described), described, canWrite: false, ownsHandle: true);
+
+    /// <summary>The descriptor <see cref="OpenLowerFile"/> wraps: the same checks, for callers that keep a handle.</summary>
+    private SafeFileHandle OpenLowerHandle(LayerPath located, string described)
     {
         int flags = NativeConvert.FromOpenFlags(OpenFlags.O_RDONLY | OpenFlags.O_NOFOLLOW | OpenFlags.O_NONBLOCK | OpenFlags.O_CLOEXEC);
         int fd = located.Name.Length == 0 ? -1 : LibC.openat(located.Directory.Fd, located.Name, flags, 0);
@@ -2113,7 +2117,7 @@ public sealed partial class OverlayFileSystem : IDisposable
             _log($"{described}: not a regular file, refused as file data");
             throw new OverlayException(Errno.EIO, $"{described}: not a regular file");
         }
-        return new FileStorage(handle, described, canWrite: false, ownsHandle: true);
+        return handle;
     }
 
     /// <summary>Copies what <paramref name="source"/> reads as into <paramref name="copy"/>, holes left as holes.</summary>
