@@ -3,8 +3,44 @@ using BAOverlay.Storage;
 
 namespace BAOverlay.Tests.Cache;
 
+/// <summary>What every read-only storage of these tests has in common: writes refused, async reads answered by the
+/// synchronous one, nothing to flush.</summary>
+internal abstract class ReadOnlyTestStorage : IBlockStorage
+{
+    public abstract string Name { get; }
+
+    public bool CanWrite => false;
+
+    public abstract long Length { get; }
+
+    public abstract int ReadAt(Span<byte> buffer, long offset);
+
+    public ValueTask<int> ReadAtAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default) =>
+        ValueTask.FromResult(ReadAt(buffer.Span, offset));
+
+    public void WriteAt(ReadOnlySpan<byte> data, long offset) => throw new NotSupportedException();
+
+    public ValueTask WriteAtAsync(ReadOnlyMemory<byte> data, long offset, CancellationToken cancellationToken = default) => throw new NotSupportedException();
+
+    public void Flush()
+    {
+    }
+
+    public void SetLength(long length) => throw new NotSupportedException();
+
+    public void PunchHole(long offset, long length) => throw new NotSupportedException();
+
+    public abstract (long MTimeNs, ulong Inode) GetIdentity();
+
+    public abstract IEnumerable<(long Offset, long Length)> GetDataRanges(long start, long end);
+
+    public virtual void Dispose()
+    {
+    }
+}
+
 /// <summary>A remote file for tests: bytes in memory that count their reads, and can be made to hang (on a gate) or fail.</summary>
-internal sealed class FakeRemote(byte[] content, string name = "remote", long mtimeNs = 1_700_000_000_000_000_000) : IBlockStorage
+internal sealed class FakeRemote(byte[] content, string name = "remote", long mtimeNs = 1_700_000_000_000_000_000) : ReadOnlyTestStorage
 {
     private readonly ManualResetEventSlim _open = new(true);
     private int _reads;
@@ -28,13 +64,11 @@ internal sealed class FakeRemote(byte[] content, string name = "remote", long mt
         set => _failing = value;
     }
 
-    public string Name => name;
+    public override string Name => name;
 
-    public bool CanWrite => false;
+    public override long Length => content.Length;
 
-    public long Length => content.Length;
-
-    public int ReadAt(Span<byte> buffer, long offset)
+    public override int ReadAt(Span<byte> buffer, long offset)
     {
         Interlocked.Increment(ref _reads);
         _open.Wait();
@@ -48,28 +82,9 @@ internal sealed class FakeRemote(byte[] content, string name = "remote", long mt
         return n;
     }
 
-    public ValueTask<int> ReadAtAsync(Memory<byte> buffer, long offset, CancellationToken cancellationToken = default) =>
-        ValueTask.FromResult(ReadAt(buffer.Span, offset));
+    public override (long MTimeNs, ulong Inode) GetIdentity() => (mtimeNs, 0);
 
-    public void WriteAt(ReadOnlySpan<byte> data, long offset) => throw new NotSupportedException();
-
-    public ValueTask WriteAtAsync(ReadOnlyMemory<byte> data, long offset, CancellationToken cancellationToken = default) => throw new NotSupportedException();
-
-    public void Flush()
-    {
-    }
-
-    public void SetLength(long length) => throw new NotSupportedException();
-
-    public void PunchHole(long offset, long length) => throw new NotSupportedException();
-
-    public (long MTimeNs, ulong Inode) GetIdentity() => (mtimeNs, 0);
-
-    public IEnumerable<(long Offset, long Length)> GetDataRanges(long start, long end) => [(start, end - start)];
-
-    public void Dispose()
-    {
-    }
+    public override IEnumerable<(long Offset, long Length)> GetDataRanges(long start, long end) => [(start, end - start)];
 }
 
 internal static class CacheTesting
