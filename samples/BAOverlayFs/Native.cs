@@ -19,10 +19,6 @@ internal static unsafe partial class Native
     /// (336 bytes), allocated rather than declared so that no layout is assumed.</summary>
     private const int SpawnObjectSize = 1024;
 
-    // pid_t getpid(void);
-    [LibraryImport("libc", EntryPoint = "getpid")]
-    public static partial int getpid();
-
     // uid_t geteuid(void);
     [LibraryImport("libc", EntryPoint = "geteuid")]
     public static partial uint geteuid();

@@ -120,7 +120,7 @@ public sealed partial class OverlayFileSystem
             }
             int layer = node.Layers[0].Layer;
             bool upper = layer == _upper;
-            if (upper ? IsReadOnly : !includeLowerFiles || ReadsThroughCache(layer))
+            if (upper ? IsReadOnly : !includeLowerFiles || CachesLayer(layer))
             {
                 return null;
             }
@@ -144,10 +144,4 @@ public sealed partial class OverlayFileSystem
             _lock.ExitReadLock();
         }
     }
-
-    /// <summary>Whether lower files of <paramref name="layer"/> are read through the hot-zone cache (which must see
-    /// their reads: heat, the store's deadline).</summary>
-    private bool ReadsThroughCache(int layer) =>
-        _options.LowerCache is not null
-        && (_options.LowerCacheLayers is not { } layers || layers.Contains(layer - (_upper < 0 ? 0 : 1)));
 }
