@@ -81,6 +81,9 @@ internal sealed class CommandLine
     /// open).</summary>
     public bool PassthroughLowerFiles { get; private set; }
 
+    /// <summary>splice: large reads of plain files answered by splicing their pages into /dev/fuse.</summary>
+    public bool Splice { get; private set; } = true;
+
     /// <summary>close_delay: seconds a written B-CoW file stays open after its last close before its durable commit.</summary>
     public double CloseDelay { get; private set; } = 5;
     public bool KeepCache { get; private set; } = true;
@@ -418,6 +421,14 @@ internal sealed class CommandLine
             case ("writeback", "1" or "0"):
                 Writeback = value == "1";
                 return;
+            case ("splice", null):
+                Splice = true;
+                return;
+            case ("splice", "1" or "0"):
+                Splice = value == "1";
+                return;
+            case ("splice", not null):
+                throw new UsageException($"bad value in '{option}': splice takes 1 or 0");
             case ("passthrough", null):
                 Passthrough = true;
                 PassthroughLowerFiles = false;

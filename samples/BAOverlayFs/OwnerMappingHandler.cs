@@ -62,6 +62,9 @@ internal sealed class OwnerMappingHandler(IFuseLowLevelHandler inner, uint? squa
         return Overflow;
     }
 
+    /// <summary>Owners are mapped, bytes are not: reads are spliced from the file as without a mapping.</summary>
+    public override Microsoft.Win32.SafeHandles.SafeFileHandle? ReadFile(ulong ino, ulong handle) => Inner.ReadFile(ino, handle);
+
     public override OverlayStat Lookup(ulong parent, string name, FuseContext context) => Squash(Inner.Lookup(parent, name, context));
 
     public override OverlayStat GetAttr(ulong ino, ulong? handle, FuseContext context) => Squash(Inner.GetAttr(ino, handle, context));

@@ -77,6 +77,8 @@ internal static class Program
                                    Linux 6.9+, root only; default on, but the kernel grants it only with
                                    writeback=0); all: it also reads untouched lower files itself, and an
                                    open for writing or truncate of one fails with ETXTBSY while it is open
+            splice[=1|0]           large reads of plain lower and upper files are moved from the file into
+                                   /dev/fuse by splice(2), one copy in the kernel instead of two (default 1)
             close_delay=S          seconds a written B-CoW file stays open after its last close; its durable
                                    commit (two fsyncs) happens then, not in close(2) (default 5; 0: at close)
             keep_cache=1|0         keep a file's cached pages from one open to the next (default 1)
@@ -357,6 +359,7 @@ internal static class Program
         NoAtime = line.NoAtime,
         WritebackCache = line.Writeback,
         Passthrough = line.Passthrough,
+        SpliceReads = line.Splice,
         MaxWrite = line.MaxWrite,
         MaxReadahead = line.MaxReadahead,
         Debug = line.Debug,

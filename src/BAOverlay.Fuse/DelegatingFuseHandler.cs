@@ -78,6 +78,11 @@ public abstract class DelegatingFuseHandler(IFuseLowLevelHandler inner) : IFuseL
     /// <inheritdoc/>
     public virtual void Release(ulong ino, ulong handle) => Inner.Release(ino, handle);
 
+    /// <summary>Null: every read goes through <see cref="Read"/>, which a subclass may change. A subclass that leaves
+    /// the bytes <see cref="Read"/> returns as they are may forward this to <see cref="Inner"/>, so that reads are
+    /// spliced from the file (<see cref="IFuseLowLevelHandler.ReadFile"/>).</summary>
+    public virtual Microsoft.Win32.SafeHandles.SafeFileHandle? ReadFile(ulong ino, ulong handle) => null;
+
     /// <inheritdoc/>
     public virtual Microsoft.Win32.SafeHandles.SafeFileHandle? OpenPassthroughFile(ulong ino, ulong handle) => Inner.OpenPassthroughFile(ino, handle);
 

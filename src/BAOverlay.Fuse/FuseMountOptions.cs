@@ -84,6 +84,13 @@ public sealed record FuseMountOptions
     /// </summary>
     public bool Passthrough { get; init; } = true;
 
+    /// <summary>
+    /// Reply to large reads of files the handler reads as they are (<see cref="IFuseLowLevelHandler.ReadFile"/>) by
+    /// splicing the file's pages into <c>/dev/fuse</c> (default on; the session's own protocol layer only): the kernel
+    /// copies them into the request once, where a read into the daemon's memory and a write out of it copy twice.
+    /// </summary>
+    public bool SpliceReads { get; init; } = true;
+
     /// <summary>Request tracing on standard error (libfuse's <c>-d</c>).</summary>
     public bool Debug { get; init; }
 

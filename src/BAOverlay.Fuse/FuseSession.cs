@@ -121,6 +121,9 @@ public sealed unsafe class FuseSession : IDisposable
     /// <summary>Opens the kernel now serves from a backing file (FUSE passthrough); for tests and diagnostics.</summary>
     internal int PassthroughOpens => _channel?.PassthroughOpens ?? 0;
 
+    /// <summary>Read replies spliced from the file so far (own protocol layer; for tests and diagnostics).</summary>
+    internal long SplicedReads => _channel?.SplicedReads ?? 0;
+
     /// <summary>Opens the daemon serves now, counted while passthrough is in use; for tests and diagnostics.</summary>
     internal int ServedOpens => _channel?.ServedOpens ?? 0;
 

@@ -72,6 +72,14 @@ public interface IFuseLowLevelHandler
     /// <summary>read into <paramref name="buffer"/>; returns the bytes read (fewer only at the end of the file).</summary>
     int Read(ulong ino, ulong handle, Span<byte> buffer, long offset);
 
+    /// <summary>
+    /// Reads without copying (splice): the open file whose bytes at each offset are what <see cref="Read"/> of
+    /// <paramref name="handle"/> returns at that offset, or null (the default) when the handler must compose them. The
+    /// handler keeps owning it; the caller takes a reference for the read (<c>DangerousAddRef</c>) and calls
+    /// <see cref="Read"/> instead when it cannot, or when reading the file fails.
+    /// </summary>
+    Microsoft.Win32.SafeHandles.SafeFileHandle? ReadFile(ulong ino, ulong handle) => null;
+
     /// <summary>write; returns the bytes written.</summary>
     int Write(ulong ino, ulong handle, ReadOnlySpan<byte> data, long offset);
 

@@ -292,6 +292,10 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
     /// <inheritdoc/>
     public int Read(ulong ino, ulong handle, Span<byte> buffer, long offset) => File(handle).Read(buffer, offset);
 
+    /// <summary>A plain file read as it is (<see cref="OverlayHandle.DirectReadFile"/>): read replies are spliced from
+    /// it.</summary>
+    public Microsoft.Win32.SafeHandles.SafeFileHandle? ReadFile(ulong ino, ulong handle) => File(handle).DirectReadFile;
+
     /// <inheritdoc/>
     public int Write(ulong ino, ulong handle, ReadOnlySpan<byte> data, long offset)
     {

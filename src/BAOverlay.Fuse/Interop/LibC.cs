@@ -18,6 +18,7 @@ internal static unsafe partial class LibC
     public const int O_TRUNC = 0x200;
 
     public const int F_GETFL = 3;
+    public const int F_SETPIPE_SZ = 1031; // F_LINUX_SPECIFIC_BASE + 7
 
     public const ulong MS_RDONLY = 1;
     public const ulong MS_NOSUID = 2;
@@ -45,6 +46,7 @@ internal static unsafe partial class LibC
     public const int EPERM = 1;
     public const int ENOENT = 2;
     public const int EINTR = 4;
+    public const int EIO = 5;
     public const int EAGAIN = 11;
     public const int ENODEV = 19;
     public const int EACCES = 13;
@@ -112,6 +114,22 @@ internal static unsafe partial class LibC
     // ssize_t writev(int fd, const struct iovec *iov, int iovcnt);
     [LibraryImport(Library, EntryPoint = "writev", SetLastError = true)]
     public static partial nint writev(int fd, IoVec* iov, int iovcnt);
+
+    // ssize_t write(int fd, const void *buf, size_t count);
+    [LibraryImport(Library, EntryPoint = "write", SetLastError = true)]
+    public static partial nint write(int fd, void* buf, nuint count);
+
+    // int pipe2(int pipefd[2], int flags);
+    [LibraryImport(Library, EntryPoint = "pipe2", SetLastError = true)]
+    public static partial int pipe2(int* pipefd, int flags);
+
+    // ssize_t splice(int fd_in, off64_t *off_in, int fd_out, off64_t *off_out, size_t len, unsigned int flags);
+    [LibraryImport(Library, EntryPoint = "splice", SetLastError = true)]
+    public static partial nint splice(int fd_in, long* off_in, int fd_out, long* off_out, nuint len, uint flags);
+
+    // int fcntl(int fd, int cmd, int arg);  (F_SETPIPE_SZ: returns the pipe's new size)
+    [LibraryImport(Library, EntryPoint = "fcntl", SetLastError = true)]
+    public static partial int fcntl(int fd, int cmd, int arg);
 
     // int close(int fd);
     [LibraryImport(Library, EntryPoint = "close", SetLastError = true)]

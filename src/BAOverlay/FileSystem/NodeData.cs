@@ -33,6 +33,10 @@ internal abstract class NodeData : IDisposable
     {
         public override bool CanWrite => storage.CanWrite;
 
+        /// <summary>The file read, when the bytes are read from it as they are (not through the hot-zone cache or a
+        /// lazily opened remote file).</summary>
+        public Microsoft.Win32.SafeHandles.SafeFileHandle? DirectFile => (storage as FileStorage)?.Handle;
+
         public override long Length => storage.Length;
 
         public override int Read(Span<byte> buffer, long offset) => storage.ReadAt(buffer, offset);

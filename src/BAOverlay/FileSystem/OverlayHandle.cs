@@ -74,6 +74,17 @@ public sealed class OverlayHandle : IDisposable
     public Microsoft.Win32.SafeHandles.SafeFileHandle? OpenPassthroughFile(bool includeLowerFiles = false) =>
         _fileSystem.OpenPassthroughFile(this, includeLowerFiles);
 
+    /// <summary>
+    /// The open file that holds this open file's bytes at the same offsets, when the overlay reads them from it as they
+    /// are: a plain regular file of the upper or a lower layer, read directly (not a B-CoW file, not a layer read
+    /// through the hot-zone cache); null otherwise. For a server that moves the bytes without copying them
+    /// (<c>splice(2)</c>) instead of calling <see cref="Read"/>. The overlay owns it and may close it at any moment (a
+    /// copy-up replaces it, the last release closes it): take a reference
+    /// (<see cref="System.Runtime.InteropServices.SafeHandle.DangerousAddRef"/>) for as long as it is used, treat one
+    /// that cannot be referenced as null, and never write through it.
+    /// </summary>
+    public Microsoft.Win32.SafeHandles.SafeFileHandle? DirectReadFile => Node.Data is NodeData.Plain plain ? plain.DirectFile : null;
+
     /// <summary>Makes every write through any handle of this file durable (<c>fsync</c>).</summary>
     public void Fsync()
     {

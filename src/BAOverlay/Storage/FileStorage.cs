@@ -86,6 +86,9 @@ public sealed class FileStorage : IBlockStorage
     /// <inheritdoc/>
     public bool CanWrite { get; }
 
+    /// <summary>The open file (for a server that splices its bytes; this object owns it).</summary>
+    internal SafeFileHandle Handle => _handle;
+
     /// <inheritdoc/>
     public long Length => RandomAccess.GetLength(_handle);
 
