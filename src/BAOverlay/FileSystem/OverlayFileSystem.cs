@@ -837,13 +837,48 @@ public sealed partial class OverlayFileSystem : IDisposable
 
     private void CloseIdleFiles(bool dueOnly)
     {
-        OverlayException? failure = null;
+        // The costly part of a close, making the written data and the map durable (fsyncs), is done first and outside
+        // the overlay's lock, which every other operation needs: the files are taken off the idle list and pinned
+        // (a handle count of their own) so that nothing closes them meanwhile; an open may take one up again and
+        // write, as on any open file. The close under the lock then commits what is left (the header's clean mark).
+        List<(OverlayNode Node, NodeData? Data)> closing;
         _lock.EnterWriteLock();
         try
         {
             DateTime now = DateTime.UtcNow;
-            foreach (OverlayNode node in _idle.Where(n => !dueOnly || n.CloseDue <= now).ToList())
+            closing = [.. _idle.Where(n => !dueOnly || n.CloseDue <= now).Select(n => (n, n.Data))];
+            foreach ((OverlayNode node, _) in closing)
             {
+                _idle.Remove(node);
+                node.CloseDue = null;
+                node.OpenHandles++;
+            }
+        }
+        finally
+        {
+            _lock.ExitWriteLock();
+        }
+        foreach ((_, NodeData? data) in closing)
+        {
+            try
+            {
+                data?.Flush();
+            }
+            catch (Exception e) when (e is IOException or BCowFormatException or OverlayException or ObjectDisposedException)
+            {
+                // The close below meets the same failure and says it (or the overlay was disposed meanwhile).
+            }
+        }
+        OverlayException? failure = null;
+        _lock.EnterWriteLock();
+        try
+        {
+            foreach ((OverlayNode node, _) in closing)
+            {
+                if (--node.OpenHandles > 0 || _disposed)
+                {
+                    continue; // open again: its last release keeps it or closes it
+                }
                 try
                 {
                     CloseLocked(node);

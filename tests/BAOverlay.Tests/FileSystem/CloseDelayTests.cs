@@ -136,4 +136,63 @@ public sealed class CloseDelayTests
         Assert.That(HeldOpen(upper), Is.False);
         Checks.AssertClean(upper);
     }
+
+    /// <summary>
+    /// The deferred commit (its writes and fsyncs) waits for the disk outside the overlay's lock: with the upper
+    /// layer's file system frozen (fsfreeze: every write to it waits) while <see cref="OverlayFileSystem.CloseIdleFiles()"/>
+    /// commits a kept file, a lookup of another name is still answered; it waited for the lock, i.e. for the disk, when
+    /// the commit was made under it. Root only (a loop-mounted ext4 to freeze); CI is root.
+    /// </summary>
+    [Test]
+    public void TheDeferredCommitWaitsForTheDiskWithoutHoldingUpOtherOperations()
+    {
+        if (Mono.Unix.Native.Syscall.geteuid() != 0)
+        {
+            Assert.Ignore("needs root: the upper layer is a loop-mounted ext4, frozen with fsfreeze; CI is root");
+        }
+        using OverlayFixture f = Layers();
+        WriteFile(Path.Combine(f.Lowers[0], "other"), "another name");
+        using var scratch = Fuse.ScratchFileSystem.Ext4(Path.Combine(f.Root, "scratch"));
+        string upperDirectory = Directory.CreateDirectory(Path.Combine(scratch.MountPoint, "upper")).FullName;
+        string work = Directory.CreateDirectory(Path.Combine(scratch.MountPoint, "work")).FullName;
+        Task closing;
+        using (OverlayFileSystem fs = OverlayFileSystem.Open(new OverlayOptions
+        {
+            LowerDirectories = f.Lowers,
+            UpperDirectory = upperDirectory,
+            WorkDirectory = work,
+            BlockCopyUpThreshold = 64 * 1024,
+            BlockSize = 4096,
+            CloseDelay = TimeSpan.FromHours(1),
+            Log = f.Log.Add,
+        }))
+        {
+            WriteThroughOverlay(fs, 7);
+            Checks.Run("fsfreeze", $"-f {scratch.MountPoint}");
+            try
+            {
+                closing = Task.Run(fs.CloseIdleFiles);
+                Thread.Sleep(300);
+                Assert.That(closing.IsCompleted, Is.False, "the commit waits for the frozen file system");
+                Task<OverlayStat> lookup = Task.Run(() => fs.Lookup(OverlayFileSystem.RootIno, "other"));
+                Assert.That(lookup.Wait(TimeSpan.FromSeconds(20)), Is.True,
+                    "a lookup is answered while the deferred commit waits for the disk (not held up by the overlay's lock)");
+                Assert.That(closing.IsCompleted, Is.False, "the commit still waits");
+            }
+            finally
+            {
+                Checks.Run("fsfreeze", $"-u {scratch.MountPoint}");
+            }
+            Assert.That(closing.Wait(TimeSpan.FromSeconds(60)), Is.True, "the commit ends once the file system thaws");
+            closing.GetAwaiter().GetResult();
+        }
+        string upper = Path.Combine(upperDirectory, "big");
+        Assert.That(HeldOpen(upper), Is.False, "closed");
+        Checks.AssertClean(upper);
+        using BCowFile file = BCowFile.Open(upper, new BCowOpenOptions { ReadOnly = true, LowerPath = Path.Combine(f.Lowers[0], "big") });
+        byte[] seen = new byte[4096];
+        file.ReadAt(seen, 8192);
+        Assert.That(seen, Is.EqualTo(Bytes(7, 4096)), "the write is in the committed file");
+        Assert.That(f.Log, Is.Empty);
+    }
 }
