@@ -79,6 +79,21 @@ public sealed class BAOverlayFsProgramTests
     }
 
     [Test]
+    public void SpliceOptionTurnsSplicedReadsOnAndOff()
+    {
+        bool Of(string option)
+        {
+            CommandLine line = CommandLine.Parse(["-o", "lowerdir=/l" + option, "/m"]);
+            Assert.That(line.Warnings, Is.Empty, option);
+            return line.Splice;
+        }
+        Assert.That(Of(""), Is.True, "default on");
+        Assert.That(Of(",splice=0"), Is.False);
+        Assert.That(Of(",splice=0,splice"), Is.True, "the last one wins");
+        Assert.That(() => CommandLine.Parse(["-o", "lowerdir=/l,splice=yes", "/m"]), Throws.InstanceOf<UsageException>().With.Message.Contains("splice=yes"));
+    }
+
+    [Test]
     public void TimeoutOptionsSetHowLongTheKernelKeepsNamesAndAttributes()
     {
         CommandLine defaults = CommandLine.Parse(["-o", "lowerdir=/l", "/m"]);
