@@ -787,6 +787,7 @@ public sealed partial class OverlayFileSystem : IDisposable
 
     internal void Release(OverlayHandle handle)
     {
+        (OverlayNode Node, NodeData Data) pinned;
         _lock.EnterWriteLock();
         try
         {
@@ -813,11 +814,74 @@ public sealed partial class OverlayFileSystem : IDisposable
                 }
                 return;
             }
-            CloseLocked(node);
+            if (node.Data is not NodeData.BCow { CanWrite: true } written || _disposed)
+            {
+                CloseLocked(node);
+                return;
+            }
+            // A written B-CoW file: its commit is made durable outside the lock (below), pinned meanwhile.
+            node.OpenHandles++;
+            pinned = (node, written);
         }
         finally
         {
             _lock.ExitWriteLock();
+        }
+        Exception? failure = FlushOutsideLock(pinned.Data);
+        _lock.EnterWriteLock();
+        try
+        {
+            UnpinAndClose(pinned.Node, failure);
+        }
+        finally
+        {
+            _lock.ExitWriteLock();
+        }
+    }
+
+    /// <summary>
+    /// The costly part of closing a written B-CoW file, making its data and map durable (writes and fsyncs), done
+    /// without the overlay's lock, which every other operation needs, while the node is pinned (a handle count of its
+    /// own, so that nothing closes it meanwhile; an open may take it up again and write, as on any open file). The
+    /// close under the lock then commits what is left: the header's clean mark.
+    /// </summary>
+    /// <returns>The failure, said and thrown by <see cref="UnpinAndClose"/> (the file is then faulted, and closing it
+    /// commits nothing).</returns>
+    private static Exception? FlushOutsideLock(NodeData? data)
+    {
+        try
+        {
+            data?.Flush();
+            return null;
+        }
+        catch (Exception e) when (e is IOException or BCowFormatException or OverlayException or UnauthorizedAccessException)
+        {
+            return e;
+        }
+        catch (ObjectDisposedException)
+        {
+            return null; // the overlay was disposed meanwhile, which closed it
+        }
+    }
+
+    /// <summary>Under the write lock: drops the pin of <see cref="FlushOutsideLock"/> and closes the node when nothing
+    /// else holds it open. A failure of the flush is logged, and thrown as the close's own would be (an errno) when
+    /// this closes the file; an open that took the file up meanwhile meets it in its own writes and close.</summary>
+    /// <exception cref="OverlayException">The flush or the close failed.</exception>
+    private void UnpinAndClose(OverlayNode node, Exception? flushFailure)
+    {
+        if (flushFailure is not null)
+        {
+            _log($"{Describe(node)}: closing failed: {flushFailure.Message}");
+        }
+        if (--node.OpenHandles > 0 || _disposed)
+        {
+            return; // open again: its last release closes it
+        }
+        CloseLocked(node);
+        if (flushFailure is not null)
+        {
+            throw new OverlayException(OverlayException.ErrnoOf(flushFailure, out _), $"{Describe(node)}: closing failed: {flushFailure.Message}");
         }
     }
 
@@ -837,10 +901,7 @@ public sealed partial class OverlayFileSystem : IDisposable
 
     private void CloseIdleFiles(bool dueOnly)
     {
-        // The costly part of a close, making the written data and the map durable (fsyncs), is done first and outside
-        // the overlay's lock, which every other operation needs: the files are taken off the idle list and pinned
-        // (a handle count of their own) so that nothing closes them meanwhile; an open may take one up again and
-        // write, as on any open file. The close under the lock then commits what is left (the header's clean mark).
+        // Taken off the idle list and pinned, made durable outside the lock, closed under it (FlushOutsideLock).
         List<(OverlayNode Node, NodeData? Data)> closing;
         _lock.EnterWriteLock();
         try
@@ -858,34 +919,20 @@ public sealed partial class OverlayFileSystem : IDisposable
         {
             _lock.ExitWriteLock();
         }
-        foreach ((_, NodeData? data) in closing)
-        {
-            try
-            {
-                data?.Flush();
-            }
-            catch (Exception e) when (e is IOException or BCowFormatException or OverlayException or ObjectDisposedException)
-            {
-                // The close below meets the same failure and says it (or the overlay was disposed meanwhile).
-            }
-        }
+        Exception?[] flushed = [.. closing.Select(c => FlushOutsideLock(c.Data))];
         OverlayException? failure = null;
         _lock.EnterWriteLock();
         try
         {
-            foreach ((OverlayNode node, _) in closing)
+            for (int i = 0; i < closing.Count; i++)
             {
-                if (--node.OpenHandles > 0 || _disposed)
-                {
-                    continue; // open again: its last release keeps it or closes it
-                }
                 try
                 {
-                    CloseLocked(node);
+                    UnpinAndClose(closing[i].Node, flushed[i]);
                 }
                 catch (OverlayException e)
                 {
-                    failure ??= e; // logged by CloseLocked
+                    failure ??= e; // logged
                 }
             }
             if (_idle.Count == 0)
