@@ -435,18 +435,41 @@ public sealed partial class OverlayFileSystem : IDisposable
             uint requested = mode & ~caller.Umask & 0xFFF;
             // Readable and writable by its owner until opened: without privilege, a read-only mode would make the
             // reopen below fail, where open(O_CREAT) with such a mode returns a writable file.
-            OverlayStat stat = CreateObject(parent, name, caller, scratch =>
+            SafeFileHandle? created = null;
+            OverlayStat stat;
+            try
             {
-                int fd = Syscall.open(scratch, OpenFlags.O_CREAT | OpenFlags.O_EXCL | OpenFlags.O_WRONLY, (FilePermissions)0x180);
-                if (fd < 0)
+                stat = CreateObject(parent, name, caller, scratch =>
                 {
-                    throw OverlayException.FromLastError("create", scratch);
-                }
-                Syscall.close(fd);
-            }, requested, isDirectory: false, untilOpened: 0x180);
+                    int fd = Syscall.open(scratch, OpenFlags.O_CREAT | OpenFlags.O_EXCL | OpenFlags.O_WRONLY, (FilePermissions)0x180);
+                    if (fd < 0)
+                    {
+                        throw OverlayException.FromLastError("create", scratch);
+                    }
+                    Syscall.close(fd);
+                }, requested, isDirectory: false, untilOpened: 0x180,
+                inPlace: (directory, described, uid, gid, finalMode) => (created = CreateFileInPlace(directory, name, described, uid, gid, finalMode)) is not null);
+            }
+            catch
+            {
+                created?.Dispose();
+                throw;
+            }
             OverlayNode node = NodeOf(stat.Ino);
+            if (created is not null)
+            {
+                // Made in place and still open for reading and writing: that descriptor serves the open.
+                if (node.Data is null)
+                {
+                    node.Data = new NodeData.Plain(new FileStorage(created, Describe(node), canWrite: true, ownsHandle: true));
+                }
+                else
+                {
+                    created.Dispose();
+                }
+            }
             OverlayHandle handle = OpenLocked(node, write: true, truncate: false);
-            if ((requested & 0x180) != 0x180)
+            if (created is null && (requested & 0x180) != 0x180)
             {
                 // The mode CreateObject gave, without the owner bits added until now (it changes only S_ISGID).
                 uint finalMode = (stat.Mode & 0xFFF & ~0x180u) | (requested & 0x180);
@@ -1473,7 +1496,12 @@ public sealed partial class OverlayFileSystem : IDisposable
     /// which is not the caller's. <paramref name="mode"/> holds the permission and special bits with the caller's
     /// umask applied; null for a symbolic link.
     /// </summary>
-    private OverlayStat CreateObject(ulong parent, string name, OverlayCaller caller, Action<string> make, uint? mode, bool isDirectory, uint untilOpened = 0)
+    // inPlace, for a regular file: makes it in the upper directory itself, already owned and with its final mode (given
+    // the directory, the name as described, uid, gid and mode), and returns true; false when it cannot there (the file
+    // system has no unnamed files): make then makes it in the work directory. Used only when no whiteout is to be
+    // replaced (nothing to swap atomically).
+    private OverlayStat CreateObject(ulong parent, string name, OverlayCaller caller, Action<string> make, uint? mode, bool isDirectory, uint untilOpened = 0,
+        Func<LayerDir, string, uint, uint, uint, bool>? inPlace = null)
     {
         RequireWritable();
         LayerPaths.ValidateName(name);
@@ -1509,7 +1537,13 @@ public sealed partial class OverlayFileSystem : IDisposable
             };
             string destination = upperDirectory.At(name);
             bool replacesWhiteout = Syscall.lstat(destination, out Stat old) == 0 && Whiteouts.IsWhiteoutStat(old);
-            bool hidesLower = replacesWhiteout || VisibleBelowUpperIgnoringWhiteouts(directory, name);
+            // Only a directory needs to know (it is made opaque): files hide what is below by being there.
+            bool hidesLower = isDirectory && (replacesWhiteout || VisibleBelowUpperIgnoringWhiteouts(directory, name));
+            if (!replacesWhiteout && finalMode is uint inPlaceMode
+                && inPlace?.Invoke(upperDirectory, LayerPaths.Join(Describe(directory), name), caller.Uid, gid, inPlaceMode) == true)
+            {
+                return Created(parent, directory, name, isDirectory, upperDirectory);
+            }
             string scratch = NewScratchPath();
             make(scratch);
             try
@@ -1550,18 +1584,7 @@ public sealed partial class OverlayFileSystem : IDisposable
                 RemoveTree(scratch);
                 throw;
             }
-            Syscall.unlink(upperDirectory.At(Whiteouts.Prefix + name));
-            OverlayNode node = LookupLocked(directory, name, out Stat top) ?? throw NoEntry(directory, name);
-            ListingChanged(directory, name, node);
-            OnNameChanged(parent, name);
-            if (isDirectory && node.Layers.Count == 1)
-            {
-                // Made empty in the work directory, and nothing below shows through (opaque, or nothing there).
-                node.Listing = new DirectoryListing(node.Ino, directory.Ino, []);
-            }
-            node.Lookups++;
-            using LayerPath created = Top(node);
-            return StatOf(node, created, top);
+            return Created(parent, directory, name, isDirectory, upperDirectory);
         }
         catch when (changing is not null)
         {
@@ -1571,6 +1594,73 @@ public sealed partial class OverlayFileSystem : IDisposable
         finally
         {
             _lock.ExitWriteLock();
+        }
+    }
+
+    /// <summary>After <see cref="CreateObject"/> made <paramref name="name"/> in the upper directory: its node, looked
+    /// up, counted and listed.</summary>
+    private OverlayStat Created(ulong parent, OverlayNode directory, string name, bool isDirectory, LayerDir upperDirectory)
+    {
+        Syscall.unlink(upperDirectory.At(Whiteouts.Prefix + name));
+        OverlayNode node = LookupLocked(directory, name, out Stat top) ?? throw NoEntry(directory, name);
+        ListingChanged(directory, name, node);
+        OnNameChanged(parent, name);
+        if (isDirectory && node.Layers.Count == 1)
+        {
+            // Made empty in the work directory, and nothing below shows through (opaque, or nothing there).
+            node.Listing = new DirectoryListing(node.Ino, directory.Ino, []);
+        }
+        node.Lookups++;
+        using LayerPath created = Top(node);
+        return StatOf(node, created, top);
+    }
+
+    /// <summary>
+    /// Makes a regular file <paramref name="name"/> in the upper directory as an unnamed file (O_TMPFILE), owned by
+    /// <paramref name="uid"/>:<paramref name="gid"/> with <paramref name="mode"/>, then links it in: it appears
+    /// whole, as the rename of one made in the work directory does, without that file's reopen. Null, and nothing
+    /// made, when the file system has no unnamed files or refuses the link for another reason than the name (then
+    /// the work directory's way reports what is wrong).
+    /// </summary>
+    /// <exception cref="OverlayException">EEXIST: the name was taken meanwhile; the owner or mode cannot be set.</exception>
+    private SafeFileHandle? CreateFileInPlace(LayerDir directory, string name, string described, uint uid, uint gid, uint mode)
+    {
+        int fd = LibC.openat(directory.Fd, ".", LibC.O_TMPFILE | LibC.O_RDWR | LibC.O_CLOEXEC, 0x180);
+        if (fd < 0)
+        {
+            return null; // EOPNOTSUPP, EISDIR (no O_TMPFILE here), or what the work directory's way will say again
+        }
+        var file = new SafeFileHandle(fd, ownsHandle: true);
+        try
+        {
+            if (Syscall.fchown(fd, uid, gid) != 0)
+            {
+                Errno errno = Stdlib.GetLastError();
+                if (IsPrivileged)
+                {
+                    throw new OverlayException(errno, $"{described}: chown: {Stdlib.strerror(errno)}");
+                }
+            }
+            if (Syscall.fchmod(fd, (FilePermissions)mode) != 0)
+            {
+                throw OverlayException.FromLastError("chmod", described);
+            }
+            if (LibC.linkat(LibC.AT_FDCWD, $"/proc/self/fd/{fd}", directory.Fd, name, LibC.AT_SYMLINK_FOLLOW) != 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                if (errno == (int)Errno.EEXIST)
+                {
+                    throw new OverlayException(Errno.EEXIST, $"{described}: exists");
+                }
+                file.Dispose();
+                return null;
+            }
+            return file;
+        }
+        catch
+        {
+            file.Dispose();
+            throw;
         }
     }
 

@@ -158,4 +158,17 @@ internal static partial class LibC
     // int close(int fd);
     [LibraryImport(Library, EntryPoint = "close", SetLastError = true)]
     public static partial int close(int fd);
+
+    /// <summary>O_TMPFILE (x86_64: __O_TMPFILE | O_DIRECTORY): an unnamed regular file in the directory's file system.</summary>
+    public const int O_TMPFILE = 0x410000;
+
+    public const int O_RDWR = 0x2;
+    public const int O_CLOEXEC = 0x80000;
+
+    /// <summary>linkat's flag: follow a symbolic link (here /proc/self/fd/N, to the open unnamed file).</summary>
+    public const int AT_SYMLINK_FOLLOW = 0x400;
+
+    // int linkat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, int flags);
+    [LibraryImport(Library, EntryPoint = "linkat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int linkat(int olddirfd, string oldpath, int newdirfd, string newpath, int flags);
 }
