@@ -60,8 +60,15 @@ static int Serve(string[] args)
     using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; Native.umount2(mountPoint, Native.MNT_DETACH); });
     var fs = new TrivialFs(dataFiles, dataSize, smallFiles, timeout);
     var server = new Server(fs, fd, transport, depth, pin) { Ready = () => Console.Out.WriteLine("ready") };
-    long[] counts = server.Run();
-    var summary = new StringBuilder("uringbench: served");
+    (long[] classic, long[] ring) = server.Run();
+    Console.Error.WriteLine($"uringbench: served through read(2):{Summary(classic)}");
+    Console.Error.WriteLine($"uringbench: served through the rings:{Summary(ring)}");
+    return 0;
+}
+
+static string Summary(long[] counts)
+{
+    var summary = new StringBuilder();
     for (int op = 0; op < counts.Length; op++)
     {
         if (counts[op] != 0)
@@ -69,8 +76,7 @@ static int Serve(string[] args)
             summary.Append(CultureInfo.InvariantCulture, $" {((FuseOpcode)op).ToString().Replace("FUSE_", "", StringComparison.Ordinal)}={counts[op]}");
         }
     }
-    Console.Error.WriteLine(summary.ToString());
-    return 0;
+    return summary.Length == 0 ? " nothing" : summary.ToString();
 }
 
 static unsafe int StatLoop(string[] args)

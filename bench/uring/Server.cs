@@ -49,7 +49,7 @@ internal sealed unsafe class Server
     private readonly int _depth;
     private readonly bool _pin;
     private readonly List<Thread> _threads = [];
-    private readonly List<long[]> _counts = [];
+    private readonly List<(bool Ring, long[] Counts)> _counts = [];
     private Ring[]? _rings;
     private int _ringErrors;
 
@@ -69,8 +69,8 @@ internal sealed unsafe class Server
     /// <summary>Called once the mount answers requests (after INIT, and on io_uring once the entries are registered).</summary>
     public Action? Ready { get; init; }
 
-    /// <summary>Serves until the mount goes; returns the requests served per opcode.</summary>
-    public long[] Run()
+    /// <summary>Serves until the mount goes; returns the requests served per opcode through read(2) and through the rings.</summary>
+    public (long[] Classic, long[] Ring) Run()
     {
         int classic = _wanted == Transport.Classic ? _queues : 1;
         for (int i = 1; i < classic; i++)
@@ -87,11 +87,13 @@ internal sealed unsafe class Server
         {
             t.Join(TimeSpan.FromSeconds(5));
         }
-        long[] total = new long[64];
+        long[] classicTotal = new long[64];
+        long[] ringTotal = new long[64];
         lock (_counts)
         {
-            foreach (long[] c in _counts)
+            foreach ((bool ring, long[] c) in _counts)
             {
+                long[] total = ring ? ringTotal : classicTotal;
                 for (int i = 0; i < total.Length; i++)
                 {
                     total[i] += c[i];
@@ -102,7 +104,7 @@ internal sealed unsafe class Server
         {
             Console.Error.WriteLine($"uringbench: {_ringErrors} ring completions failed (see above)");
         }
-        return total;
+        return (classicTotal, ringTotal);
     }
 
     private void Start(ThreadStart body, string name)
@@ -115,12 +117,12 @@ internal sealed unsafe class Server
         t.Start();
     }
 
-    private long[] NewCounts()
+    private long[] NewCounts(bool ring)
     {
         long[] c = new long[64];
         lock (_counts)
         {
-            _counts.Add(c);
+            _counts.Add((ring, c));
         }
         return c;
     }
@@ -151,7 +153,7 @@ internal sealed unsafe class Server
 
     private void ClassicWorker()
     {
-        long[] counts = NewCounts();
+        long[] counts = NewCounts(ring: false);
         byte* request = (byte*)NativeMemory.AlignedAlloc(RequestBufferSize, 4096);
         byte* reply = (byte*)NativeMemory.AlignedAlloc((nuint)(sizeof(fuse_out_header) + ReplyPayloadSize), 4096);
         try
@@ -318,7 +320,7 @@ internal sealed unsafe class Server
 
     private void QueueWorker(int qid, CountdownEvent registered)
     {
-        long[] counts = NewCounts();
+        long[] counts = NewCounts(ring: true);
         Ring ring = _rings![qid];
         if (_pin)
         {

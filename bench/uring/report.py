@@ -1,0 +1,33 @@
+#!/usr/bin/env python3
+"""Medians, min-max and ratios to classic of bench/uring/run.sh's results (a TSV file or standard input)."""
+import csv
+import statistics
+import sys
+from collections import defaultdict
+
+rows = list(csv.DictReader(open(sys.argv[1]) if len(sys.argv) > 1 else sys.stdin, delimiter="\t"))
+values = defaultdict(lambda: defaultdict(list))
+for r in rows:
+    for key in ("ops_per_s", "mean_us", "p99_us", "MiB_per_s"):
+        if r[key]:
+            values[(r["workload"], r["variant"])][key].append(float(r[key]))
+rounds = len({r["round"] for r in rows})
+workloads = list(dict.fromkeys(r["workload"] for r in rows))
+variants = list(dict.fromkeys(r["variant"] for r in rows))
+print(f"{rounds} rounds; median (min-max); ratio = median / classic's median")
+print()
+print("| workload | transport | ops/s | mean latency (us) | p99 (us) | ops/s ratio | latency ratio |")
+print("|---|---|---|---|---|---|---|")
+for w in workloads:
+    base = values[(w, "classic")]
+    for v in variants:
+        d = values[(w, v)]
+        def cell(key, fmt="{:.0f}"):
+            xs = d.get(key)
+            if not xs:
+                return ""
+            return f"{fmt.format(statistics.median(xs))} ({fmt.format(min(xs))}-{fmt.format(max(xs))})"
+        ratio = lambda key: (f"{statistics.median(d[key]) / statistics.median(base[key]):.2f}"
+                             if d.get(key) and base.get(key) else "")
+        print(f"| {w} | {v} | {cell('ops_per_s')} | {cell('mean_us', '{:.1f}')} | {cell('p99_us', '{:.0f}')} "
+              f"| {ratio('ops_per_s')} | {ratio('mean_us')} |")
