@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using BAOverlay.Store;
+using BAOverlay.Tests.Tool;
 using Mono.Unix.Native;
 
 namespace BAOverlay.Tests.Store;
@@ -178,5 +179,38 @@ public class VerificationRecordTests
         var again = Mount(temp.File("store"), index);
         Assert.That(again.Log, Has.One.Contains("another format version"));
         Assert.That(again.Hashed, Is.Not.Empty);
+    }
+
+    [Test]
+    public void BcowStoreResolveWithACacheTrustsTheRecordAndVerifyHashesAgain()
+    {
+        using var temp = new TempDir();
+        Publish(temp);
+        string store = temp.File("store");
+        string cache = temp.File("cache");
+        BcowResult first = Bcow.Run("store", "resolve", "--cache", cache, store, "app");
+        Assert.That(first.ExitCode, Is.Zero, first.ToString());
+        Assert.That(Directory.GetFiles(Path.Combine(cache, "index")), Has.Length.EqualTo(2), "a record per layer");
+
+        // The bottom layer's file rewritten with the same size, its times restored: only a hash sees it.
+        string file = Path.Combine(first.Out.Trim().Split(':')[1], "d", "f");
+        Assert.That(Syscall.lstat(file, out Stat before), Is.Zero);
+        File.WriteAllText(file, "BOTTOM CONTENT");
+        Assert.That(Syscall.utimensat(Syscall.AT_FDCWD, file,
+            [new Timespec { tv_sec = before.st_atime, tv_nsec = before.st_atime_nsec }, new Timespec { tv_sec = before.st_mtime, tv_nsec = before.st_mtime_nsec }], 0), Is.Zero);
+
+        BcowResult trusted = Bcow.Run("store", "resolve", "--cache", cache, store, "app");
+        Assert.That(trusted.Out, Is.EqualTo(first.Out), trusted.ToString());
+        foreach (string[] arguments in new[] { new[] { "--cache", cache, "--verify" }, [] })
+        {
+            BcowResult hashed = Bcow.Run(["store", "resolve", .. arguments, store, "app"]);
+            Assert.That(hashed.ExitCode, Is.EqualTo(1), $"{string.Join(' ', arguments)}: {hashed}");
+            Assert.That(hashed.Error, Does.Contain("does not match"));
+        }
+        Assert.Multiple(() =>
+        {
+            Assert.That(Bcow.Run("store", "resolve", "--verify", "--no-verify", store, "app").Error, Does.Contain("exclude each other"));
+            Assert.That(Bcow.Run("store", "resolve", "--cache", cache, "--no-verify", store, "app").Error, Does.Contain("no use with --no-verify"));
+        });
     }
 }
