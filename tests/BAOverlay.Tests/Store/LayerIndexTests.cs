@@ -47,6 +47,12 @@ public class LayerIndexTests
                         random.NextBytes(bytes);
                         File.WriteAllBytes(full, bytes);
                         Assert.That(Syscall.chmod(full, (FilePermissions)(uint)random.Next(0x100, 0x1FF)), Is.Zero);
+                        for (int x = random.Next(4) == 0 ? random.Next(1, 3) : 0; x > 0; x--)
+                        {
+                            byte[] value = new byte[random.Next(40)];
+                            random.NextBytes(value);
+                            Assert.That(Syscall.lsetxattr(full, $"user.k{random.Next(5)}", value, XattrFlags.XATTR_AUTO), Is.Zero);
+                        }
                         break;
                 }
                 names.Add(path);
@@ -75,7 +81,8 @@ public class LayerIndexTests
     private static OverlayFileSystem Mount(IReadOnlyList<string> lowers, IReadOnlyList<LayerIndex>? indexes, ZoneCache? cache) =>
         OverlayFileSystem.Open(new OverlayOptions { LowerDirectories = lowers, LowerIndexes = indexes, LowerCache = cache });
 
-    /// <summary>Every object of the merged tree, by path: attributes (all but the inode number), link target, bytes.</summary>
+    /// <summary>Every object of the merged tree, by path: attributes (all but the inode number), extended attributes,
+    /// link target, bytes.</summary>
     private static SortedDictionary<string, string> Walk(OverlayFileSystem fs)
     {
         var seen = new SortedDictionary<string, string>(StringComparer.Ordinal);
@@ -89,7 +96,8 @@ public class LayerIndexTests
                 }
                 OverlayStat st = fs.Lookup(ino, entry.Name);
                 string child = path + "/" + entry.Name;
-                string what = $"mode {Convert.ToString(st.Mode, 8)} uid {st.Uid} gid {st.Gid} size {st.Size} mtime {st.MTimeNs} type {entry.Type:x}";
+                string what = $"mode {Convert.ToString(st.Mode, 8)} uid {st.Uid} gid {st.Gid} size {st.Size} mtime {st.MTimeNs} type {entry.Type:x}" +
+                    $" xattrs {string.Join(',', fs.ListXattrs(st.Ino).Order(StringComparer.Ordinal).Select(n => n + "=" + Convert.ToHexString(fs.GetXattr(st.Ino, n))))}";
                 if (st.IsSymbolicLink)
                 {
                     what += " -> " + fs.ReadLink(st.Ino);
@@ -137,6 +145,7 @@ public class LayerIndexTests
             }
             Assert.That(plain, Is.Not.Empty);
             Assert.That(indexed, Is.EqualTo(plain), $"seed {seed}");
+            Assert.That(plain.Values, Has.Some.Contains("user.k"), "some objects carry xattrs");
 
             // Answered from the index, not the layer: a mode changed behind the store's back (layers never change) is
             // not seen by lookups of the indexed overlay.
@@ -145,6 +154,7 @@ public class LayerIndexTests
             string relative = Path.GetRelativePath(lowers[0], lowerFile);
             Assert.That(Syscall.lstat(lowerFile, out Stat before), Is.Zero);
             Assert.That(Syscall.chmod(lowerFile, (FilePermissions)0x1C0), Is.Zero);
+            Assert.That(Syscall.lsetxattr(lowerFile, "user.added", "behind"u8.ToArray(), XattrFlags.XATTR_AUTO), Is.Zero);
             using (OverlayFileSystem fs = Mount(lowers, indexes, cache))
             {
                 ulong ino = OverlayFileSystem.RootIno;
@@ -155,6 +165,8 @@ public class LayerIndexTests
                     ino = st.Ino;
                 }
                 Assert.That(st.Mode, Is.EqualTo((uint)before.st_mode), "the index's mode, not the changed one");
+                Assert.That(fs.ListXattrs(st.Ino), Does.Not.Contain("user.added"), "the index's xattrs");
+                Assert.That(fs.TryGetXattr(st.Ino, "user.added"), Is.Null);
             }
         }
     }
