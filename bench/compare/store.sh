@@ -163,7 +163,9 @@ LOCAL=$($BCOW store resolve "$D/store" app) || exit 1
 for ((r = 1; r <= ROUNDS; r++)); do
   # the floor: the same layer from the local disk (lowerdir=, no network, no cache)
   rm -rf "$D/u" "$D/w"; mkdir -p "$D/u" "$D/w"
+  t0=$(date +%s%N)
   $B -o "lowerdir=$LOCAL,upperdir=$D/u,workdir=$D/w" "$D/m" || exit 1
+  echo "$r local mount-ms $(( ($(date +%s%N) - t0) / 1000000 )) ms"
   MOUNT_FETCHED=0; start $r local; unmount_image
   mount_image $r nocache ""; start $r nocache; unmount_image
   rm -rf "$D/cache"

@@ -6,8 +6,8 @@ namespace BAOverlay.FileSystem;
 
 /// <summary>
 /// Lower layers answered from their metadata index (<see cref="OverlayOptions.LowerIndexes"/>): an immutable store
-/// layer's lookups, attributes, listings and link targets come from memory, so a start over a network file system
-/// sends it only the reads of data the cache cannot answer. The index holds what the layer's own walk saw, checked
+/// layer's lookups, attributes, listings, link targets and extended attributes come from memory, so a start over a
+/// network file system sends it only the reads of data the cache cannot answer. The index holds what the layer's own walk saw, checked
 /// against its digest (<see cref="LayerIndex"/>); whatever it cannot answer as the layer would (a directory with a
 /// redirect, a file marked as a B-CoW file) goes to the layer as before.
 /// </summary>

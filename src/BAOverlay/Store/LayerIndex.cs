@@ -139,7 +139,7 @@ public sealed class LayerIndex
         return null;
     }
 
-    /// <summary>The index file's bytes: magic, digest, objects, SHA-256 trailer.</summary>
+    /// <summary>The index file's bytes: magic, digest, publication (host, time in ticks), objects, SHA-256 trailer.</summary>
     internal byte[] Serialize()
     {
         using var stream = new MemoryStream();
