@@ -9,15 +9,24 @@
 #     are fetched whole and admitted), warm (third start: from the cache); bytes read vs bytes fetched from the store
 #     (the cache's state file, fetched-bytes), files opened on the store (store-opens), and the bytes of requests sshfs
 #     sent to the server during the start (share-requests: its wchar; 0 when the start did not touch the share);
+#   - the mount itself, before each of those starts (baoverlayfs verifies the image's layers, or trusts this host's
+#     record of their verification, and reads or makes their indexes): its time (mount-ms), what sshfs received
+#     during it (mount-share-fetched: its rchar, the server's answers with the files' data, and the kernel's
+#     requests) and sent (mount-share-requests: its wchar); the start's own share-fetched the same way; and
+#     total-share-fetched = mount + start, the bytes the share delivered for the whole container start, against the
+#     bytes the start read (container-start-bytes);
 #   - publish-to-visible: a layer published on the store's own host (bcow store publish), until a reader polling the
 #     generation record through sshfs (every 10 ms) sees it change; LayerStore readers poll every 2 s on top of that;
 #   - the store unreachable (sshd and its sessions stopped with SIGSTOP) under a warm mount: 4 KiB reads of a cached
 #     file (page cache dropped before each) healthy vs unreachable, and the time an uncached read takes to fail (EIO).
-# Prints "round phase name value unit" lines. Data in ${BAOVERLAY_STORE_DIR:-/var/tmp/storeb}, removed at the end.
+# Prints "round phase name value unit" lines, then their medians ("# median phase name value unit"). Data in ${BAOVERLAY_STORE_DIR:-/var/tmp/storeb}, removed at the end.
 # BAOVERLAY_STORE_DELAY_MS=N: sshfs reaches sshd through a relay (python asyncio on 127.0.0.1) that holds every chunk
 # N ms in each direction, a stand-in for a network with a round trip of about 2N ms (this kernel has no netem; the
 # relay's timers have millisecond granularity, and it adds its own CPU time).
 set -u
+# Every line also goes to a file, for the medians at the end.
+OUT=${TMPDIR:-/tmp}/store-bench.$$.out
+exec > >(tee "$OUT")
 B=$1; BCOW=$2; ROUNDS=${3:-5}; D=${BAOVERLAY_STORE_DIR:-/var/tmp/storeb}
 HERE=$(cd "$(dirname "$0")" && pwd)
 SSHFS_OPTS="dir_cache=no,no_contain_symlinks,ServerAliveInterval=1,ServerAliveCountMax=2,ConnectTimeout=2,reconnect"
@@ -116,10 +125,17 @@ $BCOW store publish --host writer --name app "$D/store" "$D/layer" >/dev/null ||
 # Each start gets a fresh sshfs mount, and the share's data is dropped from the page cache once baoverlayfs has
 # verified the image through it: nothing of the store's data is on this host but what baoverlayfs's cache holds (the
 # kernel's page cache of the share would otherwise serve every read of a "no cache" start from memory).
-mount_image() {  # $1: extra options
+mount_image() {  # $1 round, $2 phase, $3: extra options
   rm -rf "$D/u" "$D/w"; mkdir -p "$D/u" "$D/w"
   share_mount
-  $B -o "store=$D/share,image=app,upperdir=$D/u,workdir=$D/w$1" "$D/m" || exit 1
+  local fetched0 requests0 t0 t1
+  fetched0=$(sshfs_io rchar); requests0=$(sshfs_io wchar); t0=$(date +%s%N)
+  $B -o "store=$D/share,image=app,upperdir=$D/u,workdir=$D/w$3" "$D/m" || exit 1
+  t1=$(date +%s%N)
+  MOUNT_FETCHED=$(( $(sshfs_io rchar) - fetched0 ))
+  echo "$1 $2 mount-ms $(( (t1 - t0) / 1000000 )) ms"
+  echo "$1 $2 mount-share-fetched $MOUNT_FETCHED B"
+  echo "$1 $2 mount-share-requests $(( $(sshfs_io wchar) - requests0 )) B"
   share_drop
 }
 unmount_image() {  # and wait for the process to end: it writes the cache's state file last
@@ -127,15 +143,19 @@ unmount_image() {  # and wait for the process to end: it writes the cache's stat
   for i in $(seq 600); do pgrep -f -- "workdir=$D/w" >/dev/null || break; sleep 0.05; done
   share_unmount
 }
-sshfs_wchar() {  # bytes the sshfs process has written (its requests to the server), or 0 without a share
+sshfs_io() {  # $1 rchar|wchar of the sshfs process (read: the server's answers and the kernel's requests; written:
+  # its requests to the server and its answers to the kernel), or 0 without a share
   local p; p=$(pgrep -f -- "sshfs.*$D/share" | head -1)
-  [ -n "$p" ] && sed -n 's/^wchar: //p' "/proc/$p/io" || echo 0
+  [ -n "$p" ] && sed -n "s/^$1: //p" "/proc/$p/io" || echo 0
 }
-start() {  # $1 round, $2 phase
-  local before; before=$(sshfs_wchar)
+start() {  # $1 round, $2 phase; after mount_image (MOUNT_FETCHED), or with MOUNT_FETCHED=0
+  local requests0 fetched0 fetched; requests0=$(sshfs_io wchar); fetched0=$(sshfs_io rchar)
   python3 "$HERE/probe.py" container-start "$D/m" "$D/list" |
     python3 -c 'import json, sys; [print(sys.argv[1], sys.argv[2], j["metric"].replace(" ", "-"), j["value"], j["unit"]) for j in map(json.loads, sys.stdin)]' "$1" "$2"
-  echo "$1 $2 share-requests $(( $(sshfs_wchar) - before )) B"
+  fetched=$(( $(sshfs_io rchar) - fetched0 ))
+  echo "$1 $2 share-requests $(( $(sshfs_io wchar) - requests0 )) B"
+  echo "$1 $2 share-fetched $fetched B"
+  echo "$1 $2 total-share-fetched $(( MOUNT_FETCHED + fetched )) B"
 }
 fetched() { sed -n 's/^fetched-bytes: //p' "$D/cache/state"; }
 
@@ -143,12 +163,14 @@ LOCAL=$($BCOW store resolve "$D/store" app) || exit 1
 for ((r = 1; r <= ROUNDS; r++)); do
   # the floor: the same layer from the local disk (lowerdir=, no network, no cache)
   rm -rf "$D/u" "$D/w"; mkdir -p "$D/u" "$D/w"
+  t0=$(date +%s%N)
   $B -o "lowerdir=$LOCAL,upperdir=$D/u,workdir=$D/w" "$D/m" || exit 1
-  start $r local; unmount_image
-  mount_image ""; start $r nocache; unmount_image
+  echo "$r local mount-ms $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+  MOUNT_FETCHED=0; start $r local; unmount_image
+  mount_image $r nocache ""; start $r nocache; unmount_image
   rm -rf "$D/cache"
   for phase in cold admitting warm; do
-    mount_image ",cache=$D/cache"; start $r "$phase"; unmount_image
+    mount_image $r "$phase" ",cache=$D/cache"; start $r "$phase"; unmount_image
     echo "$r $phase fetched $(fetched) B"
     echo "$r $phase store-opens $(sed -n 's/^store-opens: //p' "$D/cache/state") files"
   done
@@ -176,7 +198,7 @@ done
 share_unmount
 
 # the store unreachable, under a warm mount
-mount_image ",cache=$D/cache"
+mount_image 0 outage ",cache=$D/cache" >/dev/null
 python3 - "$D/m/bench" "$ROUNDS" $(server_pids) <<'EOF'
 import os, signal, statistics, sys, time
 root, rounds, pids = sys.argv[1], int(sys.argv[2]), [int(p) for p in sys.argv[3:]]
@@ -220,3 +242,23 @@ for r in range(1, rounds + 1):
 EOF
 unmount_image
 echo "# status file of the cache after the run:"; sed 's/^/#   /' "$D/cache/state"
+python3 - "$OUT" <<'EOF'
+import collections, statistics, sys
+values, units, order = collections.defaultdict(list), {}, []
+for line in open(sys.argv[1]):
+    parts = line.split()
+    if len(parts) < 5 or not parts[0].isdigit() or parts[0] == "0":
+        continue
+    try:
+        value = float(parts[3])
+    except ValueError:
+        continue
+    key = (parts[1], parts[2])
+    if key not in units:
+        order.append(key)
+    values[key].append(value)
+    units[key] = parts[4]
+for key in order:
+    print("# median", key[0], key[1], "%g" % statistics.median(values[key]), units[key])
+EOF
+rm -f "$OUT"

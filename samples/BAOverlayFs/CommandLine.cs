@@ -45,6 +45,13 @@ internal sealed class CommandLine
 
     /// <summary>image=NAME|sha256:HEX: the image of <see cref="Store"/> whose layers are the lower directories.</summary>
     public string? Image { get; private set; }
+    /// <summary>verify=always: hash every layer of the image at each mount, even when this host's record of an earlier
+    /// verification (the layer's index in the cache directory) vouches for it; verify=once (the default): once per
+    /// publication of a layer and host, when its index is made (every mount without cache=).</summary>
+    public bool VerifyAlways { get; private set; }
+
+    private bool VerifySet { get; set; }
+
     /// <summary>cache=DIR: a hot-zone cache directory (docs/layer-store.md) that
     /// every lower layer's files are read through.</summary>
     public string? CacheDirectory { get; private set; }
@@ -196,6 +203,10 @@ internal sealed class CommandLine
         if (line.LowerDirectories.Count == 0 && line.Store is null)
         {
             throw new UsageException("no lowerdir= given (-o lowerdir=DIR[:DIR...],upperdir=DIR,workdir=DIR, or store=DIR,image=NAME)");
+        }
+        if (line.VerifySet && line.Store is null)
+        {
+            throw new UsageException("verify= needs store=");
         }
         if (line.CacheDirectory is null && (line.CacheSize is not null || line.StoreTimeout is not null))
         {
@@ -372,6 +383,12 @@ internal sealed class CommandLine
             case ("cache", not null):
                 CacheDirectory = Unescape(value);
                 return;
+            case ("verify", "always" or "once"):
+                VerifyAlways = value == "always";
+                VerifySet = true;
+                return;
+            case ("verify", _):
+                throw new UsageException($"{option}: verify=always or verify=once");
             case ("cache_size", not null):
                 CacheSize = ParseBytes(option, value);
                 return;

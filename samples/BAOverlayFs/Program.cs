@@ -51,7 +51,11 @@ internal static class Program
         overlay options:
             lowerdir=DIR[:DIR...]  read-only layers, highest first; '\:' is a colon inside a path (required)
             store=DIR,image=NAME   instead of lowerdir=: the layers of image NAME (or sha256:DIGEST) of the
-                                   layer store DIR (bcow store), verified, and leased for the mount's lifetime
+                                   layer store DIR (bcow store), verified, and leased for the mount's lifetime;
+                                   with cache=, a layer is hashed once per host and publication (its index in
+                                   the cache is the record), without it at each mount
+            verify=always|once     always: hash every layer at each mount even when this host verified it
+                                   before; once (default): trust this host's record (needs cache= to keep one)
             cache=DIR              read the lower layers' files through a hot-zone cache in DIR (local disk):
                                    zones of 256 KiB read again are kept there; when the lower layers' network
                                    file system stops answering, reads of cached zones go on and the others fail
@@ -437,15 +441,18 @@ internal static class Program
             }
             if (line.Store is not null)
             {
-                using var store = BAOverlay.Store.LayerStore.Open(line.Store);
-                lease = store.LeaseImage(line.Image!);
+                using var store = BAOverlay.Store.LayerStore.Open(line.Store, new BAOverlay.Store.LayerStoreOptions { ReverifyIndexedLayers = line.VerifyAlways });
                 if (line.CacheDirectory is not null)
                 {
                     // The layers' metadata kept beside the cache: lookups and attributes answered locally (checked
-                    // against each layer's digest, made again from the layer when missing or damaged).
+                    // against each layer's digest, made again from the layer when missing or damaged). An index is
+                    // also this host's record of the layer's verification: a layer verified before is not read again
+                    // (the lease and the resolution below then do not hash it), one never verified here is hashed
+                    // once, by the walk that makes its index.
                     indexes = store.OpenIndexes(line.Image!, Path.Combine(line.CacheDirectory, "index"),
                         message => Console.Error.WriteLine("baoverlayfs: index: " + message));
                 }
+                lease = store.LeaseImage(line.Image!);
                 line.LowerDirectories.AddRange(store.ResolveLowerDirectories(line.Image!));
             }
             fileSystem = OverlayFileSystem.Open(new OverlayOptions

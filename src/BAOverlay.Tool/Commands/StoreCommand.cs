@@ -16,7 +16,7 @@ internal sealed class StoreCommand : ICommand
 
     public string Summary => "a layer store shared by many hosts: publish, import, list, lease, collect, verify";
 
-    public string Synopsis => "store ACTION [--host ID] [--name NAME] [--duration TIME] [--no-verify] STORE [ARG...]";
+    public string Synopsis => "store ACTION [--host ID] [--name NAME] [--duration TIME] [--cache DIR] [--verify|--no-verify] STORE [ARG...]";
 
     public string Help => """
         Manages a read-only layer store: a directory, local or on a network file system
@@ -34,7 +34,8 @@ internal sealed class StoreCommand : ICommand
           images STORE                the images: digest, layer count, names
           resolve STORE IMAGE         the image's layer directories, highest first, joined by ':'
                                       (a lowerdir= value for mount -t overlay or fuse-overlayfs);
-                                      each layer's content is verified first
+                                      each layer's content is verified first (with --cache: once
+                                      per host and publication of the layer)
           lease STORE IMAGE           take a lease on the image's layers for --duration (default
                                       5m; not renewed) and print its id
           release STORE ID            remove the lease ID
@@ -49,6 +50,12 @@ internal sealed class StoreCommand : ICommand
           --host ID          this host's id in leases and staging (default: the host name)
           --name NAME        publish, import: name the image (e.g. example.org/app:1)
           --duration TIME    lease: how long (30s, 10m, 2h; default 5m)
+          --cache DIR        resolve, lease: the cache directory of baoverlayfs -o cache=DIR: the
+                             layers' indexes in DIR/index are this host's record of their
+                             verification; a layer verified before (the same publication, its
+                             tree root unchanged) is not read again, the others are hashed and
+                             their index written. Without it every run hashes every layer
+          --verify           resolve, lease: hash every layer even when --cache vouches for it
           --no-verify        resolve, lease: check manifests only, not content
 
         IMAGE is a name or the image's digest (sha256:HEX); a layer is named by its digest.
@@ -59,6 +66,8 @@ internal sealed class StoreCommand : ICommand
         OptionSpec.Valued("ID", "--host"),
         OptionSpec.Valued("NAME", "--name"),
         OptionSpec.Valued("TIME", "--duration"),
+        OptionSpec.Valued("DIR", "--cache"),
+        OptionSpec.Flag("--verify"),
         OptionSpec.Flag("--no-verify"),
     ];
 
@@ -78,10 +87,20 @@ internal sealed class StoreCommand : ICommand
         string storeDirectory = args.Operands[1];
         List<string> rest = args.Operands.Skip(2).ToList();
         TimeSpan duration = args.Value("--duration") is { } text ? ParseDuration(text) : TimeSpan.FromMinutes(5);
+        if (args.Has("--verify") && args.Has("--no-verify"))
+        {
+            throw new UsageException("--verify and --no-verify exclude each other");
+        }
+        string? cache = args.Value("--cache");
+        if (cache is not null && args.Has("--no-verify"))
+        {
+            throw new UsageException("--cache keeps records of verifications: it has no use with --no-verify");
+        }
         var options = new LayerStoreOptions
         {
             HostId = args.Value("--host"),
             VerifyContent = !args.Has("--no-verify"),
+            ReverifyIndexedLayers = args.Has("--verify"),
             LeaseDuration = duration,
             PublishStepHook = KillHook(),
         };
@@ -142,6 +161,7 @@ internal sealed class StoreCommand : ICommand
                 Expect(rest, 1, action, "IMAGE");
                 using (LayerStore store = LayerStore.Open(storeDirectory, options))
                 {
+                    OpenIndexes(store, rest[0], cache, context);
                     output.WriteLine(string.Join(':', store.ResolveLowerDirectories(rest[0]).Select(d => d.Replace("\\", "\\\\").Replace(":", "\\:"))));
                 }
                 return BcowCli.Success;
@@ -149,6 +169,7 @@ internal sealed class StoreCommand : ICommand
                 Expect(rest, 1, action, "IMAGE");
                 using (LayerStore store = LayerStore.Open(storeDirectory, options))
                 {
+                    OpenIndexes(store, rest[0], cache, context);
                     StoreLease lease = store.LeaseImage(rest[0], renew: false);
                     output.WriteLine($"{lease.Id} expires {lease.Expires.UtcDateTime.ToString("O", CultureInfo.InvariantCulture)}");
                 }
@@ -224,6 +245,16 @@ internal sealed class StoreCommand : ICommand
                 }
             default:
                 throw new UsageException($"unknown action '{action}' (init, publish, import, list, images, resolve, lease, release, rm, gc, verify)");
+        }
+    }
+
+    /// <summary>With --cache: the image's layers checked against this host's records of their verification (and
+    /// verified, their records written, where there is none), before the action hashes them otherwise.</summary>
+    private static void OpenIndexes(LayerStore store, string image, string? cache, CommandContext context)
+    {
+        if (cache is not null)
+        {
+            store.OpenIndexes(image, Path.Combine(cache, "index"), message => context.Error.WriteLine($"bcow: index: {message}"));
         }
     }
 

@@ -6,8 +6,8 @@ namespace BAOverlay.FileSystem;
 
 /// <summary>
 /// Lower layers answered from their metadata index (<see cref="OverlayOptions.LowerIndexes"/>): an immutable store
-/// layer's lookups, attributes, listings and link targets come from memory, so a start over a network file system
-/// sends it only the reads of data the cache cannot answer. The index holds what the layer's own walk saw, checked
+/// layer's lookups, attributes, listings, link targets and extended attributes come from memory, so a start over a
+/// network file system sends it only the reads of data the cache cannot answer. The index holds what the layer's own walk saw, checked
 /// against its digest (<see cref="LayerIndex"/>); whatever it cannot answer as the layer would (a directory with a
 /// redirect, a file marked as a B-CoW file) goes to the layer as before.
 /// </summary>
@@ -139,6 +139,29 @@ public sealed partial class OverlayFileSystem
         int at = index.Find(relative);
         st = at >= 0 ? index.StatOf(at) : default;
         return at >= 0;
+    }
+
+    /// <summary>The attribute a layer's index does not record (a label is the host's policy, not the layer's
+    /// content): asked of the layer itself.</summary>
+    private const string SelinuxXattr = "security.selinux";
+
+    /// <summary>The extended attributes of a node whose top object is in an indexed layer, as the layer's walk read
+    /// them through the share (none where the share showed none); false when the layer itself must answer (no index,
+    /// the root's merged node has no layer, the object not in the index).</summary>
+    private bool TryIndexedXattrs(OverlayNode node, out IReadOnlyList<(string Name, byte[] Value)> xattrs)
+    {
+        xattrs = [];
+        if (node.Removed || node.Layers.Count == 0 || IndexOf(node.Layers[0].Layer) is not { } index)
+        {
+            return false;
+        }
+        int at = index.Find(node.Layers[0].Path);
+        if (at < 0)
+        {
+            return false;
+        }
+        xattrs = index[at].Xattrs ?? [];
+        return true;
     }
 
     /// <summary>The target of a symbolic link in an indexed layer, or null.</summary>

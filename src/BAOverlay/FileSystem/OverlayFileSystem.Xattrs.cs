@@ -40,8 +40,16 @@ public sealed partial class OverlayFileSystem
             byte[]? value = null;
             if (!Whiteouts.IsPrivateXattr(name))
             {
-                using LayerPath top = Top(node);
-                value = ReadXattr(top.Path, name, node);
+                if (name != SelinuxXattr && TryIndexedXattrs(node, out IReadOnlyList<(string Name, byte[] Value)> indexed))
+                {
+                    // An object of an indexed layer: from its index, no call to the share.
+                    value = indexed.FirstOrDefault(x => x.Name == name).Value?.ToArray();
+                }
+                else
+                {
+                    using LayerPath top = Top(node);
+                    value = ReadXattr(top.Path, name, node);
+                }
             }
             if (capability && value is null)
             {
@@ -116,6 +124,11 @@ public sealed partial class OverlayFileSystem
         try
         {
             OverlayNode node = NodeOf(ino);
+            if (TryIndexedXattrs(node, out IReadOnlyList<(string Name, byte[] Value)> indexed))
+            {
+                // From the index: the names the layer's walk read (security.selinux is not recorded there).
+                return [.. indexed.Select(x => x.Name).Where(n => !Whiteouts.IsPrivateXattr(n))];
+            }
             using LayerPath top = Top(node);
             if (Syscall.llistxattr(top.Path, out string[] names) < 0)
             {

@@ -14,7 +14,10 @@ namespace BAOverlay.Store;
 /// </summary>
 /// <remarks>
 /// <para>Made by <see cref="LayerStore.OpenIndexes"/> from the walk that verifies the layer, and written to
-/// <c>DIR/sha256-HEX.index</c>. A layer never changes (its digest is its content), so its index never goes stale.</para>
+/// <c>DIR/sha256-HEX.index</c>. A layer never changes (its digest is its content), so its index never goes stale. The
+/// file is also this host's record that the layer was verified: it names the publication it was made from (the
+/// manifest's publishing host and time) and holds the tree root's times as the walk saw them, which a later use
+/// compares with the share before trusting it instead of hashing the layer again (docs/layer-store.md).</para>
 /// <para>An index read back from disk is input, not trusted: its SHA-256 trailer must match its bytes, and the digest
 /// recomputed from its objects (the same canonical serialization the layer's id is made of) must be the layer's id,
 /// or, where the share carries no extended attributes, the manifest's portable digest. So an index shows exactly the
@@ -25,7 +28,7 @@ namespace BAOverlay.Store;
 /// </remarks>
 public sealed class LayerIndex
 {
-    private static readonly byte[] Magic = "baoverlay-layer-index/1\n"u8.ToArray();
+    private static readonly byte[] Magic = "baoverlay-layer-index/2\n"u8.ToArray();
     private const int TrailerBytes = 32;
     private const long MaxFileBytes = 1L << 30;
     private const int MaxObjects = 50_000_000;
@@ -34,9 +37,10 @@ public sealed class LayerIndex
     private readonly Dictionary<string, int> _byPath;
     private readonly Dictionary<string, List<int>> _children;
 
-    private LayerIndex(string digest, bool xattrsRead, TreeObject[] objects)
+    private LayerIndex(string digest, LayerPublication publication, bool xattrsRead, TreeObject[] objects)
     {
         Digest = digest;
+        Publication = publication;
         XattrsRead = xattrsRead;
         _objects = objects;
         _byPath = new Dictionary<string, int>(objects.Length, StringComparer.Ordinal);
@@ -68,6 +72,10 @@ public sealed class LayerIndex
 
     /// <summary>The layer's digest (<c>sha256:HEX</c>).</summary>
     public string Digest { get; }
+
+    /// <summary>The publication of the layer the verification walk read (its manifest's host and time): a layer
+    /// collected and published again under the same digest is another publication.</summary>
+    internal LayerPublication Publication { get; }
 
     /// <summary>Objects in the layer, its root included.</summary>
     public int Count => _objects.Length;
@@ -110,9 +118,28 @@ public sealed class LayerIndex
     }
 
     /// <summary>An index of the objects a verification walk collected (already checked by that walk).</summary>
-    internal static LayerIndex FromWalk(string digest, bool xattrsRead, List<TreeObject> objects) => new(digest, xattrsRead, [.. objects]);
+    internal static LayerIndex FromWalk(string digest, LayerPublication publication, bool xattrsRead, List<TreeObject> objects) =>
+        new(digest, publication, xattrsRead, [.. objects]);
 
-    /// <summary>The index file's bytes: magic, digest, objects, SHA-256 trailer.</summary>
+    /// <summary>Why this index is not a record of the layer as the share shows it now, or null: another publication
+    /// (<paramref name="publication"/>, from the manifest), or a tree root whose modification or change time is not the
+    /// one the walk recorded (<paramref name="root"/>: its lstat on the share now).</summary>
+    internal string? Mismatch(LayerPublication publication, in Stat root)
+    {
+        if (publication != Publication)
+        {
+            return $"made from the publication by {Publication.Host} at {Publication.Created:O}, the store now holds the one by {publication.Host} at {publication.Created:O} (published again?)";
+        }
+        Stat recorded = _objects[0].Stat;
+        if (root.st_mtime != recorded.st_mtime || root.st_mtime_nsec != recorded.st_mtime_nsec ||
+            root.st_ctime != recorded.st_ctime || root.st_ctime_nsec != recorded.st_ctime_nsec)
+        {
+            return "the layer's root changed since the index was made (its modification or change time)";
+        }
+        return null;
+    }
+
+    /// <summary>The index file's bytes: magic, digest, publication (host, time in ticks), objects, SHA-256 trailer.</summary>
     internal byte[] Serialize()
     {
         using var stream = new MemoryStream();
@@ -120,6 +147,8 @@ public sealed class LayerIndex
         {
             writer.Write(Magic);
             writer.Write(Digest);
+            writer.Write(Publication.Host);
+            writer.Write(Publication.Created.UtcTicks);
             writer.Write(XattrsRead);
             writer.Write(_objects.Length);
             foreach (TreeObject o in _objects)
@@ -181,7 +210,7 @@ public sealed class LayerIndex
         problem = null;
         if (bytes.Length > MaxFileBytes || bytes.Length < Magic.Length + TrailerBytes || !bytes.StartsWith(Magic))
         {
-            problem = "not an index file";
+            problem = bytes.StartsWith("baoverlay-layer-index/"u8) ? "an index of another format version" : "not an index file";
             return null;
         }
         ReadOnlySpan<byte> body = bytes[..^TrailerBytes];
@@ -201,6 +230,14 @@ public sealed class LayerIndex
                 problem = $"made for layer {recorded}";
                 return null;
             }
+            string host = reader.ReadString();
+            long ticks = reader.ReadInt64();
+            if (ticks < DateTimeOffset.MinValue.UtcTicks || ticks > DateTimeOffset.MaxValue.UtcTicks)
+            {
+                problem = $"a publication time of {ticks} ticks";
+                return null;
+            }
+            var publication = new LayerPublication(host, new DateTimeOffset(ticks, TimeSpan.Zero));
             bool xattrsRead = reader.ReadBoolean();
             int count = reader.ReadInt32();
             if (count is < 1 or > MaxObjects)
@@ -276,7 +313,7 @@ public sealed class LayerIndex
                 problem = $"its objects hash to {found}, not the layer's {(xattrsRead ? "" : "portable ")}digest {expected}";
                 return null;
             }
-            return new LayerIndex(digest, xattrsRead, objects);
+            return new LayerIndex(digest, publication, xattrsRead, objects);
         }
         catch (Exception e) when (e is EndOfStreamException or FormatException or IOException or ArgumentException or DecoderFallbackException)
         {
@@ -312,3 +349,7 @@ public sealed class LayerIndex
         return agrees && st.st_size >= 0 ? null : $"{path}: type {type} does not agree with its attributes";
     }
 }
+
+/// <summary>Which publication of a layer: its manifest's publishing host and time. The digest names the content; a
+/// layer collected and published again has the same digest and another publication (and other file times).</summary>
+internal readonly record struct LayerPublication(string Host, DateTimeOffset Created);

@@ -22,6 +22,9 @@ public sealed partial class LayerStore : IDisposable
     private readonly LayerStoreOptions _options;
     private readonly Lock _refreshGate = new();
     private readonly ConcurrentDictionary<string, bool> _contentVerified = new(StringComparer.Ordinal);
+    // Layers taken as verified on the strength of this host's record (their index file, OpenIndexes), not hashed by
+    // this instance: a later EnsureVerified compares the record with the share again.
+    private readonly ConcurrentDictionary<string, LayerIndex> _verifiedByRecord = new(StringComparer.Ordinal);
     private volatile View _view = View.Empty;
     private bool _disposed;
 
@@ -134,7 +137,8 @@ public sealed partial class LayerStore : IDisposable
 
     /// <summary>
     /// The lower directories of an image, highest layer first (the order of overlayfs's <c>lowerdir=</c>), each
-    /// layer's content verified once by this instance when <see cref="LayerStoreOptions.VerifyContent"/> is on.
+    /// layer's content verified once by this instance when <see cref="LayerStoreOptions.VerifyContent"/> is on (or
+    /// vouched for by this host's record of its verification, <see cref="OpenIndexes"/>).
     /// Refreshes first when the image is not known yet. Take a lease (<see cref="LeaseImage"/>) for as long as the
     /// directories are used, or garbage collection on another host may remove them once the image is deleted.
     /// </summary>
@@ -164,12 +168,28 @@ public sealed partial class LayerStore : IDisposable
         return image ?? throw new LayerStoreException(nameOrDigest, $"no such image in the store {Root}");
     }
 
+    /// <summary>Verifies the layer's content unless this instance did already, or (<see cref="OpenIndexes"/>) took it
+    /// as verified on the strength of this host's record of it, which is then compared with the share once more (one
+    /// lstat of the tree root): a layer collected and published again since is hashed, not trusted.</summary>
     private void EnsureVerified(StoreLayer layer)
     {
-        if (_options.VerifyContent && !_contentVerified.ContainsKey(layer.Digest))
+        if (!_options.VerifyContent)
         {
-            VerifyLayer(layer.Digest);
+            return;
         }
+        if (_verifiedByRecord.TryGetValue(layer.Digest, out LayerIndex? record))
+        {
+            if (RecordMismatch(layer, record) is null)
+            {
+                return;
+            }
+            _verifiedByRecord.TryRemove(layer.Digest, out _);
+        }
+        else if (_contentVerified.ContainsKey(layer.Digest))
+        {
+            return;
+        }
+        VerifyLayer(layer.Digest);
     }
 
     /// <summary>
@@ -182,8 +202,8 @@ public sealed partial class LayerStore : IDisposable
     public void VerifyLayer(string digest, CancellationToken cancellation = default) => VerifyLayer(digest, cancellation, collect: null);
 
     /// <summary>As the public overload; <paramref name="collect"/> is given every object the walk hashes (to make the
-    /// layer's metadata index); returns the manifest's portable digest and whether the share showed xattrs.</summary>
-    private (string PortableDigest, bool XattrsRead) VerifyLayer(string digest, CancellationToken cancellation, Action<TreeObject>? collect)
+    /// layer's metadata index); returns the manifest and whether the share showed xattrs.</summary>
+    private (LayerManifest Manifest, bool XattrsRead) VerifyLayer(string digest, CancellationToken cancellation, Action<TreeObject>? collect)
     {
         if (!StoreLayout.IsDigest(digest))
         {
@@ -194,7 +214,7 @@ public sealed partial class LayerStore : IDisposable
         using StoreDirectory layer = layers.TryOpenChild(directoryName) ?? throw new LayerStoreException(layers.Describe(directoryName), "no such layer");
         LayerManifest manifest = ReadManifest(layer, digest);
         using StoreDirectory tree = layer.OpenChild(StoreLayout.Tree);
-        TreeSummary summary = TreeDigest.Compute(tree, cancellation, collect);
+        TreeSummary summary = TreeDigest.Compute(tree, cancellation, collect, _options.ContentReadHook);
         string expected = summary.XattrsRead ? digest : manifest.PortableDigest;
         string found = summary.XattrsRead ? summary.Digest : summary.PortableDigest;
         if (found != expected)
@@ -206,17 +226,25 @@ public sealed partial class LayerStore : IDisposable
             throw new LayerStoreException(tree.Described, $"{summary.Entries} entries and {summary.Bytes} bytes, the manifest says {manifest.Entries} and {manifest.Bytes}");
         }
         _contentVerified[digest] = true;
-        return (manifest.PortableDigest, summary.XattrsRead);
+        return (manifest, summary.XattrsRead);
     }
 
     /// <summary>
     /// The metadata indexes of an image's layers (<see cref="LayerIndex"/>), in the order of
-    /// <see cref="ResolveLowerDirectories"/> (highest layer first): each read from
-    /// <paramref name="indexDirectory"/> (a local directory, <c>sha256-HEX.index</c>) and checked against the layer's
-    /// digest; one that is missing, damaged or does not match is made again from a verification of the layer (which
-    /// then counts as this instance's verification of it) and written there. A problem found is passed to
-    /// <paramref name="log"/>.
+    /// <see cref="ResolveLowerDirectories"/> (highest layer first), each read from <paramref name="indexDirectory"/>
+    /// (a directory on this host's local disk, <c>sha256-HEX.index</c>) or made there from a verification of the layer.
     /// </summary>
+    /// <remarks>
+    /// <para>An index file is this host's record that the layer was verified. It is used only when its checksum holds,
+    /// the digest recomputed from its objects is the layer's, it was made from the publication the store holds now (the
+    /// manifest's host and time), and the layer's tree root on the share shows the modification and change times the
+    /// verification walk recorded (one lstat); then the layer counts as verified by this instance without its content
+    /// being read (unless <see cref="LayerStoreOptions.ReverifyIndexedLayers"/>), and nothing else of it is read from
+    /// the share. Otherwise (missing, damaged, another publication, a changed root) the layer is verified, which makes
+    /// the index from the same walk, and the file written. Call it before <see cref="LeaseImage"/> and
+    /// <see cref="ResolveLowerDirectories"/>, which then do not hash the layers again. A problem found is passed to
+    /// <paramref name="log"/>.</para>
+    /// </remarks>
     /// <exception cref="LayerStoreException">No such image, or a layer failed verification.</exception>
     /// <exception cref="IOException">The index directory cannot be written.</exception>
     public IReadOnlyList<LayerIndex> OpenIndexes(string nameOrDigest, string indexDirectory, Action<string>? log = null)
@@ -239,20 +267,17 @@ public sealed partial class LayerStore : IDisposable
                     log?.Invoke($"{file}: {problem}; made again from the layer");
                 }
             }
-            // A layer collected and published again has the same digest but new times, which the lazy opens compare:
-            // the verification walk (made at each first use anyway) gives the index as the share shows it now; a
-            // host that does not verify compares the tree root's times at least.
-            bool verify = _options.VerifyContent && !_contentVerified.ContainsKey(digest);
-            if (index is not null && !verify && !RootUnchanged(layer, index))
+            bool hash = _options.VerifyContent && _options.ReverifyIndexedLayers && !_contentVerified.ContainsKey(digest);
+            if (index is not null && !hash && RecordMismatch(layer, index) is { } why)
             {
-                log?.Invoke($"{file}: the layer's root changed since the index was made (published again?); made again from the layer");
+                log?.Invoke($"{file}: {why}; made again from the layer");
                 index = null;
             }
-            if (index is null || verify)
+            if (index is null || hash)
             {
                 var objects = new List<TreeObject>();
-                (_, bool xattrsRead) = VerifyLayer(digest, CancellationToken.None, objects.Add);
-                LayerIndex fresh = LayerIndex.FromWalk(digest, xattrsRead, objects);
+                (LayerManifest manifest, bool xattrsRead) = VerifyLayer(digest, CancellationToken.None, objects.Add);
+                LayerIndex fresh = LayerIndex.FromWalk(digest, new LayerPublication(manifest.Host, manifest.Created), xattrsRead, objects);
                 byte[] serialized = fresh.Serialize();
                 if (bytes is null || !serialized.AsSpan().SequenceEqual(bytes))
                 {
@@ -262,7 +287,12 @@ public sealed partial class LayerStore : IDisposable
                     }
                     WriteIndexFile(file, serialized);
                 }
+                _verifiedByRecord.TryRemove(digest, out _);
                 index = fresh;
+            }
+            else if (!_contentVerified.ContainsKey(digest))
+            {
+                _verifiedByRecord[digest] = index;
             }
             indexes.Add(index);
         }
@@ -281,17 +311,17 @@ public sealed partial class LayerStore : IDisposable
         File.Move(temporary, file, overwrite: true);
     }
 
-    /// <summary>Whether the layer's tree root shows the modification time the index recorded for it.</summary>
-    private bool RootUnchanged(StoreLayer layer, LayerIndex index)
+    /// <summary>Why <paramref name="index"/> is not a record of the layer as the store shows it now (another publication,
+    /// the tree root's times changed, the layer gone), or null. One lstat on the share.</summary>
+    private string? RecordMismatch(StoreLayer layer, LayerIndex index)
     {
         using StoreDirectory layers = OpenPart(StoreLayout.Layers);
         using StoreDirectory? directory = layers.TryOpenChild(StoreLayout.DirectoryName(layer.Digest));
         if (directory is null || !directory.TryLstat(StoreLayout.Tree, out Stat root))
         {
-            return false;
+            return "the layer's tree is not in the store";
         }
-        Stat recorded = index.StatOf(0);
-        return root.st_mtime == recorded.st_mtime && root.st_mtime_nsec == recorded.st_mtime_nsec;
+        return index.Mismatch(new LayerPublication(layer.Host, layer.Created), root);
     }
 
     /// <summary>An index file's bytes, or null when there is none (or it is not a regular file of a sane size).</summary>

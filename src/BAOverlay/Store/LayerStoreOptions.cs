@@ -31,14 +31,28 @@ public sealed class LayerStoreOptions
 
     /// <summary>Recompute a layer's digest from its content before its directory is first handed out by this instance
     /// (<see cref="LayerStore.ResolveLowerDirectories"/>, leases). Default true: a layer damaged or changed on the
-    /// share is refused, not mounted. Off, only the manifest is checked.</summary>
+    /// share is refused, not mounted. Off, only the manifest is checked. A layer whose metadata index
+    /// (<see cref="LayerStore.OpenIndexes"/>) records an earlier verification on this host of the same publication,
+    /// with the same tree root times, counts as verified without being read again, unless
+    /// <see cref="ReverifyIndexedLayers"/>.</summary>
     public bool VerifyContent { get; init; } = true;
+
+    /// <summary>With <see cref="VerifyContent"/>, hash a layer's content at its first use by this instance even when
+    /// its metadata index is this host's record of an earlier verification of it (the index is then made again from
+    /// that walk). Default false: a host verifies each publication of a layer once, when it first makes its index.
+    /// Without an index directory (<see cref="LayerStore.OpenIndexes"/> not called) every instance verifies each layer
+    /// at its first use.</summary>
+    public bool ReverifyIndexedLayers { get; init; }
 
     /// <summary>The most bytes of file content a layer tar may unpack to. Default 1 TiB.</summary>
     public long MaxLayerBytes { get; init; } = 1L << 40;
 
     /// <summary>The clock (tests pass a fake one to age leases and staging).</summary>
     public TimeProvider TimeProvider { get; init; } = TimeProvider.System;
+
+    /// <summary>Called with each regular file of a layer before a verification reads its content (tests count what a
+    /// mount reads from the share).</summary>
+    internal Action<string>? ContentReadHook { get; init; }
 
     /// <summary>Called after each step of a publication (tests stop or kill the writer there).</summary>
     internal Action<PublishStep>? PublishStepHook { get; init; }

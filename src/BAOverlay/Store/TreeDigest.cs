@@ -51,7 +51,8 @@ internal static class TreeDigest
     /// <param name="cancellation">Stops the walk.</param>
     /// <param name="collect">Given each object as it is hashed, in the digest's order (a layer's metadata index is made
     /// from them: <see cref="LayerIndex"/>).</param>
-    public static TreeSummary Compute(StoreDirectory root, CancellationToken cancellation, Action<TreeObject>? collect = null)
+    /// <param name="contentRead">Given each regular file (described) before its content is read (tests count reads).</param>
+    public static TreeSummary Compute(StoreDirectory root, CancellationToken cancellation, Action<TreeObject>? collect = null, Action<string>? contentRead = null)
     {
         using var full = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         using var portable = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
@@ -61,7 +62,7 @@ internal static class TreeDigest
         byte[] chunk = ArrayPool<byte>.Shared.Rent(ChunkSize);
         try
         {
-            var state = new WalkState(full, portable, chunk, cancellation) { Collect = collect };
+            var state = new WalkState(full, portable, chunk, cancellation) { Collect = collect, ContentRead = contentRead };
             Stat rootStat = root.StatSelf();
             state.XattrsRead = root.Xattrs(null) is not null;
             Record(state, "", 'd', rootStat, state.XattrsRead ? root.Xattrs(null) : null, "", "", "", "");
@@ -86,6 +87,7 @@ internal static class TreeDigest
         public long Entries { get; set; }
         public long Bytes { get; set; }
         public Action<TreeObject>? Collect { get; init; }
+        public Action<string>? ContentRead { get; init; }
     }
 
     /// <summary>
@@ -166,6 +168,7 @@ internal static class TreeDigest
 
     private static (long Size, string Hash) HashFile(WalkState state, StoreDirectory directory, string name)
     {
+        state.ContentRead?.Invoke(directory.Describe(name));
         using SafeFileHandle file = directory.OpenFileForReading(name, out _);
         using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         long offset = 0;

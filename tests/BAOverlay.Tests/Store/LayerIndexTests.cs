@@ -47,6 +47,12 @@ public class LayerIndexTests
                         random.NextBytes(bytes);
                         File.WriteAllBytes(full, bytes);
                         Assert.That(Syscall.chmod(full, (FilePermissions)(uint)random.Next(0x100, 0x1FF)), Is.Zero);
+                        for (int x = random.Next(4) == 0 ? random.Next(1, 3) : 0; x > 0; x--)
+                        {
+                            byte[] value = new byte[random.Next(40)];
+                            random.NextBytes(value);
+                            Assert.That(Syscall.lsetxattr(full, $"user.k{random.Next(5)}", value, XattrFlags.XATTR_AUTO), Is.Zero);
+                        }
                         break;
                 }
                 names.Add(path);
@@ -75,7 +81,8 @@ public class LayerIndexTests
     private static OverlayFileSystem Mount(IReadOnlyList<string> lowers, IReadOnlyList<LayerIndex>? indexes, ZoneCache? cache) =>
         OverlayFileSystem.Open(new OverlayOptions { LowerDirectories = lowers, LowerIndexes = indexes, LowerCache = cache });
 
-    /// <summary>Every object of the merged tree, by path: attributes (all but the inode number), link target, bytes.</summary>
+    /// <summary>Every object of the merged tree, by path: attributes (all but the inode number), extended attributes,
+    /// link target, bytes.</summary>
     private static SortedDictionary<string, string> Walk(OverlayFileSystem fs)
     {
         var seen = new SortedDictionary<string, string>(StringComparer.Ordinal);
@@ -89,7 +96,8 @@ public class LayerIndexTests
                 }
                 OverlayStat st = fs.Lookup(ino, entry.Name);
                 string child = path + "/" + entry.Name;
-                string what = $"mode {Convert.ToString(st.Mode, 8)} uid {st.Uid} gid {st.Gid} size {st.Size} mtime {st.MTimeNs} type {entry.Type:x}";
+                string what = $"mode {Convert.ToString(st.Mode, 8)} uid {st.Uid} gid {st.Gid} size {st.Size} mtime {st.MTimeNs} type {entry.Type:x}" +
+                    $" xattrs {string.Join(',', fs.ListXattrs(st.Ino).Order(StringComparer.Ordinal).Select(n => n + "=" + Convert.ToHexString(fs.GetXattr(st.Ino, n))))}";
                 if (st.IsSymbolicLink)
                 {
                     what += " -> " + fs.ReadLink(st.Ino);
@@ -137,6 +145,7 @@ public class LayerIndexTests
             }
             Assert.That(plain, Is.Not.Empty);
             Assert.That(indexed, Is.EqualTo(plain), $"seed {seed}");
+            Assert.That(plain.Values, Has.Some.Contains("user.k"), "some objects carry xattrs");
 
             // Answered from the index, not the layer: a mode changed behind the store's back (layers never change) is
             // not seen by lookups of the indexed overlay.
@@ -145,6 +154,7 @@ public class LayerIndexTests
             string relative = Path.GetRelativePath(lowers[0], lowerFile);
             Assert.That(Syscall.lstat(lowerFile, out Stat before), Is.Zero);
             Assert.That(Syscall.chmod(lowerFile, (FilePermissions)0x1C0), Is.Zero);
+            Assert.That(Syscall.lsetxattr(lowerFile, "user.added", "behind"u8.ToArray(), XattrFlags.XATTR_AUTO), Is.Zero);
             using (OverlayFileSystem fs = Mount(lowers, indexes, cache))
             {
                 ulong ino = OverlayFileSystem.RootIno;
@@ -155,6 +165,8 @@ public class LayerIndexTests
                     ino = st.Ino;
                 }
                 Assert.That(st.Mode, Is.EqualTo((uint)before.st_mode), "the index's mode, not the changed one");
+                Assert.That(fs.ListXattrs(st.Ino), Does.Not.Contain("user.added"), "the index's xattrs");
+                Assert.That(fs.TryGetXattr(st.Ino, "user.added"), Is.Null);
             }
         }
     }
@@ -198,7 +210,7 @@ public class LayerIndexTests
     }
 
     [Test]
-    public void ALayerPublishedAgainWithNewTimesGetsItsIndexMadeAgain()
+    public void AFileWhoseTimeChangedBehindATrustedIndexIsRefusedAndAFullVerificationMakesTheIndexAgain()
     {
         using var temp = new TempDir();
         string source = StoreTrees.MakePlain(temp.File("layer"), "content of a file");
@@ -213,32 +225,47 @@ public class LayerIndexTests
             first.OpenIndexes("app", index);
             lower = first.ResolveLowerDirectories("app")[0];
         }
-        // The same content with other times, as a layer collected and published again under its digest would be.
+        // A file's time changed on the share behind the store (a layer is never written; the tree root's times do not
+        // show a change this deep): the record is trusted, the lookup shows the index's time, and the lazy open,
+        // which compares the file with the index, refuses it with EIO rather than read it as the file the cache knows.
         Assert.That(Syscall.utimes(Path.Combine(lower, "d", "f"), [new Timeval { tv_sec = 1_000_000 }, new Timeval { tv_sec = 1_000_000 }]), Is.Zero);
         var log = new List<string>();
-        using var cache = new ZoneCache(new ZoneCacheOptions { Directory = temp.File("cache") });
+        byte[] bytes = new byte[100];
+        using (var cache = new ZoneCache(new ZoneCacheOptions { Directory = temp.File("cache") }))
         using (LayerStore second = LayerStore.Open(temp.File("store"), StoreTrees.Options("reader")))
         {
             IReadOnlyList<LayerIndex> indexes = second.OpenIndexes("app", index, log.Add);
-            Assert.That(log, Has.Some.Contains("made again"), "the verification walk saw other times");
+            Assert.That(log, Is.Empty, "trusted");
             using OverlayFileSystem fs = Mount(second.ResolveLowerDirectories("app"), indexes, cache);
-            ulong d = fs.Lookup(OverlayFileSystem.RootIno, "d").Ino;
-            OverlayStat f = fs.Lookup(d, "f");
+            OverlayStat f = fs.Lookup(fs.Lookup(OverlayFileSystem.RootIno, "d").Ino, "f");
+            Assert.That(f.MTimeNs, Is.Not.EqualTo(1_000_000L * 1_000_000_000));
+            using OverlayHandle handle = fs.Open(f.Ino, write: false, truncate: false);
+            IOException error = Assert.Catch<IOException>(() => handle.Read(bytes, 0))!;
+            Assert.That(OverlayException.ErrnoOf(error, out _), Is.EqualTo(OverlayErrno.EIO));
+        }
+
+        // A full verification (baoverlayfs -o verify=always) makes the index again from the share as it reads now.
+        using (var cache = new ZoneCache(new ZoneCacheOptions { Directory = temp.File("cache") }))
+        using (LayerStore third = LayerStore.Open(temp.File("store"), new LayerStoreOptions { HostId = "reader", ReverifyIndexedLayers = true }))
+        {
+            IReadOnlyList<LayerIndex> indexes = third.OpenIndexes("app", index, log.Add);
+            Assert.That(log, Has.Some.Contains("made again"), "the verification walk saw other times");
+            using OverlayFileSystem fs = Mount(third.ResolveLowerDirectories("app"), indexes, cache);
+            OverlayStat f = fs.Lookup(fs.Lookup(OverlayFileSystem.RootIno, "d").Ino, "f");
             Assert.That(f.MTimeNs, Is.EqualTo(1_000_000L * 1_000_000_000));
             using OverlayHandle handle = fs.Open(f.Ino, write: false, truncate: false);
-            byte[] bytes = new byte[100];
             Assert.That(System.Text.Encoding.UTF8.GetString(bytes, 0, handle.Read(bytes, 0)), Is.EqualTo("content of a file"), "the lazy open finds the file as the index says");
         }
 
         // A host that does not verify content compares the tree root's time.
         Assert.That(Syscall.utimes(lower, [new Timeval { tv_sec = 2_000_000 }, new Timeval { tv_sec = 2_000_000 }]), Is.Zero);
         log.Clear();
-        using (LayerStore third = LayerStore.Open(temp.File("store"), new LayerStoreOptions { HostId = "reader", VerifyContent = false }))
+        using (LayerStore fourth = LayerStore.Open(temp.File("store"), new LayerStoreOptions { HostId = "reader", VerifyContent = false }))
         {
-            third.OpenIndexes("app", index, log.Add);
+            fourth.OpenIndexes("app", index, log.Add);
             Assert.That(log, Has.Some.Contains("root changed"));
             log.Clear();
-            third.OpenIndexes("app", index, log.Add);
+            fourth.OpenIndexes("app", index, log.Add);
             Assert.That(log, Is.Empty, "made again once");
         }
     }
@@ -293,19 +320,19 @@ public class LayerIndexTests
             Stat changed = objects[victim].Stat;
             changed.st_mode ^= (FilePermissions)0x49; // the execute bits
             objects[victim] = objects[victim] with { Stat = changed };
-            byte[] edited = LayerIndex.FromWalk(layer.Digest, parsed.XattrsRead, objects).Serialize();
+            byte[] edited = LayerIndex.FromWalk(layer.Digest, parsed.Publication, parsed.XattrsRead, objects).Serialize();
             Assert.That(LayerIndex.TryParse(edited, layer.Digest, layer.PortableDigest, out string? why), Is.Null);
             Assert.That(why, Does.Contain("hash to"));
             var renamed = Enumerable.Range(0, parsed.Count).Select(p => parsed[p]).ToList();
             renamed[^1] = renamed[^1] with { Path = renamed[^1].Path + "x" };
-            Assert.That(LayerIndex.TryParse(LayerIndex.FromWalk(layer.Digest, parsed.XattrsRead, renamed).Serialize(), layer.Digest, layer.PortableDigest, out _), Is.Null);
+            Assert.That(LayerIndex.TryParse(LayerIndex.FromWalk(layer.Digest, parsed.Publication, parsed.XattrsRead, renamed).Serialize(), layer.Digest, layer.PortableDigest, out _), Is.Null);
 
             // Another layer's index under this layer's name, and the same with its recorded digest rewritten.
             byte[] foreign = File.ReadAllBytes(files[1]);
             Assert.That(LayerIndex.TryParse(foreign, layer.Digest, layer.PortableDigest, out why), Is.Null);
             Assert.That(why, Does.Contain("made for layer"));
             LayerIndex otherIndex = LayerIndex.TryParse(foreign, other.Digest, other.PortableDigest, out _)!;
-            byte[] relabelled = LayerIndex.FromWalk(layer.Digest, otherIndex.XattrsRead,
+            byte[] relabelled = LayerIndex.FromWalk(layer.Digest, otherIndex.Publication, otherIndex.XattrsRead,
                 [.. Enumerable.Range(0, otherIndex.Count).Select(p => otherIndex[p])]).Serialize();
             Assert.That(LayerIndex.TryParse(relabelled, layer.Digest, layer.PortableDigest, out why), Is.Null);
             Assert.That(why, Does.Contain("hash to"));

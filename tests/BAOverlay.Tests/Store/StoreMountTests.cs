@@ -19,6 +19,11 @@ public class StoreMountTests
             Assert.That(Assert.Throws<UsageException>(() => CommandLine.Parse(["-o", "store=/s", "/m"]))!.Message, Is.EqualTo("store= needs image="));
             Assert.That(Assert.Throws<UsageException>(() => CommandLine.Parse(["-o", "image=x", "/m"]))!.Message, Is.EqualTo("image= needs store="));
             Assert.That(Assert.Throws<UsageException>(() => CommandLine.Parse(["-o", "store=/s,image=x,lowerdir=/l", "/m"]))!.Message, Does.Contain("exclude each other"));
+            Assert.That(Assert.Throws<UsageException>(() => CommandLine.Parse(["-o", "lowerdir=/l,verify=always", "/m"]))!.Message, Is.EqualTo("verify= needs store="));
+            Assert.That(Assert.Throws<UsageException>(() => CommandLine.Parse(["-o", "store=/s,image=x,verify=sometimes", "/m"]))!.Message, Does.Contain("verify=always or verify=once"));
+            Assert.That(CommandLine.Parse(["-o", "store=/s,image=x,verify=always", "/m"]).VerifyAlways, Is.True);
+            Assert.That(CommandLine.Parse(["-o", "store=/s,image=x,verify=once", "/m"]).VerifyAlways, Is.False);
+            Assert.That(CommandLine.Parse(["-o", "store=/s,image=x", "/m"]).VerifyAlways, Is.False);
         });
     }
 
@@ -92,5 +97,105 @@ public class StoreMountTests
         {
             reader.VerifyLayer(layer.Digest); // the mount never wrote into the store
         }
+    }
+
+    [Test]
+    public void AMountTrustsThisHostsRecordOfTheVerificationAndVerifyAlwaysHashesAgain()
+    {
+        // A layer file rewritten on the share with the same size and its times restored (a change no lookup can see)
+        // stands for "content read or not": a mount that hashes the layer refuses it, one that trusts this host's
+        // record (the index in the cache from the first mount) does not read it. Before the record, every mount hashed
+        // every layer, and the second mount below failed.
+        string program = RequireMounting();
+        using var temp = new TempDir();
+        string store = temp.File("store");
+        string file;
+        using (LayerStore writer = LayerStore.Create(store, StoreTrees.Options("writer")))
+        {
+            Directory.CreateDirectory(temp.File("layer"));
+            File.WriteAllText(temp.File("layer/f"), "original");
+            StoreLayer layer = writer.PublishDirectory(temp.File("layer"));
+            writer.PublishImage("app", [layer.Digest]);
+            file = Path.Combine(layer.Directory, "f");
+        }
+        string options = $"store={store},image=app,upperdir={temp.File("upper")},workdir={temp.File("work")},cache={temp.File("cache")}";
+        (int status, string error) = MountAndRead(program, temp, options, "f", out string? read);
+        Assert.That((status, read), Is.EqualTo((0, "original")), error);
+        Assert.That(Directory.GetFiles(temp.File("cache/index")), Has.Length.EqualTo(1), "the record");
+
+        Assert.That(Syscall.lstat(file, out Stat before), Is.Zero);
+        File.WriteAllText(file, "tampered");
+        Assert.That(Syscall.utimensat(Syscall.AT_FDCWD, file,
+            [new Timespec { tv_sec = before.st_atime, tv_nsec = before.st_atime_nsec }, new Timespec { tv_sec = before.st_mtime, tv_nsec = before.st_mtime_nsec }], 0), Is.Zero);
+
+        (status, error) = MountAndRead(program, temp, options, null, out _);
+        Assert.That(status, Is.Zero, $"the record is trusted, the content not read: {error}");
+
+        (status, error) = MountAndRead(program, temp, options + ",verify=always", null, out _);
+        Assert.That(status, Is.Not.Zero, "verify=always hashes the layer");
+        Assert.That(error, Does.Contain("does not match"));
+    }
+
+    private static string RequireMounting()
+    {
+        if (!File.Exists("/dev/fuse") || Syscall.geteuid() != 0)
+        {
+            Assert.Ignore("mounting needs /dev/fuse and root (CAP_SYS_ADMIN)");
+        }
+        string program = Path.Combine(AppContext.BaseDirectory, "baoverlayfs");
+        if (!File.Exists(program))
+        {
+            Assert.Ignore($"{program} is missing (the test project references samples/BAOverlayFs, which builds it)");
+        }
+        return program;
+    }
+
+    /// <summary>Mounts with <paramref name="options"/> (in the foreground), reads <paramref name="name"/> when the
+    /// mount is up, unmounts; the exit status and standard error. A mount that fails exits by itself.</summary>
+    private static (int Status, string Error) MountAndRead(string program, TempDir temp, string options, string? name, out string? read)
+    {
+        read = null;
+        foreach (string directory in new[] { "upper", "work", "mnt" })
+        {
+            Directory.CreateDirectory(temp.File(directory));
+        }
+        string mnt = temp.File("mnt");
+        var start = new ProcessStartInfo(program) { RedirectStandardError = true, RedirectStandardOutput = true, WorkingDirectory = "/" };
+        foreach (string arg in new[] { "-f", "-o", options, mnt })
+        {
+            start.ArgumentList.Add(arg);
+        }
+        using Process process = Process.Start(start)!;
+        Task<string> error = process.StandardError.ReadToEndAsync();
+        try
+        {
+            var waited = Stopwatch.StartNew();
+            while (!File.ReadLines("/proc/self/mountinfo").Any(l => l.Split(' ')[4] == mnt))
+            {
+                if (process.HasExited)
+                {
+                    return (process.ExitCode, error.Result);
+                }
+                Assert.That(waited.Elapsed, Is.LessThan(TimeSpan.FromSeconds(60)), "mounted within 60 s");
+                Thread.Sleep(20);
+            }
+            if (name is not null)
+            {
+                read = File.ReadAllText(Path.Combine(mnt, name));
+            }
+        }
+        finally
+        {
+            if (!process.HasExited)
+            {
+                Syscall.kill(process.Id, Signum.SIGTERM);
+                if (!process.WaitForExit(30_000))
+                {
+                    process.Kill();
+                }
+            }
+            process.WaitForExit();
+        }
+        return (process.ExitCode, error.Result);
     }
 }
