@@ -63,12 +63,16 @@ internal sealed class SshfsStore : IDisposable
         while (pending.Count > 0)
         {
             int parent = pending.Dequeue();
-            string children = $"/proc/{parent}/task/{parent}/children";
-            if (!File.Exists(children))
+            string listed;
+            try
             {
-                continue;
+                listed = File.ReadAllText($"/proc/{parent}/task/{parent}/children");
             }
-            foreach (string text in File.ReadAllText(children).Split(' ', StringSplitOptions.RemoveEmptyEntries))
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                continue; // the process ended meanwhile (a connection's server process does when its client goes)
+            }
+            foreach (string text in listed.Split(' ', StringSplitOptions.RemoveEmptyEntries))
             {
                 int child = int.Parse(text, System.Globalization.CultureInfo.InvariantCulture);
                 ids.Add(child);
