@@ -3,7 +3,7 @@
 # namespace of its own (unshare --user --map-root-user --mount), as rootless Podman runs its mount program. No FUSE
 # passthrough there (the kernel lets only CAP_SYS_ADMIN of the initial namespace register backing files): the
 # write-back cache path. Per round and system (the order rotates): the first 4 KiB write into a 256 MiB lower file,
-# fio (psync, 64 MiB files) sequential and random reads of an untouched lower file and random 4 KiB writes into a
+# fio (psync, 64 MiB files) sequential (four passes) and random reads of an untouched lower file and random 4 KiB writes into a
 # lower file (+ fsync). /dev/fuse is given mode 0666 inside a private mount namespace, as udev does on most systems.
 # Usage (as root): bench/compare/rootless.sh BAOVERLAYFS_DIR [ROUNDS]   (BAOVERLAYFS_DIR holds a published baoverlayfs)
 # Environment: ROOTLESS_UID (default 1000), BAOVERLAY_ROOTLESS_DIR (default /var/tmp/baoverlay-rootless).
@@ -34,7 +34,9 @@ job() {
   fio --name="$n" --output-format=json --ioengine=psync --iodepth=1 --numjobs=1 --invalidate=0 --fallocate=none "$@" 2>/dev/null |
     python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; s=j["read"] if j["read"]["io_bytes"]>0 else j["write"]; print(sys.argv[1], sys.argv[2], sys.argv[3], round(s["iops"]), "IOPS", round(s["bw_bytes"]/2**20), "MiB/s")' "$r" "$sys" "$n"
 }
-job seqread --filename="$m/read" --rw=read --bs=1M --size=64M
+# four passes, the FUSE inode's cached pages dropped before each (fio's invalidate; the lower file stays in the page
+# cache): a single 64 MiB pass took ~40 ms, too short to tell the two apart on a shared machine
+job seqread --filename="$m/read" --rw=read --bs=1M --size=64M --loops=4 --invalidate=1
 job randread --filename="$m/read" --rw=randread --bs=4k --size=64M --time_based --runtime=4 --randrepeat=1
 job randwrite --filename="$m/rw" --rw=randwrite --bs=4k --size=64M --time_based --runtime=4 --randrepeat=1 --end_fsync=1
 umount "$m"
