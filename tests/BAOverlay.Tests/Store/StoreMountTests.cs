@@ -81,15 +81,7 @@ public class StoreMountTests
         }
         finally
         {
-            if (!process.HasExited)
-            {
-                Syscall.kill(process.Id, Signum.SIGTERM);
-                if (!process.WaitForExit(30_000))
-                {
-                    process.Kill();
-                    process.WaitForExit();
-                }
-            }
+            Stop(process);
         }
         Assert.That(Directory.EnumerateFiles(Path.Combine(store, "leases")), Is.Empty, "the lease is released at unmount");
         using LayerStore reader = LayerStore.Open(store, StoreTrees.Options("r"));
@@ -186,16 +178,23 @@ public class StoreMountTests
         }
         finally
         {
-            if (!process.HasExited)
-            {
-                Syscall.kill(process.Id, Signum.SIGTERM);
-                if (!process.WaitForExit(30_000))
-                {
-                    process.Kill();
-                }
-            }
-            process.WaitForExit();
+            Stop(process);
         }
         return (process.ExitCode, error.Result);
+    }
+
+    /// <summary>Stops a foreground baoverlayfs as a service manager does (SIGTERM: it unmounts and leaves), killing it
+    /// only when it has not left within 30 s; returns once it has exited.</summary>
+    private static void Stop(Process process)
+    {
+        if (!process.HasExited)
+        {
+            Syscall.kill(process.Id, Signum.SIGTERM);
+            if (!process.WaitForExit(30_000))
+            {
+                process.Kill();
+            }
+        }
+        process.WaitForExit();
     }
 }
