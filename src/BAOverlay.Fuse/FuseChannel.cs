@@ -798,6 +798,21 @@ internal sealed unsafe class FuseChannel
         }
         try
         {
+            long fileLength;
+            try
+            {
+                fileLength = RandomAccess.GetLength(file);
+            }
+            catch (IOException)
+            {
+                return false; // the handler's read says what is wrong
+            }
+            if ((long)a.offset + length > fileLength)
+            {
+                // The file's end is in the request (a file's last read, rounded up to whole pages by the kernel): the
+                // reply is short, and a spliced one would have to be read back out of the pipe and copied anyway.
+                return false;
+            }
             switch (pipe.TrySend(_fd, h->unique, file, (long)a.offset, length, data, out int n, out int errno))
             {
                 case FuseSplice.Outcome.Sent:
