@@ -641,18 +641,17 @@ internal sealed unsafe class FuseChannel
     // ------------------------------------------------------------------ io_uring requests
 
     /// <summary>
-    /// Serves a request a ring entry holds on the queue's owner thread, or hands it to a worker: a queue's requests
-    /// all go through its one owner, so one that may take long (what may copy a file up or make it durable: opens,
-    /// creates, changes of names and attributes, flush, release, fsync, fallocate) or that others wait behind
-    /// (<paramref name="othersWaiting"/>) is served by a worker, whose reply the owner commits. True when handed off.
+    /// Whether the queue's owner thread may serve this request itself: not a kind that may take long (what may copy a
+    /// file up or make it durable: opens, creates, changes of names and attributes, flush, release, fsync,
+    /// fallocate), which a worker serves. (Whatever arrives on the queue while the owner serves goes to workers, see
+    /// <see cref="FuseRingQueue"/>.)
     /// </summary>
-    internal bool ServeOrHandOff(FuseRingEntry entry, bool othersWaiting)
+    internal bool MayServeInline(FuseRingEntry entry) => !MayBeSlow((FuseOpcode)entry.In->opcode);
+
+    /// <summary>Hands a ring entry's request to a worker, which serves it and gives the entry back to its queue's
+    /// owner to commit (<see cref="FuseRingQueue.Answered"/>).</summary>
+    internal void HandOff(FuseRingEntry entry)
     {
-        if (!othersWaiting && !MayBeSlow((FuseOpcode)entry.In->opcode))
-        {
-            ServeRing(entry);
-            return false;
-        }
         lock (_handedOff)
         {
             _handedOff.Enqueue(entry);
@@ -667,7 +666,6 @@ internal sealed unsafe class FuseChannel
                 Monitor.Pulse(_handedOff);
             }
         }
-        return true;
     }
 
     private static bool MayBeSlow(FuseOpcode op) => op is FuseOpcode.FUSE_OPEN or FuseOpcode.FUSE_CREATE
@@ -702,7 +700,7 @@ internal sealed unsafe class FuseChannel
 
     /// <summary>Serves the request in <paramref name="entry"/>: its first argument in the header's <c>op_in</c>, the
     /// others in the payload buffer, the reply written back into the entry (<see cref="Send"/>).</summary>
-    private void ServeRing(FuseRingEntry entry)
+    internal void ServeRing(FuseRingEntry entry)
     {
         Interlocked.Increment(ref _ringRequests);
         fuse_in_header* h = entry.In;

@@ -17,6 +17,11 @@ namespace BAOverlay.Fuse;
 /// work of the task that submitted the entry's last command, so that task must be the one waiting on the ring. A
 /// request the owner hands to a worker (<see cref="FuseChannel"/> decides which) comes back through
 /// <see cref="Answered"/>: the worker queues the entry and writes an eventfd the ring polls, and the owner commits it.</para>
+/// <para>The owner serves a request itself when it is the only one there and not of a kind that may take long. While it
+/// does, a standby thread waits on the same ring, and every request that arrives meanwhile (the kernel still copies it
+/// in, as task work the owner runs between two instructions or system calls) is taken by the standby and handed to a
+/// worker: a request the owner serves never holds back the ones after it. Completions that are not requests the
+/// standby leaves to the owner.</para>
 /// <para>Memory order: the kernel reads the SQ tail and writes the CQ tail concurrently, so the SQ tail is published
 /// with a release store after the entries are written, and the CQ tail is read with an acquire load before the
 /// entries are; the CQ head is released after an entry has been consumed.</para>
@@ -51,6 +56,12 @@ internal sealed unsafe class FuseRingQueue : IDisposable
     private readonly IoVec* _iovs;
     private readonly FuseRingEntry[] _entries;
     private readonly Queue<FuseRingEntry> _answered;
+    private readonly object _cqGate = new();
+    private readonly io_uring_cqe[] _batch;
+    private readonly List<io_uring_cqe> _deferred = [];
+    private readonly SemaphoreSlim _standbyWake = new(0);
+    private bool _ownerServing; // under _cqGate
+    private volatile bool _stopping;
     private uint _sqTailLocal;
     private uint _toSubmit;
     private bool _disposed;
@@ -96,6 +107,7 @@ internal sealed unsafe class FuseRingQueue : IDisposable
         _iovs = (IoVec*)NativeMemory.AlignedAlloc((nuint)(2 * depth * sizeof(IoVec)), 64);
         _entries = new FuseRingEntry[depth];
         _answered = new Queue<FuseRingEntry>(depth);
+        _batch = new io_uring_cqe[p.cq_entries];
         for (int i = 0; i < depth; i++)
         {
             var header = (fuse_uring_req_header*)(_headers + i * HeaderStride);
@@ -167,6 +179,8 @@ internal sealed unsafe class FuseRingQueue : IDisposable
     /// entry's command (ENOTCONN at unmount). Never throws.</summary>
     public void Run()
     {
+        var standby = new Thread(Standby) { IsBackground = true, Name = $"fuse-ring-{Qid}-standby" };
+        standby.Start();
         try
         {
             foreach (FuseRingEntry e in _entries)
@@ -181,45 +195,16 @@ internal sealed unsafe class FuseRingQueue : IDisposable
                 {
                     continue;
                 }
-                while (TryTake(out io_uring_cqe cqe))
+                int n;
+                lock (_cqGate)
                 {
-                    if (cqe.user_data == WakeTag)
-                    {
-                        ulong value;
-                        LibC.read(_eventFd, (byte*)&value, sizeof(ulong));
-                        ArmWake();
-                        continue;
-                    }
-                    FuseRingEntry entry = _entries[(int)cqe.user_data];
-                    if (cqe.res == 0)
-                    {
-                        // A request is in the entry: served here when it is quick and nothing else waits, else by a worker.
-                        entry.TakeRequest();
-                        if (!_channel.ServeOrHandOff(entry, othersWaiting: CompletionsWaiting()))
-                        {
-                            Commit(entry);
-                        }
-                    }
-                    else if (cqe.res is -LibC.EAGAIN or -LibC.EINTR)
-                    {
-                        Resubmit(entry); // REGISTER before the kernel had processed the INIT reply, or a signal
-                    }
-                    else if (cqe.res == -LibC.ENOENT && entry.LastCommand == FUSE_IO_URING_CMD_COMMIT_AND_FETCH)
-                    {
-                        // The kernel no longer waited for that reply (the request was ended meanwhile): the entry is
-                        // out of the kernel's queue, so it is registered again.
-                        _session.LogLine($"io_uring queue {Qid}: reply to request {entry.CommitId} not taken (the request had ended)");
-                        Register(entry);
-                    }
-                    else
-                    {
-                        if (cqe.res is not (-LibC.ENOTCONN or -LibC.ECANCELED or -LibC.ENODEV))
-                        {
-                            _session.LogLine($"io_uring queue {Qid}: {(entry.LastCommand == FUSE_IO_URING_CMD_REGISTER ? "REGISTER" : "COMMIT_AND_FETCH")}: {Marshal.GetPInvokeErrorMessage(-cqe.res)}");
-                        }
-                        live--; // the connection is gone (unmounted or aborted)
-                    }
+                    n = Drain(_batch);
                 }
+                for (int k = 0; k < n && live > 0; k++)
+                {
+                    Handle(_batch[k], last: k == n - 1, ref live);
+                }
+                HandleDeferred(ref live);
                 CommitAnswered();
             }
         }
@@ -227,6 +212,175 @@ internal sealed unsafe class FuseRingQueue : IDisposable
         {
             _session.LogLine($"io_uring queue {Qid} stopped: {e.GetType().Name}: {e.Message}");
         }
+        finally
+        {
+            StopStandby(standby);
+        }
+    }
+
+    private void Handle(in io_uring_cqe cqe, bool last, ref int live)
+    {
+        if (cqe.user_data == WakeTag)
+        {
+            ulong value;
+            LibC.read(_eventFd, (byte*)&value, sizeof(ulong));
+            ArmWake();
+            return;
+        }
+        FuseRingEntry entry = _entries[(int)cqe.user_data];
+        if (cqe.res == 0)
+        {
+            // A request is in the entry: served here when it is alone and quick, else by a worker.
+            entry.TakeRequest();
+            if (last && !CompletionsWaiting() && _channel.MayServeInline(entry))
+            {
+                ServeInline(entry);
+                Commit(entry);
+            }
+            else
+            {
+                _channel.HandOff(entry);
+            }
+        }
+        else if (cqe.res is -LibC.EAGAIN or -LibC.EINTR)
+        {
+            Resubmit(entry); // REGISTER before the kernel had processed the INIT reply, or a signal
+        }
+        else if (cqe.res == -LibC.ENOENT && entry.LastCommand == FUSE_IO_URING_CMD_COMMIT_AND_FETCH)
+        {
+            // The kernel no longer waited for that reply (the request was ended meanwhile): the entry is out of the
+            // kernel's queue, so it is registered again.
+            _session.LogLine($"io_uring queue {Qid}: reply to request {entry.CommitId} not taken (the request had ended)");
+            Register(entry);
+        }
+        else
+        {
+            if (cqe.res is not (-LibC.ENOTCONN or -LibC.ECANCELED or -LibC.ENODEV))
+            {
+                _session.LogLine($"io_uring queue {Qid}: {(entry.LastCommand == FUSE_IO_URING_CMD_REGISTER ? "REGISTER" : "COMMIT_AND_FETCH")}: {Marshal.GetPInvokeErrorMessage(-cqe.res)}");
+            }
+            live--; // the connection is gone (unmounted or aborted)
+        }
+    }
+
+    /// <summary>Serves a request on the owner thread, with the standby taking what arrives meanwhile.</summary>
+    private void ServeInline(FuseRingEntry entry)
+    {
+        lock (_cqGate)
+        {
+            _ownerServing = true;
+        }
+        _standbyWake.Release();
+        try
+        {
+            _channel.ServeRing(entry);
+        }
+        finally
+        {
+            lock (_cqGate)
+            {
+                _ownerServing = false;
+            }
+        }
+    }
+
+    /// <summary>Completions the standby took while the owner served, other than requests (handed off already).</summary>
+    private void HandleDeferred(ref int live)
+    {
+        while (true)
+        {
+            io_uring_cqe cqe;
+            lock (_cqGate)
+            {
+                if (_deferred.Count == 0)
+                {
+                    return;
+                }
+                cqe = _deferred[0];
+                _deferred.RemoveAt(0);
+            }
+            Handle(cqe, last: false, ref live);
+        }
+    }
+
+    /// <summary>The standby: while the owner serves a request, waits on the ring and hands every request that arrives
+    /// to a worker; leaves every other completion to the owner. Touches no submission entry.</summary>
+    private void Standby()
+    {
+        try
+        {
+            while (true)
+            {
+                _standbyWake.Wait();
+                if (_stopping)
+                {
+                    return;
+                }
+                while (true)
+                {
+                    lock (_cqGate)
+                    {
+                        if (!_ownerServing || _stopping)
+                        {
+                            break;
+                        }
+                        while (TryTake(out io_uring_cqe cqe))
+                        {
+                            if (cqe.res == 0 && cqe.user_data != WakeTag && cqe.user_data < (ulong)_entries.Length)
+                            {
+                                FuseRingEntry entry = _entries[(int)cqe.user_data];
+                                entry.TakeRequest();
+                                _channel.HandOff(entry);
+                            }
+                            else
+                            {
+                                _deferred.Add(cqe);
+                            }
+                        }
+                    }
+                    // Wait for the next completion (or the owner's wake-up NOP at the end): no submission from here.
+                    LibC.io_uring_enter(_ringFd, 0, 1, IORING_ENTER_GETEVENTS);
+                    if (_stopping)
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+        catch (Exception e)
+        {
+            _session.LogLine($"io_uring queue {Qid} standby stopped: {e.GetType().Name}: {e.Message}");
+        }
+    }
+
+    /// <summary>Ends the standby: a NOP wakes it if it waits on the ring (else it would hold the ring open).</summary>
+    private void StopStandby(Thread standby)
+    {
+        _stopping = true;
+        _standbyWake.Release();
+        try
+        {
+            io_uring_sqe* sqe = NextSqe();
+            sqe->opcode = IORING_OP_NOP;
+            sqe->user_data = WakeTag - 1;
+            Volatile.Write(ref *_sqTail, _sqTailLocal);
+            LibC.io_uring_enter(_ringFd, _toSubmit, 0, 0);
+        }
+        catch (InvalidOperationException)
+        {
+            // The submission ring is full (cannot happen after the loop): the standby wakes at the ring's close.
+        }
+        standby.Join();
+    }
+
+    private int Drain(io_uring_cqe[] batch)
+    {
+        int n = 0;
+        while (n < batch.Length && TryTake(out batch[n]))
+        {
+            n++;
+        }
+        return n;
     }
 
     /// <summary>True when more completions are already there (other requests wait behind the one taken).</summary>

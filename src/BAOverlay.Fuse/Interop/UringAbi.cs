@@ -42,6 +42,9 @@ internal static class UringAbi
     /// <summary>enum io_uring_op: wait until a descriptor polls ready (one completion per submission).</summary>
     public const byte IORING_OP_POLL_ADD = 6;
 
+    /// <summary>enum io_uring_op: completes at once (used to wake a thread waiting on the ring).</summary>
+    public const byte IORING_OP_NOP = 0;
+
     /// <summary>fuse_init_in/out flags: the server takes requests through io_uring (7.42; bit 9 of flags2).</summary>
     public const ulong FUSE_OVER_IO_URING = 1UL << 41;
 
