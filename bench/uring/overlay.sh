@@ -31,7 +31,8 @@ fio_job() {  # $1 transport, $2 round, $3 name, fio arguments
     --time_based --runtime="$SECS" "$@" | python3 -c '
 import json, sys
 j = json.load(sys.stdin)["jobs"][0]; side = j["read"] if j["read"]["io_bytes"] else j["write"]
-print(f"{sys.argv[1]}\t{sys.argv[2]}\t{sys.argv[3]}\t{side[\"iops\"]:.1f}\t{side[\"bw_bytes\"]/2**20:.2f}\t{side[\"clat_ns\"][\"percentile\"][\"99.000000\"]/1000:.1f}")' "$t" "$r" "$name"
+p99 = side["clat_ns"]["percentile"]["99.000000"] / 1000
+print("\t".join(sys.argv[1:4] + ["%.1f" % side["iops"], "%.2f" % (side["bw_bytes"] / 2**20), "%.1f" % p99]))' "$t" "$r" "$name"
 }
 
 run() {  # $1 round, $2 transport

@@ -60,8 +60,13 @@ internal sealed unsafe class FuseRingQueue : IDisposable
     private readonly io_uring_cqe[] _batch;
     private readonly List<io_uring_cqe> _deferred = [];
     private readonly SemaphoreSlim _standbyWake = new(0);
-    private bool _ownerServing; // under _cqGate
+    private bool _ownerServing; // written under _cqGate
+    private long _servingSince; // Stopwatch timestamp of the request the owner serves
+    private int _standbyParked = 1;
     private volatile bool _stopping;
+
+    /// <summary>How long the owner may serve a request before the standby takes what arrives meanwhile.</summary>
+    private static readonly long s_standbyAfter = System.Diagnostics.Stopwatch.Frequency / 5000; // 200 µs
     private uint _sqTailLocal;
     private uint _toSubmit;
     private bool _disposed;
@@ -227,6 +232,10 @@ internal sealed unsafe class FuseRingQueue : IDisposable
             ArmWake();
             return;
         }
+        if (cqe.user_data >= (ulong)_entries.Length)
+        {
+            return; // the NOP that wakes the standby
+        }
         FuseRingEntry entry = _entries[(int)cqe.user_data];
         if (cqe.res == 0)
         {
@@ -266,11 +275,15 @@ internal sealed unsafe class FuseRingQueue : IDisposable
     /// <summary>Serves a request on the owner thread, with the standby taking what arrives meanwhile.</summary>
     private void ServeInline(FuseRingEntry entry)
     {
+        Volatile.Write(ref _servingSince, System.Diagnostics.Stopwatch.GetTimestamp());
         lock (_cqGate)
         {
             _ownerServing = true;
         }
-        _standbyWake.Release();
+        if (Interlocked.Exchange(ref _standbyParked, 0) == 1)
+        {
+            _standbyWake.Release(); // once per busy period: the standby then watches by itself until the mount is quiet
+        }
         try
         {
             _channel.ServeRing(entry);
@@ -303,8 +316,12 @@ internal sealed unsafe class FuseRingQueue : IDisposable
         }
     }
 
-    /// <summary>The standby: while the owner serves a request, waits on the ring and hands every request that arrives
-    /// to a worker; leaves every other completion to the owner. Touches no submission entry.</summary>
+    /// <summary>
+    /// The standby: when the owner has served one request for longer than 200 µs, waits on the ring and hands every
+    /// request that arrives meanwhile to a worker; leaves every other completion to the owner, and touches no
+    /// submission entry. It looks every millisecond while requests come and parks when none came for 100 ms, so a
+    /// quiet mount costs nothing and a busy one no wake-up per request.
+    /// </summary>
     private void Standby()
     {
         try
@@ -312,44 +329,75 @@ internal sealed unsafe class FuseRingQueue : IDisposable
             while (true)
             {
                 _standbyWake.Wait();
+                int quiet = 0;
+                while (!_stopping)
+                {
+                    bool serving;
+                    lock (_cqGate)
+                    {
+                        serving = _ownerServing;
+                    }
+                    if (serving && System.Diagnostics.Stopwatch.GetTimestamp() - Volatile.Read(ref _servingSince) > s_standbyAfter)
+                    {
+                        quiet = 0;
+                        TakeWhileOwnerServes();
+                        continue;
+                    }
+                    quiet = serving ? 0 : quiet + 1;
+                    if (quiet > 100)
+                    {
+                        Interlocked.Exchange(ref _standbyParked, 1);
+                        lock (_cqGate)
+                        {
+                            serving = _ownerServing;
+                        }
+                        if (!serving || Interlocked.Exchange(ref _standbyParked, 0) == 0)
+                        {
+                            break; // parked; the owner wakes it at its next request served on its own thread
+                        }
+                        quiet = 0;
+                    }
+                    Thread.Sleep(1);
+                }
                 if (_stopping)
                 {
                     return;
-                }
-                while (true)
-                {
-                    lock (_cqGate)
-                    {
-                        if (!_ownerServing || _stopping)
-                        {
-                            break;
-                        }
-                        while (TryTake(out io_uring_cqe cqe))
-                        {
-                            if (cqe.res == 0 && cqe.user_data != WakeTag && cqe.user_data < (ulong)_entries.Length)
-                            {
-                                FuseRingEntry entry = _entries[(int)cqe.user_data];
-                                entry.TakeRequest();
-                                _channel.HandOff(entry);
-                            }
-                            else
-                            {
-                                _deferred.Add(cqe);
-                            }
-                        }
-                    }
-                    // Wait for the next completion (or the owner's wake-up NOP at the end): no submission from here.
-                    LibC.io_uring_enter(_ringFd, 0, 1, IORING_ENTER_GETEVENTS);
-                    if (_stopping)
-                    {
-                        return;
-                    }
                 }
             }
         }
         catch (Exception e)
         {
             _session.LogLine($"io_uring queue {Qid} standby stopped: {e.GetType().Name}: {e.Message}");
+        }
+    }
+
+    /// <summary>While the owner serves a request, takes every completion: requests to workers, the rest left to the owner.</summary>
+    private void TakeWhileOwnerServes()
+    {
+        while (!_stopping)
+        {
+            lock (_cqGate)
+            {
+                if (!_ownerServing)
+                {
+                    return;
+                }
+                while (TryTake(out io_uring_cqe cqe))
+                {
+                    if (cqe.res == 0 && cqe.user_data < (ulong)_entries.Length)
+                    {
+                        FuseRingEntry entry = _entries[(int)cqe.user_data];
+                        entry.TakeRequest();
+                        _channel.HandOff(entry);
+                    }
+                    else
+                    {
+                        _deferred.Add(cqe);
+                    }
+                }
+            }
+            // Wait for the next completion (or the owner's wake-up NOP at the end): no submission from here.
+            LibC.io_uring_enter(_ringFd, 0, 1, IORING_ENTER_GETEVENTS);
         }
     }
 
