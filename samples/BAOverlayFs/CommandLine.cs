@@ -85,7 +85,7 @@ internal sealed class CommandLine
     public bool Splice { get; private set; } = true;
 
     /// <summary>io_uring: requests taken through FUSE over io_uring where the kernel offers it.</summary>
-    public bool IoUring { get; private set; } = true;
+    public bool IoUring { get; private set; }
 
     /// <summary>close_delay: seconds a written B-CoW file stays open after its last close before its durable commit.</summary>
     public double CloseDelay { get; private set; } = 5;

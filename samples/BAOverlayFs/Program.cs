@@ -81,7 +81,7 @@ internal static class Program
                                    /dev/fuse by splice(2), one copy in the kernel instead of two (default 1)
             io_uring[=1|0]         take requests through FUSE over io_uring (Linux 6.14+) where the kernel offers
                                    it, i.e. while /sys/module/fuse/parameters/enable_uring is Y; read/writev on
-                                   /dev/fuse otherwise (default 1)
+                                   /dev/fuse otherwise (default 0)
             close_delay=S          seconds a written B-CoW file stays open after its last close; its durable
                                    commit (two fsyncs) happens then, not in close(2) (default 5; 0: at close)
             keep_cache=1|0         keep a file's cached pages from one open to the next (default 1)

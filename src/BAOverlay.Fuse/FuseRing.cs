@@ -17,11 +17,12 @@ namespace BAOverlay.Fuse;
 /// work of the task that submitted the entry's last command, so that task must be the one waiting on the ring. A
 /// request the owner hands to a worker (<see cref="FuseChannel"/> decides which) comes back through
 /// <see cref="Answered"/>: the worker queues the entry and writes an eventfd the ring polls, and the owner commits it.</para>
-/// <para>The owner serves a request itself when it is the only one there and not of a kind that may take long. While it
-/// does, a standby thread waits on the same ring, and every request that arrives meanwhile (the kernel still copies it
-/// in, as task work the owner runs between two instructions or system calls) is taken by the standby and handed to a
-/// worker: a request the owner serves never holds back the ones after it. Completions that are not requests the
-/// standby leaves to the owner.</para>
+/// <para>The owner takes the completions one at a time and serves each request itself unless it is of a kind that may
+/// take long (those go to workers). When the owner has served one request for longer than 200 µs, a standby thread
+/// takes every completion still in the ring or arriving meanwhile (the kernel still copies a request in, as task work
+/// the owner runs between two instructions or system calls) and hands its request to a worker: a request the owner
+/// serves holds back the ones after it by about a millisecond at most. Completions that are not requests the standby
+/// leaves to the owner.</para>
 /// <para>Memory order: the kernel reads the SQ tail and writes the CQ tail concurrently, so the SQ tail is published
 /// with a release store after the entries are written, and the CQ tail is read with an acquire load before the
 /// entries are; the CQ head is released after an entry has been consumed.</para>
@@ -57,7 +58,6 @@ internal sealed unsafe class FuseRingQueue : IDisposable
     private readonly FuseRingEntry[] _entries;
     private readonly Queue<FuseRingEntry> _answered;
     private readonly object _cqGate = new();
-    private readonly io_uring_cqe[] _batch;
     private readonly List<io_uring_cqe> _deferred = [];
     private readonly SemaphoreSlim _standbyWake = new(0);
     private bool _ownerServing; // written under _cqGate
@@ -112,7 +112,6 @@ internal sealed unsafe class FuseRingQueue : IDisposable
         _iovs = (IoVec*)NativeMemory.AlignedAlloc((nuint)(2 * depth * sizeof(IoVec)), 64);
         _entries = new FuseRingEntry[depth];
         _answered = new Queue<FuseRingEntry>(depth);
-        _batch = new io_uring_cqe[p.cq_entries];
         for (int i = 0; i < depth; i++)
         {
             var header = (fuse_uring_req_header*)(_headers + i * HeaderStride);
@@ -200,14 +199,19 @@ internal sealed unsafe class FuseRingQueue : IDisposable
                 {
                     continue;
                 }
-                int n;
-                lock (_cqGate)
+                // One completion at a time: those not taken yet stay in the ring, where the standby takes them if the
+                // owner serves one request for long.
+                while (live > 0)
                 {
-                    n = Drain(_batch);
-                }
-                for (int k = 0; k < n && live > 0; k++)
-                {
-                    Handle(_batch[k], last: k == n - 1, ref live);
+                    io_uring_cqe cqe;
+                    lock (_cqGate)
+                    {
+                        if (!TryTake(out cqe))
+                        {
+                            break;
+                        }
+                    }
+                    Handle(cqe, mayServe: true, ref live);
                 }
                 HandleDeferred(ref live);
                 CommitAnswered();
@@ -223,7 +227,7 @@ internal sealed unsafe class FuseRingQueue : IDisposable
         }
     }
 
-    private void Handle(in io_uring_cqe cqe, bool last, ref int live)
+    private void Handle(in io_uring_cqe cqe, bool mayServe, ref int live)
     {
         if (cqe.user_data == WakeTag)
         {
@@ -239,9 +243,10 @@ internal sealed unsafe class FuseRingQueue : IDisposable
         FuseRingEntry entry = _entries[(int)cqe.user_data];
         if (cqe.res == 0)
         {
-            // A request is in the entry: served here when it is alone and quick, else by a worker.
+            // A request is in the entry: served here when it is of a quick kind and the batch has been quick so far,
+            // else by a worker.
             entry.TakeRequest();
-            if (last && !CompletionsWaiting() && _channel.MayServeInline(entry))
+            if (mayServe && _channel.MayServeInline(entry))
             {
                 ServeInline(entry);
                 Commit(entry);
@@ -312,7 +317,7 @@ internal sealed unsafe class FuseRingQueue : IDisposable
                 cqe = _deferred[0];
                 _deferred.RemoveAt(0);
             }
-            Handle(cqe, last: false, ref live);
+            Handle(cqe, mayServe: false, ref live);
         }
     }
 
@@ -419,16 +424,6 @@ internal sealed unsafe class FuseRingQueue : IDisposable
             // The submission ring is full (cannot happen after the loop): the standby wakes at the ring's close.
         }
         standby.Join();
-    }
-
-    private int Drain(io_uring_cqe[] batch)
-    {
-        int n = 0;
-        while (n < batch.Length && TryTake(out batch[n]))
-        {
-            n++;
-        }
-        return n;
     }
 
     /// <summary>True when more completions are already there (other requests wait behind the one taken).</summary>

@@ -48,7 +48,7 @@ public sealed partial class RingTransportTests
         using var parameter = new UringParameter(enable: true);
         using var fixture = new OverlayFixture(lowers: 1);
         OverlayFixture.WriteFile(Path.Combine(fixture.Lowers[0], "lower"), Bytes(1, 300_000));
-        using Mounted mounted = Mounted.Start(fixture, out string mnt);
+        using Mounted mounted = Mounted.Start(fixture, out string mnt, options: new FuseMountOptions { IoUring = true });
 
         Assert.That(Connection(mounted, mnt).IoUring, Is.True, "FUSE_OVER_IO_URING granted");
         Assert.That(Connection(mounted, mnt).Minor, Is.GreaterThanOrEqualTo(42u));
@@ -57,6 +57,9 @@ public sealed partial class RingTransportTests
         Assert.That(mounted.Session.RingRequests - before, Is.GreaterThan(50), "the requests came through the rings");
         Assert.That(mounted.Log, Is.Empty);
     }
+
+    [Test]
+    public void TheOptionIsOffByDefault() => Assert.That(new FuseMountOptions().IoUring, Is.False);
 
     [Test]
     public void TheClassicTransportServesWhenTheOptionIsOff()
@@ -78,7 +81,7 @@ public sealed partial class RingTransportTests
         using var parameter = new UringParameter(enable: false);
         using var fixture = new OverlayFixture(lowers: 1);
         OverlayFixture.WriteFile(Path.Combine(fixture.Lowers[0], "lower"), Bytes(1, 300_000));
-        using Mounted mounted = Mounted.Start(fixture, out string mnt);
+        using Mounted mounted = Mounted.Start(fixture, out string mnt, options: new FuseMountOptions { IoUring = true });
 
         Assert.That(Connection(mounted, mnt).IoUring, Is.False, "enable_uring = N: not offered, not used");
         Exercise(mnt);
@@ -93,7 +96,7 @@ public sealed partial class RingTransportTests
         using var fixture = new OverlayFixture(lowers: 1);
         using var held = new ManualResetEventSlim();
         using var entered = new ManualResetEventSlim();
-        using Mounted mounted = Mounted.Start(fixture, out string mnt, handler: fs => new HoldingFsync(new OverlayFuseAdapter(fs), entered, held));
+        using Mounted mounted = Mounted.Start(fixture, out string mnt, handler: fs => new HoldingFsync(new OverlayFuseAdapter(fs), entered, held), options: new FuseMountOptions { IoUring = true });
         Assert.That(Connection(mounted, mnt).IoUring, Is.True);
         string file = Path.Combine(mnt, "f");
         File.WriteAllBytes(file, [1, 2, 3]);
@@ -130,6 +133,40 @@ public sealed partial class RingTransportTests
             held.Wait(TimeSpan.FromSeconds(30));
             base.Fsync(ino, handle, dataOnly);
         }
+    }
+
+    /// <summary>For a mount asked to use the ring: fails when it was not granted (the fuse module's enable_uring must be
+    /// Y, as .ci/run sets it).</summary>
+    internal static void AssertRingGranted(Mounted mounted, string mnt)
+    {
+        if (!Connection(mounted, mnt).IoUring)
+        {
+            string value = File.Exists(Parameter) ? File.ReadAllText(Parameter).Trim() : "missing";
+            Assert.Fail($"FUSE over io_uring not granted ({Parameter} is {value}; as root: echo Y > {Parameter}, as .ci/run does)");
+        }
+    }
+
+    [Test]
+    public void PassthroughWorksOverTheRing()
+    {
+        using var parameter = new UringParameter(enable: true);
+        using var fixture = new OverlayFixture(lowers: 1);
+        using Mounted mounted = Mounted.Start(fixture, out string mnt, options: new FuseMountOptions { IoUring = true, WritebackCache = false });
+        AssertRingGranted(mounted, mnt);
+        Assert.That(Connection(mounted, mnt).Passthrough, Is.True, "passthrough granted along with the ring");
+        string file = Path.Combine(mnt, "up");
+        byte[] data = Bytes(5, 200_000);
+        File.WriteAllBytes(file, data);
+        using (var stream = new FileStream(file, FileMode.Open, FileAccess.ReadWrite))
+        {
+            Assert.That(mounted.Session.PassthroughOpens, Is.GreaterThan(0), "the open's reply (over the ring) carried a backing id");
+            stream.Position = 1000;
+            stream.Write([9, 9, 9]);
+            stream.Flush();
+            data[1000] = data[1001] = data[1002] = 9;
+        }
+        Assert.That(File.ReadAllBytes(file), Is.EqualTo(data));
+        Assert.That(mounted.Log, Is.Empty);
     }
 
     /// <summary>What was agreed at INIT, which the kernel sends once the mount is first used.</summary>

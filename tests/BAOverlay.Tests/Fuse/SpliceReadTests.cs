@@ -23,7 +23,7 @@ public sealed class SpliceReadTests
     private const int FileSize = (3 << 20) + 12345; // not a multiple of a page: the last read is short
 
     private static Mounted Mount(OverlayFixture fixture, out string mnt, bool splice = true) =>
-        Mounted.Start(fixture, out mnt, options: new FuseMountOptions { Passthrough = false, SpliceReads = splice, IoUring = false }); // splicing is the classic transport's
+        Mounted.Start(fixture, out mnt, options: new FuseMountOptions { Passthrough = false, SpliceReads = splice });
 
     private static SafeFileHandle OpenDirect(string path)
     {
