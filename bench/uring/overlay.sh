@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# FUSE over io_uring against read/writev behind the real overlay: baoverlayfs mounted with its default transport
-# (io_uring where the kernel offers it) and with -o io_uring=0, the fio workloads of bench/compare/run.sh's section 2
+# FUSE over io_uring against read/writev behind the real overlay: baoverlayfs mounted with -o io_uring=1 (the ring,
+# which the kernel offers while enable_uring is Y) and with -o io_uring=0, the fio workloads of bench/compare/run.sh's section 2
 # on each in turn, rounds interleaved (the order alternates), medians and per-round ratios.
 # Usage (as root): bench/uring/overlay.sh BAOVERLAYFS [ROUNDS] [SECONDS]   (defaults: 5 rounds, 5 s per fio job)
 #   BAOVERLAYFS: a baoverlayfs executable (e.g. published by `dotnet publish -c Release -r linux-x64 samples/BAOverlayFs`).
 # Sets /sys/module/fuse/parameters/enable_uring to Y for the run and restores it. Data in
 # BAOVERLAY_COMPARE_DIR/uring (default /var/tmp/baoverlay-compare/uring), removed at the end. For metadata (stat,
-# create), run bench/compare/meta.sh ring=BAOVERLAYFS classic=bench/uring/classic.sh with BAOVERLAYFS exported.
+# create), run bench/compare/meta.sh ring=bench/uring/ring.sh classic=bench/uring/classic.sh with BAOVERLAYFS exported.
 set -euo pipefail
 BAO="${1:?usage: overlay.sh BAOVERLAYFS [ROUNDS] [SECONDS]}" ROUNDS="${2:-5}" SECS="${3:-5}"
 DATA="${BAOVERLAY_COMPARE_DIR:-/var/tmp/baoverlay-compare}/uring"
@@ -36,7 +36,7 @@ print("\t".join(sys.argv[1:4] + ["%.1f" % side["iops"], "%.2f" % (side["bw_bytes
 }
 
 run() {  # $1 round, $2 transport
-  local extra=""; [[ $2 == classic ]] && extra=",io_uring=0"
+  local extra=",io_uring=1"; [[ $2 == classic ]] && extra=",io_uring=0"
   rm -rf "$DATA/upper" "$DATA/work" && mkdir -p "$DATA/upper" "$DATA/work"
   "$BAO" -f -o "lowerdir=$DATA/lower,upperdir=$DATA/upper,workdir=$DATA/work$extra" "$MNT" 2>>"$DATA/../uring-$2.log" & PID=$!
   for ((i = 0; i < 300; i++)); do mountpoint -q "$MNT" && break; sleep 0.1; done
