@@ -1,5 +1,6 @@
+using BAOverlay.Fuse.Interop;
 using BAOverlay.UringBench.Interop;
-using static BAOverlay.UringBench.Interop.UringAbi;
+using static BAOverlay.Fuse.Interop.UringAbi;
 
 namespace BAOverlay.UringBench;
 

@@ -2,7 +2,7 @@ using System.Runtime.InteropServices;
 using BAOverlay.Fuse.Interop;
 using BAOverlay.UringBench.Interop;
 using static BAOverlay.Fuse.Interop.FuseKernel;
-using static BAOverlay.UringBench.Interop.UringAbi;
+using static BAOverlay.Fuse.Interop.UringAbi;
 
 namespace BAOverlay.UringBench;
 

@@ -91,6 +91,9 @@ internal sealed class CommandLine
     /// <summary>splice: large reads of plain files answered by splicing their pages into /dev/fuse.</summary>
     public bool Splice { get; private set; } = true;
 
+    /// <summary>io_uring: requests taken through FUSE over io_uring where the kernel offers it.</summary>
+    public bool IoUring { get; private set; }
+
     /// <summary>close_delay: seconds a written B-CoW file stays open after its last close before its durable commit.</summary>
     public double CloseDelay { get; private set; } = 5;
     public bool KeepCache { get; private set; } = true;
@@ -446,6 +449,14 @@ internal sealed class CommandLine
                 return;
             case ("splice", not null):
                 throw new UsageException($"bad value in '{option}': splice takes 1 or 0");
+            case ("io_uring", null):
+                IoUring = true;
+                return;
+            case ("io_uring", "1" or "0"):
+                IoUring = value == "1";
+                return;
+            case ("io_uring", not null):
+                throw new UsageException($"bad value in '{option}': io_uring takes 1 or 0");
             case ("passthrough", null):
                 Passthrough = true;
                 PassthroughLowerFiles = false;

@@ -83,6 +83,9 @@ internal static class Program
                                    open for writing or truncate of one fails with ETXTBSY while it is open
             splice[=1|0]           large reads of plain lower and upper files are moved from the file into
                                    /dev/fuse by splice(2), one copy in the kernel instead of two (default 1)
+            io_uring[=1|0]         take requests through FUSE over io_uring (Linux 6.14+) where the kernel offers
+                                   it, i.e. while /sys/module/fuse/parameters/enable_uring is Y; read/writev on
+                                   /dev/fuse otherwise (default 0)
             close_delay=S          seconds a written B-CoW file stays open after its last close; its durable
                                    commit (two fsyncs) happens then, not in close(2) (default 5; 0: at close)
             keep_cache=1|0         keep a file's cached pages from one open to the next (default 1)
@@ -364,6 +367,7 @@ internal static class Program
         WritebackCache = line.Writeback,
         Passthrough = line.Passthrough,
         SpliceReads = line.Splice,
+        IoUring = line.IoUring,
         MaxWrite = line.MaxWrite,
         MaxReadahead = line.MaxReadahead,
         Debug = line.Debug,

@@ -4,6 +4,7 @@ using System.Text;
 using BAOverlay.FileSystem;
 using BAOverlay.Fuse.Interop;
 using static BAOverlay.Fuse.Interop.FuseKernel;
+using static BAOverlay.Fuse.Interop.UringAbi;
 
 namespace BAOverlay.Fuse;
 
@@ -51,6 +52,17 @@ internal sealed unsafe class FuseChannel
     private FusePassthrough? _passthrough;
     private bool _killPrivilegesV2;
     private long _splicedReads;
+    private long _ringRequests;
+    private FuseRingQueue[]? _rings;
+    private readonly Queue<FuseRingEntry> _handedOff = new();
+    private int _handOffThreads;
+    private int _handOffIdle;
+    private bool _handOffStop;
+
+    /// <summary>The ring entry whose request this thread serves (FUSE over io_uring), or null: the request came
+    /// through read(2) and the reply goes out by writev(2).</summary>
+    [ThreadStatic]
+    private static FuseRingEntry? t_entry;
 
     /// <summary>Reads smaller than this are copied: a splice costs three system calls to pread's one, and copying a
     /// few pages costs less than that.</summary>
@@ -90,6 +102,18 @@ internal sealed unsafe class FuseChannel
         {
             t.Join();
         }
+        lock (_handedOff)
+        {
+            _handOffStop = true;
+            Monitor.PulseAll(_handedOff);
+        }
+        if (_rings is { } rings)
+        {
+            foreach (FuseRingQueue q in rings)
+            {
+                q.Dispose(); // its owner thread has ended: the kernel has let go of every entry
+            }
+        }
         return _result;
     }
 
@@ -107,6 +131,9 @@ internal sealed unsafe class FuseChannel
 
     /// <summary>Read replies spliced from the file so far (for tests and diagnostics).</summary>
     public long SplicedReads => Interlocked.Read(ref _splicedReads);
+
+    /// <summary>Requests taken through io_uring so far (for tests and diagnostics).</summary>
+    public long RingRequests => Interlocked.Read(ref _ringRequests);
 
     private void StartWorker()
     {
@@ -156,7 +183,11 @@ internal sealed unsafe class FuseChannel
                     _session.LogLine($"short request from the kernel ({n} bytes); ignored");
                     continue;
                 }
-                Dispatch(request, (int)n, reply);
+                fuse_in_header* h = (fuse_in_header*)request;
+                int end = (int)Math.Min(h->len, (uint)n);
+                var args = new ReadOnlySpan<byte>(request + sizeof(fuse_in_header), Math.Max(0, end - sizeof(fuse_in_header)));
+                int split = FirstArgumentSize((FuseOpcode)h->opcode, args.Length);
+                Dispatch(h, args[..split], args[split..], reply + sizeof(fuse_out_header), (int)DefaultMaxWrite);
             }
         }
         finally
@@ -171,11 +202,49 @@ internal sealed unsafe class FuseChannel
 
     // ------------------------------------------------------------------ dispatch
 
-    private void Dispatch(byte* request, int length, byte* reply)
+    /// <summary>
+    /// The size of an opcode's first argument, its fixed struct, as the kernel's <c>fuse_args</c> lay the request
+    /// out (<c>in_args[0]</c>; empty for the requests that carry names only, LOOKUP, UNLINK, RMDIR, SYMLINK,
+    /// REMOVEXATTR, and for those without arguments). Over io_uring the kernel puts that argument in the entry's
+    /// <c>op_in</c> and the others in its payload; a request read from /dev/fuse is split here at the same place, so
+    /// a handler sees the same two parts from either transport. INIT (never on a ring) keeps all its bytes in the
+    /// first part: its size grew with the protocol.
+    /// </summary>
+    internal static int FirstArgumentSize(FuseOpcode op, int available) => Math.Min(available, op switch
     {
-        fuse_in_header* h = (fuse_in_header*)request;
-        int end = (int)Math.Min(h->len, (uint)length);
-        var args = new ReadOnlySpan<byte>(request + sizeof(fuse_in_header), Math.Max(0, end - sizeof(fuse_in_header)));
+        FuseOpcode.FUSE_INIT => available,
+        FuseOpcode.FUSE_FORGET => sizeof(fuse_forget_in),
+        FuseOpcode.FUSE_BATCH_FORGET => sizeof(fuse_batch_forget_in),
+        FuseOpcode.FUSE_GETATTR => sizeof(fuse_getattr_in),
+        FuseOpcode.FUSE_SETATTR => sizeof(fuse_setattr_in),
+        FuseOpcode.FUSE_MKNOD => sizeof(fuse_mknod_in),
+        FuseOpcode.FUSE_MKDIR => sizeof(fuse_mkdir_in),
+        FuseOpcode.FUSE_RENAME => sizeof(ulong), // struct fuse_rename_in { uint64_t newdir; }
+        FuseOpcode.FUSE_RENAME2 => sizeof(fuse_rename2_in),
+        FuseOpcode.FUSE_LINK => sizeof(fuse_link_in),
+        FuseOpcode.FUSE_OPEN or FuseOpcode.FUSE_OPENDIR => sizeof(fuse_open_in),
+        FuseOpcode.FUSE_CREATE => sizeof(fuse_create_in),
+        FuseOpcode.FUSE_READ or FuseOpcode.FUSE_READDIR or FuseOpcode.FUSE_READDIRPLUS => sizeof(fuse_read_in),
+        FuseOpcode.FUSE_WRITE => sizeof(fuse_write_in),
+        FuseOpcode.FUSE_FLUSH => sizeof(fuse_flush_in),
+        FuseOpcode.FUSE_RELEASE or FuseOpcode.FUSE_RELEASEDIR => sizeof(fuse_release_in),
+        FuseOpcode.FUSE_FSYNC or FuseOpcode.FUSE_FSYNCDIR => sizeof(fuse_fsync_in),
+        FuseOpcode.FUSE_SETXATTR => FUSE_COMPAT_SETXATTR_IN_SIZE, // FUSE_SETXATTR_EXT is not asked for
+        FuseOpcode.FUSE_GETXATTR or FuseOpcode.FUSE_LISTXATTR => sizeof(fuse_getxattr_in),
+        FuseOpcode.FUSE_FALLOCATE => sizeof(fuse_fallocate_in),
+        FuseOpcode.FUSE_LSEEK => sizeof(fuse_lseek_in),
+        FuseOpcode.FUSE_INTERRUPT => sizeof(ulong), // struct fuse_interrupt_in { uint64_t unique; }
+        FuseOpcode.FUSE_ACCESS => 2 * sizeof(uint), // struct fuse_access_in { uint32_t mask; uint32_t padding; }
+        _ => 0,
+    });
+
+    /// <summary>Dispatches one request to the handler and replies, whichever transport it came through:
+    /// <paramref name="first"/> is its first argument (<see cref="FirstArgumentSize"/>), <paramref name="rest"/> the
+    /// others; replies the handler fills in place (read, readdir, readlink, listxattr) are built in
+    /// <paramref name="replyData"/> (<paramref name="replyCapacity"/> bytes), and every reply goes out through
+    /// <see cref="Send"/>. Never throws.</summary>
+    private void Dispatch(fuse_in_header* h, ReadOnlySpan<byte> first, ReadOnlySpan<byte> rest, byte* replyData, int replyCapacity)
+    {
         var op = (FuseOpcode)h->opcode;
         if (_options.Debug)
         {
@@ -185,39 +254,39 @@ internal sealed unsafe class FuseChannel
         {
             switch (op)
             {
-                case FuseOpcode.FUSE_INIT: Init(h, args); break;
-                case FuseOpcode.FUSE_LOOKUP: Lookup(h, args); break;
-                case FuseOpcode.FUSE_FORGET: Forget(h->nodeid, Read<fuse_forget_in>(args).nlookup); break;
-                case FuseOpcode.FUSE_BATCH_FORGET: BatchForget(args); break;
-                case FuseOpcode.FUSE_GETATTR: GetAttr(h, args); break;
-                case FuseOpcode.FUSE_SETATTR: SetAttr(h, args); break;
-                case FuseOpcode.FUSE_READLINK: ReadLink(h, reply); break;
-                case FuseOpcode.FUSE_SYMLINK: Symlink(h, args); break;
-                case FuseOpcode.FUSE_MKNOD: MkNod(h, args); break;
-                case FuseOpcode.FUSE_MKDIR: MkDir(h, args); break;
-                case FuseOpcode.FUSE_UNLINK: _handler.Unlink(h->nodeid, Name(args), Context(h, 0)); ReplyOk(h); break;
-                case FuseOpcode.FUSE_RMDIR: _handler.RemoveDirectory(h->nodeid, Name(args), Context(h, 0)); ReplyOk(h); break;
-                case FuseOpcode.FUSE_RENAME: Rename(h, args, sizeof(ulong), 0); break;
-                case FuseOpcode.FUSE_RENAME2: Rename(h, args, sizeof(fuse_rename2_in), Read<fuse_rename2_in>(args).flags); break;
-                case FuseOpcode.FUSE_LINK: Link(h, args); break;
-                case FuseOpcode.FUSE_OPEN: Open(h, args); break;
-                case FuseOpcode.FUSE_CREATE: Create(h, args); break;
-                case FuseOpcode.FUSE_READ: ReadData(h, args, reply); break;
-                case FuseOpcode.FUSE_WRITE: WriteData(h, args); break;
-                case FuseOpcode.FUSE_FLUSH: _handler.Flush(h->nodeid, Read<fuse_flush_in>(args).fh); ReplyOk(h); break;
-                case FuseOpcode.FUSE_RELEASE: ReleaseFile(h->nodeid, Read<fuse_release_in>(args).fh); ReplyOk(h); break;
-                case FuseOpcode.FUSE_FSYNC: Fsync(h, args); break;
+                case FuseOpcode.FUSE_INIT: Init(h, first); break;
+                case FuseOpcode.FUSE_LOOKUP: Lookup(h, rest); break;
+                case FuseOpcode.FUSE_FORGET: Forget(h->nodeid, Read<fuse_forget_in>(first).nlookup); break;
+                case FuseOpcode.FUSE_BATCH_FORGET: BatchForget(first, rest); break;
+                case FuseOpcode.FUSE_GETATTR: GetAttr(h, first); break;
+                case FuseOpcode.FUSE_SETATTR: SetAttr(h, first); break;
+                case FuseOpcode.FUSE_READLINK: ReadLink(h, replyData, replyCapacity); break;
+                case FuseOpcode.FUSE_SYMLINK: Symlink(h, rest); break;
+                case FuseOpcode.FUSE_MKNOD: MkNod(h, first, rest); break;
+                case FuseOpcode.FUSE_MKDIR: MkDir(h, first, rest); break;
+                case FuseOpcode.FUSE_UNLINK: _handler.Unlink(h->nodeid, Name(rest), Context(h, 0)); ReplyOk(h); break;
+                case FuseOpcode.FUSE_RMDIR: _handler.RemoveDirectory(h->nodeid, Name(rest), Context(h, 0)); ReplyOk(h); break;
+                case FuseOpcode.FUSE_RENAME: Rename(h, first, rest, 0); break;
+                case FuseOpcode.FUSE_RENAME2: Rename(h, first, rest, Read<fuse_rename2_in>(first).flags); break;
+                case FuseOpcode.FUSE_LINK: Link(h, first, rest); break;
+                case FuseOpcode.FUSE_OPEN: Open(h, first); break;
+                case FuseOpcode.FUSE_CREATE: Create(h, first, rest); break;
+                case FuseOpcode.FUSE_READ: ReadData(h, first, replyData, replyCapacity); break;
+                case FuseOpcode.FUSE_WRITE: WriteData(h, first, rest); break;
+                case FuseOpcode.FUSE_FLUSH: _handler.Flush(h->nodeid, Read<fuse_flush_in>(first).fh); ReplyOk(h); break;
+                case FuseOpcode.FUSE_RELEASE: ReleaseFile(h->nodeid, Read<fuse_release_in>(first).fh); ReplyOk(h); break;
+                case FuseOpcode.FUSE_FSYNC: Fsync(h, first); break;
                 case FuseOpcode.FUSE_OPENDIR: OpenDir(h); break;
-                case FuseOpcode.FUSE_READDIR: ReadDir(h, args, reply, plus: false); break;
-                case FuseOpcode.FUSE_READDIRPLUS: ReadDir(h, args, reply, plus: true); break;
-                case FuseOpcode.FUSE_RELEASEDIR: _handler.ReleaseDirectory(h->nodeid, Read<fuse_release_in>(args).fh); ReplyOk(h); break;
+                case FuseOpcode.FUSE_READDIR: ReadDir(h, first, replyData, replyCapacity, plus: false); break;
+                case FuseOpcode.FUSE_READDIRPLUS: ReadDir(h, first, replyData, replyCapacity, plus: true); break;
+                case FuseOpcode.FUSE_RELEASEDIR: _handler.ReleaseDirectory(h->nodeid, Read<fuse_release_in>(first).fh); ReplyOk(h); break;
                 case FuseOpcode.FUSE_STATFS: StatFs(h); break;
-                case FuseOpcode.FUSE_SETXATTR: SetXattr(h, args); break;
-                case FuseOpcode.FUSE_GETXATTR: GetXattr(h, args); break;
-                case FuseOpcode.FUSE_LISTXATTR: ListXattr(h, args, reply); break;
-                case FuseOpcode.FUSE_REMOVEXATTR: _handler.RemoveXattr(h->nodeid, Name(args), Context(h, 0)); ReplyOk(h); break;
-                case FuseOpcode.FUSE_FALLOCATE: Fallocate(h, args); break;
-                case FuseOpcode.FUSE_LSEEK: Lseek(h, args); break;
+                case FuseOpcode.FUSE_SETXATTR: SetXattr(h, first, rest); break;
+                case FuseOpcode.FUSE_GETXATTR: GetXattr(h, first, rest); break;
+                case FuseOpcode.FUSE_LISTXATTR: ListXattr(h, first, replyData, replyCapacity); break;
+                case FuseOpcode.FUSE_REMOVEXATTR: _handler.RemoveXattr(h->nodeid, Name(rest), Context(h, 0)); ReplyOk(h); break;
+                case FuseOpcode.FUSE_FALLOCATE: Fallocate(h, first); break;
+                case FuseOpcode.FUSE_LSEEK: Lseek(h, first); break;
                 case FuseOpcode.FUSE_DESTROY: ReplyOk(h); break;
                 case FuseOpcode.FUSE_INTERRUPT: break; // allowed to be ignored: the interrupted request is answered when done
                 case FuseOpcode.FUSE_NOTIFY_REPLY: break;
@@ -287,6 +356,13 @@ internal sealed unsafe class FuseChannel
     /// this request (it was interrupted: ENOENT), which matters for replies that hand out a handle.</summary>
     private bool Send(fuse_in_header* h, int error, void* payload, int payloadLength)
     {
+        if (t_entry is { } entry)
+        {
+            // Over io_uring the reply goes into the request's ring entry, committed by the queue's owner thread. A reply
+            // the kernel no longer waits for is known only at that commit (FuseRingQueue logs it): see docs.
+            entry.Reply(h->unique, error, payload, payloadLength);
+            return true;
+        }
         fuse_out_header out_ = new() { len = (uint)(sizeof(fuse_out_header) + payloadLength), error = -error, unique = h->unique };
         IoVec* iov = stackalloc IoVec[2];
         iov[0] = new IoVec { iov_base = &out_, iov_len = (nuint)sizeof(fuse_out_header) };
@@ -466,6 +542,10 @@ internal sealed unsafe class FuseChannel
             _passthrough = new FusePassthrough(_session, _fd);
         }
         _killPrivilegesV2 = (want & FUSE_HANDLE_KILLPRIV_V2) != 0;
+        if ((offered & FUSE_OVER_IO_URING) != 0 && _options.IoUring && CreateRings())
+        {
+            want |= FUSE_OVER_IO_URING;
+        }
         out_.flags = (uint)want;
         out_.flags2 = (uint)(want >> 32);
         out_.max_readahead = _options.MaxReadahead is uint readahead ? Math.Min(readahead, init.max_readahead) : init.max_readahead;
@@ -476,13 +556,164 @@ internal sealed unsafe class FuseChannel
         {
             Passthrough = _passthrough is not null,
             KillPrivilegesV2 = _killPrivilegesV2,
+            IoUring = _rings is not null,
         });
         _initialized = true;
         Reply(h, out_);
+        if (_rings is not null)
+        {
+            // The kernel has processed the INIT reply when writev returns: the entries may be registered now (before,
+            // REGISTER fails with EAGAIN). Until every queue has one, requests still come through read(2).
+            StartRingThreads();
+        }
         // The thread pool starts its first threads when first used, on the caller's thread, which waits for them: a
         // B-CoW file's copier is its first user, so the first write of a fresh mount paid for it. Started now, once
         // the kernel has its answer.
         ThreadPool.UnsafeQueueUserWorkItem(static _ => { }, null);
+    }
+
+    /// <summary>The number of the kernel's FUSE-over-io_uring queues: one per possible CPU (num_possible_cpus), not per
+    /// online one.</summary>
+    internal static int PossibleCpus()
+    {
+        try
+        {
+            string text = File.ReadAllText("/sys/devices/system/cpu/possible").Trim();
+            int count = 0;
+            foreach (string part in text.Split(','))
+            {
+                string[] range = part.Split('-');
+                int first = int.Parse(range[0], System.Globalization.CultureInfo.InvariantCulture);
+                int last = range.Length > 1 ? int.Parse(range[1], System.Globalization.CultureInfo.InvariantCulture) : first;
+                count = Math.Max(count, last + 1);
+            }
+            return count > 0 ? count : Environment.ProcessorCount;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException or OverflowException)
+        {
+            return Environment.ProcessorCount;
+        }
+    }
+
+    /// <summary>Entries per queue: 8 on a small machine, fewer where there are many queues (each entry's payload
+    /// buffer is a 1 MiB reservation, touched only as large requests use it), at least 2.</summary>
+    internal static int QueueDepth(int queues) => Math.Clamp(32 / Math.Max(1, queues), 2, 8);
+
+    /// <summary>Makes every queue's io_uring before INIT is answered: once FUSE_OVER_IO_URING is granted the kernel
+    /// holds each request until every queue has an entry registered, so a ring that failed afterwards would hang the
+    /// mount. False (nothing kept, a log line) when the system refuses one: the mount is then served over read/writev.</summary>
+    private bool CreateRings()
+    {
+        int queues = PossibleCpus();
+        int depth = QueueDepth(queues);
+        var rings = new FuseRingQueue[queues];
+        for (int q = 0; q < queues; q++)
+        {
+            FuseRingQueue? ring = FuseRingQueue.TryCreate(this, _session, q, depth, (int)DefaultMaxWrite, _fd, out string? failure);
+            if (ring is null)
+            {
+                for (int i = 0; i < q; i++)
+                {
+                    rings[i].Dispose();
+                }
+                _session.LogLine($"FUSE over io_uring offered by the kernel but not used: {failure}; serving over read/writev");
+                return false;
+            }
+            rings[q] = ring;
+        }
+        _rings = rings;
+        return true;
+    }
+
+    private void StartRingThreads()
+    {
+        lock (_threadsGate)
+        {
+            foreach (FuseRingQueue ring in _rings!)
+            {
+                var thread = new Thread(ring.Run) { IsBackground = true, Name = $"fuse-ring-{ring.Qid}" };
+                _threads.Add(thread);
+                thread.Start();
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ io_uring requests
+
+    /// <summary>
+    /// Whether the queue's owner thread may serve this request itself: not a kind that may take long (what may copy a
+    /// file up or make it durable: opens, creates, changes of names and attributes, flush, release, fsync,
+    /// fallocate), which a worker serves. (Whatever arrives on the queue while the owner serves goes to workers, see
+    /// <see cref="FuseRingQueue"/>.)
+    /// </summary>
+    internal bool MayServeInline(FuseRingEntry entry) => !MayBeSlow((FuseOpcode)entry.In->opcode);
+
+    /// <summary>Hands a ring entry's request to a worker, which serves it and gives the entry back to its queue's
+    /// owner to commit (<see cref="FuseRingQueue.Answered"/>).</summary>
+    internal void HandOff(FuseRingEntry entry)
+    {
+        lock (_handedOff)
+        {
+            _handedOff.Enqueue(entry);
+            if (_handOffIdle == 0 && _handOffThreads < _maxThreads)
+            {
+                _handOffThreads++;
+                var thread = new Thread(HandOffWorker) { IsBackground = true, Name = $"fuse-ring-worker-{_handOffThreads}" };
+                thread.Start();
+            }
+            else
+            {
+                Monitor.Pulse(_handedOff);
+            }
+        }
+    }
+
+    private static bool MayBeSlow(FuseOpcode op) => op is FuseOpcode.FUSE_OPEN or FuseOpcode.FUSE_CREATE
+        or FuseOpcode.FUSE_SETATTR or FuseOpcode.FUSE_FLUSH or FuseOpcode.FUSE_RELEASE or FuseOpcode.FUSE_FSYNC
+        or FuseOpcode.FUSE_FSYNCDIR or FuseOpcode.FUSE_FALLOCATE or FuseOpcode.FUSE_RENAME or FuseOpcode.FUSE_RENAME2
+        or FuseOpcode.FUSE_LINK or FuseOpcode.FUSE_UNLINK or FuseOpcode.FUSE_RMDIR or FuseOpcode.FUSE_MKDIR
+        or FuseOpcode.FUSE_MKNOD or FuseOpcode.FUSE_SYMLINK or FuseOpcode.FUSE_SETXATTR or FuseOpcode.FUSE_REMOVEXATTR;
+
+    private void HandOffWorker()
+    {
+        while (true)
+        {
+            FuseRingEntry entry;
+            lock (_handedOff)
+            {
+                while (_handedOff.Count == 0)
+                {
+                    if (_handOffStop)
+                    {
+                        return;
+                    }
+                    _handOffIdle++;
+                    Monitor.Wait(_handedOff);
+                    _handOffIdle--;
+                }
+                entry = _handedOff.Dequeue();
+            }
+            ServeRing(entry);
+            entry.Queue.Answered(entry);
+        }
+    }
+
+    /// <summary>Serves the request in <paramref name="entry"/>: its first argument in the header's <c>op_in</c>, the
+    /// others in the payload buffer, the reply written back into the entry (<see cref="Send"/>).</summary>
+    internal void ServeRing(FuseRingEntry entry)
+    {
+        Interlocked.Increment(ref _ringRequests);
+        fuse_in_header* h = entry.In;
+        int first = FirstArgumentSize((FuseOpcode)h->opcode, FUSE_URING_OP_IN_OUT_SZ);
+        t_entry = entry;
+        try
+        {
+            Dispatch(h, new ReadOnlySpan<byte>(entry.Header->op_in, first), entry.Rest, entry.Payload, entry.PayloadSize);
+        }
+        finally
+        {
+            t_entry = null;
+        }
     }
 
     /// <summary>
@@ -555,10 +786,9 @@ internal sealed unsafe class FuseChannel
         }
     }
 
-    private void BatchForget(ReadOnlySpan<byte> args)
+    private void BatchForget(ReadOnlySpan<byte> first, ReadOnlySpan<byte> rest)
     {
-        fuse_batch_forget_in batch = Read<fuse_batch_forget_in>(args);
-        ReadOnlySpan<byte> rest = args[sizeof(fuse_batch_forget_in)..];
+        fuse_batch_forget_in batch = Read<fuse_batch_forget_in>(first);
         int count = (int)Math.Min(batch.count, (uint)(rest.Length / sizeof(fuse_forget_one)));
         fixed (byte* p = rest)
         {
@@ -612,15 +842,15 @@ internal sealed unsafe class FuseChannel
         }
     }
 
-    private void ReadLink(fuse_in_header* h, byte* reply)
+    private void ReadLink(fuse_in_header* h, byte* reply, int capacity)
     {
         string target = _handler.ReadLink(h->nodeid, Context(h, 0));
         int count = Encoding.UTF8.GetByteCount(target);
-        if (count > _replyBufferSize)
+        if (count > capacity)
         {
             throw new OverlayException(OverlayErrno.ENAMETOOLONG, "symbolic link target longer than a reply");
         }
-        Encoding.UTF8.GetBytes(target, new Span<byte>(reply, _replyBufferSize));
+        Encoding.UTF8.GetBytes(target, new Span<byte>(reply, capacity));
         Send(h, 0, reply, count); // no NUL: the reply's length is the target's
     }
 
@@ -630,30 +860,30 @@ internal sealed unsafe class FuseChannel
         ReplyEntry(h, _handler.MakeSymbolicLink(target, h->nodeid, name, Context(h, 0)));
     }
 
-    private void MkNod(fuse_in_header* h, ReadOnlySpan<byte> args)
+    private void MkNod(fuse_in_header* h, ReadOnlySpan<byte> first, ReadOnlySpan<byte> rest)
     {
-        fuse_mknod_in a = Read<fuse_mknod_in>(args);
-        ReplyEntry(h, _handler.MakeNode(h->nodeid, Name(args[sizeof(fuse_mknod_in)..]), a.mode, a.rdev, Context(h, a.umask)));
+        fuse_mknod_in a = Read<fuse_mknod_in>(first);
+        ReplyEntry(h, _handler.MakeNode(h->nodeid, Name(rest), a.mode, a.rdev, Context(h, a.umask)));
     }
 
-    private void MkDir(fuse_in_header* h, ReadOnlySpan<byte> args)
+    private void MkDir(fuse_in_header* h, ReadOnlySpan<byte> first, ReadOnlySpan<byte> rest)
     {
-        fuse_mkdir_in a = Read<fuse_mkdir_in>(args);
-        ReplyEntry(h, _handler.MakeDirectory(h->nodeid, Name(args[sizeof(fuse_mkdir_in)..]), a.mode, Context(h, a.umask)));
+        fuse_mkdir_in a = Read<fuse_mkdir_in>(first);
+        ReplyEntry(h, _handler.MakeDirectory(h->nodeid, Name(rest), a.mode, Context(h, a.umask)));
     }
 
-    private void Rename(fuse_in_header* h, ReadOnlySpan<byte> args, int fixedSize, uint flags)
+    private void Rename(fuse_in_header* h, ReadOnlySpan<byte> first, ReadOnlySpan<byte> rest, uint flags)
     {
-        ulong newDir = Read<ulong>(args);
-        (string name, string newName) = TwoNames(args[fixedSize..]);
+        ulong newDir = Read<ulong>(first);
+        (string name, string newName) = TwoNames(rest);
         _handler.Rename(h->nodeid, name, newDir, newName, flags, Context(h, 0));
         ReplyOk(h);
     }
 
-    private void Link(fuse_in_header* h, ReadOnlySpan<byte> args)
+    private void Link(fuse_in_header* h, ReadOnlySpan<byte> first, ReadOnlySpan<byte> rest)
     {
-        fuse_link_in a = Read<fuse_link_in>(args);
-        ReplyEntry(h, _handler.Link(a.oldnodeid, h->nodeid, Name(args[sizeof(fuse_link_in)..]), Context(h, 0)));
+        fuse_link_in a = Read<fuse_link_in>(first);
+        ReplyEntry(h, _handler.Link(a.oldnodeid, h->nodeid, Name(rest), Context(h, 0)));
     }
 
     // ------------------------------------------------------------------ files
@@ -712,10 +942,10 @@ internal sealed unsafe class FuseChannel
         }
     }
 
-    private void Create(fuse_in_header* h, ReadOnlySpan<byte> args)
+    private void Create(fuse_in_header* h, ReadOnlySpan<byte> first, ReadOnlySpan<byte> rest)
     {
-        fuse_create_in a = Read<fuse_create_in>(args);
-        (OverlayStat stat, FuseOpenResult result) = _handler.Create(h->nodeid, Name(args[sizeof(fuse_create_in)..]), a.mode, (int)a.flags, Context(h, a.umask));
+        fuse_create_in a = Read<fuse_create_in>(first);
+        (OverlayStat stat, FuseOpenResult result) = _handler.Create(h->nodeid, Name(rest), a.mode, (int)a.flags, Context(h, a.umask));
         int backing = Backing(stat.Ino, result.Handle, (int)a.flags);
         var pair = new CreateOut
         {
@@ -751,13 +981,13 @@ internal sealed unsafe class FuseChannel
         public fuse_open_out open;
     }
 
-    private void ReadData(fuse_in_header* h, ReadOnlySpan<byte> args, byte* reply)
+    private void ReadData(fuse_in_header* h, ReadOnlySpan<byte> first, byte* data, int capacity)
     {
-        fuse_read_in a = Read<fuse_read_in>(args);
-        int capacity = _replyBufferSize - sizeof(fuse_out_header);
+        fuse_read_in a = Read<fuse_read_in>(first);
         int length = (int)Math.Min(a.size, (uint)capacity);
-        byte* data = reply + sizeof(fuse_out_header);
-        if (length >= SpliceThreshold && _options.SpliceReads && Splice(h, a, length, data))
+        // Spliced only on the classic transport: over io_uring the reply is the entry's payload buffer, which the
+        // handler fills directly (the kernel copies out of it once, as it would out of the pipe).
+        if (length >= SpliceThreshold && _options.SpliceReads && t_entry is null && Splice(h, a, length, data))
         {
             return;
         }
@@ -845,10 +1075,9 @@ internal sealed unsafe class FuseChannel
         }
     }
 
-    private void WriteData(fuse_in_header* h, ReadOnlySpan<byte> args)
+    private void WriteData(fuse_in_header* h, ReadOnlySpan<byte> first, ReadOnlySpan<byte> data)
     {
-        fuse_write_in a = Read<fuse_write_in>(args);
-        ReadOnlySpan<byte> data = args[sizeof(fuse_write_in)..];
+        fuse_write_in a = Read<fuse_write_in>(first);
         if ((uint)data.Length < a.size)
         {
             throw new OverlayException(OverlayErrno.EINVAL, $"write of {a.size} bytes with {data.Length} in the request");
@@ -898,12 +1127,11 @@ internal sealed unsafe class FuseChannel
     /// <summary>READDIR, or READDIRPLUS with <paramref name="plus"/>: then each entry (but "." and "..") also carries
     /// its lookup, which the kernel counts as one reference, as a LOOKUP reply; an entry that vanished since the
     /// listing was taken is sent without (node 0), which the kernel takes as "no attributes", not as ENOENT.</summary>
-    private void ReadDir(fuse_in_header* h, ReadOnlySpan<byte> args, byte* reply, bool plus)
+    private void ReadDir(fuse_in_header* h, ReadOnlySpan<byte> first, byte* buffer, int bufferSize, bool plus)
     {
-        fuse_read_in a = Read<fuse_read_in>(args);
+        fuse_read_in a = Read<fuse_read_in>(first);
         IReadOnlyList<OverlayDirEntry> entries = _handler.ReadDirectory(h->nodeid, a.fh);
-        int capacity = (int)Math.Min(a.size, (uint)(_replyBufferSize - sizeof(fuse_out_header)));
-        byte* buffer = reply + sizeof(fuse_out_header);
+        int capacity = (int)Math.Min(a.size, (uint)bufferSize);
         int nameOffset = plus ? FUSE_NAME_OFFSET_DIRENTPLUS : FUSE_NAME_OFFSET;
         FuseContext context = plus ? Context(h, 0) : default;
         int used = 0;
@@ -980,17 +1208,16 @@ internal sealed unsafe class FuseChannel
 
     // ------------------------------------------------------------------ extended attributes
 
-    private void SetXattr(fuse_in_header* h, ReadOnlySpan<byte> args)
+    private void SetXattr(fuse_in_header* h, ReadOnlySpan<byte> first, ReadOnlySpan<byte> rest)
     {
         // Without FUSE_SETXATTR_EXT (not asked for) the kernel sends the compat form: fuse_setxattr_in's first
         // FUSE_COMPAT_SETXATTR_IN_SIZE bytes, size and flags.
-        if (args.Length < FUSE_COMPAT_SETXATTR_IN_SIZE)
+        if (first.Length < FUSE_COMPAT_SETXATTR_IN_SIZE)
         {
             throw new OverlayException(OverlayErrno.EINVAL, "setxattr request shorter than its header");
         }
-        uint size = MemoryMarshal.Read<uint>(args);
-        uint flags = MemoryMarshal.Read<uint>(args[sizeof(uint)..]);
-        ReadOnlySpan<byte> rest = args[FUSE_COMPAT_SETXATTR_IN_SIZE..];
+        uint size = MemoryMarshal.Read<uint>(first);
+        uint flags = MemoryMarshal.Read<uint>(first[sizeof(uint)..]);
         int nul = rest.IndexOf((byte)0);
         if (nul < 0 || rest.Length - nul - 1 < size)
         {
@@ -1001,10 +1228,10 @@ internal sealed unsafe class FuseChannel
         ReplyOk(h);
     }
 
-    private void GetXattr(fuse_in_header* h, ReadOnlySpan<byte> args)
+    private void GetXattr(fuse_in_header* h, ReadOnlySpan<byte> first, ReadOnlySpan<byte> rest)
     {
-        fuse_getxattr_in a = Read<fuse_getxattr_in>(args);
-        byte[]? value = _handler.GetXattr(h->nodeid, Name(args[sizeof(fuse_getxattr_in)..]), Context(h, 0));
+        fuse_getxattr_in a = Read<fuse_getxattr_in>(first);
+        byte[]? value = _handler.GetXattr(h->nodeid, Name(rest), Context(h, 0));
         if (value is null)
         {
             ReplyError(h, ENODATA);
@@ -1026,9 +1253,9 @@ internal sealed unsafe class FuseChannel
         }
     }
 
-    private void ListXattr(fuse_in_header* h, ReadOnlySpan<byte> args, byte* reply)
+    private void ListXattr(fuse_in_header* h, ReadOnlySpan<byte> first, byte* reply, int capacity)
     {
-        fuse_getxattr_in a = Read<fuse_getxattr_in>(args);
+        fuse_getxattr_in a = Read<fuse_getxattr_in>(first);
         IReadOnlyList<string> names = _handler.ListXattrs(h->nodeid, Context(h, 0));
         int total = 0;
         foreach (string n in names)
@@ -1040,12 +1267,12 @@ internal sealed unsafe class FuseChannel
             Reply(h, new fuse_getxattr_out { size = (uint)total });
             return;
         }
-        if ((uint)total > a.size || total > _replyBufferSize)
+        if ((uint)total > a.size || total > capacity)
         {
             ReplyError(h, ERANGE);
             return;
         }
-        var buffer = new Span<byte>(reply, _replyBufferSize);
+        var buffer = new Span<byte>(reply, capacity);
         int at = 0;
         foreach (string n in names)
         {

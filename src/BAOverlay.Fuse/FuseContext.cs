@@ -39,6 +39,10 @@ public sealed record FuseConnection(uint Major, uint Minor, uint Capable, uint W
     /// <c>security.capability</c> before every write.</summary>
     public bool KillPrivilegesV2 { get; init; }
 
+    /// <summary>FUSE over io_uring was granted (protocol 7.42, <see cref="FuseMountOptions.IoUring"/>): requests come
+    /// through one io_uring per CPU queue instead of <c>read(2)</c> on <c>/dev/fuse</c>.</summary>
+    public bool IoUring { get; init; }
+
     /// <summary>FUSE_CAP_AUTO_INVAL_DATA is in use: the kernel drops cached data when a file's size or mtime changes.</summary>
     public bool AutoInvalidateData => (Want & Interop.FuseCallbacks.FUSE_CAP_AUTO_INVAL_DATA) != 0;
 }

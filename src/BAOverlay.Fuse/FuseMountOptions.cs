@@ -91,6 +91,16 @@ public sealed record FuseMountOptions
     /// </summary>
     public bool SpliceReads { get; init; } = true;
 
+    /// <summary>
+    /// Take requests through io_uring (FUSE over io_uring, Linux 6.14+, protocol 7.42; the session's own protocol
+    /// layer only; default off, see docs/fuse-interop.md for why) when the kernel offers it, which it does only while the fuse module's
+    /// <c>enable_uring</c> parameter is Y (<c>/sys/module/fuse/parameters/enable_uring</c>, root's choice for the
+    /// whole system): one ring per CPU queue, each answer handing the reply back and taking the next request in one
+    /// system call. Where the kernel does not offer it, or io_uring cannot be set up (<c>io_uring_disabled</c>, a
+    /// seccomp profile), or with this off, requests come through <c>read(2)</c> and replies go by <c>writev(2)</c>.
+    /// </summary>
+    public bool IoUring { get; init; }
+
     /// <summary>Request tracing on standard error (libfuse's <c>-d</c>).</summary>
     public bool Debug { get; init; }
 

@@ -124,6 +124,9 @@ public sealed unsafe class FuseSession : IDisposable
     /// <summary>Read replies spliced from the file so far (own protocol layer; for tests and diagnostics).</summary>
     internal long SplicedReads => _channel?.SplicedReads ?? 0;
 
+    /// <summary>Requests taken through io_uring so far (own protocol layer; for tests and diagnostics).</summary>
+    internal long RingRequests => _channel?.RingRequests ?? 0;
+
     /// <summary>Opens the daemon serves now, counted while passthrough is in use; for tests and diagnostics.</summary>
     internal int ServedOpens => _channel?.ServedOpens ?? 0;
 

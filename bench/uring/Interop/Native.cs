@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using BAOverlay.Fuse.Interop;
 
 namespace BAOverlay.UringBench.Interop;
 

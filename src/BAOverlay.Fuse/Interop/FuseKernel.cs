@@ -66,10 +66,11 @@ internal static class FuseKernel
     /// <summary>FUSE_KERNEL_VERSION: the major version this channel speaks.</summary>
     public const uint FUSE_KERNEL_VERSION = 7;
 
-    /// <summary>The minor version this channel offers: 7.40 (Linux 6.9: passthrough), the newest whose every message
-    /// this code handles (7.39's STATX is answered ENOSYS, which the kernel remembers). The kernel answers with the
-    /// lower of its own and this.</summary>
-    public const uint FUSE_KERNEL_MINOR_VERSION = 40;
+    /// <summary>The minor version this channel offers: 7.42 (Linux 6.14: FUSE over io_uring), the newest whose every
+    /// message this code handles (7.39's STATX is answered ENOSYS, which the kernel remembers; 7.41 and 7.42 add only
+    /// INIT flags, FUSE_ALLOW_IDMAP, not asked for, and FUSE_OVER_IO_URING). The kernel answers with the lower of its
+    /// own and this.</summary>
+    public const uint FUSE_KERNEL_MINOR_VERSION = 42;
 
     /// <summary>The first minor with FUSE_PASSTHROUGH, fuse_open_out.backing_id and fuse_init_out.max_stack_depth.</summary>
     public const uint PassthroughMinor = 40;

@@ -39,6 +39,16 @@ internal static unsafe partial class LibC
     public const ulong STATX_ATTR_MOUNT_ROOT = 0x2000;
 
     public const short POLLERR = 0x8;
+    public const short POLLIN = 0x1;
+
+    public const int EBADF = 9;
+    public const int ENOTCONN = 107;
+    public const int ECANCELED = 125;
+    public const int PROT_READ = 1;
+    public const int PROT_WRITE = 2;
+    public const int MAP_SHARED = 1;
+    public const int MAP_POPULATE = 0x8000;
+    public const int EFD_CLOEXEC = 0x80000;
 
     /// <summary><c>NS_GET_USERNS</c>, <c>_IO(0xb7, 0x1)</c>: a descriptor of the user namespace that owns a namespace.</summary>
     public const nuint NS_GET_USERNS = 0xb701;
@@ -146,6 +156,36 @@ internal static unsafe partial class LibC
     // int fcntl(int fd, int cmd, ...);  (F_GETFL: no third argument)
     [LibraryImport(Library, EntryPoint = "fcntl", SetLastError = true)]
     public static partial int fcntl(Microsoft.Win32.SafeHandles.SafeFileHandle fd, int cmd);
+
+    // void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset);
+    [LibraryImport(Library, EntryPoint = "mmap", SetLastError = true)]
+    public static partial void* mmap(void* addr, nuint length, int prot, int flags, int fd, long offset);
+
+    // int munmap(void *addr, size_t length);
+    [LibraryImport(Library, EntryPoint = "munmap", SetLastError = true)]
+    public static partial int munmap(void* addr, nuint length);
+
+    // int eventfd(unsigned int initval, int flags);
+    [LibraryImport(Library, EntryPoint = "eventfd", SetLastError = true)]
+    public static partial int eventfd(uint initval, int flags);
+
+    // long syscall(long number, ...);  (called with six integer arguments: io_uring_setup, _enter and _register take
+    // at most six, and glibc's syscall reads them from the registers and stack as a non-variadic call passes them)
+    [LibraryImport(Library, EntryPoint = "syscall", SetLastError = true)]
+    public static partial long syscall(long number, long a1, long a2, long a3, long a4, long a5, long a6);
+
+    // int io_uring_setup(u32 entries, struct io_uring_params *p);  (no libc wrapper)
+    public static int io_uring_setup(uint entries, io_uring_params* p) =>
+        (int)syscall(UringAbi.__NR_io_uring_setup, entries, (long)p, 0, 0, 0, 0);
+
+    // int io_uring_enter(unsigned int fd, unsigned int to_submit, unsigned int min_complete, unsigned int flags,
+    //                    const sigset_t *sig, size_t sigsz);
+    public static int io_uring_enter(int fd, uint toSubmit, uint minComplete, uint flags) =>
+        (int)syscall(UringAbi.__NR_io_uring_enter, fd, toSubmit, minComplete, flags, 0, 0);
+
+    // int io_uring_register(unsigned int fd, unsigned int opcode, void *arg, unsigned int nr_args);
+    public static int io_uring_register(int fd, uint opcode, void* arg, uint nrArgs) =>
+        (int)syscall(UringAbi.__NR_io_uring_register, fd, opcode, (long)arg, nrArgs, 0, 0);
 
     // uid_t geteuid(void);
     [LibraryImport(Library, EntryPoint = "geteuid")]

@@ -94,6 +94,22 @@ public sealed class BAOverlayFsProgramTests
     }
 
     [Test]
+    public void IoUringOptionTurnsTheRingTransportOnAndOff()
+    {
+        bool Of(string option)
+        {
+            CommandLine line = CommandLine.Parse(["-o", "lowerdir=/l" + option, "/m"]);
+            Assert.That(line.Warnings, Is.Empty, option);
+            return line.IoUring;
+        }
+        Assert.That(Of(""), Is.False, "default off");
+        Assert.That(Of(",io_uring"), Is.True);
+        Assert.That(Of(",io_uring=1,io_uring=0"), Is.False, "the last one wins");
+        Assert.That(Of(",io_uring=0,io_uring"), Is.True, "the last one wins");
+        Assert.That(() => CommandLine.Parse(["-o", "lowerdir=/l,io_uring=yes", "/m"]), Throws.InstanceOf<UsageException>().With.Message.Contains("io_uring=yes"));
+    }
+
+    [Test]
     public void TimeoutOptionsSetHowLongTheKernelKeepsNamesAndAttributes()
     {
         CommandLine defaults = CommandLine.Parse(["-o", "lowerdir=/l", "/m"]);

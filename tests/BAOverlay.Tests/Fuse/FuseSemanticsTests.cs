@@ -17,14 +17,16 @@ namespace BAOverlay.Tests.Fuse;
 /// libfuse3 for the libfuse fixture); ignored, saying which is missing, otherwise (CI has all). Everything runs twice: with the
 /// kernel's write-back cache (as baoverlayfs mounts) and without it (the library's default), over the session's own
 /// FUSE protocol layer; and once more served through libfuse (<see cref="BAOverlay.Fuse.FuseMountOptions.UseLibFuse"/>),
-/// the fallback, which must mean the same.
+/// the fallback, which must mean the same; and once more over FUSE over io_uring (<see cref="BAOverlay.Fuse.FuseMountOptions.IoUring"/>,
+/// which needs the fuse module's enable_uring = Y: .ci/run sets it), every opcode through the ring's split requests.
 /// </summary>
-[TestFixture(true, false, TestName = "WithTheWritebackCache")]
-[TestFixture(false, false, TestName = "WithoutTheWritebackCache")]
-[TestFixture(true, true, TestName = "ThroughLibfuse")]
+[TestFixture(true, false, false, TestName = "WithTheWritebackCache")]
+[TestFixture(false, false, false, TestName = "WithoutTheWritebackCache")]
+[TestFixture(true, true, false, TestName = "ThroughLibfuse")]
+[TestFixture(false, false, true, TestName = "OverIoUring")]
 [Platform("Linux")]
 [NonParallelizable]
-public sealed class FuseSemanticsTests(bool writeback, bool libfuse)
+public sealed class FuseSemanticsTests(bool writeback, bool libfuse, bool ioUring)
 {
     private int _mounts;
 
@@ -35,10 +37,14 @@ public sealed class FuseSemanticsTests(bool writeback, bool libfuse)
     private T WithMount<T>(OverlayLayers layers, Func<PosixTree, T> use)
     {
         string mountPoint = layers.Make($"fuse-mnt{++_mounts}");
-        Mounted mounted = Mounted.Start(() => layers.OpenOverlay(), mountPoint, options: new BAOverlay.Fuse.FuseMountOptions { WritebackCache = writeback, UseLibFuse = libfuse });
+        Mounted mounted = Mounted.Start(() => layers.OpenOverlay(), mountPoint, options: new BAOverlay.Fuse.FuseMountOptions { WritebackCache = writeback, UseLibFuse = libfuse, IoUring = ioUring });
         T result;
         try
         {
+            if (ioUring)
+            {
+                RingTransportTests.AssertRingGranted(mounted, mountPoint);
+            }
             result = use(new PosixTree(mountPoint));
         }
         finally

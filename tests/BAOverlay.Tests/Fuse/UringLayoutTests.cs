@@ -3,13 +3,12 @@ using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Text;
 using BAOverlay.Fuse.Interop;
-using BAOverlay.UringBench.Interop;
 
 namespace BAOverlay.Tests.Fuse;
 
 /// <summary>
-/// The io_uring and FUSE-over-io_uring structs and constants of the uringbench prototype
-/// (<c>bench/uring/Interop/UringAbi.cs</c>, compiled into this assembly) against the kernel's headers: a C program prints
+/// The io_uring and FUSE-over-io_uring structs and constants of the ring transport
+/// (<c>src/BAOverlay.Fuse/Interop/UringAbi.cs</c>, which the ring transport and the prototype use) against the kernel's headers: a C program prints
 /// sizeof and offsetof of every field the managed structs declare (found by reflection) and the value of every constant,
 /// from <c>linux/io_uring.h</c>, <c>linux/fuse.h</c> and <c>sys/syscall.h</c>. A <c>linux/fuse.h</c> older than 7.42 (Debian
 /// 12 ships 7.38) lacks the ring structs: the program then declares them as Linux 6.14's header does, so the managed

@@ -1,13 +1,13 @@
 using System.Runtime.InteropServices;
 
-namespace BAOverlay.UringBench.Interop;
+namespace BAOverlay.Fuse.Interop;
 
 // The kernel ABI of io_uring (include/uapi/linux/io_uring.h) and of FUSE over io_uring (include/uapi/linux/fuse.h,
 // protocol 7.42, Linux 6.14), with the headers' names. A test (tests/BAOverlay.Tests/Fuse/UringLayoutTests.cs)
 // compiles offsetof/sizeof of every field and the value of every constant against the installed headers; the FUSE
 // ring structs are newer than Debian 12's header, which the test then declares from the 7.42 text.
 
-/// <summary>Constants of linux/io_uring.h, linux/fuse.h (7.42) and the x86_64 system call numbers this prototype uses.</summary>
+/// <summary>Constants of linux/io_uring.h, linux/fuse.h (7.42) and the x86_64 system call numbers the ring transport uses.</summary>
 internal static class UringAbi
 {
     // x86_64 system call numbers (<sys/syscall.h>; the same on every architecture that has io_uring since 5.1)
@@ -38,6 +38,12 @@ internal static class UringAbi
 
     /// <summary>enum io_uring_op: a command passed to the file's uring_cmd handler (5.19+), here /dev/fuse's.</summary>
     public const byte IORING_OP_URING_CMD = 46;
+
+    /// <summary>enum io_uring_op: wait until a descriptor polls ready (one completion per submission).</summary>
+    public const byte IORING_OP_POLL_ADD = 6;
+
+    /// <summary>enum io_uring_op: completes at once (used to wake a thread waiting on the ring).</summary>
+    public const byte IORING_OP_NOP = 0;
 
     /// <summary>fuse_init_in/out flags: the server takes requests through io_uring (7.42; bit 9 of flags2).</summary>
     public const ulong FUSE_OVER_IO_URING = 1UL << 41;
@@ -114,6 +120,7 @@ internal unsafe struct io_uring_sqe
     [FieldOffset(16)] public ulong addr;
     [FieldOffset(24)] public uint len;
     [FieldOffset(28)] public uint uring_cmd_flags;
+    [FieldOffset(28)] public uint poll32_events;
     [FieldOffset(32)] public ulong user_data;
     [FieldOffset(40)] public ushort buf_index;
     [FieldOffset(42)] public ushort personality;
