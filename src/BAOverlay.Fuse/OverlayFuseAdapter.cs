@@ -98,7 +98,14 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
         }
         _fileSystem.Changed += OnOverlayChanged;
         _fileSystem.NameChanged += OnOverlayNameChanged;
+        _fileSystem.AttributesChangedAside += OnOverlayChangedAside;
     }
+
+    /// <summary>Dropped from the kernel's cache even while serving: the request that caused it was for another
+    /// object, whose reply tells the kernel nothing of this one.</summary>
+    private void OnOverlayChangedAside(ulong ino) =>
+        ThreadPool.UnsafeQueueUserWorkItem(static state => state.Adapter.Invalidate(state.Ino, -1, 0),
+            (Adapter: this, Ino: ino), preferLocal: false);
 
     private void OnOverlayNameChanged(ulong parent, string name)
     {

@@ -73,6 +73,15 @@ public sealed partial class OverlayFileSystem : IDisposable
     internal void OnChanged(ulong ino, long offset, long length) => Changed?.Invoke(ino, offset, length);
 
     /// <summary>
+    /// Raised after an object's attributes changed as a side effect of a change to another one: a directory copied up
+    /// because something below it changed (it now merges two layers and counts one link, as under kernel overlayfs).
+    /// Unlike the changes <see cref="Changed"/> reports, a kernel that made the change through a FUSE mount does not
+    /// know of this one, so a cache of attributes must drop it whoever made the change. Same rules as
+    /// <see cref="Changed"/>: quick, never throwing, never calling back into the overlay.
+    /// </summary>
+    public event Action<ulong>? AttributesChangedAside;
+
+    /// <summary>
     /// Raised after a name in a directory was made, removed or now names another object through this overlay:
     /// <see cref="Create"/>, <see cref="MakeDirectory"/>, <see cref="MakeNode"/>, <see cref="MakeSymbolicLink"/>,
     /// <see cref="Link"/>, <see cref="Unlink"/>, <see cref="RemoveDirectory"/> and both names of a
@@ -1942,6 +1951,9 @@ public sealed partial class OverlayFileSystem : IDisposable
         {
             node.Layers.Insert(0, (_upper, node.Path));
             node.Listing = null; // kept for the old layers (the content is the same, but the rule stays simple)
+            // Now merged from two layers, it counts one link (as kernel overlayfs): a kernel that cached its real
+            // count (a FUSE mount's attributes) must ask again, even when it asked for the change below it.
+            AttributesChangedAside?.Invoke(node.Ino);
         }
         else
         {

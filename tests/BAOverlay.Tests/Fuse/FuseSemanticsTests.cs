@@ -18,7 +18,7 @@ namespace BAOverlay.Tests.Fuse;
 /// kernel's write-back cache (as baoverlayfs mounts) and without it (the library's default), over the session's own
 /// FUSE protocol layer; and once more served through libfuse (<see cref="BAOverlay.Fuse.FuseMountOptions.UseLibFuse"/>),
 /// the fallback, which must mean the same; and once more over FUSE over io_uring (<see cref="BAOverlay.Fuse.FuseMountOptions.IoUring"/>,
-/// which needs the fuse module's enable_uring = Y: .ci/run sets it), every opcode through the ring's split requests.
+/// which needs the fuse module's enable_uring = Y: the fixture sets it, as root), every opcode through the ring's split requests.
 /// </summary>
 [TestFixture(true, false, false, TestName = "WithTheWritebackCache")]
 [TestFixture(false, false, false, TestName = "WithoutTheWritebackCache")]
@@ -29,6 +29,21 @@ namespace BAOverlay.Tests.Fuse;
 public sealed class FuseSemanticsTests(bool writeback, bool libfuse, bool ioUring)
 {
     private int _mounts;
+    private RingTransportTests.UringParameter? _ring;
+
+    /// <summary>Over io_uring: the fuse module's enable_uring set to Y for the fixture (root only; the old value is
+    /// put back), so that the README's test command needs nothing set beforehand.</summary>
+    [OneTimeSetUp]
+    public void EnableTheRing()
+    {
+        if (ioUring && Syscall.geteuid() == 0)
+        {
+            _ring = new RingTransportTests.UringParameter(enable: true);
+        }
+    }
+
+    [OneTimeTearDown]
+    public void RestoreTheRing() => _ring?.Dispose();
 
     /// <summary>
     /// Mounts the overlay over <paramref name="layers"/> on a fresh folder next to them, runs <paramref name="use"/>
@@ -84,6 +99,12 @@ public sealed class FuseSemanticsTests(bool writeback, bool libfuse, bool ioUrin
         Walk("");
         return links;
     }
+
+    /// <summary>The directories whose link counts differ, "path kernel/mount".</summary>
+    private static string LinkDifferences(SortedDictionary<string, ulong> kernel, SortedDictionary<string, ulong> mount) =>
+        string.Join(", ", kernel.Keys.Union(mount.Keys).Order(StringComparer.Ordinal)
+            .Where(p => kernel.GetValueOrDefault(p) != mount.GetValueOrDefault(p))
+            .Select(p => $"{p} {kernel.GetValueOrDefault(p)}/{mount.GetValueOrDefault(p)}"));
 
     private static string Parent(string path) => path.LastIndexOf('/') is > 0 and int slash ? path[..slash] : "/";
 
@@ -220,7 +241,9 @@ public sealed class FuseSemanticsTests(bool writeback, bool libfuse, bool ioUrin
                         if (step % CompareEvery == 0)
                         {
                             Assert.That(Diff(Visible(kernelTree), fuse.Snapshot()), Is.Empty, $"after step {step} (kernel | mount); {Context()}");
-                            Assert.That(DirectoryLinks(fuse.Root), Is.EqualTo(DirectoryLinks(kernelTree.Root)), $"directory link counts after step {step} (kernel, mount); {Context()}");
+                            SortedDictionary<string, ulong> mountLinks = DirectoryLinks(fuse.Root), kernelLinks = DirectoryLinks(kernelTree.Root);
+                            Assert.That(mountLinks, Is.EqualTo(kernelLinks),
+                                $"directory link counts after step {step} (kernel, mount): {LinkDifferences(kernelLinks, mountLinks)}; {Context()}");
                         }
                     }
                     TestContext.Out.WriteLine($"{Steps} steps; results: {string.Join(", ", log.Select(l => l.Contains("-> ", StringComparison.Ordinal) ? l.Split(' ')[1] + " " + l.Split("-> ")[^1].Split(' ')[0] : "skip").CountBy(r => r).OrderByDescending(kv => kv.Value).Select(kv => $"{kv.Key} {kv.Value}"))}");

@@ -24,7 +24,7 @@ public sealed partial class RingTransportTests
     private const string Parameter = "/sys/module/fuse/parameters/enable_uring";
 
     /// <summary>Sets the fuse module's enable_uring for the test and puts the old value back.</summary>
-    private sealed class UringParameter : IDisposable
+    internal sealed class UringParameter : IDisposable
     {
         private readonly string _old;
 
