@@ -441,22 +441,12 @@ internal sealed class CommandLine
             case ("writeback", "1" or "0"):
                 Writeback = value == "1";
                 return;
-            case ("splice", null):
-                Splice = true;
+            case ("splice", _):
+                Splice = ParseSwitch(option, name, value);
                 return;
-            case ("splice", "1" or "0"):
-                Splice = value == "1";
+            case ("io_uring", _):
+                IoUring = ParseSwitch(option, name, value);
                 return;
-            case ("splice", not null):
-                throw new UsageException($"bad value in '{option}': splice takes 1 or 0");
-            case ("io_uring", null):
-                IoUring = true;
-                return;
-            case ("io_uring", "1" or "0"):
-                IoUring = value == "1";
-                return;
-            case ("io_uring", not null):
-                throw new UsageException($"bad value in '{option}': io_uring takes 1 or 0");
             case ("passthrough", null):
                 Passthrough = true;
                 PassthroughLowerFiles = false;
@@ -522,6 +512,14 @@ internal sealed class CommandLine
         }
         Warnings.Add($"unknown option '{option}' ignored");
     }
+
+    /// <summary>An on/off option: NAME or NAME=1 on, NAME=0 off; any other value is a usage error.</summary>
+    private static bool ParseSwitch(string option, string name, string? value) => value switch
+    {
+        null or "1" => true,
+        "0" => false,
+        _ => throw new UsageException($"bad value in '{option}': {name} takes 1 or 0"),
+    };
 
     private static double ParseSeconds(string option, string value) =>
         double.TryParse(value, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out double seconds) && double.IsFinite(seconds)
