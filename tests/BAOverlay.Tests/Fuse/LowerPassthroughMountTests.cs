@@ -139,6 +139,9 @@ public sealed class LowerPassthroughMountTests
         using Mounted mounted = Mount(fixture, out string mnt, out _);
         int[] completed = new int[Files];
         int[] started = new int[Files]; // writes begun, per file: a read that overlaps one may see blocks half rewritten
+        // Reads opened per file: no file is written before it was opened for reading once, so that some reads surely
+        // meet an untouched lower file (passed through) whichever thread the scheduler favours.
+        int[] readOpens = new int[Files];
         object[] writerLocks = Enumerable.Range(0, Files).Select(_ => new object()).ToArray();
         int refused = 0, passedThrough = 0, reads = 0, writes = 0;
         var failures = new System.Collections.Concurrent.ConcurrentQueue<string>();
@@ -152,7 +155,7 @@ public sealed class LowerPassthroughMountTests
             {
                 int f = random.Next(Files);
                 string path = Path.Combine(mnt, $"f{f}");
-                if (random.Next(3) == 0)
+                if (random.Next(3) == 0 && Volatile.Read(ref readOpens[f]) > 0)
                 {
                     lock (writerLocks[f])
                     {
@@ -195,6 +198,7 @@ public sealed class LowerPassthroughMountTests
                     {
                         Interlocked.Increment(ref passedThrough);
                     }
+                    Interlocked.Increment(ref readOpens[f]);
                     Thread.Sleep(random.Next(3)); // hold it open a little, so that writers meet it
                     int writesBefore = Volatile.Read(ref started[f]);
                     bool overlapped = writesBefore != Volatile.Read(ref completed[f]);
