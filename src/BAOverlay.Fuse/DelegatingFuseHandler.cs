@@ -75,6 +75,9 @@ public abstract class DelegatingFuseHandler(IFuseLowLevelHandler inner) : IFuseL
     /// <inheritdoc/>
     public virtual void Flush(ulong ino, ulong handle) => Inner.Flush(ino, handle);
 
+    /// <summary>The inner handler's: a subclass that does something at <see cref="Flush"/> says true.</summary>
+    public virtual bool HandlesFlush => Inner.HandlesFlush;
+
     /// <inheritdoc/>
     public virtual void Release(ulong ino, ulong handle) => Inner.Release(ino, handle);
 

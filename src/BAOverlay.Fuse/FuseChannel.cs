@@ -273,6 +273,7 @@ internal sealed unsafe class FuseChannel
                 case FuseOpcode.FUSE_CREATE: Create(h, first, rest); break;
                 case FuseOpcode.FUSE_READ: ReadData(h, first, replyData, replyCapacity); break;
                 case FuseOpcode.FUSE_WRITE: WriteData(h, first, rest); break;
+                case FuseOpcode.FUSE_FLUSH when !_handler.HandlesFlush: ReplyError(h, ENOSYS); break; // no more flushes
                 case FuseOpcode.FUSE_FLUSH: _handler.Flush(h->nodeid, Read<fuse_flush_in>(first).fh); ReplyOk(h); break;
                 case FuseOpcode.FUSE_RELEASE: ReleaseFile(h->nodeid, Read<fuse_release_in>(first).fh); ReplyOk(h); break;
                 case FuseOpcode.FUSE_FSYNC: Fsync(h, first); break;

@@ -64,7 +64,7 @@ public sealed unsafe class FuseSession : IDisposable
 
         _self = GCHandle.Alloc(this);
         _ops = (FuseLowLevelOps*)NativeMemory.AllocZeroed((nuint)sizeof(FuseLowLevelOps));
-        *_ops = FuseCallbacks.Build();
+        *_ops = FuseCallbacks.Build(handler.HandlesFlush);
 
         var argv = new List<string> { "baoverlay", "-o", Options.OptionString() };
         if (Options.Debug)

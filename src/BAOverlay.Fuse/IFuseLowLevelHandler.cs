@@ -86,6 +86,14 @@ public interface IFuseLowLevelHandler
     /// <summary>flush (called at each close of a file descriptor).</summary>
     void Flush(ulong ino, ulong handle);
 
+    /// <summary>
+    /// Whether <see cref="Flush"/> does anything (the default: true). When false, the first FLUSH is answered
+    /// <c>ENOSYS</c> and the kernel sends no more for the connection (<c>fc-&gt;no_flush</c>): a <c>close(2)</c> then
+    /// waits for no round trip (it still writes back cached dirty pages first and reports their errors, and the last
+    /// close still sends RELEASE, without waiting). fuse-overlayfs answers every flush so.
+    /// </summary>
+    bool HandlesFlush => true;
+
     /// <summary>release: the last close of an open file.</summary>
     void Release(ulong ino, ulong handle);
 

@@ -35,7 +35,7 @@ internal static unsafe class FuseCallbacks
     public const uint FUSE_CAP_WRITEBACK_CACHE = 1 << 16;
 
     /// <summary>The ops table with every implemented member set; the others stay null.</summary>
-    public static FuseLowLevelOps Build() => new()
+    public static FuseLowLevelOps Build(bool flush) => new()
     {
         init = &Init,
         lookup = &Lookup,
@@ -53,7 +53,7 @@ internal static unsafe class FuseCallbacks
         open = &Open,
         read = &Read,
         write = &Write,
-        flush = &Flush,
+        flush = flush ? &Flush : null, // none: libfuse answers ENOSYS, and the kernel sends no more
         release = &Release,
         fsync = &Fsync,
         opendir = &OpenDir,

@@ -441,6 +441,53 @@ public sealed partial class FuseMountTests
         Assert.That(seen, Is.EqualTo(expected), $"{what}: seen through the mount within 300 ms");
     }
 
+    /// <summary>
+    /// A close of a descriptor sends no FLUSH: the overlay has nothing to do at one, so the first is answered ENOSYS and
+    /// the kernel sends no more (each close of each file was a round trip the closing process waited for, where
+    /// fuse-overlayfs answers none). A handler that does something at a flush still gets every one, over both
+    /// transports; the bytes written before each close are there either way.
+    /// </summary>
+    [Test]
+    public void ClosesSendNoFlushUnlessTheHandlerWantsThem([Values] bool handlerWantsThem, [Values] bool libfuse)
+    {
+        using var fixture = new OverlayFixture(lowers: 1);
+        OverlayFixture.WriteFile(Path.Combine(fixture.Lowers[0], "f"), "lower");
+        CountingFlushes? counting = null;
+        using Mounted mounted = Mounted.Start(fixture, out string mnt,
+            fs => counting = new CountingFlushes(new OverlayFuseAdapter(fs), handlerWantsThem), new FuseMountOptions { UseLibFuse = libfuse });
+        string file = Path.Combine(mnt, "f");
+        for (int i = 0; i < 10; i++)
+        {
+            Assert.That(File.ReadAllText(file), Is.EqualTo(i == 0 ? "lower" : $"written {i - 1}"));
+            File.WriteAllText(file, $"written {i}");
+        }
+        Assert.That(File.ReadAllText(file), Is.EqualTo("written 9"));
+        if (handlerWantsThem)
+        {
+            Assert.That(counting!.Flushes, Is.GreaterThanOrEqualTo(21), "a flush at each of the 21 closes");
+        }
+        else
+        {
+            Assert.That(counting!.Flushes, Is.Zero, "no flush reached the handler");
+        }
+        Assert.That(mounted.Log, Is.Empty);
+    }
+
+    private sealed class CountingFlushes(IFuseLowLevelHandler inner, bool wanted) : DelegatingFuseHandler(inner)
+    {
+        private long _flushes;
+
+        public long Flushes => Interlocked.Read(ref _flushes);
+
+        public override bool HandlesFlush => wanted || base.HandlesFlush;
+
+        public override void Flush(ulong ino, ulong handle)
+        {
+            Interlocked.Increment(ref _flushes);
+            Inner.Flush(ino, handle);
+        }
+    }
+
     private sealed class CountingLookups(IFuseLowLevelHandler inner) : DelegatingFuseHandler(inner)
     {
         private readonly System.Collections.Concurrent.ConcurrentDictionary<string, long> _lookups = new();
