@@ -349,7 +349,7 @@ internal sealed unsafe class FuseChannel
     /// file's group).</summary>
     private bool DropPrivileges(fuse_in_header* h) =>
         _handler.MayHavePrivileges(h->nodeid)
-        && _handler.DropPrivileges(h->nodeid, new FuseContext(h->uid, h->gid, (int)h->pid, 0) { Groups = ProcessGroups.Of(h->pid) });
+        && _handler.DropPrivileges(h->nodeid, new FuseContext(h->uid, h->gid, (int)h->pid, 0) { Groups = new ProcessGroups.OnDemand(h->pid) });
 
     // ------------------------------------------------------------------ replies
 
@@ -1346,6 +1346,38 @@ internal static class FuseDirectoryOffsets
 /// <summary>A process's supplementary groups, from <c>/proc/PID/task/PID/status</c> as libfuse's fuse_req_getgroups reads them.</summary>
 internal static class ProcessGroups
 {
+    /// <summary>A process's groups read at their first use: a privilege check needs them only for a set-group-ID file
+    /// without group execute whose group is not the caller's own, and reading /proc at every chown cost more than
+    /// the rest of the request.</summary>
+    public sealed class OnDemand(uint pid) : IReadOnlyList<uint>
+    {
+        private IReadOnlyList<uint>? _groups;
+
+        /// <summary>How many times the groups were read (tests).</summary>
+        internal static long Reads;
+
+        private IReadOnlyList<uint> Groups
+        {
+            get
+            {
+                if (_groups is null)
+                {
+                    Interlocked.Increment(ref Reads);
+                    _groups = Of(pid);
+                }
+                return _groups;
+            }
+        }
+
+        public uint this[int index] => Groups[index];
+
+        public int Count => Groups.Count;
+
+        public IEnumerator<uint> GetEnumerator() => Groups.GetEnumerator();
+
+        System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => GetEnumerator();
+    }
+
     public static IReadOnlyList<uint> Of(uint pid)
     {
         try

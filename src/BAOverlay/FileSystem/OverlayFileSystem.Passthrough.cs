@@ -38,8 +38,8 @@ public sealed partial class OverlayFileSystem
             }
             OverlayStat stat = StatOf(node);
             uint mode = stat.Mode;
-            bool inGroup = caller.Gid == stat.Gid || (caller.Groups?.Contains(stat.Gid) ?? false);
-            bool dropGroup = (mode & S_ISGID) != 0 && ((mode & S_IXGRP) != 0 || !inGroup);
+            // The caller's groups are looked at only when they decide (a caller's groups may be read on demand).
+            bool dropGroup = (mode & S_ISGID) != 0 && ((mode & S_IXGRP) != 0 || !Permissions.InGroup(caller, stat.Gid));
             bool setId = (mode & S_ISUID) != 0 || dropGroup;
             bool capability = false;
             if (!node.HasNoCapabilityXattr)

@@ -1621,7 +1621,16 @@ public sealed partial class OverlayFileSystem : IDisposable
         }
         node.Lookups++;
         using LayerPath created = Top(node);
-        return StatOf(node, created, top);
+        OverlayStat stat = StatOf(node, created, top);
+        if (node.Type == S_IFREG)
+        {
+            // A file just made has no security.capability (only a setxattr gives one, which forgets this) and, made
+            // without set-id bits, nothing a write or chown would clear: the kernel's capability read before its first
+            // write and the privilege check of its first chown (every chown of a file asks) cost no I/O.
+            node.HasNoCapabilityXattr = true;
+            node.HasNoPrivileges = (stat.Mode & (S_ISUID | S_ISGID)) == 0;
+        }
+        return stat;
     }
 
     /// <summary>

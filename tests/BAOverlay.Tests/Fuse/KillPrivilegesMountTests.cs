@@ -99,6 +99,45 @@ public sealed class KillPrivilegesMountTests
         Assert.That(mounted.Log, Is.Empty);
     }
 
+    /// <summary>
+    /// What <c>tar -x</c> does to each file it makes, create, write, chown, chmod, through the mount: the kernel asks
+    /// for a privilege check at every chown of a file (FATTR_KILL_SUIDGID), and each one reached the overlay, which
+    /// read the caller's groups from /proc and the file's capability from disk; a file made through the overlay
+    /// without set-id bits is known clean, so none does. A set-group-ID file without group execute written by another
+    /// user is still cleared (the caller's groups read then, and only then).
+    /// </summary>
+    [Test]
+    public void FilesMadeThroughTheMountAreChownedWithoutAPrivilegeCheck()
+    {
+        if (Syscall.geteuid() != 0)
+        {
+            Assert.Ignore("needs root: chown to another user, setpriv; CI is root");
+        }
+        using var fixture = new OverlayFixture(lowers: 1);
+        CountingCapabilityReads? counting = null;
+        using Mounted mounted = Mounted.Start(fixture, out string mnt, fs => counting = new CountingCapabilityReads(new OverlayFuseAdapter(fs)),
+            new FuseMountOptions { AllowOther = true });
+        long groupReads = ProcessGroups.OnDemand.Reads;
+        for (int i = 0; i < 20; i++)
+        {
+            string path = Path.Combine(mnt, $"f{i}");
+            File.WriteAllText(path, "x");
+            Assert.That(Syscall.chown(path, OtherUser, OtherUser), Is.Zero);
+            Assert.That(Syscall.chmod(path, (FilePermissions)Convert.ToUInt32("0644", 8)), Is.Zero);
+        }
+        Assert.That(counting!.PrivilegeChecks, Is.Zero, "no chown of a new file needed a privilege check");
+        Assert.That(ProcessGroups.OnDemand.Reads - groupReads, Is.Zero, "no caller's groups read");
+
+        string sgid = Path.Combine(mnt, "sgid");
+        File.WriteAllText(sgid, "x");
+        Assert.That(Syscall.chmod(sgid, (FilePermissions)Convert.ToUInt32("2766", 8)), Is.Zero);
+        Assert.That(Syscall.chmod(mnt, (FilePermissions)Convert.ToUInt32("0777", 8)), Is.Zero);
+        Exec(mnt, "other", "printf y >> sgid");
+        Assert.That(Describe(sgid), Is.EqualTo("mode 766 uid 0 size 2 capability no"), "set-group-ID cleared: the writer is not in the file's group");
+        Assert.That(ProcessGroups.OnDemand.Reads - groupReads, Is.EqualTo(1), "the writer's groups read once, where they decide");
+        Assert.That(mounted.Log, Is.Empty);
+    }
+
     private static void Prepare(string lower)
     {
         foreach ((string name, string mode, bool cap, _, _) in Cases)
@@ -142,6 +181,16 @@ public sealed class KillPrivilegesMountTests
         private int _reads;
 
         public int CapabilityReads => Volatile.Read(ref _reads);
+
+        private int _checks;
+
+        public int PrivilegeChecks => Volatile.Read(ref _checks);
+
+        public override bool DropPrivileges(ulong ino, FuseContext context)
+        {
+            Interlocked.Increment(ref _checks);
+            return base.DropPrivileges(ino, context);
+        }
 
         public override byte[]? GetXattr(ulong ino, string name, FuseContext context)
         {
