@@ -67,6 +67,10 @@ internal sealed class OwnerMappingHandler(IFuseLowLevelHandler inner, uint? squa
 
     public override OverlayStat Lookup(ulong parent, string name, FuseContext context) => Squash(Inner.Lookup(parent, name, context));
 
+    /// <inheritdoc/>
+    public override OverlayStat? TryLookup(ulong parent, string name, FuseContext context) =>
+        Inner.TryLookup(parent, name, context) is { } stat ? Squash(stat) : null;
+
     public override OverlayStat GetAttr(ulong ino, ulong? handle, FuseContext context) => Squash(Inner.GetAttr(ino, handle, context));
 
     public override OverlayStat SetAttr(ulong ino, OverlaySetAttr change, ulong? handle, FuseContext context) => Squash(Inner.SetAttr(ino, change with { Uid = change.Uid is uint u ? Stored(u, uidMappings) : null, Gid = change.Gid is uint g ? Stored(g, gidMappings) : null }, handle, Stored(context)));

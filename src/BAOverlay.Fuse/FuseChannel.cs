@@ -27,6 +27,7 @@ namespace BAOverlay.Fuse;
 /// </remarks>
 internal sealed unsafe class FuseChannel
 {
+    private const int ENOENT = 2;
     private const int EIO = 5;
     private const int ENOSYS = 38;
     private const int EPROTO = 71;
@@ -751,21 +752,22 @@ internal sealed unsafe class FuseChannel
 
     private void Lookup(fuse_in_header* h, ReadOnlySpan<byte> args)
     {
-        OverlayStat stat;
-        try
+        if (_handler.TryLookup(h->nodeid, Name(args), Context(h, 0)) is { } stat)
         {
-            stat = _handler.Lookup(h->nodeid, Name(args), Context(h, 0));
+            ReplyEntry(h, stat);
         }
-        catch (Exception e) when (_handler.NegativeTimeout > 0 && IsNoEntry(e))
+        else if (_handler.NegativeTimeout > 0)
         {
             // A negative entry: node 0, kept by the kernel for the negative timeout (a name made through the mount
             // replaces it; one made otherwise is invalidated by the handler).
             fuse_entry_out negative = default;
             negative.entry_valid = Timeout(_handler.NegativeTimeout, out negative.entry_valid_nsec);
             Reply(h, negative);
-            return;
         }
-        ReplyEntry(h, stat);
+        else
+        {
+            ReplyError(h, ENOENT);
+        }
     }
 
     /// <summary>True for what answers ENOENT without a log line.</summary>

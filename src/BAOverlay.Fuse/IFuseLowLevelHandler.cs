@@ -28,6 +28,21 @@ public interface IFuseLowLevelHandler
     /// <summary>lookup: the attributes of <paramref name="name"/> in <paramref name="parent"/>; counts one reference.</summary>
     OverlayStat Lookup(ulong parent, string name, FuseContext context);
 
+    /// <summary>lookup, answering null instead of throwing when there is no such name (nothing counted then): the
+    /// kernel looks up each name before it makes it, and an exception per create is a cost a handler can spare.
+    /// Default: <see cref="Lookup"/>, its ENOENT answered null.</summary>
+    OverlayStat? TryLookup(ulong parent, string name, FuseContext context)
+    {
+        try
+        {
+            return Lookup(parent, name, context);
+        }
+        catch (Exception e) when (FuseChannel.IsNoEntry(e))
+        {
+            return null;
+        }
+    }
+
     /// <summary>The lookup a READDIRPLUS entry carries: as <see cref="Lookup"/>, or null to send the entry without
     /// attributes (the kernel then looks the name up itself when it needs it), which a handler may answer for names the
     /// kernel already knows. Default: <see cref="Lookup"/>.</summary>

@@ -185,6 +185,9 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
     /// <inheritdoc/>
     public OverlayStat Lookup(ulong parent, string name, FuseContext context) => _fileSystem.Lookup(parent, name, Checked(context));
 
+    /// <inheritdoc/>
+    public OverlayStat? TryLookup(ulong parent, string name, FuseContext context) => _fileSystem.TryLookup(parent, name, Checked(context));
+
     /// <summary>
     /// A READDIRPLUS entry's lookup, skipped (null) for a name whose object the kernel already holds references to
     /// (<see cref="OverlayFileSystem.IsReferenced"/>): a second listing of a directory, or a listing of files just

@@ -148,14 +148,30 @@ public sealed partial class OverlayFileSystem : IDisposable
     /// <param name="parent">The directory's inode number.</param>
     /// <param name="name">One name.</param>
     /// <param name="caller">Checked for search permission on the directory; null for a trusted caller.</param>
-    public OverlayStat Lookup(ulong parent, string name, OverlayCaller? caller = null)
+    public OverlayStat Lookup(ulong parent, string name, OverlayCaller? caller = null) =>
+        Lookup(parent, name, caller, mustExist: true)!.Value;
+
+    /// <summary>As <see cref="Lookup(ulong, string, OverlayCaller?)"/>, but null when there is no such name (nothing
+    /// counted): a name looked up to be made (what a FUSE kernel does before each create) costs no exception.</summary>
+    /// <exception cref="OverlayException">ENOTDIR when the parent is not a directory; EACCES; the errors of reading a layer.</exception>
+    /// <param name="parent">The directory's inode number.</param>
+    /// <param name="name">One name.</param>
+    /// <param name="caller">Checked for search permission on the directory; null for a trusted caller.</param>
+    public OverlayStat? TryLookup(ulong parent, string name, OverlayCaller? caller = null) =>
+        Lookup(parent, name, caller, mustExist: false);
+
+    private OverlayStat? Lookup(ulong parent, string name, OverlayCaller? caller, bool mustExist)
     {
         LayerPaths.ValidateName(name);
         _lock.EnterWriteLock();
         try
         {
             CheckDirectoryAccess(NodeOf(parent), caller, Permissions.Exec);
-            OverlayNode node = LookupLocked(NodeOf(parent), name, out Stat top) ?? throw NoEntry(NodeOf(parent), name);
+            OverlayNode? found = LookupLocked(NodeOf(parent), name, out Stat top);
+            if (found is not { } node)
+            {
+                return mustExist ? throw NoEntry(NodeOf(parent), name) : null;
+            }
             node.Lookups++;
             if (IndexedStatOf(node) is { } indexed)
             {

@@ -115,6 +115,26 @@ public class AttributeCacheTests
         Assert.That(fs.IsReferenced(root, "missing"), Is.False);
     }
 
+    /// <summary>TryLookup: null for an absent name and nothing counted; a present one answers and counts as Lookup
+    /// does; errors other than absence still throw.</summary>
+    [Test]
+    public void TryLookupAnswersNullForAnAbsentNameAndCountsAPresentOne()
+    {
+        using var f = new OverlayFixture(lowers: 1);
+        WriteFile(Path.Combine(f.Lowers[0], "lower"), "x");
+        using OverlayFileSystem fs = f.Open();
+        ulong root = OverlayFileSystem.RootIno;
+        Assert.That(fs.TryLookup(root, "missing"), Is.Null);
+        Assert.That(fs.IsReferenced(root, "missing"), Is.False);
+        OverlayStat? found = fs.TryLookup(root, "lower");
+        Assert.That(found?.Ino, Is.EqualTo(fs.Lookup(root, "lower").Ino));
+        Assert.That(() => fs.TryLookup(found!.Value.Ino, "x"), Throws.TypeOf<OverlayException>().With.Property("Errno").EqualTo(OverlayErrno.ENOTDIR));
+        fs.Forget(found!.Value.Ino, 1);
+        Assert.That(fs.IsReferenced(root, "lower"), Is.True, "two lookups counted, one forgotten");
+        fs.Forget(found.Value.Ino, 1);
+        Assert.That(fs.IsReferenced(root, "lower"), Is.False);
+    }
+
     [Test]
     public void ANameReusedByAnotherObjectIsLookedUpAfresh()
     {

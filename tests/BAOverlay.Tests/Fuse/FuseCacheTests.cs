@@ -473,6 +473,45 @@ public sealed partial class FuseMountTests
         Assert.That(mounted.Log, Is.Empty);
     }
 
+    /// <summary>
+    /// The kernel looks up each name before it makes it; the absent name is answered (a negative entry) without an
+    /// exception in the daemon, where each create used to throw and catch one ENOENT (1.7 % of the daemon's CPU in
+    /// a tar -x). Absent names still read as absent, and the files made are there.
+    /// </summary>
+    [Test]
+    public void NamesLookedUpToBeMadeCostNoException()
+    {
+        using var fixture = new OverlayFixture(lowers: 1);
+        using Mounted mounted = Mounted.Start(fixture, out string mnt);
+        Assert.That(File.Exists(Path.Combine(mnt, "warm-up")), Is.False); // INIT done
+        int thrown = 0;
+        EventHandler<System.Runtime.ExceptionServices.FirstChanceExceptionEventArgs> count = (_, e) =>
+        {
+            if (e.Exception.Message.Contains("made-by-create-", StringComparison.Ordinal))
+            {
+                Interlocked.Increment(ref thrown);
+            }
+        };
+        AppDomain.CurrentDomain.FirstChanceException += count;
+        try
+        {
+            for (int i = 0; i < 50; i++)
+            {
+                string path = Path.Combine(mnt, $"made-by-create-{i}");
+                Assert.That(File.Exists(path), Is.False);
+                File.WriteAllText(path, $"{i}");
+            }
+        }
+        finally
+        {
+            AppDomain.CurrentDomain.FirstChanceException -= count;
+        }
+        Assert.That(thrown, Is.Zero, "exceptions thrown for absent names");
+        Assert.That(File.ReadAllText(Path.Combine(mnt, "made-by-create-49")), Is.EqualTo("49"));
+        Assert.That(Directory.GetFiles(mnt, "made-by-create-*"), Has.Length.EqualTo(50));
+        Assert.That(mounted.Log, Is.Empty);
+    }
+
     private sealed class CountingFlushes(IFuseLowLevelHandler inner, bool wanted) : DelegatingFuseHandler(inner)
     {
         private long _flushes;
