@@ -65,6 +65,9 @@ internal sealed class OwnerMappingHandler(IFuseLowLevelHandler inner, uint? squa
     /// <summary>Owners are mapped, bytes are not: reads are spliced from the file as without a mapping.</summary>
     public override Microsoft.Win32.SafeHandles.SafeFileHandle? ReadFile(ulong ino, ulong handle) => Inner.ReadFile(ino, handle);
 
+    /// <inheritdoc/>
+    public override bool QuickIo(ulong ino, ulong handle) => Inner.QuickIo(ino, handle);
+
     public override OverlayStat Lookup(ulong parent, string name, FuseContext context) => Squash(Inner.Lookup(parent, name, context));
 
     /// <inheritdoc/>

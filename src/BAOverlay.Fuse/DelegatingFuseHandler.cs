@@ -89,6 +89,13 @@ public abstract class DelegatingFuseHandler(IFuseLowLevelHandler inner) : IFuseL
     /// <inheritdoc/>
     public virtual void Flush(ulong ino, ulong handle) => Inner.Flush(ino, handle);
 
+    /// <summary>False, as <see cref="ReadFile"/> is null unless a subclass forwards it: a subclass that changes reads
+    /// or writes may make them wait.</summary>
+    public virtual bool QuickIo(ulong ino, ulong handle) => false;
+
+    /// <summary>The inner handler's: a subclass that makes a release wait says false.</summary>
+    public virtual bool QuickRelease => Inner.QuickRelease;
+
     /// <summary>The inner handler's: a subclass that does something at <see cref="Flush"/> says true.</summary>
     public virtual bool HandlesFlush => Inner.HandlesFlush;
 

@@ -107,6 +107,18 @@ public sealed record FuseMountOptions
     /// <summary>The most worker threads the multi-threaded loop starts (libfuse 3.12+; ignored before).</summary>
     public int MaxThreads { get; init; } = 10;
 
+    /// <summary>
+    /// Requests on names and attributes (lookups, getattr, creates, chmod...) are served by the worker that read them
+    /// while the next request waits in the kernel's queue, as in a single-threaded daemon: that worker takes it next
+    /// without going to sleep, where another sleeping worker would have been woken for it (two context switches).
+    /// Requests that may wait for the disk (reads, writes, syncs, opens, truncates, releases the handler does not
+    /// call quick, reads and writes it does not call quick) still get a spare worker first, so none of them holds
+    /// back the others. Default on; off: a worker always waits for the next request beside the one serving
+    /// (libfuse's policy), which a handler needs if one of those requests may wait for another request to be served.
+    /// Classic transport only.
+    /// </summary>
+    public bool InlineRequests { get; init; } = true;
+
     /// <summary>Where the session writes one line per unexpected failure (corruption, a bug, an I/O error; see <see cref="BAOverlay.FileSystem.OverlayException.ErrnoOf"/>). Default: standard error.</summary>
     public Action<string>? Log { get; init; }
 

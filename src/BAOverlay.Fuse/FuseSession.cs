@@ -124,6 +124,9 @@ public sealed unsafe class FuseSession : IDisposable
     /// <summary>Read replies spliced from the file so far (own protocol layer; for tests and diagnostics).</summary>
     internal long SplicedReads => _channel?.SplicedReads ?? 0;
 
+    /// <summary>Worker threads the protocol layer started besides the serving one (tests).</summary>
+    internal int StartedWorkers => _channel?.StartedWorkers ?? 0;
+
     /// <summary>Requests taken through io_uring so far (own protocol layer; for tests and diagnostics).</summary>
     internal long RingRequests => _channel?.RingRequests ?? 0;
 

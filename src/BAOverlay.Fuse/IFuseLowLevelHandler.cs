@@ -109,6 +109,21 @@ public interface IFuseLowLevelHandler
     /// </summary>
     bool HandlesFlush => true;
 
+    /// <summary>
+    /// Whether <see cref="Release"/> returns without waiting for the disk (no commit to make durable), so that the
+    /// worker that read a RELEASE may serve it before reading on (<see cref="FuseMountOptions.InlineRequests"/>).
+    /// Default false: each release gets a spare worker first.
+    /// </summary>
+    bool QuickRelease => false;
+
+    /// <summary>
+    /// Whether reads and writes of <paramref name="handle"/> are reads and writes of a local file as it is (no merge
+    /// of blocks, no copy, no network), so that the worker that read the request may serve it before reading on
+    /// (<see cref="FuseMountOptions.InlineRequests"/>); called for each READ and WRITE, so it must be cheap and must not throw.
+    /// Default false.
+    /// </summary>
+    bool QuickIo(ulong ino, ulong handle) => false;
+
     /// <summary>release: the last close of an open file.</summary>
     void Release(ulong ino, ulong handle);
 

@@ -102,10 +102,10 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
     }
 
     /// <summary>Dropped from the kernel's cache even while serving: the request that caused it was for another
-    /// object, whose reply tells the kernel nothing of this one.</summary>
-    private void OnOverlayChangedAside(ulong ino) =>
-        ThreadPool.UnsafeQueueUserWorkItem(static state => state.Adapter.Invalidate(state.Ino, -1, 0),
-            (Adapter: this, Ino: ino), preferLocal: false);
+    /// object, whose reply tells the kernel nothing of this one. At once, before that request is answered (an
+    /// invalidation of attributes only takes no lock a waiting request could hold): queued for later, a stat right
+    /// after the write that copied the directory up could still be answered from the kernel's cache.</summary>
+    private void OnOverlayChangedAside(ulong ino) => Invalidate(ino, -1, 0);
 
     private void OnOverlayNameChanged(ulong parent, string name)
     {
@@ -306,6 +306,10 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
     /// it.</summary>
     public Microsoft.Win32.SafeHandles.SafeFileHandle? ReadFile(ulong ino, ulong handle) => File(handle).DirectReadFile;
 
+    /// <summary>A plain local file read as it is (<see cref="ReadFile"/>): its reads are pread or splice of that file,
+    /// its writes (an upper file: a handle open for writing has copied the file up) pwrite.</summary>
+    public bool QuickIo(ulong ino, ulong handle) => _files.TryGetValue(handle, out OverlayHandle? file) && file.DirectReadFile is not null;
+
     /// <inheritdoc/>
     public int Write(ulong ino, ulong handle, ReadOnlySpan<byte> data, long offset)
     {
@@ -323,6 +327,10 @@ public sealed class OverlayFuseAdapter : IFuseLowLevelHandler
     /// overlayfs's (an ext4 upper has no flush) cost nothing either; each close of a descriptor was a round trip.
     /// </summary>
     public bool HandlesFlush => false;
+
+    /// <summary>True when the overlay defers the commits of written B-CoW files (<see cref="OverlayOptions.CloseDelay"/>):
+    /// a release then closes a descriptor at most, and waits for no disk.</summary>
+    public bool QuickRelease => _fileSystem.Options.CloseDelay > TimeSpan.Zero;
 
     /// <inheritdoc/>
     public void Release(ulong ino, ulong handle)

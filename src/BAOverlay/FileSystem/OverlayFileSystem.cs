@@ -29,6 +29,9 @@ public sealed partial class OverlayFileSystem : IDisposable
     /// <summary>The inode number of the root directory (FUSE_ROOT_ID).</summary>
     public const ulong RootIno = 1;
 
+    /// <summary>The options the overlay was opened with.</summary>
+    public OverlayOptions Options => _options;
+
     private const uint S_IFMT = 0xF000;
     private const uint S_IFDIR = 0x4000;
     private const uint S_IFREG = 0x8000;
