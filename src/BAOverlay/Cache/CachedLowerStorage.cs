@@ -28,9 +28,14 @@ internal sealed class CachedLowerStorage : IBlockStorage
     private byte[]? _recent; // the last zone this reader fetched whole and queued for admission (pooled), or null
     private int _recentZone = -1;
     private volatile bool _countsHeat = true;
+    private readonly FirstFetchCheck? _check;
 
-    public CachedLowerStorage(ZoneCache cache, CachedFile? file, IBlockStorage remote, bool ownsRemote, ulong inode = 0)
+    /// <summary>A reader of <paramref name="remote"/>; <paramref name="check"/> is the file's content check when it is
+    /// not verified yet (<see cref="FirstFetchCheck"/>): its first read of the store reads and checks the whole file
+    /// first.</summary>
+    public CachedLowerStorage(ZoneCache cache, CachedFile? file, IBlockStorage remote, bool ownsRemote, ulong inode = 0, FirstFetchCheck? check = null)
     {
+        _check = check;
         _inode = inode;
         _cache = cache;
         _file = file;
@@ -255,11 +260,100 @@ internal sealed class CachedLowerStorage : IBlockStorage
 
     private async ValueTask<int> ReadRemoteAsync(Memory<byte> destination, long position, bool useAsync, CancellationToken cancellationToken)
     {
+        if (_check is { IsVerified: false } check)
+        {
+            return await VerifyAndReadAsync(check, destination, position, useAsync, cancellationToken).ConfigureAwait(false);
+        }
         int n = useAsync
             ? await _cache.Guard.ReadAsync(_remote, destination, position, cancellationToken).ConfigureAwait(false)
             : _cache.Guard.Read(_remote, destination.Span, position);
         _cache.CountFetched(n);
         return n;
+    }
+
+    /// <summary>The size of the pieces a verification reads the file in: each is one read of the store under the
+    /// deadline, so a long file read from a store that answers is never cut by the deadline, and one that stops
+    /// answering fails within it.</summary>
+    private const int VerifyChunk = 1 << 20;
+
+    /// <summary>
+    /// The first read of the store of a file not verified yet: reads the whole file from the store, piece by piece
+    /// (each under the store's deadline), hashes it and compares it with its verified hash; answers
+    /// <paramref name="destination"/> from those same bytes (so what a reader gets, and what is admitted from it, is
+    /// what was hashed); records the success. A mismatch fails this read and every later one that needs the store with
+    /// EIO, and is logged naming the file. Nothing read is handed out or admitted before the hash is checked.
+    /// </summary>
+    private async ValueTask<int> VerifyAndReadAsync(FirstFetchCheck check, Memory<byte> destination, long position, bool useAsync, CancellationToken cancellationToken)
+    {
+        if (check.Failure is { } failure)
+        {
+            throw new IOException(failure, Eio);
+        }
+        long size = check.Size;
+        if (Length != size)
+        {
+            throw Refused(check, $"{Length} bytes where its verified size is {size}");
+        }
+        byte[] chunk = ArrayPool<byte>.Shared.Rent((int)Math.Clamp(size, 1, VerifyChunk));
+        byte[]? answer = destination.Length == 0 ? null : ArrayPool<byte>.Shared.Rent(destination.Length);
+        try
+        {
+            using var hash = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
+            long end = position + destination.Length;
+            for (long offset = 0; offset < size;)
+            {
+                int want = (int)Math.Min(chunk.Length, size - offset);
+                Memory<byte> piece = chunk.AsMemory(0, want);
+                int n = useAsync
+                    ? await _cache.Guard.ReadAsync(_remote, piece, offset, cancellationToken).ConfigureAwait(false)
+                    : _cache.Guard.Read(_remote, piece.Span, offset);
+                _cache.CountFetched(n);
+                if (n < want)
+                {
+                    throw Refused(check, $"it ends at {offset + n}, before its verified size {size}");
+                }
+                hash.AppendData(chunk, 0, n);
+                long from = Math.Max(offset, position);
+                long to = Math.Min(offset + n, end);
+                if (to > from)
+                {
+                    chunk.AsSpan((int)(from - offset), (int)(to - from)).CopyTo(answer.AsSpan((int)(from - position)));
+                }
+                offset += n;
+            }
+            Span<byte> found = stackalloc byte[32];
+            hash.GetHashAndReset(found);
+            if (!found.SequenceEqual(check.Sha256))
+            {
+                throw Refused(check, $"its content hashes to {Convert.ToHexStringLower(found)}, its layer's list says {Convert.ToHexStringLower(check.Sha256)}");
+            }
+            int count = (int)Math.Clamp(size - position, 0, destination.Length);
+            answer.AsSpan(0, count).CopyTo(destination.Span);
+            check.Succeeded();
+            return count;
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(chunk);
+            if (answer is not null)
+            {
+                ArrayPool<byte>.Shared.Return(answer);
+            }
+        }
+    }
+
+    private const int Eio = 5;
+
+    /// <summary>The file's content is not the verified one: kept as its failure, logged, and thrown as EIO.</summary>
+    private IOException Refused(FirstFetchCheck check, string why)
+    {
+        string message = $"{check.Name}: refused, the file in the store is not the verified layer's ({why})";
+        if (check.Failure is null)
+        {
+            _cache.Log(message);
+        }
+        check.Failed(message);
+        return new IOException(message, Eio);
     }
 
     private IOException Truncated(long at) =>
