@@ -260,6 +260,10 @@ internal sealed class CachedLowerStorage : IBlockStorage
 
     private async ValueTask<int> ReadRemoteAsync(Memory<byte> destination, long position, bool useAsync, CancellationToken cancellationToken)
     {
+        if (TryReadVerifiedCopy(destination.Span, position, out int copied))
+        {
+            return copied;
+        }
         if (_check is { IsVerified: false } check)
         {
             return await VerifyAndReadAsync(check, destination, position, useAsync, cancellationToken).ConfigureAwait(false);
@@ -294,16 +298,21 @@ internal sealed class CachedLowerStorage : IBlockStorage
         {
             throw Refused(check, $"{Length} bytes where its verified size is {size}");
         }
-        byte[] chunk = ArrayPool<byte>.Shared.Rent((int)Math.Clamp(size, 1, VerifyChunk));
-        byte[]? answer = destination.Length == 0 ? null : ArrayPool<byte>.Shared.Rent(destination.Length);
+        // A file small enough is read into one buffer, kept after the check to answer this reader's later reads of
+        // the store (a start reads its files whole: each is fetched once, and read as it was hashed).
+        byte[]? whole = size <= KeepVerifiedBytes ? ArrayPool<byte>.Shared.Rent((int)Math.Max(1, size)) : null;
+        byte[] chunk = whole ?? ArrayPool<byte>.Shared.Rent(VerifyChunk);
+        byte[]? answer = destination.Length == 0 || whole is not null ? null : ArrayPool<byte>.Shared.Rent(destination.Length);
+        bool kept = false;
         try
         {
             using var hash = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
             long end = position + destination.Length;
             for (long offset = 0; offset < size;)
             {
-                int want = (int)Math.Min(chunk.Length, size - offset);
-                Memory<byte> piece = chunk.AsMemory(0, want);
+                int want = (int)Math.Min(VerifyChunk, size - offset);
+                int at = whole is null ? 0 : (int)offset;
+                Memory<byte> piece = chunk.AsMemory(at, want);
                 int n = useAsync
                     ? await _cache.Guard.ReadAsync(_remote, piece, offset, cancellationToken).ConfigureAwait(false)
                     : _cache.Guard.Read(_remote, piece.Span, offset);
@@ -312,12 +321,12 @@ internal sealed class CachedLowerStorage : IBlockStorage
                 {
                     throw Refused(check, $"it ends at {offset + n}, before its verified size {size}");
                 }
-                hash.AppendData(chunk, 0, n);
+                hash.AppendData(chunk, at, n);
                 long from = Math.Max(offset, position);
                 long to = Math.Min(offset + n, end);
-                if (to > from)
+                if (to > from && answer is not null)
                 {
-                    chunk.AsSpan((int)(from - offset), (int)(to - from)).CopyTo(answer.AsSpan((int)(from - position)));
+                    chunk.AsSpan(at + (int)(from - offset), (int)(to - from)).CopyTo(answer.AsSpan((int)(from - position)));
                 }
                 offset += n;
             }
@@ -328,18 +337,81 @@ internal sealed class CachedLowerStorage : IBlockStorage
                 throw Refused(check, $"its content hashes to {Convert.ToHexStringLower(found)}, its layer's list says {Convert.ToHexStringLower(check.Sha256)}");
             }
             int count = (int)Math.Clamp(size - position, 0, destination.Length);
-            answer.AsSpan(0, count).CopyTo(destination.Span);
+            (whole is null ? answer.AsSpan(0, count) : whole.AsSpan((int)Math.Min(position, size), count)).CopyTo(destination.Span);
             check.Succeeded();
+            if (whole is not null)
+            {
+                kept = true;
+                KeepVerifiedCopy(whole, size, count);
+            }
             return count;
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(chunk);
+            if (!kept)
+            {
+                ArrayPool<byte>.Shared.Return(chunk);
+            }
             if (answer is not null)
             {
                 ArrayPool<byte>.Shared.Return(answer);
             }
         }
+    }
+
+    /// <summary>The largest file whose verified bytes a reader keeps (<see cref="KeepVerifiedCopy"/>).</summary>
+    private const long KeepVerifiedBytes = 4 << 20;
+
+    private byte[]? _verified; // the whole file as verified (pooled), answering this reader's reads of the store
+    private long _verifiedSize;
+    private long _verifiedServed;
+
+    /// <summary>Keeps the file's verified bytes for this reader's next reads of the store, until it has been answered
+    /// as many bytes as the file holds (a whole read) or is disposed: a start that reads a file whole fetches it once.</summary>
+    private void KeepVerifiedCopy(byte[] whole, long size, int served)
+    {
+        byte[]? dropped = whole;
+        lock (_recentGate)
+        {
+            if (Volatile.Read(ref _disposed) == 0 && _verified is null && served < size)
+            {
+                _verified = whole;
+                _verifiedSize = size;
+                _verifiedServed = served;
+                dropped = null;
+            }
+        }
+        if (dropped is not null)
+        {
+            ArrayPool<byte>.Shared.Return(dropped);
+        }
+    }
+
+    /// <summary>Answers a read of the store from the kept verified bytes, if any.</summary>
+    private bool TryReadVerifiedCopy(Span<byte> destination, long position, out int count)
+    {
+        byte[]? dropped = null;
+        lock (_recentGate)
+        {
+            if (_verified is null)
+            {
+                count = 0;
+                return false;
+            }
+            count = (int)Math.Clamp(_verifiedSize - position, 0, destination.Length);
+            _verified.AsSpan((int)Math.Min(position, _verifiedSize), count).CopyTo(destination);
+            _verifiedServed += count;
+            if (_verifiedServed >= _verifiedSize)
+            {
+                dropped = _verified;
+                _verified = null;
+            }
+        }
+        if (dropped is not null)
+        {
+            ArrayPool<byte>.Shared.Return(dropped);
+        }
+        return true;
     }
 
     private const int Eio = 5;
@@ -400,14 +472,21 @@ internal sealed class CachedLowerStorage : IBlockStorage
         if (Interlocked.Exchange(ref _disposed, 1) == 0)
         {
             byte[]? recent;
+            byte[]? verified;
             lock (_recentGate)
             {
                 recent = _recent;
                 _recent = null;
+                verified = _verified;
+                _verified = null;
             }
             if (recent is not null)
             {
                 ArrayPool<byte>.Shared.Return(recent);
+            }
+            if (verified is not null)
+            {
+                ArrayPool<byte>.Shared.Return(verified);
             }
             ReleaseRemote();
         }

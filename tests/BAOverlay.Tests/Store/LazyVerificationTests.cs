@@ -356,3 +356,100 @@ public class LazyVerificationTests
         Assert.That(Syscall.utimensat(Syscall.AT_FDCWD, file,
             [new Timespec { tv_sec = before.st_atime, tv_nsec = before.st_atime_nsec }, new Timespec { tv_sec = before.st_mtime, tv_nsec = before.st_mtime_nsec }], 0), Is.Zero);
 }
+
+/// <summary>
+/// Lazy verification through a real network file system: a store served by sshd on 127.0.0.1, mounted with sshfs
+/// (no extended attributes: the metadata walk is checked against the portable digest recomputed from the tree list).
+/// </summary>
+[TestFixture]
+public class LazyVerificationSshfsTests
+{
+    [Test]
+    public void OverSshfsTheFirstUseReadsNoContentAStartFetchesWhatItReadsAndAChangedFileIsRefused()
+    {
+        using var temp = new TempDir();
+        Directory.CreateDirectory(temp.File("layer/usr/lib"));
+        var contents = new Dictionary<string, byte[]>();
+        for (int i = 0; i < 8; i++)
+        {
+            string name = $"usr/lib/lib{i}.so";
+            contents[name] = CacheTesting.Bytes(20_000 + (i * 150_000), i);
+            File.WriteAllBytes(temp.File("layer/" + name), contents[name]);
+        }
+        string local = temp.File("store");
+        string tree;
+        using (LayerStore writer = LayerStore.Create(local, StoreTrees.Options("writer")))
+        {
+            StoreLayer layer = writer.PublishDirectory(temp.File("layer"));
+            writer.PublishImage("app", [layer.Digest]);
+            tree = layer.Directory;
+        }
+        using SshfsStore share = SshfsStore.Start(local, SshfsStore.BoundedConnectionOptions);
+        var hashed = new ConcurrentQueue<string>();
+        var log = new List<string>();
+        using LayerStore reader = LayerStore.Open(share.MountPoint, new LayerStoreOptions
+        {
+            HostId = "hostB",
+            VerifyFilesAtFirstRead = true,
+            ContentReadHook = hashed.Enqueue,
+        });
+        IReadOnlyList<LayerIndex> indexes = reader.OpenIndexes("app", temp.File("cache/index"), log.Add);
+        Assert.That(hashed, Is.Empty, "no file content read through the share to verify the layer");
+        Assert.That(log, Is.Empty);
+
+        // Changed on the file server after this host's check, with its size and times kept.
+        string victim = Path.Combine(tree, "usr/lib/lib3.so");
+        Assert.That(Syscall.lstat(victim, out Stat before), Is.Zero);
+        byte[] changed = (byte[])contents["usr/lib/lib3.so"].Clone();
+        changed[^1] ^= 0xFF;
+        File.WriteAllBytes(victim, changed);
+        Assert.That(Syscall.utimensat(Syscall.AT_FDCWD, victim,
+            [new Timespec { tv_sec = before.st_atime, tv_nsec = before.st_atime_nsec }, new Timespec { tv_sec = before.st_mtime, tv_nsec = before.st_mtime_nsec }], 0), Is.Zero);
+
+        using StoreLease lease = reader.LeaseImage("app");
+        Assert.That(hashed, Is.Empty, "nor by the lease");
+        using var cache = new ZoneCache(new ZoneCacheOptions { Directory = temp.File("cache"), Log = log.Add });
+        using OverlayFileSystem fs = OverlayFileSystem.Open(new OverlayOptions
+        {
+            LowerDirectories = reader.ResolveLowerDirectories("app"),
+            LowerIndexes = indexes,
+            LowerCache = cache,
+        });
+        foreach (string name in new[] { "usr/lib/lib1.so", "usr/lib/lib6.so" })
+        {
+            Assert.That(ReadWhole(fs, name), Is.EqualTo(contents[name]), name);
+        }
+        Assert.Multiple(() =>
+        {
+            Assert.That(cache.Status.StoreOpens, Is.EqualTo(2), "the two files read, and no other");
+            Assert.That(cache.Status.FetchedBytes, Is.EqualTo(contents["usr/lib/lib1.so"].Length + contents["usr/lib/lib6.so"].Length), "each fetched once");
+        });
+        IOException error = Assert.Catch<IOException>(() => ReadWhole(fs, "usr/lib/lib3.so"))!;
+        Assert.That(OverlayException.ErrnoOf(error, out _), Is.EqualTo(OverlayErrno.EIO));
+        Assert.That(log, Has.One.Contains("tree/usr/lib/lib3.so").And.Contains("refused"));
+        Assert.That(cache.Status.State, Is.EqualTo(StoreState.Healthy));
+    }
+
+    private static byte[] ReadWhole(OverlayFileSystem fs, string path)
+    {
+        ulong ino = OverlayFileSystem.RootIno;
+        OverlayStat st = default;
+        foreach (string part in path.Split('/'))
+        {
+            st = fs.Lookup(ino, part);
+            ino = st.Ino;
+        }
+        using OverlayHandle handle = fs.Open(ino, write: false, truncate: false);
+        byte[] bytes = new byte[st.Size];
+        for (int done = 0; done < bytes.Length;)
+        {
+            int n = handle.Read(bytes.AsSpan(done), done);
+            if (n == 0)
+            {
+                break;
+            }
+            done += n;
+        }
+        return bytes;
+    }
+}
