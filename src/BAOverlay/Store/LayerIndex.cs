@@ -13,7 +13,9 @@ namespace BAOverlay.Store;
 /// opened at the first read it cannot answer).
 /// </summary>
 /// <remarks>
-/// <para>Made by <see cref="LayerStore.OpenIndexes"/> from the walk that verifies the layer, and written to
+/// <para>Made by <see cref="LayerStore.OpenIndexes"/> from the walk that verifies the layer (or, for a layer verified
+/// lazily, the walk that checks its metadata against its tree list, its files' content then checked at their first
+/// read: <c>ContentVerified</c>), and written to
 /// <c>DIR/sha256-HEX.index</c>. A layer never changes (its digest is its content), so its index never goes stale. The
 /// file is also this host's record that the layer was verified: it names the publication it was made from (the
 /// manifest's publishing host and time) and holds the tree root's times as the walk saw them, which a later use

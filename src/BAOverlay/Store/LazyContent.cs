@@ -160,6 +160,8 @@ internal sealed class LazyContent
     /// <summary>Records that the file at <paramref name="position"/> was verified: appended to the record file.</summary>
     private void Verified(int position)
     {
+        SafeFileHandle? append;
+        long at;
         lock (_gate)
         {
             if (_recorded[position])
@@ -167,24 +169,25 @@ internal sealed class LazyContent
                 return;
             }
             _recorded[position] = true;
-            if (_append is null)
-            {
-                return;
-            }
-            Span<byte> record = stackalloc byte[RecordBytes];
-            BinaryPrimitives.WriteInt32LittleEndian(record, position);
-            Check(position).CopyTo(record[4..]);
-            try
-            {
-                RandomAccess.Write(_append, record, _length);
-                _length += RecordBytes;
-            }
-            catch (IOException e)
-            {
-                _log?.Invoke($"{_file}: cannot record a verified file: {e.Message}; it is verified again at the next mount");
-                _append.Dispose();
-                _append = null;
-            }
+            append = _append;
+            at = _length;
+            _length += RecordBytes; // reserved: the write itself runs outside the lock (no I/O under it)
+        }
+        if (append is null)
+        {
+            return;
+        }
+        Span<byte> record = stackalloc byte[RecordBytes];
+        BinaryPrimitives.WriteInt32LittleEndian(record, position);
+        Check(position).CopyTo(record[4..]);
+        try
+        {
+            RandomAccess.Write(append, record, at);
+        }
+        catch (Exception e) when (e is IOException or ObjectDisposedException)
+        {
+            // Only this record is lost (the file is verified again at the next mount); later ones go on at their places.
+            _log?.Invoke($"{_file}: cannot record a verified file: {e.Message}; it is verified again at the next mount");
         }
     }
 
