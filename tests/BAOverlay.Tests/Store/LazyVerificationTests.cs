@@ -453,3 +453,141 @@ public class LazyVerificationSshfsTests
         return bytes;
     }
 }
+
+/// <summary>Random reads of a lazily verified layer against a shadow, some files changed on the share; and the tree
+/// list parser given hostile lists (as a hostile publisher would write them: their hash is their id).</summary>
+[TestFixture]
+public class LazyVerificationModelTests
+{
+    [Test]
+    public void RandomReadsGiveTheLayersBytesOrEioForTheChangedFilesOnly()
+    {
+        int seed = Environment.GetEnvironmentVariable("BAOVERLAY_LAZY_VERIFY_SEED") is { } s ? int.Parse(s, System.Globalization.CultureInfo.InvariantCulture) : Random.Shared.Next();
+        TestContext.Progress.WriteLine($"seed {seed} (BAOVERLAY_LAZY_VERIFY_SEED={seed} replays)");
+        var random = new Random(seed);
+        using var temp = new TempDir();
+        Directory.CreateDirectory(temp.File("layer"));
+        var shadow = new Dictionary<string, byte[]>();
+        for (int i = 0; i < 12; i++)
+        {
+            int size = random.Next(4) switch { 0 => 0, 1 => random.Next(1, 5000), 2 => random.Next(5000, 300_000), _ => random.Next(1 << 20, (5 << 20) + 1000) };
+            shadow[$"f{i}"] = CacheTesting.Bytes(size, random.Next());
+            File.WriteAllBytes(temp.File($"layer/f{i}"), shadow[$"f{i}"]);
+        }
+        string tree;
+        using (LayerStore writer = LayerStore.Create(temp.File("store"), StoreTrees.Options("writer")))
+        {
+            StoreLayer layer = writer.PublishDirectory(temp.File("layer"));
+            writer.PublishImage("app", [layer.Digest]);
+            tree = layer.Directory;
+        }
+        var changed = new HashSet<string>();
+        for (int round = 0; round < 3; round++)
+        {
+            // Each round a new host process (store instance, overlay, cache over the same directory); between rounds a
+            // file not read yet may be changed on the share, its size and times kept.
+            var log = new List<string>();
+            using LayerStore store = LayerStore.Open(temp.File("store"), new LayerStoreOptions { HostId = "reader", VerifyFilesAtFirstRead = true });
+            IReadOnlyList<LayerIndex> indexes = store.OpenIndexes("app", temp.File("cache/index"), log.Add);
+            string victim = $"f{random.Next(12)}";
+            if (shadow[victim].Length > 0 && indexes[0].ContentCheck(victim) is not null && changed.Add(victim))
+            {
+                string path = Path.Combine(tree, victim);
+                Assert.That(Syscall.lstat(path, out Stat before), Is.Zero);
+                byte[] bytes = (byte[])shadow[victim].Clone();
+                bytes[random.Next(bytes.Length)] ^= (byte)random.Next(1, 256);
+                File.WriteAllBytes(path, bytes);
+                Assert.That(Syscall.utimensat(Syscall.AT_FDCWD, path,
+                    [new Timespec { tv_sec = before.st_atime, tv_nsec = before.st_atime_nsec }, new Timespec { tv_sec = before.st_mtime, tv_nsec = before.st_mtime_nsec }], 0), Is.Zero);
+            }
+            using var cache = new ZoneCache(new ZoneCacheOptions { Directory = temp.File("cache"), ZoneSize = 64 << 10, Log = log.Add });
+            using OverlayFileSystem fs = OverlayFileSystem.Open(new OverlayOptions
+            {
+                LowerDirectories = store.ResolveLowerDirectories("app"),
+                LowerIndexes = indexes,
+                LowerCache = cache,
+            });
+            for (int op = 0; op < 40; op++)
+            {
+                string name = $"f{random.Next(12)}";
+                byte[] expected = shadow[name];
+                ulong ino = fs.Lookup(OverlayFileSystem.RootIno, name).Ino;
+                using OverlayHandle handle = fs.Open(ino, write: false, truncate: false);
+                long offset = expected.Length == 0 ? 0 : random.NextInt64(expected.Length + 10);
+                byte[] buffer = new byte[random.Next(1, 200_000)];
+                int n;
+                try
+                {
+                    n = handle.Read(buffer, offset);
+                }
+                catch (IOException e)
+                {
+                    Assert.That(changed, Does.Contain(name), $"seed {seed} round {round}: {name} at {offset}: {e.Message}");
+                    Assert.That(OverlayException.ErrnoOf(e, out _), Is.EqualTo(OverlayErrno.EIO));
+                    continue;
+                }
+                int want = (int)Math.Clamp(expected.Length - offset, 0, buffer.Length);
+                Assert.That(n, Is.EqualTo(want), $"seed {seed} round {round}: {name} at {offset}");
+                Assert.That(buffer.AsSpan(0, n).SequenceEqual(expected.AsSpan((int)Math.Min(offset, expected.Length), n)), $"seed {seed} round {round}: {name} at {offset}: the layer's bytes");
+                // A changed file read right: only if it was verified (and recorded) before it was changed.
+                Assert.That(!changed.Contains(name) || n == 0, $"seed {seed}: {name} was changed after its check and read without EIO");
+            }
+            Assert.That(cache.Status.State, Is.EqualTo(StoreState.Healthy));
+            foreach (string line in log.Where(l => l.Contains("refused")))
+            {
+                Assert.That(changed.Any(c => line.Contains("/tree/" + c + ":")), line);
+            }
+        }
+    }
+
+    [Test]
+    public void AHostileTreeListIsRefusedWithTheFileNamedNeverAnotherError()
+    {
+        int seed = Environment.GetEnvironmentVariable("BAOVERLAY_LIST_SEED") is { } s ? int.Parse(s, System.Globalization.CultureInfo.InvariantCulture) : Random.Shared.Next();
+        TestContext.Progress.WriteLine($"seed {seed} (BAOVERLAY_LIST_SEED={seed} replays)");
+        var random = new Random(seed);
+        using var temp = new TempDir();
+        StoreTrees.MakePlain(temp.File("layer"), "content");
+        File.WriteAllText(temp.File("layer/d/g"), "more");
+        LayerManifest manifest;
+        byte[] list;
+        using (LayerStore writer = LayerStore.Create(temp.File("store"), StoreTrees.Options("writer")))
+        {
+            StoreLayer layer = writer.PublishDirectory(temp.File("layer"));
+            list = File.ReadAllBytes(Path.Combine(layer.Directory, "..", "tree.list"));
+            manifest = new LayerManifest(layer.Digest, layer.PortableDigest, null, 5, "content".Length + "more".Length, "writer", DateTimeOffset.UnixEpoch, true);
+        }
+        Assert.That(TreeList.Parse(list, manifest, "tree.list").ContentHash("d/f", 7), Is.Not.Null, "the real list parses");
+        int refused = 0;
+        for (int i = 0; i < 2000; i++)
+        {
+            byte[] bad = (byte[])list.Clone();
+            switch (random.Next(3))
+            {
+                case 0:
+                    bad[random.Next(bad.Length)] = (byte)random.Next(256);
+                    break;
+                case 1:
+                    bad = bad[..random.Next(bad.Length)];
+                    break;
+                default:
+                    int at = random.Next(bad.Length);
+                    bad = [.. bad[..at], .. "9999999999:"u8.ToArray(), .. bad[at..]];
+                    break;
+            }
+            // As a hostile publisher would: the manifest names the mutated list's own hash.
+            LayerManifest named = manifest with { Digest = "sha256:" + Convert.ToHexStringLower(SHA256.HashData(bad)) };
+            try
+            {
+                TreeList.Parse(bad, named, "tree.list");
+            }
+            catch (LayerStoreException e)
+            {
+                Assert.That(e.FilePath, Is.EqualTo("tree.list"));
+                refused++;
+            }
+        }
+        TestContext.Out.WriteLine($"{refused} of 2000 mutated lists refused");
+        Assert.That(refused, Is.GreaterThan(1000));
+    }
+}
