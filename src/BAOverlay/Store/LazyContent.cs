@@ -37,7 +37,7 @@ internal sealed class LazyContent
     private readonly FirstFetchCheck?[] _checks;
     private readonly bool[] _recorded;
     private readonly Lock _gate = new();
-    private SafeFileHandle? _append;
+    private bool _appendable; // the record file is in place, with this index's header
     private long _length;
 
     /// <param name="index">The layer's index.</param>
@@ -82,8 +82,7 @@ internal sealed class LazyContent
         catch (IOException e)
         {
             log?.Invoke($"{file}: {e.Message}; its files are verified again at their first read");
-            content._append?.Dispose();
-            content._append = null;
+            content._appendable = false;
         }
         return content;
     }
@@ -106,7 +105,7 @@ internal sealed class LazyContent
                 }
             }
             _length = HeaderBytes + ((long)records * RecordBytes); // a torn last record is written over
-            _append = Open(_file!, OpenFlags.O_WRONLY);
+            _appendable = true;
             return;
         }
         // None, of another index, or damaged: a new one, put in place by a rename (a crash leaves the old one or this).
@@ -118,7 +117,7 @@ internal sealed class LazyContent
         }
         File.Move(temporary, _file!, overwrite: true);
         _length = HeaderBytes;
-        _append = Open(_file!, OpenFlags.O_WRONLY);
+        _appendable = true;
     }
 
     /// <summary>The check the first read of the file at <paramref name="position"/> from the store must pass, or null
@@ -160,7 +159,7 @@ internal sealed class LazyContent
     /// <summary>Records that the file at <paramref name="position"/> was verified: appended to the record file.</summary>
     private void Verified(int position)
     {
-        SafeFileHandle? append;
+        bool appendable;
         long at;
         lock (_gate)
         {
@@ -169,11 +168,11 @@ internal sealed class LazyContent
                 return;
             }
             _recorded[position] = true;
-            append = _append;
+            appendable = _appendable;
             at = _length;
             _length += RecordBytes; // reserved: the write itself runs outside the lock (no I/O under it)
         }
-        if (append is null)
+        if (!appendable)
         {
             return;
         }
@@ -182,9 +181,11 @@ internal sealed class LazyContent
         Check(position).CopyTo(record[4..]);
         try
         {
+            // Opened for each record (a file is verified once): no descriptor is held for the layer's lifetime.
+            using SafeFileHandle append = Open(_file!, OpenFlags.O_WRONLY);
             RandomAccess.Write(append, record, at);
         }
-        catch (Exception e) when (e is IOException or ObjectDisposedException)
+        catch (IOException e)
         {
             // Only this record is lost (the file is verified again at the next mount); later ones go on at their places.
             _log?.Invoke($"{_file}: cannot record a verified file: {e.Message}; it is verified again at the next mount");
