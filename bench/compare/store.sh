@@ -9,8 +9,9 @@
 #     are fetched whole and admitted), warm (third start: from the cache); bytes read vs bytes fetched from the store
 #     (the cache's state file, fetched-bytes), files opened on the store (store-opens), and the bytes of requests sshfs
 #     sent to the server during the start (share-requests: its wchar; 0 when the start did not touch the share);
-#   - the mount itself, before each of those starts (baoverlayfs verifies the image's layers, or trusts this host's
-#     record of their verification, and reads or makes their indexes): its time (mount-ms), what sshfs received
+#   - the mount itself, before each of those starts (baoverlayfs verifies the image's layers — with cache=, a layer
+#     published with its tree list by its metadata only, each file's content at its first read during the start —
+#     or trusts this host's record of their verification, and reads or makes their indexes): its time (mount-ms), what sshfs received
 #     during it (mount-share-fetched: its rchar, the server's answers with the files' data, and the kernel's
 #     requests) and sent (mount-share-requests: its wchar); the start's own share-fetched the same way; and
 #     total-share-fetched = mount + start, the bytes the share delivered for the whole container start, against the

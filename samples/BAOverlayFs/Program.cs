@@ -445,14 +445,21 @@ internal static class Program
             }
             if (line.Store is not null)
             {
-                using var store = BAOverlay.Store.LayerStore.Open(line.Store, new BAOverlay.Store.LayerStoreOptions { ReverifyIndexedLayers = line.VerifyAlways });
+                using var store = BAOverlay.Store.LayerStore.Open(line.Store, new BAOverlay.Store.LayerStoreOptions
+                {
+                    ReverifyIndexedLayers = line.VerifyAlways,
+                    // Every layer is read through the cache, which checks each file of a layer published with its tree
+                    // list at its first read from the store: the first mount on a host reads no file content.
+                    VerifyFilesAtFirstRead = line.CacheDirectory is not null,
+                });
                 if (line.CacheDirectory is not null)
                 {
                     // The layers' metadata kept beside the cache: lookups and attributes answered locally (checked
                     // against each layer's digest, made again from the layer when missing or damaged). An index is
                     // also this host's record of the layer's verification: a layer verified before is not read again
-                    // (the lease and the resolution below then do not hash it), one never verified here is hashed
-                    // once, by the walk that makes its index.
+                    // (the lease and the resolution below then do not hash it), one never verified here is checked
+                    // once, by the walk that makes its index: its metadata against its tree list (each file's content
+                    // then at its first read), or, without a list, all of it hashed.
                     indexes = store.OpenIndexes(line.Image!, Path.Combine(line.CacheDirectory, "index"),
                         message => Console.Error.WriteLine("baoverlayfs: index: " + message));
                 }

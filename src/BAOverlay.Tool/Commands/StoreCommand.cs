@@ -43,8 +43,9 @@ internal sealed class StoreCommand : ICommand
                                       unleased and older than the grace period)
           gc STORE                    remove unreferenced unleased layers, images without names,
                                       expired leases, crashed writers' staging (by age)
-          verify STORE [DIGEST...]    recompute each layer's digest from its content (all layers
-                                      without DIGEST); exit status 1 when one does not match
+          verify STORE [DIGEST...]    recompute each layer's digest from its content and check its
+                                      tree list (all layers without DIGEST); exit status 1 when one
+                                      does not match
 
         Options:
           --host ID          this host's id in leases and staging (default: the host name)

@@ -28,9 +28,14 @@ internal sealed class CachedLowerStorage : IBlockStorage
     private byte[]? _recent; // the last zone this reader fetched whole and queued for admission (pooled), or null
     private int _recentZone = -1;
     private volatile bool _countsHeat = true;
+    private readonly FirstFetchCheck? _check;
 
-    public CachedLowerStorage(ZoneCache cache, CachedFile? file, IBlockStorage remote, bool ownsRemote, ulong inode = 0)
+    /// <summary>A reader of <paramref name="remote"/>; <paramref name="check"/> is the file's content check when it is
+    /// not verified yet (<see cref="FirstFetchCheck"/>): its first read of the store reads and checks the whole file
+    /// first.</summary>
+    public CachedLowerStorage(ZoneCache cache, CachedFile? file, IBlockStorage remote, bool ownsRemote, ulong inode = 0, FirstFetchCheck? check = null)
     {
+        _check = check;
         _inode = inode;
         _cache = cache;
         _file = file;
@@ -255,11 +260,172 @@ internal sealed class CachedLowerStorage : IBlockStorage
 
     private async ValueTask<int> ReadRemoteAsync(Memory<byte> destination, long position, bool useAsync, CancellationToken cancellationToken)
     {
+        if (TryReadVerifiedCopy(destination.Span, position, out int copied))
+        {
+            return copied;
+        }
+        if (_check is { IsVerified: false } check)
+        {
+            return await VerifyAndReadAsync(check, destination, position, useAsync, cancellationToken).ConfigureAwait(false);
+        }
         int n = useAsync
             ? await _cache.Guard.ReadAsync(_remote, destination, position, cancellationToken).ConfigureAwait(false)
             : _cache.Guard.Read(_remote, destination.Span, position);
         _cache.CountFetched(n);
         return n;
+    }
+
+    /// <summary>The size of the pieces a verification reads the file in: each is one read of the store under the
+    /// deadline, so a long file read from a store that answers is never cut by the deadline, and one that stops
+    /// answering fails within it.</summary>
+    private const int VerifyChunk = 1 << 20;
+
+    /// <summary>
+    /// The first read of the store of a file not verified yet: reads the whole file from the store, piece by piece
+    /// (each under the store's deadline), hashes it and compares it with its verified hash; answers
+    /// <paramref name="destination"/> from those same bytes (so what a reader gets, and what is admitted from it, is
+    /// what was hashed); records the success. A mismatch fails this read and every later one that needs the store with
+    /// EIO, and is logged naming the file. Nothing read is handed out or admitted before the hash is checked.
+    /// </summary>
+    private async ValueTask<int> VerifyAndReadAsync(FirstFetchCheck check, Memory<byte> destination, long position, bool useAsync, CancellationToken cancellationToken)
+    {
+        if (check.Failure is { } failure)
+        {
+            throw new IOException(failure, Eio);
+        }
+        long size = check.Size;
+        if (Length != size)
+        {
+            throw Refused(check, $"{Length} bytes where its verified size is {size}");
+        }
+        // A file small enough is read into one buffer, kept after the check to answer this reader's later reads of
+        // the store (a start reads its files whole: each is fetched once, and read as it was hashed).
+        byte[]? whole = size <= KeepVerifiedBytes ? ArrayPool<byte>.Shared.Rent((int)Math.Max(1, size)) : null;
+        byte[] chunk = whole ?? ArrayPool<byte>.Shared.Rent(VerifyChunk);
+        byte[]? answer = destination.Length == 0 || whole is not null ? null : ArrayPool<byte>.Shared.Rent(destination.Length);
+        bool kept = false;
+        try
+        {
+            using var hash = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
+            long end = position + destination.Length;
+            for (long offset = 0; offset < size;)
+            {
+                int want = (int)Math.Min(VerifyChunk, size - offset);
+                int at = whole is null ? 0 : (int)offset;
+                Memory<byte> piece = chunk.AsMemory(at, want);
+                int n = useAsync
+                    ? await _cache.Guard.ReadAsync(_remote, piece, offset, cancellationToken).ConfigureAwait(false)
+                    : _cache.Guard.Read(_remote, piece.Span, offset);
+                _cache.CountFetched(n);
+                if (n < want)
+                {
+                    throw Refused(check, $"it ends at {offset + n}, before its verified size {size}");
+                }
+                hash.AppendData(chunk, at, n);
+                long from = Math.Max(offset, position);
+                long to = Math.Min(offset + n, end);
+                if (to > from && answer is not null)
+                {
+                    chunk.AsSpan(at + (int)(from - offset), (int)(to - from)).CopyTo(answer.AsSpan((int)(from - position)));
+                }
+                offset += n;
+            }
+            Span<byte> found = stackalloc byte[32];
+            hash.GetHashAndReset(found);
+            if (!found.SequenceEqual(check.Sha256))
+            {
+                throw Refused(check, $"its content hashes to {Convert.ToHexStringLower(found)}, its layer's list says {Convert.ToHexStringLower(check.Sha256)}");
+            }
+            int count = (int)Math.Clamp(size - position, 0, destination.Length);
+            (whole is null ? answer.AsSpan(0, count) : whole.AsSpan((int)Math.Min(position, size), count)).CopyTo(destination.Span);
+            check.Succeeded();
+            if (whole is not null)
+            {
+                kept = true;
+                KeepVerifiedCopy(whole, size, count);
+            }
+            return count;
+        }
+        finally
+        {
+            if (!kept)
+            {
+                ArrayPool<byte>.Shared.Return(chunk);
+            }
+            if (answer is not null)
+            {
+                ArrayPool<byte>.Shared.Return(answer);
+            }
+        }
+    }
+
+    /// <summary>The largest file whose verified bytes a reader keeps (<see cref="KeepVerifiedCopy"/>).</summary>
+    private const long KeepVerifiedBytes = 4 << 20;
+
+    private byte[]? _verified; // the whole file as verified (pooled), answering this reader's reads of the store
+    private long _verifiedSize;
+    private long _verifiedServed;
+
+    /// <summary>Keeps the file's verified bytes for this reader's next reads of the store, until it has been answered
+    /// as many bytes as the file holds (a whole read) or is disposed: a start that reads a file whole fetches it once.</summary>
+    private void KeepVerifiedCopy(byte[] whole, long size, int served)
+    {
+        byte[]? dropped = whole;
+        lock (_recentGate)
+        {
+            if (Volatile.Read(ref _disposed) == 0 && _verified is null && served < size)
+            {
+                _verified = whole;
+                _verifiedSize = size;
+                _verifiedServed = served;
+                dropped = null;
+            }
+        }
+        if (dropped is not null)
+        {
+            ArrayPool<byte>.Shared.Return(dropped);
+        }
+    }
+
+    /// <summary>Answers a read of the store from the kept verified bytes, if any.</summary>
+    private bool TryReadVerifiedCopy(Span<byte> destination, long position, out int count)
+    {
+        byte[]? dropped = null;
+        lock (_recentGate)
+        {
+            if (_verified is null)
+            {
+                count = 0;
+                return false;
+            }
+            count = (int)Math.Clamp(_verifiedSize - position, 0, destination.Length);
+            _verified.AsSpan((int)Math.Min(position, _verifiedSize), count).CopyTo(destination);
+            _verifiedServed += count;
+            if (_verifiedServed >= _verifiedSize)
+            {
+                dropped = _verified;
+                _verified = null;
+            }
+        }
+        if (dropped is not null)
+        {
+            ArrayPool<byte>.Shared.Return(dropped);
+        }
+        return true;
+    }
+
+    private const int Eio = 5;
+
+    /// <summary>The file's content is not the verified one: kept as its failure, logged, and thrown as EIO.</summary>
+    private IOException Refused(FirstFetchCheck check, string why)
+    {
+        string message = $"{check.Name}: refused, the file in the store is not the verified layer's ({why})";
+        if (check.Failure is null)
+        {
+            _cache.Log(message);
+        }
+        check.Failed(message);
+        return new IOException(message, Eio);
     }
 
     private IOException Truncated(long at) =>
@@ -306,14 +472,21 @@ internal sealed class CachedLowerStorage : IBlockStorage
         if (Interlocked.Exchange(ref _disposed, 1) == 0)
         {
             byte[]? recent;
+            byte[]? verified;
             lock (_recentGate)
             {
                 recent = _recent;
                 _recent = null;
+                verified = _verified;
+                _verified = null;
             }
             if (recent is not null)
             {
                 ArrayPool<byte>.Shared.Return(recent);
+            }
+            if (verified is not null)
+            {
+                ArrayPool<byte>.Shared.Return(verified);
             }
             ReleaseRemote();
         }

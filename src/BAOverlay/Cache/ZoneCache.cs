@@ -187,14 +187,16 @@ public sealed partial class ZoneCache : IDisposable
 
     /// <summary>As the public overload; <paramref name="inode"/> is what the wrapper reports as the file's inode number
     /// (B-CoW files made before the sampled identity record their lower file's, and compare it).</summary>
-    internal IBlockStorage Wrap(IBlockStorage remote, string key, long size, long mtimeNs, bool ownsRemote, ulong inode)
+    /// <paramref name="check"/>, when given, is the file's content check (<see cref="FirstFetchCheck"/>): nothing of
+    /// it is read from the store before the whole file is found right.
+    internal IBlockStorage Wrap(IBlockStorage remote, string key, long size, long mtimeNs, bool ownsRemote, ulong inode, FirstFetchCheck? check = null)
     {
         ArgumentNullException.ThrowIfNull(remote);
         ArgumentNullException.ThrowIfNull(key);
         ArgumentOutOfRangeException.ThrowIfNegative(size);
         ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
         CachedFile? file = Cacheable(key, size) ? GetFile(key, size, mtimeNs) : null;
-        return new CachedLowerStorage(this, file, remote, ownsRemote, inode);
+        return new CachedLowerStorage(this, file, remote, ownsRemote, inode, check);
     }
 
     /// <summary>Commits every admission and eviction into the cache files and writes the heat and state files.</summary>

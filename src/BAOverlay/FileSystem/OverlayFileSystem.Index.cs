@@ -46,6 +46,15 @@ public sealed partial class OverlayFileSystem
         {
             throw new ArgumentException($"{indexes.Count} lower indexes for {options.LowerDirectories.Count} lower directories", nameof(options));
         }
+        for (int i = 0; i < (options.LowerIndexes?.Count ?? 0); i++)
+        {
+            // A layer verified lazily is verified file by file at the first read through the cache: it must be read so.
+            if (options.LowerIndexes![i] is { ContentVerified: false } lazy &&
+                (options.LowerCache is null || (options.LowerCacheLayers is { } cached && !cached.Contains(i))))
+            {
+                throw new ArgumentException($"the index of layer {lazy.Digest} verifies its files at their first read through the cache: that layer must be read through LowerCache", nameof(options));
+            }
+        }
     }
 
     /// <summary>

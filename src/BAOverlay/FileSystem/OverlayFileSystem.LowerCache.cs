@@ -48,7 +48,8 @@ public sealed partial class OverlayFileSystem
         // The file is opened again by position when first needed (on one of the cache's reader threads, under the
         // store's deadline): the handle of its directory borrowed now may be gone by then.
         var lazy = new LazyRemoteFile(described, st.st_size, mtimeNs, st.st_ino, () => ReopenLowerFile(layer, relative, described), _options.LowerCache!.CountStoreOpen);
-        return _options.LowerCache!.Wrap(lazy, described, st.st_size, mtimeNs, ownsRemote: true, st.st_ino);
+        // A file of a store layer verified lazily is checked whole at its first read from the store (FirstFetchCheck).
+        return _options.LowerCache!.Wrap(lazy, described, st.st_size, mtimeNs, ownsRemote: true, st.st_ino, IndexOf(layer)?.ContentCheck(relative));
     }
 
     /// <summary>Opens the lower file at <paramref name="relative"/> in <paramref name="layer"/> for a

@@ -13,7 +13,9 @@ namespace BAOverlay.Store;
 /// opened at the first read it cannot answer).
 /// </summary>
 /// <remarks>
-/// <para>Made by <see cref="LayerStore.OpenIndexes"/> from the walk that verifies the layer, and written to
+/// <para>Made by <see cref="LayerStore.OpenIndexes"/> from the walk that verifies the layer (or, for a layer verified
+/// lazily, the walk that checks its metadata against its tree list, its files' content then checked at their first
+/// read: <c>ContentVerified</c>), and written to
 /// <c>DIR/sha256-HEX.index</c>. A layer never changes (its digest is its content), so its index never goes stale. The
 /// file is also this host's record that the layer was verified: it names the publication it was made from (the
 /// manifest's publishing host and time) and holds the tree root's times as the walk saw them, which a later use
@@ -28,7 +30,7 @@ namespace BAOverlay.Store;
 /// </remarks>
 public sealed class LayerIndex
 {
-    private static readonly byte[] Magic = "baoverlay-layer-index/2\n"u8.ToArray();
+    private static readonly byte[] Magic = "baoverlay-layer-index/3\n"u8.ToArray();
     private const int TrailerBytes = 32;
     private const long MaxFileBytes = 1L << 30;
     private const int MaxObjects = 50_000_000;
@@ -37,8 +39,9 @@ public sealed class LayerIndex
     private readonly Dictionary<string, int> _byPath;
     private readonly Dictionary<string, List<int>> _children;
 
-    private LayerIndex(string digest, LayerPublication publication, bool xattrsRead, TreeObject[] objects)
+    private LayerIndex(string digest, LayerPublication publication, bool xattrsRead, bool contentVerified, TreeObject[] objects)
     {
+        ContentVerified = contentVerified;
         Digest = digest;
         Publication = publication;
         XattrsRead = xattrsRead;
@@ -84,6 +87,38 @@ public sealed class LayerIndex
     /// layer's id; false: against its portable digest, and it holds none.</summary>
     internal bool XattrsRead { get; }
 
+    /// <summary>Whether the layer's content was verified whole (every file hashed) when this index was made; false: its
+    /// metadata was checked against the layer's tree list, and each file's content is checked at its first read from
+    /// the store (<see cref="ContentCheck"/>; docs/layer-store.md, "Lazy verification").</summary>
+    internal bool ContentVerified { get; }
+
+    /// <summary>The per-file content checks of a layer verified lazily, and this host's record of those made
+    /// (<see cref="LayerStore.OpenIndexes"/> attaches it); null for a layer verified whole.</summary>
+    internal LazyContent? Lazy { get; set; }
+
+    /// <summary>The content check a read of the regular file at <paramref name="relative"/> from the store must pass
+    /// first, or null: the layer was verified whole, or this file was verified already (now or by an earlier process,
+    /// as recorded), or it is not a regular file of the index.</summary>
+    internal Cache.FirstFetchCheck? ContentCheck(string relative)
+    {
+        if (ContentVerified)
+        {
+            return null;
+        }
+        int at = Find(relative);
+        if (at < 0 || _objects[at].Type != 'f')
+        {
+            return null;
+        }
+        if (Lazy is null)
+        {
+            Interlocked.CompareExchange(ref _lazyFallback, new LazyContent(this, null, null, null), null);
+        }
+        return (Lazy ?? _lazyFallback!).CheckFor(at);
+    }
+
+    private LazyContent? _lazyFallback;
+
     /// <summary>The object at <paramref name="relative"/> ("" the root): its position (inode number - 1) or -1.</summary>
     internal int Find(string relative) => _byPath.TryGetValue(relative, out int i) ? i : -1;
 
@@ -117,9 +152,11 @@ public sealed class LayerIndex
         return null;
     }
 
-    /// <summary>An index of the objects a verification walk collected (already checked by that walk).</summary>
-    internal static LayerIndex FromWalk(string digest, LayerPublication publication, bool xattrsRead, List<TreeObject> objects) =>
-        new(digest, publication, xattrsRead, [.. objects]);
+    /// <summary>An index of the objects a verification walk collected (already checked by that walk);
+    /// <paramref name="contentVerified"/> false: the walk read no content, its files' hashes came from the layer's
+    /// tree list (<see cref="ContentVerified"/>).</summary>
+    internal static LayerIndex FromWalk(string digest, LayerPublication publication, bool xattrsRead, List<TreeObject> objects, bool contentVerified = true) =>
+        new(digest, publication, xattrsRead, contentVerified, [.. objects]);
 
     /// <summary>Why this index is not a record of the layer as the share shows it now, or null: another publication
     /// (<paramref name="publication"/>, from the manifest), or a tree root whose modification or change time is not the
@@ -150,6 +187,7 @@ public sealed class LayerIndex
             writer.Write(Publication.Host);
             writer.Write(Publication.Created.UtcTicks);
             writer.Write(XattrsRead);
+            writer.Write(ContentVerified);
             writer.Write(_objects.Length);
             foreach (TreeObject o in _objects)
             {
@@ -239,6 +277,7 @@ public sealed class LayerIndex
             }
             var publication = new LayerPublication(host, new DateTimeOffset(ticks, TimeSpan.Zero));
             bool xattrsRead = reader.ReadBoolean();
+            bool contentVerified = reader.ReadBoolean();
             int count = reader.ReadInt32();
             if (count is < 1 or > MaxObjects)
             {
@@ -313,7 +352,7 @@ public sealed class LayerIndex
                 problem = $"its objects hash to {found}, not the layer's {(xattrsRead ? "" : "portable ")}digest {expected}";
                 return null;
             }
-            return new LayerIndex(digest, publication, xattrsRead, objects);
+            return new LayerIndex(digest, publication, xattrsRead, contentVerified, objects);
         }
         catch (Exception e) when (e is EndOfStreamException or FormatException or IOException or ArgumentException or DecoderFallbackException)
         {

@@ -10,7 +10,8 @@ namespace BAOverlay.Store;
 /// <item>make <c>staging/HOST.PID.RANDOM/</c> (private to this writer; nothing reads staging);</item>
 /// <item>fill its <c>tree/</c> (files fsynced as written);</item>
 /// <item>fsync every directory of the tree;</item>
-/// <item>hash the tree and write <c>manifest.json</c> (digest, sizes, completion record), fsynced;</item>
+/// <item>hash the tree, writing what is hashed as <c>tree.list</c> (its sha256 is the layer's id), fsynced;</item>
+/// <item>write <c>manifest.json</c> (digest, sizes, completion record), fsynced;</item>
 /// <item>fsync the staging directory and <c>staging/</c>;</item>
 /// <item>rename it to <c>layers/sha256-HEX</c> — the one step that makes it visible, atomic;</item>
 /// <item>fsync <c>layers/</c>;</item>
@@ -112,8 +113,9 @@ public sealed partial class LayerStore
                     Step(PublishStep.TreeWritten);
                     TreeBuilder.SyncTree(tree, cancellation);
                     Step(PublishStep.TreeSynced);
-                    summary = TreeDigest.Compute(tree, cancellation);
+                    summary = WriteTreeList(building, tree, cancellation);
                 }
+                Step(PublishStep.ListWritten);
                 manifest = new LayerManifest(summary.Digest, summary.PortableDigest, tarDigest, summary.Entries, summary.Bytes,
                     HostId, _options.TimeProvider.GetUtcNow(), Complete: true);
                 StoreFiles.WriteNew(building, StoreLayout.Manifest, manifest.ToJson());
@@ -170,6 +172,29 @@ public sealed partial class LayerStore
             }
             throw;
         }
+    }
+
+    /// <summary>Hashes the tree in staging and writes the hash's input, the tree's canonical serialization, beside it as
+    /// <c>tree.list</c>, fsynced: sha256 of that file is the layer's id, so a reader can check it against the id alone and
+    /// learn every object's metadata and content hash from it without reading the tree (docs/layer-store.md).</summary>
+    private static TreeSummary WriteTreeList(StoreDirectory building, StoreDirectory tree, CancellationToken cancellation)
+    {
+        using Microsoft.Win32.SafeHandles.SafeFileHandle file = building.CreateFile(StoreLayout.TreeList);
+        Syscall.fchmod((int)file.DangerousGetHandle(), FilePermissions.S_IRUSR | FilePermissions.S_IWUSR | FilePermissions.S_IRGRP | FilePermissions.S_IROTH);
+        TreeSummary summary;
+        try
+        {
+            using (var stream = new FileStream(file, FileAccess.Write, bufferSize: 1 << 16))
+            {
+                summary = TreeDigest.Compute(tree, cancellation, serialization: stream);
+                stream.Flush(flushToDisk: true);
+            }
+        }
+        catch (IOException e) when (e is not LayerStoreException)
+        {
+            throw new LayerStoreException(building.Describe(StoreLayout.TreeList), $"cannot write the file: {e.Message}", e);
+        }
+        return summary;
     }
 
     /// <summary>

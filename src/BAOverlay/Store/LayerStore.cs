@@ -225,7 +225,44 @@ public sealed partial class LayerStore : IDisposable
         {
             throw new LayerStoreException(tree.Described, $"{summary.Entries} entries and {summary.Bytes} bytes, the manifest says {manifest.Entries} and {manifest.Bytes}");
         }
+        // The tree list, when the layer has one, must be what the id names: a reader that verifies lazily trusts it.
+        TreeList.TryRead(layer, manifest);
         _contentVerified[digest] = true;
+        return (manifest, summary.XattrsRead);
+    }
+
+    /// <summary>
+    /// Verifies a layer lazily (<see cref="LayerStoreOptions.VerifyFilesAtFirstRead"/>): reads its tree list, checks it
+    /// against the id, and walks the tree's metadata only (names, lstat, link targets, extended attributes where the
+    /// share shows them; no file content), with the list's content hashes for the files: the digest of what the walk
+    /// saw must be the layer's id (where the share shows no extended attributes, the portable digest, recomputed from
+    /// the list). Returns null when the layer has no tree list.
+    /// </summary>
+    /// <exception cref="LayerStoreException">The list is not the layer's, or the tree's metadata does not match it.</exception>
+    private (LayerManifest Manifest, bool XattrsRead)? VerifyMetadata(string digest, List<TreeObject> objects)
+    {
+        using StoreDirectory layers = OpenPart(StoreLayout.Layers);
+        string directoryName = StoreLayout.DirectoryName(digest);
+        using StoreDirectory layer = layers.TryOpenChild(directoryName) ?? throw new LayerStoreException(layers.Describe(directoryName), "no such layer");
+        LayerManifest manifest = ReadManifest(layer, digest);
+        if (TreeList.TryRead(layer, manifest) is not { } list)
+        {
+            return null;
+        }
+        using StoreDirectory tree = layer.OpenChild(StoreLayout.Tree);
+        TreeSummary summary = TreeDigest.Compute(tree, CancellationToken.None, objects.Add, knownContent: list.ContentHash);
+        // The list's portable digest was checked equal to the manifest's when it was parsed.
+        string expected = summary.XattrsRead ? digest : manifest.PortableDigest;
+        string found = summary.XattrsRead ? summary.Digest : summary.PortableDigest;
+        if (found != expected || summary.Entries != manifest.Entries || summary.Bytes != manifest.Bytes)
+        {
+            throw new LayerStoreException(tree.Described, $"its metadata does not match the layer's tree list: {found}{(summary.XattrsRead ? "" : " (portable)")}, {summary.Entries} entries, {summary.Bytes} bytes");
+        }
+        if (objects.Find(o => o.Xattrs?.Exists(x => x.Name == FileSystem.LayerPaths.BCowXattr) == true) is { } marked)
+        {
+            // An overlay reads such a file through the B-CoW engine, not through the cache that checks it.
+            throw new LayerStoreException(tree.Describe(marked.Path), "marked as a B-CoW file, which a lazy verification cannot check at its read");
+        }
         return (manifest, summary.XattrsRead);
     }
 
@@ -268,16 +305,40 @@ public sealed partial class LayerStore : IDisposable
                 }
             }
             bool hash = _options.VerifyContent && _options.ReverifyIndexedLayers && !_contentVerified.ContainsKey(digest);
+            bool lazy = _options.VerifyContent && _options.VerifyFilesAtFirstRead && !hash && !_contentVerified.ContainsKey(digest);
             if (index is not null && !hash && RecordMismatch(layer, index) is { } why)
             {
                 log?.Invoke($"{file}: {why}; made again from the layer");
                 index = null;
             }
+            if (index is { ContentVerified: false } && !lazy && _options.VerifyContent && !_contentVerified.ContainsKey(digest))
+            {
+                // A record of a metadata check only, and this use wants the content verified whole (kernel overlayfs
+                // may read the directories): hashed now.
+                log?.Invoke($"{file}: records the layer verified file by file at first read only; verified whole now");
+                index = null;
+            }
             if (index is null || hash)
             {
                 var objects = new List<TreeObject>();
-                (LayerManifest manifest, bool xattrsRead) = VerifyLayer(digest, CancellationToken.None, objects.Add);
-                LayerIndex fresh = LayerIndex.FromWalk(digest, new LayerPublication(manifest.Host, manifest.Created), xattrsRead, objects);
+                (LayerManifest Manifest, bool XattrsRead)? metadata = null;
+                if (lazy)
+                {
+                    try
+                    {
+                        metadata = VerifyMetadata(digest, objects);
+                    }
+                    catch (LayerStoreException e)
+                    {
+                        log?.Invoke($"{e.Message}; the layer is verified whole instead");
+                    }
+                    if (metadata is null)
+                    {
+                        objects.Clear();
+                    }
+                }
+                (LayerManifest manifest, bool xattrsRead) = metadata ?? VerifyLayer(digest, CancellationToken.None, objects.Add);
+                LayerIndex fresh = LayerIndex.FromWalk(digest, new LayerPublication(manifest.Host, manifest.Created), xattrsRead, objects, contentVerified: metadata is null);
                 byte[] serialized = fresh.Serialize();
                 if (bytes is null || !serialized.AsSpan().SequenceEqual(bytes))
                 {
@@ -286,13 +347,25 @@ public sealed partial class LayerStore : IDisposable
                         log?.Invoke($"{file}: differs from the layer as it reads now (times: published again?); made again");
                     }
                     WriteIndexFile(file, serialized);
+                    bytes = serialized;
                 }
-                _verifiedByRecord.TryRemove(digest, out _);
+                if (metadata is null)
+                {
+                    _verifiedByRecord.TryRemove(digest, out _);
+                }
+                else
+                {
+                    _verifiedByRecord[digest] = fresh;
+                }
                 index = fresh;
             }
             else if (!_contentVerified.ContainsKey(digest))
             {
                 _verifiedByRecord[digest] = index;
+            }
+            if (!index.ContentVerified)
+            {
+                index.Lazy = LazyContent.Open(index, bytes, Path.Combine(indexDirectory, StoreLayout.DirectoryName(digest) + ".verified"), log);
             }
             indexes.Add(index);
         }

@@ -44,6 +44,18 @@ public sealed class LayerStoreOptions
     /// at its first use.</summary>
     public bool ReverifyIndexedLayers { get; init; }
 
+    /// <summary>With <see cref="VerifyContent"/>, verify a layer lazily at its first use on this host when the layer has
+    /// its tree list (published with one) and <see cref="LayerStore.OpenIndexes"/> is called: its metadata is checked
+    /// against the list (one walk of the share without reading any file's content), its index made from that walk, and
+    /// each file's content is hashed at its first read from the store by an overlay given the index and a cache
+    /// (<c>OverlayOptions.LowerIndexes</c>, <c>OverlayOptions.LowerCache</c>), which refuses with EIO a file that does
+    /// not match; the files found right are recorded beside the index, so a later use neither hashes nor fetches them
+    /// again. Set it only when the layers are read through such an overlay: the directories
+    /// <see cref="LayerStore.ResolveLowerDirectories"/> and leases hand out are then not verified for other readers
+    /// (kernel overlayfs). Default false. A layer without a tree list, and <see cref="ReverifyIndexedLayers"/>, are
+    /// verified whole as before (docs/layer-store.md, "Lazy verification").</summary>
+    public bool VerifyFilesAtFirstRead { get; init; }
+
     /// <summary>The most bytes of file content a layer tar may unpack to. Default 1 TiB.</summary>
     public long MaxLayerBytes { get; init; } = 1L << 40;
 
@@ -64,6 +76,7 @@ internal enum PublishStep
     StagingCreated,
     TreeWritten,
     TreeSynced,
+    ListWritten,
     ManifestWritten,
     StagingSynced,
     Renamed,

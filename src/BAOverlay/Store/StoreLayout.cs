@@ -20,6 +20,7 @@ internal static class StoreLayout
     public const string Trash = "trash";
     public const string Manifest = "manifest.json";
     public const string Tree = "tree";
+    public const string TreeList = "tree.list";
 
     public const string StoreSchema = "baoverlay-store/1";
     public const string LayerSchema = "baoverlay-layer/1";
@@ -63,7 +64,7 @@ internal static class StoreLayout
 
     public static string DigestOf(ReadOnlySpan<byte> bytes) => Digest(SHA256.HashData(bytes));
 
-    private static bool IsHex(ReadOnlySpan<char> text)
+    public static bool IsHex(ReadOnlySpan<char> text)
     {
         foreach (char c in text)
         {

@@ -52,7 +52,14 @@ internal static class TreeDigest
     /// <param name="collect">Given each object as it is hashed, in the digest's order (a layer's metadata index is made
     /// from them: <see cref="LayerIndex"/>).</param>
     /// <param name="contentRead">Given each regular file (described) before its content is read (tests count reads).</param>
-    public static TreeSummary Compute(StoreDirectory root, CancellationToken cancellation, Action<TreeObject>? collect = null, Action<string>? contentRead = null)
+    /// <param name="serialization">Given the full digest's input, byte for byte (a publication writes it as the layer's
+    /// tree list: sha256 of those bytes is the layer's id).</param>
+    /// <param name="knownContent">When given, a regular file's content is not read: it is asked for the sha256 (hex) of
+    /// the file at that path with the size its lstat shows, and answers it or null (then the walk fails, naming the
+    /// file). The digests are then those of the tree's metadata as the walk sees it with those contents: a metadata
+    /// walk checked against a tree list (docs/layer-store.md, "Lazy verification").</param>
+    public static TreeSummary Compute(StoreDirectory root, CancellationToken cancellation, Action<TreeObject>? collect = null, Action<string>? contentRead = null,
+        Stream? serialization = null, Func<string, long, string?>? knownContent = null)
     {
         using var full = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         using var portable = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
@@ -62,7 +69,11 @@ internal static class TreeDigest
         byte[] chunk = ArrayPool<byte>.Shared.Rent(ChunkSize);
         try
         {
-            var state = new WalkState(full, portable, chunk, cancellation) { Collect = collect, ContentRead = contentRead };
+            serialization?.Write(header);
+            var state = new WalkState(full, portable, chunk, cancellation)
+            {
+                Collect = collect, ContentRead = contentRead, Serialization = serialization, KnownContent = knownContent,
+            };
             Stat rootStat = root.StatSelf();
             state.XattrsRead = root.Xattrs(null) is not null;
             Record(state, "", 'd', rootStat, state.XattrsRead ? root.Xattrs(null) : null, "", "", "", "");
@@ -88,6 +99,8 @@ internal static class TreeDigest
         public long Bytes { get; set; }
         public Action<TreeObject>? Collect { get; init; }
         public Action<string>? ContentRead { get; init; }
+        public Stream? Serialization { get; init; }
+        public Func<string, long, string?>? KnownContent { get; init; }
     }
 
     /// <summary>
@@ -141,7 +154,9 @@ internal static class TreeDigest
                     }
                     break;
                 case FilePermissions.S_IFREG:
-                    (long size, string hash) = HashFile(state, directory, name);
+                    (long size, string hash) = state.KnownContent is { } known
+                        ? (stat.st_size, known(path, stat.st_size) ?? throw new LayerStoreException(directory.Describe(name), $"a file of {stat.st_size} bytes the layer's tree list does not hold (at that size)"))
+                        : HashFile(state, directory, name);
                     Record(state, path, 'f', stat, xattrs, size.ToString(CultureInfo.InvariantCulture), hash, null, null);
                     state.Bytes += size;
                     break;
@@ -222,6 +237,7 @@ internal static class TreeDigest
             Field(record, value);
         }
         state.Full.AppendData(record.WrittenSpan);
+        state.Serialization?.Write(record.WrittenSpan);
     }
 
     private static byte[] Ascii(string text) => Encoding.ASCII.GetBytes(text);

@@ -14,10 +14,10 @@ public class PublishCrashTests
     private sealed class StopHere : Exception;
 
     [Test]
-    public void AWriterStoppedAfterEachStepNeverExposesAPartialLayer([Range(0, 7)] int step)
+    public void AWriterStoppedAfterEachStepNeverExposesAPartialLayer([Range(0, 8)] int step)
     {
         var stopAfter = (PublishStep)step;
-        Assert.That(Enum.GetValues<PublishStep>(), Has.Length.EqualTo(8), "one case per step");
+        Assert.That(Enum.GetValues<PublishStep>(), Has.Length.EqualTo(9), "one case per step");
         using var temp = new TempDir();
         string source = StoreTrees.MakePlain(temp.File("src"), "content");
         LayerStore.Create(temp.File("store"), StoreTrees.Options("w")).Dispose();
@@ -52,6 +52,9 @@ public class PublishCrashTests
             StoreLayer layer = reader.Layers.Single();
             reader.VerifyLayer(layer.Digest);
             Assert.That(File.ReadAllText(Path.Combine(layer.Directory, "d", "f")), Is.EqualTo("content"));
+            // Published with the layer: its tree list, whose sha256 is the layer's id.
+            byte[] list = File.ReadAllBytes(Path.Combine(layer.Directory, "..", "tree.list"));
+            Assert.That("sha256:" + Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(list)), Is.EqualTo(layer.Digest));
         }
         else
         {

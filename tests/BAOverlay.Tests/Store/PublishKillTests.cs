@@ -14,7 +14,7 @@ namespace BAOverlay.Tests.Store;
 public class PublishKillTests
 {
     [Test]
-    public void AWriterKilledAfterEachStepLeavesNoPartialLayerAndItsStagingIsCollectedByAge([Range(0, 7)] int step)
+    public void AWriterKilledAfterEachStepLeavesNoPartialLayerAndItsStagingIsCollectedByAge([Range(0, 8)] int step)
     {
         var stopAfter = (PublishStep)step;
         using var temp = new TempDir();
@@ -33,6 +33,8 @@ public class PublishKillTests
             StoreLayer layer = reader.Layers.Single();
             reader.VerifyLayer(layer.Digest);
             Assert.That(File.ReadAllText(Path.Combine(layer.Directory, "d", "f")), Is.EqualTo("killed writer"));
+            byte[] list = File.ReadAllBytes(Path.Combine(layer.Directory, "..", "tree.list"));
+            Assert.That("sha256:" + Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(list)), Is.EqualTo(layer.Digest), "the tree list published with the layer");
         }
         else
         {

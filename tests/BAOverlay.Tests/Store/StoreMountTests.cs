@@ -113,7 +113,7 @@ public class StoreMountTests
         string options = $"store={store},image=app,upperdir={temp.File("upper")},workdir={temp.File("work")},cache={temp.File("cache")}";
         (int status, string error) = MountAndRead(program, temp, options, "f", out string? read);
         Assert.That((status, read), Is.EqualTo((0, "original")), error);
-        Assert.That(Directory.GetFiles(temp.File("cache/index")), Has.Length.EqualTo(1), "the record");
+        Assert.That(Directory.GetFiles(temp.File("cache/index"), "*.index"), Has.Length.EqualTo(1), "the record");
 
         Assert.That(Syscall.lstat(file, out Stat before), Is.Zero);
         File.WriteAllText(file, "tampered");
@@ -123,6 +123,41 @@ public class StoreMountTests
         (status, error) = MountAndRead(program, temp, options, null, out _);
         Assert.That(status, Is.Zero, $"the record is trusted, the content not read: {error}");
 
+        (status, error) = MountAndRead(program, temp, options + ",verify=always", null, out _);
+        Assert.That(status, Is.Not.Zero, "verify=always hashes the layer");
+        Assert.That(error, Does.Contain("does not match"));
+    }
+
+    [Test]
+    public void TheFirstMountWithACacheVerifiesEachFileAtItsFirstReadAndRefusesOneThatChanged()
+    {
+        // The first mount with cache= checks the layer's metadata against its tree list and reads no content; a file
+        // changed on the share (size and times kept) is then refused at its first read with EIO, the others read. Before,
+        // that mount hashed the whole layer and refused to mount at all.
+        string program = RequireMounting();
+        using var temp = new TempDir();
+        string store = temp.File("store");
+        string file;
+        using (LayerStore writer = LayerStore.Create(store, StoreTrees.Options("writer")))
+        {
+            Directory.CreateDirectory(temp.File("layer"));
+            File.WriteAllText(temp.File("layer/f"), "original");
+            File.WriteAllText(temp.File("layer/g"), "good");
+            StoreLayer layer = writer.PublishDirectory(temp.File("layer"));
+            writer.PublishImage("app", [layer.Digest]);
+            file = Path.Combine(layer.Directory, "f");
+        }
+        Assert.That(Syscall.lstat(file, out Stat before), Is.Zero);
+        File.WriteAllText(file, "tampered");
+        Assert.That(Syscall.utimensat(Syscall.AT_FDCWD, file,
+            [new Timespec { tv_sec = before.st_atime, tv_nsec = before.st_atime_nsec }, new Timespec { tv_sec = before.st_mtime, tv_nsec = before.st_mtime_nsec }], 0), Is.Zero);
+
+        string options = $"store={store},image=app,upperdir={temp.File("upper")},workdir={temp.File("work")},cache={temp.File("cache")}";
+        (int status, string error) = MountAndRead(program, temp, options, "g", out string? read);
+        Assert.That((status, read), Is.EqualTo((0, "good")), error);
+        Assert.That(Directory.GetFiles(temp.File("cache/index"), "*.index"), Has.Length.EqualTo(1), "the record of the metadata check");
+        IOException refused = Assert.Catch<IOException>(() => MountAndRead(program, temp, options, "f", out _))!;
+        Assert.That(refused.Message, Does.Contain("Input/output error"), "EIO");
         (status, error) = MountAndRead(program, temp, options + ",verify=always", null, out _);
         Assert.That(status, Is.Not.Zero, "verify=always hashes the layer");
         Assert.That(error, Does.Contain("does not match"));
