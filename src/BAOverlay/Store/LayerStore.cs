@@ -398,31 +398,8 @@ public sealed partial class LayerStore : IDisposable
     }
 
     /// <summary>An index file's bytes, or null when there is none (or it is not a regular file of a sane size).</summary>
-    private static byte[]? ReadIndexFile(string file)
-    {
-        int fd = Syscall.open(file, OpenFlags.O_RDONLY | OpenFlags.O_NOFOLLOW | OpenFlags.O_NONBLOCK | OpenFlags.O_CLOEXEC);
-        if (fd < 0)
-        {
-            return null;
-        }
-        using var handle = new Microsoft.Win32.SafeHandles.SafeFileHandle(fd, ownsHandle: true);
-        if (Syscall.fstat(fd, out Stat st) != 0 || (st.st_mode & FilePermissions.S_IFMT) != FilePermissions.S_IFREG || st.st_size > 1L << 30)
-        {
-            return null;
-        }
-        byte[] bytes = new byte[st.st_size];
-        int read = 0;
-        while (read < bytes.Length)
-        {
-            int n = RandomAccess.Read(handle, bytes.AsSpan(read), read);
-            if (n == 0)
-            {
-                return null;
-            }
-            read += n;
-        }
-        return bytes;
-    }
+    private static byte[]? ReadIndexFile(string file) =>
+        StoreFiles.ReadLocalFile(file, 1L << 30, shortIsNull: true);
 
     /// <summary>Reads and checks a layer's manifest: the schema, the digest being the directory's, the completion
     /// record, and the tree being a directory (not a symbolic link).</summary>

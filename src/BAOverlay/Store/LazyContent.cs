@@ -219,29 +219,6 @@ internal sealed class LazyContent
     }
 
     /// <summary>The record file's bytes, or null (none, not a regular file, or larger than a record of this index can be).</summary>
-    private static byte[]? ReadExisting(string path, long max)
-    {
-        int fd = Syscall.open(path, OpenFlags.O_RDONLY | OpenFlags.O_NOFOLLOW | OpenFlags.O_NONBLOCK | OpenFlags.O_CLOEXEC);
-        if (fd < 0)
-        {
-            return null;
-        }
-        using var handle = new SafeFileHandle(fd, ownsHandle: true);
-        if (Syscall.fstat(fd, out Stat st) != 0 || (st.st_mode & FilePermissions.S_IFMT) != FilePermissions.S_IFREG || st.st_size > max)
-        {
-            return null;
-        }
-        byte[] bytes = new byte[st.st_size];
-        int read = 0;
-        while (read < bytes.Length)
-        {
-            int n = RandomAccess.Read(handle, bytes.AsSpan(read), read);
-            if (n == 0)
-            {
-                return bytes[..read];
-            }
-            read += n;
-        }
-        return bytes;
-    }
+    private static byte[]? ReadExisting(string path, long max) =>
+        StoreFiles.ReadLocalFile(path, max, shortIsNull: false);
 }

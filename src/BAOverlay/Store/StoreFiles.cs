@@ -10,6 +10,37 @@ namespace BAOverlay.Store;
 /// </summary>
 internal static class StoreFiles
 {
+    /// <summary>
+    /// The bytes of a local regular file of at most <paramref name="max"/> bytes (opened without following a symbolic
+    /// link or blocking), or null: none, not a regular file, larger. A file that ends before its size said: its bytes
+    /// read so far with <paramref name="shortIsNull"/> false, else null.
+    /// </summary>
+    public static byte[]? ReadLocalFile(string path, long max, bool shortIsNull)
+    {
+        int fd = Syscall.open(path, OpenFlags.O_RDONLY | OpenFlags.O_NOFOLLOW | OpenFlags.O_NONBLOCK | OpenFlags.O_CLOEXEC);
+        if (fd < 0)
+        {
+            return null;
+        }
+        using var handle = new SafeFileHandle(fd, ownsHandle: true);
+        if (Syscall.fstat(fd, out Stat st) != 0 || (st.st_mode & FilePermissions.S_IFMT) != FilePermissions.S_IFREG || st.st_size > max)
+        {
+            return null;
+        }
+        byte[] bytes = new byte[st.st_size];
+        int read = 0;
+        while (read < bytes.Length)
+        {
+            int n = RandomAccess.Read(handle, bytes.AsSpan(read), read);
+            if (n == 0)
+            {
+                return shortIsNull ? null : bytes[..read];
+            }
+            read += n;
+        }
+        return bytes;
+    }
+
     /// <summary>The bytes of the regular file <paramref name="name"/>, or null when it does not exist.</summary>
     /// <exception cref="LayerStoreException">It is not a regular file (a symbolic link included), is larger than
     /// <paramref name="maxBytes"/>, or cannot be read.</exception>

@@ -125,16 +125,6 @@ public sealed partial class RingTransportTests
         Assert.That(mounted.Log, Is.Empty);
     }
 
-    private sealed class HoldingFsync(IFuseLowLevelHandler inner, ManualResetEventSlim entered, ManualResetEventSlim held) : DelegatingFuseHandler(inner)
-    {
-        public override void Fsync(ulong ino, ulong handle, bool dataOnly)
-        {
-            entered.Set();
-            held.Wait(TimeSpan.FromSeconds(30));
-            base.Fsync(ino, handle, dataOnly);
-        }
-    }
-
     /// <summary>For a mount asked to use the ring: fails when it was not granted (the fuse module's enable_uring must be
     /// Y, as .ci/run sets it).</summary>
     internal static void AssertRingGranted(Mounted mounted, string mnt)

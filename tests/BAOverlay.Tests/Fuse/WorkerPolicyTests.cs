@@ -84,14 +84,15 @@ public sealed class WorkerPolicyTests
         Assert.That(Directory.GetFiles(mnt, "meanwhile-*"), Has.Length.EqualTo(20));
         Assert.That(mounted.Log, Is.Empty);
     }
+}
 
-    private sealed class HoldingFsync(IFuseLowLevelHandler inner, ManualResetEventSlim entered, ManualResetEventSlim held) : DelegatingFuseHandler(inner)
+/// <summary>Holds each fsync in the handler (up to 30 s) until the test lets it go, and says when one arrived.</summary>
+internal sealed class HoldingFsync(IFuseLowLevelHandler inner, ManualResetEventSlim entered, ManualResetEventSlim held) : DelegatingFuseHandler(inner)
+{
+    public override void Fsync(ulong ino, ulong handle, bool dataOnly)
     {
-        public override void Fsync(ulong ino, ulong handle, bool dataOnly)
-        {
-            entered.Set();
-            held.Wait(TimeSpan.FromSeconds(30));
-            base.Fsync(ino, handle, dataOnly);
-        }
+        entered.Set();
+        held.Wait(TimeSpan.FromSeconds(30));
+        base.Fsync(ino, handle, dataOnly);
     }
 }
