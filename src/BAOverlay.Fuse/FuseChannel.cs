@@ -664,7 +664,10 @@ internal sealed unsafe class FuseChannel
         out_.flags2 = (uint)(want >> 32);
         out_.max_readahead = _options.MaxReadahead is uint readahead ? Math.Min(readahead, init.max_readahead) : init.max_readahead;
         out_.max_write = _maxWrite;
-        out_.max_pages = (ushort)((_maxWrite - 1) / 4096 + 1);
+        // Requests may carry up to 1 MiB whatever max_write says: max_pages also bounds each READ, and reads of
+        // 128 KiB (a max_write of 128 KiB made max_pages 32) took two round trips where fuse-overlayfs's mount, with
+        // max_pages 256, takes one. Writes stay within max_write; every reply buffer here holds 1 MiB.
+        out_.max_pages = (ushort)(DefaultMaxWrite / 4096);
         out_.time_gran = 1;
         _session.OnInit(new FuseConnection(FUSE_KERNEL_VERSION, out_.minor, (uint)offered, (uint)want, out_.max_write, out_.max_readahead)
         {

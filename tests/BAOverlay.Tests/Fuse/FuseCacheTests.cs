@@ -512,6 +512,54 @@ public sealed partial class FuseMountTests
         Assert.That(mounted.Log, Is.Empty);
     }
 
+    /// <summary>
+    /// A read request may carry more than max_write: max_pages, which bounds both, is 1 MiB whatever the write size
+    /// (a 128 KiB max_write, baoverlayfs's default, made every read of a sequential reader 128 KiB, two round trips
+    /// where fuse-overlayfs's mount takes one). The bytes read are the file's.
+    /// </summary>
+    [Test]
+    public void ReadRequestsAreNotCutToTheWriteSize()
+    {
+        using var fixture = new OverlayFixture(lowers: 1);
+        byte[] data = Checks.RandomBytes(new Random(11), 8 << 20);
+        OverlayFixture.WriteFile(Path.Combine(fixture.Lowers[0], "big"), data);
+        LargestRead? largest = null;
+        using Mounted mounted = Mounted.Start(fixture, out string mnt, fs => largest = new LargestRead(new OverlayFuseAdapter(fs)),
+            new FuseMountOptions { MaxWrite = 128 * 1024 });
+        // A sequential reader (fio's default): POSIX_FADV_SEQUENTIAL doubles the kernel's 128 KiB readahead window.
+        byte[] read = new byte[data.Length];
+        using (var stream = new FileStream(Path.Combine(mnt, "big"), FileMode.Open, FileAccess.Read, FileShare.Read, 1))
+        {
+            int fd = (int)stream.SafeFileHandle.DangerousGetHandle();
+            Assert.That(Mono.Unix.Native.Syscall.posix_fadvise(fd, 0, 0, Mono.Unix.Native.PosixFadviseAdvice.POSIX_FADV_SEQUENTIAL), Is.Zero);
+            for (int done = 0; done < read.Length;)
+            {
+                int n = stream.Read(read, done, Math.Min(1 << 20, read.Length - done));
+                Assert.That(n, Is.GreaterThan(0));
+                done += n;
+            }
+        }
+        Assert.That(read, Is.EqualTo(data));
+        Assert.That(largest!.Largest, Is.GreaterThan(128 * 1024), "the largest read request, in bytes");
+        Assert.That(mounted.Log, Is.Empty);
+    }
+
+    private sealed class LargestRead(IFuseLowLevelHandler inner) : DelegatingFuseHandler(inner)
+    {
+        private int _largest;
+
+        public int Largest => Volatile.Read(ref _largest);
+
+        public override int Read(ulong ino, ulong handle, Span<byte> buffer, long offset)
+        {
+            int seen;
+            while ((seen = Volatile.Read(ref _largest)) < buffer.Length && Interlocked.CompareExchange(ref _largest, buffer.Length, seen) != seen)
+            {
+            }
+            return Inner.Read(ino, handle, buffer, offset);
+        }
+    }
+
     private sealed class CountingFlushes(IFuseLowLevelHandler inner, bool wanted) : DelegatingFuseHandler(inner)
     {
         private long _flushes;
