@@ -100,7 +100,8 @@ public class IndexedStoreOutageTests
         return bytes;
     }
 
-    private static byte[] ReadWhole(OverlayFileSystem fs, string path)
+    /// <summary>The bytes of <paramref name="path"/> (names separated by '/') read through the overlay's own API.</summary>
+    internal static byte[] ReadWhole(OverlayFileSystem fs, string path)
     {
         ulong ino = OverlayFileSystem.RootIno;
         OverlayStat st = default;

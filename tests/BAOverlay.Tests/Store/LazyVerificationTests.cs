@@ -417,40 +417,17 @@ public class LazyVerificationSshfsTests
         });
         foreach (string name in new[] { "usr/lib/lib1.so", "usr/lib/lib6.so" })
         {
-            Assert.That(ReadWhole(fs, name), Is.EqualTo(contents[name]), name);
+            Assert.That(IndexedStoreOutageTests.ReadWhole(fs, name), Is.EqualTo(contents[name]), name);
         }
         Assert.Multiple(() =>
         {
             Assert.That(cache.Status.StoreOpens, Is.EqualTo(2), "the two files read, and no other");
             Assert.That(cache.Status.FetchedBytes, Is.EqualTo(contents["usr/lib/lib1.so"].Length + contents["usr/lib/lib6.so"].Length), "each fetched once");
         });
-        IOException error = Assert.Catch<IOException>(() => ReadWhole(fs, "usr/lib/lib3.so"))!;
+        IOException error = Assert.Catch<IOException>(() => IndexedStoreOutageTests.ReadWhole(fs, "usr/lib/lib3.so"))!;
         Assert.That(OverlayException.ErrnoOf(error, out _), Is.EqualTo(OverlayErrno.EIO));
         Assert.That(log, Has.One.Contains("tree/usr/lib/lib3.so").And.Contains("refused"));
         Assert.That(cache.Status.State, Is.EqualTo(StoreState.Healthy));
-    }
-
-    private static byte[] ReadWhole(OverlayFileSystem fs, string path)
-    {
-        ulong ino = OverlayFileSystem.RootIno;
-        OverlayStat st = default;
-        foreach (string part in path.Split('/'))
-        {
-            st = fs.Lookup(ino, part);
-            ino = st.Ino;
-        }
-        using OverlayHandle handle = fs.Open(ino, write: false, truncate: false);
-        byte[] bytes = new byte[st.Size];
-        for (int done = 0; done < bytes.Length;)
-        {
-            int n = handle.Read(bytes.AsSpan(done), done);
-            if (n == 0)
-            {
-                break;
-            }
-            done += n;
-        }
-        return bytes;
     }
 }
 
