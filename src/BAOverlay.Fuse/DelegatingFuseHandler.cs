@@ -32,17 +32,7 @@ public abstract class DelegatingFuseHandler(IFuseLowLevelHandler inner) : IFuseL
 
     /// <summary>Through this handler's <see cref="Lookup"/> (so that a subclass changing lookups is obeyed), its ENOENT
     /// answered null; a subclass may forward to the inner handler's instead, which answers without an exception.</summary>
-    public virtual OverlayStat? TryLookup(ulong parent, string name, FuseContext context)
-    {
-        try
-        {
-            return Lookup(parent, name, context);
-        }
-        catch (Exception e) when (FuseChannel.IsNoEntry(e))
-        {
-            return null;
-        }
-    }
+    public virtual OverlayStat? TryLookup(ulong parent, string name, FuseContext context) => FuseChannel.LookupOrNull(this, parent, name, context);
 
     /// <inheritdoc/>
     public virtual void Forget(ulong ino, ulong count) => Inner.Forget(ino, count);

@@ -453,7 +453,7 @@ internal sealed unsafe class FuseChannel
     private FuseContext Context(fuse_in_header* h, uint umask)
     {
         var context = new FuseContext(h->uid, h->gid, (int)h->pid, umask);
-        return _handler.WantsGroups ? context with { Groups = ProcessGroups.Of(h->pid) } : context;
+        return _handler.WantsGroups ? context with { Groups = new ProcessGroups.OnDemand(h->pid) } : context;
     }
 
     /// <summary>HANDLE_KILLPRIV_V2's duty for a flagged request. The kernel flags every write of a caller without
@@ -882,6 +882,20 @@ internal sealed unsafe class FuseChannel
         else
         {
             ReplyError(h, ENOENT);
+        }
+    }
+
+    /// <summary><paramref name="handler"/>'s <see cref="IFuseLowLevelHandler.Lookup"/>, its ENOENT answered null: the
+    /// <see cref="IFuseLowLevelHandler.TryLookup"/> of a handler that has no lookup of its own without an exception.</summary>
+    internal static OverlayStat? LookupOrNull(IFuseLowLevelHandler handler, ulong parent, string name, FuseContext context)
+    {
+        try
+        {
+            return handler.Lookup(parent, name, context);
+        }
+        catch (Exception e) when (IsNoEntry(e))
+        {
+            return null;
         }
     }
 

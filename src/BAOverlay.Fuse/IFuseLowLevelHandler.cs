@@ -21,8 +21,8 @@ public interface IFuseLowLevelHandler
     /// seconds; 0 (the default) to ask again every time.</summary>
     double NegativeTimeout => 0;
 
-    /// <summary>True when the requests' <see cref="FuseContext.Groups"/> are needed (they cost a read of
-    /// <c>/proc/PID/status</c> per request, so only permission-checking handlers should ask).</summary>
+    /// <summary>True when the requests' <see cref="FuseContext.Groups"/> are needed (read from <c>/proc/PID/status</c>
+    /// at their first use in a request, so only permission-checking handlers should ask).</summary>
     bool WantsGroups { get; }
 
     /// <summary>lookup: the attributes of <paramref name="name"/> in <paramref name="parent"/>; counts one reference.</summary>
@@ -31,17 +31,7 @@ public interface IFuseLowLevelHandler
     /// <summary>lookup, answering null instead of throwing when there is no such name (nothing counted then): the
     /// kernel looks up each name before it makes it, and an exception per create is a cost a handler can spare.
     /// Default: <see cref="Lookup"/>, its ENOENT answered null.</summary>
-    OverlayStat? TryLookup(ulong parent, string name, FuseContext context)
-    {
-        try
-        {
-            return Lookup(parent, name, context);
-        }
-        catch (Exception e) when (FuseChannel.IsNoEntry(e))
-        {
-            return null;
-        }
-    }
+    OverlayStat? TryLookup(ulong parent, string name, FuseContext context) => FuseChannel.LookupOrNull(this, parent, name, context);
 
     /// <summary>The lookup a READDIRPLUS entry carries: as <see cref="Lookup"/>, or null to send the entry without
     /// attributes (the kernel then looks the name up itself when it needs it), which a handler may answer for names the
