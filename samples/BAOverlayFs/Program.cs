@@ -52,8 +52,10 @@ internal static class Program
             lowerdir=DIR[:DIR...]  read-only layers, highest first; '\:' is a colon inside a path (required)
             store=DIR,image=NAME   instead of lowerdir=: the layers of image NAME (or sha256:DIGEST) of the
                                    layer store DIR (bcow store), verified, and leased for the mount's lifetime;
-                                   with cache=, a layer is hashed once per host and publication (its index in
-                                   the cache is the record), without it at each mount
+                                   with cache=, a layer's metadata is checked once per host and publication and
+                                   each file's content at its first read (a layer published without a tree
+                                   list: hashed whole once); the cache keeps the records; without cache=, every
+                                   layer is hashed whole at each mount
             verify=always|once     always: hash every layer at each mount even when this host verified it
                                    before; once (default): trust this host's record (needs cache= to keep one)
             cache=DIR              read the lower layers' files through a hot-zone cache in DIR (local disk):
